@@ -1,0 +1,148 @@
+//! The action a node's `post` returns: which edge the flow follows next.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// The action returned by `post`, naming the edge to follow.
+///
+/// PocketFlow's action is an optional string: no action, or an empty one, means `"default"`,
+/// but warnings print the action as it was returned (`'None'` for no action). `Action` keeps
+/// that distinction.
+///
+/// ```
+/// use flowtrace::Action;
+/// assert_eq!(Action::none().key(), "default");
+/// assert_eq!(Action::new("").key(), "default");
+/// assert_eq!(Action::new("approve").key(), "approve");
+/// assert_eq!(Action::none().to_string(), "None");
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Action(Option<Arc<str>>);
+
+/// The edge label used when a node returns no action.
+pub const DEFAULT_ACTION: &str = "default";
+
+impl Action {
+    /// No action: the flow follows the `default` edge.
+    pub const fn none() -> Self {
+        Action(None)
+    }
+
+    /// A named action.
+    pub fn new(name: impl AsRef<str>) -> Self {
+        Action(Some(Arc::from(name.as_ref())))
+    }
+
+    /// The edge this action selects: the name, or `"default"` when there is none or it is empty.
+    pub fn key(&self) -> &str {
+        match &self.0 {
+            Some(s) if !s.is_empty() => s,
+            _ => DEFAULT_ACTION,
+        }
+    }
+
+    /// The action as returned, `None` when there was none.
+    pub fn as_str(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// Whether no action was returned.
+    pub fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Parses an action from a JSON value, as a dynamic caller would hand it over.
+    ///
+    /// `null` is no action and a string is a named action; anything else is rejected with
+    /// PocketFlow's message, `Action must be a string`.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, ActionError> {
+        match value {
+            serde_json::Value::Null => Ok(Action::none()),
+            serde_json::Value::String(s) => Ok(Action::new(s)),
+            _ => Err(ActionError),
+        }
+    }
+}
+
+/// The error for an action that is not a string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Action must be a string")]
+pub struct ActionError;
+
+impl fmt::Display for Action {
+    /// Prints the action as returned, PocketFlow style: `None` for no action.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(s) => f.write_str(s),
+            None => f.write_str("None"),
+        }
+    }
+}
+
+impl fmt::Debug for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(s) => write!(f, "Action({s:?})"),
+            None => f.write_str("Action(None)"),
+        }
+    }
+}
+
+impl From<&str> for Action {
+    fn from(s: &str) -> Self {
+        Action::new(s)
+    }
+}
+
+impl From<String> for Action {
+    fn from(s: String) -> Self {
+        Action(Some(Arc::from(s)))
+    }
+}
+
+impl From<Option<&str>> for Action {
+    fn from(s: Option<&str>) -> Self {
+        s.map(Action::new).unwrap_or_default()
+    }
+}
+
+impl From<()> for Action {
+    fn from(_: ()) -> Self {
+        Action::none()
+    }
+}
+
+impl PartialEq<&str> for Action {
+    fn eq(&self, other: &&str) -> bool {
+        self.0.as_deref() == Some(*other)
+    }
+}
+
+impl serde::Serialize for Action {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(v) => s.serialize_str(v),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_none_select_default_but_print_as_returned() {
+        assert_eq!(Action::new("").key(), "default");
+        assert_eq!(Action::new("").to_string(), "");
+        assert_eq!(Action::none().to_string(), "None");
+        assert_eq!(Action::from(Some("x")).key(), "x");
+    }
+
+    #[test]
+    fn non_string_json_is_rejected() {
+        let err = Action::from_json(&serde_json::json!(1)).unwrap_err();
+        assert_eq!(err.to_string(), "Action must be a string");
+        assert_eq!(Action::from_json(&serde_json::json!(null)).unwrap(), Action::none());
+    }
+}

@@ -1,0 +1,92 @@
+//! What a node's hooks can see: the shared store, the run's params, the current attempt.
+
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::store::SharedStore;
+
+/// A run's params: a string-keyed JSON map, as PocketFlow's `params` dict.
+pub type Params = serde_json::Map<String, Value>;
+
+/// What `prep` and `post` receive: the shared store and the run's params.
+#[derive(Debug)]
+pub struct Context<'a> {
+    pub(crate) shared: &'a SharedStore,
+    pub(crate) params: &'a Arc<Params>,
+    pub(crate) node: &'a str,
+}
+
+impl<'a> Context<'a> {
+    /// The run's shared store.
+    pub fn shared(&self) -> &'a SharedStore {
+        self.shared
+    }
+
+    /// The run's params (the flow's, overlaid by batch-flow params).
+    pub fn params(&self) -> &'a Params {
+        self.params
+    }
+
+    /// One param read as a `T`; `None` when absent or of another shape.
+    pub fn param<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.params.get(key).and_then(|v| T::deserialize(v).ok())
+    }
+
+    /// The name of the node running.
+    pub fn node_name(&self) -> &'a str {
+        self.node
+    }
+}
+
+/// What `exec` and `exec_fallback` receive: the run's params and the attempt in progress.
+///
+/// State is per attempt and per item, never shared between parallel items (PocketFlow's
+/// `cur_retry` race in parallel batches does not exist here).
+#[derive(Debug, Clone)]
+pub struct ExecContext {
+    pub(crate) params: Arc<Params>,
+    pub(crate) attempt: u32,
+    pub(crate) max_retries: u32,
+    pub(crate) node: Arc<str>,
+    pub(crate) item: Option<usize>,
+}
+
+impl ExecContext {
+    /// The 0-based attempt number (PocketFlow's `cur_retry`). During `exec_fallback` it is
+    /// `max_retries - 1`.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The node's configured number of attempts.
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    /// Whether this is the last attempt before the fallback.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt + 1 >= self.max_retries
+    }
+
+    /// The run's params.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// One param read as a `T`.
+    pub fn param<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.params.get(key).and_then(|v| T::deserialize(v).ok())
+    }
+
+    /// The node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    /// The index of the batch item being processed, for batch nodes.
+    pub fn item_index(&self) -> Option<usize> {
+        self.item
+    }
+}

@@ -1,0 +1,317 @@
+//! The shared store: one concurrent map every node of a run reads and writes.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+/// A value held in the store: any serialisable type, kept as an `Arc` so that reading it
+/// back as its own type is a downcast and a snapshot is a list of reference-count bumps.
+pub(crate) trait StoreValue: Any + Send + Sync {
+    fn to_json(&self) -> Result<Value, serde_json::Error>;
+    fn as_any(&self) -> &dyn Any;
+    fn type_name(&self) -> &'static str;
+}
+
+impl<T: Serialize + Any + Send + Sync> StoreValue for T {
+    fn to_json(&self) -> Result<Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
+    }
+}
+
+/// Why a store value could not be read as the requested type.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The key holds a value that does not convert to the requested type.
+    #[error("shared['{key}'] holds a {found}, which does not read as {wanted}: {reason}")]
+    WrongType {
+        /// The key read.
+        key: String,
+        /// The stored value's type.
+        found: &'static str,
+        /// The type asked for.
+        wanted: &'static str,
+        /// Why the conversion failed.
+        reason: String,
+    },
+    /// A required key is absent.
+    #[error("shared['{0}'] is missing")]
+    Missing(String),
+}
+
+tokio::task_local! {
+    /// Keys written while a traced `post` runs on this task, so its span can list them.
+    static WRITES: RefCell<Vec<String>>;
+}
+
+/// Runs `fut` recording the keys it writes to any store; returns them with its output.
+pub(crate) async fn record_writes<F: std::future::Future>(fut: F) -> (F::Output, Vec<String>) {
+    WRITES
+        .scope(RefCell::new(Vec::new()), async move {
+            let out = fut.await;
+            let keys = WRITES.with(|w| std::mem::take(&mut *w.borrow_mut()));
+            (out, keys)
+        })
+        .await
+}
+
+fn note_write(key: &str) {
+    let _ = WRITES.try_with(|w| {
+        let mut w = w.borrow_mut();
+        if !w.iter().any(|k| k == key) {
+            w.push(key.to_owned());
+        }
+    });
+}
+
+/// The shared store of a run: a concurrent string-keyed map of serialisable values.
+///
+/// Cloning a `SharedStore` gives another handle to the **same** map, as PocketFlow passes one
+/// dict by reference: writes made by a run are visible to the caller afterwards. It is safe to
+/// write from parallel branches (each key is locked on its own), and [`snapshot`](Self::snapshot)
+/// is cheap because values are reference-counted and serialised only when a trace is exported.
+///
+/// ```
+/// use flowtrace::SharedStore;
+/// let shared = SharedStore::new();
+/// shared.insert("current", 5_i64);
+/// shared.update("current", || 0_i64, |v| *v += 3).unwrap();
+/// assert_eq!(shared.get::<i64>("current").unwrap(), Some(8));
+/// assert_eq!(shared.get::<f64>("current").unwrap(), Some(8.0)); // converts through JSON
+/// ```
+#[derive(Clone, Default)]
+pub struct SharedStore {
+    map: Arc<DashMap<String, Arc<dyn StoreValue>>>,
+}
+
+impl SharedStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store holding the entries of a JSON object (other values give an empty store).
+    pub fn from_json(value: Value) -> Self {
+        let store = Self::new();
+        if let Value::Object(map) = value {
+            for (k, v) in map {
+                store.map.insert(k, Arc::new(v));
+            }
+        }
+        store
+    }
+
+    /// Sets `key` to `value`, replacing what was there.
+    pub fn insert<T: Serialize + Any + Send + Sync>(&self, key: impl Into<String>, value: T) {
+        let key = key.into();
+        note_write(&key);
+        self.map.insert(key, Arc::new(value));
+    }
+
+    /// Removes `key`, returning whether it was present.
+    pub fn remove(&self, key: &str) -> bool {
+        note_write(key);
+        self.map.remove(key).is_some()
+    }
+
+    /// Whether `key` is present.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The keys, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.map.iter().map(|e| e.key().clone()).collect();
+        keys.sort();
+        keys
+    }
+
+    /// Reads `key` as a `T`: a clone when it was stored as a `T`, else a conversion through
+    /// JSON (so an `i64` reads as `f64`, and a JSON object as a struct). `Ok(None)` when absent.
+    pub fn get<T: DeserializeOwned + Clone + 'static>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let Some(v) = self.map.get(key).map(|e| Arc::clone(e.value())) else {
+            return Ok(None);
+        };
+        convert(key, &*v).map(Some)
+    }
+
+    /// Reads `key` as a `T`, failing with [`StoreError::Missing`] when it is absent.
+    pub fn require<T: DeserializeOwned + Clone + 'static>(&self, key: &str) -> Result<T, StoreError> {
+        self.get(key)?.ok_or_else(|| StoreError::Missing(key.to_owned()))
+    }
+
+    /// Reads `key` as JSON.
+    pub fn get_json(&self, key: &str) -> Option<Value> {
+        let v = self.map.get(key).map(|e| Arc::clone(e.value()))?;
+        Some(v.to_json().unwrap_or_else(|e| unserialisable(&*v, &e)))
+    }
+
+    /// Atomically updates `key`: reads it as a `T` (or `init()` when absent), applies `f`,
+    /// and stores the result, holding the key's lock throughout so parallel writers don't
+    /// lose each other's updates. Returns what `f` returned.
+    pub fn update<T, R>(
+        &self,
+        key: &str,
+        init: impl FnOnce() -> T,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, StoreError>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        note_write(key);
+        let mut entry = self.map.entry(key.to_owned()).or_insert_with(|| Arc::new(init()));
+        let mut value: T = convert(key, &**entry.value())?;
+        let out = f(&mut value);
+        *entry.value_mut() = Arc::new(value);
+        Ok(out)
+    }
+
+    /// A point-in-time copy of the store, taken in O(keys) without serialising anything.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        let mut entries: Vec<(String, Arc<dyn StoreValue>)> =
+            self.map.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        StoreSnapshot { entries }
+    }
+
+    /// The whole store as a JSON object (keys sorted).
+    pub fn to_json(&self) -> Value {
+        self.snapshot().to_json()
+    }
+}
+
+fn convert<T: DeserializeOwned + Clone + 'static>(key: &str, v: &dyn StoreValue) -> Result<T, StoreError> {
+    if let Some(t) = v.as_any().downcast_ref::<T>() {
+        return Ok(t.clone());
+    }
+    let wrong = |reason: String| StoreError::WrongType {
+        key: key.to_owned(),
+        found: v.type_name(),
+        wanted: std::any::type_name::<T>(),
+        reason,
+    };
+    let json = match v.as_any().downcast_ref::<Value>() {
+        Some(j) => j.clone(),
+        None => v.to_json().map_err(|e| wrong(e.to_string()))?,
+    };
+    serde_json::from_value(json).map_err(|e| wrong(e.to_string()))
+}
+
+fn unserialisable(v: &dyn StoreValue, e: &serde_json::Error) -> Value {
+    Value::String(format!("<unserialisable {}: {e}>", v.type_name()))
+}
+
+impl fmt::Debug for SharedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.snapshot().entries.iter().map(|(k, v)| (k, v.type_name()))).finish()
+    }
+}
+
+/// A point-in-time view of a [`SharedStore`], serialised only when it is needed.
+#[derive(Clone, Default)]
+pub struct StoreSnapshot {
+    entries: Vec<(String, Arc<dyn StoreValue>)>,
+}
+
+impl StoreSnapshot {
+    /// The snapshot as a JSON object. A value that fails to serialise becomes a visible
+    /// `<unserialisable …>` marker rather than failing the whole snapshot.
+    pub fn to_json(&self) -> Value {
+        let mut map = serde_json::Map::with_capacity(self.entries.len());
+        for (k, v) in &self.entries {
+            map.insert(k.clone(), v.to_json().unwrap_or_else(|e| unserialisable(&**v, &e)));
+        }
+        Value::Object(map)
+    }
+
+    /// The number of keys captured.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the snapshot is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl fmt::Debug for StoreSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.entries.iter().map(|(k, _)| k)).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_is_not_affected_by_later_writes() {
+        let s = SharedStore::new();
+        s.insert("a", 1);
+        let snap = s.snapshot();
+        s.insert("a", 2);
+        s.insert("b", 3);
+        assert_eq!(snap.to_json(), serde_json::json!({"a": 1}));
+        assert_eq!(s.to_json(), serde_json::json!({"a": 2, "b": 3}));
+    }
+
+    #[test]
+    fn wrong_type_is_a_clear_error() {
+        let s = SharedStore::new();
+        s.insert("name", "ada".to_string());
+        let err = s.get::<i64>("name").unwrap_err();
+        assert!(err.to_string().contains("shared['name']"), "{err}");
+        assert!(matches!(s.require::<i64>("nope"), Err(StoreError::Missing(k)) if k == "nope"));
+    }
+
+    #[test]
+    fn concurrent_updates_are_not_lost() {
+        let s = SharedStore::new();
+        std::thread::scope(|sc| {
+            for _ in 0..4 {
+                let s = s.clone();
+                sc.spawn(move || {
+                    for _ in 0..1000 {
+                        s.update("n", || 0_u64, |v| *v += 1).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(s.get::<u64>("n").unwrap(), Some(4000));
+    }
+
+    #[tokio::test]
+    async fn writes_are_recorded_per_task() {
+        let s = SharedStore::new();
+        let ((), keys) = record_writes(async {
+            s.insert("x", 1);
+            s.insert("y", 1);
+            s.insert("x", 2);
+        })
+        .await;
+        assert_eq!(keys, vec!["x", "y"]);
+    }
+}

@@ -1,0 +1,407 @@
+//! Tracing: one call makes a flow's runs into complete span trees.
+//!
+//! A run records spans into its own buffer ([`recorder`]) and casts them in chunks to the
+//! tracer actor, which assembles each finished run into a [`TraceRecord`] and hands it to the
+//! exporters. Nothing on a run's path waits for the tracer or an exporter.
+
+pub(crate) mod model;
+pub(crate) mod recorder;
+
+pub use model::{format_timestamp, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId, TraceRecord};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use serde_json::Value;
+
+use crate::actors::tracer::{TracerActor, TracerMsg};
+use crate::export::{ExportReport, Exporter};
+use crate::flow::store::StoreSnapshot;
+pub(crate) use recorder::{Recorder, Switches};
+
+/// Where a run's spans go: the tracer actor, with a count of what could not be sent.
+#[derive(Clone)]
+pub(crate) struct TraceSink {
+    actor: ActorRef<TracerMsg>,
+    lost: Arc<AtomicU64>,
+}
+
+impl TraceSink {
+    pub(crate) fn spans(&self, id: TraceId, spans: Vec<SpanRecord>) {
+        let n = spans.len() as u64;
+        if self.actor.cast(TracerMsg::Spans(id, spans)).is_err() {
+            self.lost.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn end(&self, end: TraceEnd) {
+        let n = end.spans.len() as u64 + 1;
+        if self.actor.cast(TracerMsg::End(Box::new(end))).is_err() {
+            self.lost.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The trace-level fields given with [`crate::Flow::traced`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TraceMeta {
+    pub(crate) name: String,
+    pub(crate) session_id: Option<String>,
+    pub(crate) user_id: Option<String>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) release: Option<String>,
+    pub(crate) version: Option<String>,
+    pub(crate) metadata: serde_json::Map<String, Value>,
+}
+
+/// The end of a run, sent to the tracer with the last spans.
+pub(crate) struct TraceEnd {
+    pub(crate) trace_id: TraceId,
+    pub(crate) meta: Arc<TraceMeta>,
+    pub(crate) start_unix_nanos: u64,
+    pub(crate) end_unix_nanos: u64,
+    pub(crate) input: StoreSnapshot,
+    pub(crate) output: StoreSnapshot,
+    pub(crate) status: SpanStatus,
+    pub(crate) action: Option<String>,
+    pub(crate) spans: Vec<SpanRecord>,
+}
+
+struct TracerInner {
+    sink: TraceSink,
+    switches: Switches,
+    sample_rate: f64,
+    thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for TracerInner {
+    fn drop(&mut self) {
+        // The last handle is gone: stop the actor so the tracer thread ends.
+        self.sink.actor.stop(None);
+    }
+}
+
+/// A tracer: the actor that assembles span trees, and the exporters it feeds.
+///
+/// Cheap to clone. It runs on a thread of its own with its own single-threaded runtime, so it
+/// works from any runtime (and from many test runtimes in one process).
+#[derive(Clone)]
+pub struct Tracer {
+    inner: Arc<TracerInner>,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer").field("switches", &self.inner.switches).finish()
+    }
+}
+
+impl Tracer {
+    /// A builder for a tracer with explicit exporters.
+    pub fn builder() -> TracerBuilder {
+        TracerBuilder::default()
+    }
+
+    /// Waits until every trace finished so far is delivered, spooled or dropped by each
+    /// exporter, or `timeout` passes; reports which.
+    pub async fn flush(&self, timeout: Duration) -> ExportReport {
+        self.call(|reply| TracerMsg::Flush(timeout, reply), timeout).await
+    }
+
+    /// Flushes and stops the tracer; later runs traced with it are counted as lost.
+    pub async fn shutdown(&self, timeout: Duration) -> ExportReport {
+        self.call(|reply| TracerMsg::Shutdown(timeout, reply), timeout).await
+    }
+
+    async fn call(
+        &self,
+        msg: impl FnOnce(ractor::RpcReplyPort<ExportReport>) -> TracerMsg,
+        timeout: Duration,
+    ) -> ExportReport {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        let mut report = if self.inner.sink.actor.cast(msg(tx.into())).is_err() {
+            ExportReport { reasons: vec!["the tracer has stopped".into()], ..Default::default() }
+        } else {
+            match tokio::time::timeout(timeout + Duration::from_millis(250), rx).await {
+                Ok(Ok(r)) => r,
+                _ => ExportReport { reasons: vec!["the tracer did not answer in time".into()], ..Default::default() },
+            }
+        };
+        let lost = self.inner.sink.lost.load(Ordering::Relaxed);
+        if lost > 0 {
+            report.dropped += lost;
+            report.reasons.push(format!("{lost} spans could not reach the tracer (it had stopped)"));
+        }
+        report
+    }
+
+    pub(crate) fn recorder(&self) -> Recorder {
+        Recorder::new(recorder::new_trace_id(), self.inner.switches, self.inner.sink.clone())
+    }
+
+    /// Whether a run with this trace id is recorded (deterministic sampling by id).
+    pub(crate) fn samples(&self, id: TraceId) -> bool {
+        let rate = self.inner.sample_rate;
+        if rate >= 1.0 {
+            return true;
+        }
+        ((id.0 >> 64) as u64 as f64 / u64::MAX as f64) < rate
+    }
+}
+
+/// Builds a [`Tracer`].
+#[derive(Default)]
+pub struct TracerBuilder {
+    exporters: Vec<Arc<dyn Exporter>>,
+    switches: Switches,
+    sample_rate: Option<f64>,
+}
+
+impl std::fmt::Debug for TracerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracerBuilder").field("exporters", &self.exporters.len()).finish()
+    }
+}
+
+/// Why a tracer could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TracerError {
+    /// A setting is out of range.
+    #[error("invalid tracer setting: {0}")]
+    Invalid(String),
+    /// The tracer thread or actor could not start.
+    #[error("the tracer could not start: {0}")]
+    Start(String),
+}
+
+impl TracerBuilder {
+    /// Adds an exporter; traces go to every exporter added.
+    pub fn exporter(mut self, e: impl Exporter) -> Self {
+        self.exporters.push(Arc::new(e));
+        self
+    }
+
+    /// Adds an exporter already behind an `Arc`.
+    pub fn exporter_arc(mut self, e: Arc<dyn Exporter>) -> Self {
+        self.exporters.push(e);
+        self
+    }
+
+    /// Records span inputs (default on).
+    pub fn trace_inputs(mut self, on: bool) -> Self {
+        self.switches.inputs = on;
+        self
+    }
+    /// Records span outputs (default on).
+    pub fn trace_outputs(mut self, on: bool) -> Self {
+        self.switches.outputs = on;
+        self
+    }
+    /// Records `prep` spans (default on).
+    pub fn trace_prep(mut self, on: bool) -> Self {
+        self.switches.prep = on;
+        self
+    }
+    /// Records `exec` spans, with their attempts and items (default on).
+    pub fn trace_exec(mut self, on: bool) -> Self {
+        self.switches.exec = on;
+        self
+    }
+    /// Records `post` spans (default on).
+    pub fn trace_post(mut self, on: bool) -> Self {
+        self.switches.post = on;
+        self
+    }
+    /// Records error messages and chains (default on); off keeps only the error kind.
+    pub fn trace_errors(mut self, on: bool) -> Self {
+        self.switches.errors = on;
+        self
+    }
+    /// Traces this fraction of runs, chosen deterministically by trace id (default 1.0).
+    pub fn sample_rate(mut self, rate: f64) -> Self {
+        self.sample_rate = Some(rate);
+        self
+    }
+
+    /// Starts the tracer's thread and actor.
+    pub fn build(self) -> Result<Tracer, TracerError> {
+        let sample_rate = self.sample_rate.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&sample_rate) || sample_rate.is_nan() {
+            return Err(TracerError::Invalid(format!("sample rate must be within 0..=1, got {sample_rate}")));
+        }
+        let exporters = self.exporters;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("flowtrace-tracer".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Actor::spawn(None, TracerActor, exporters).await {
+                        Ok((actor, handle)) => {
+                            let _ = tx.send(Ok(actor));
+                            let _ = handle.await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| TracerError::Start(e.to_string()))?;
+        let actor = rx.recv().map_err(|e| TracerError::Start(e.to_string()))?.map_err(TracerError::Start)?;
+        Ok(Tracer {
+            inner: Arc::new(TracerInner {
+                sink: TraceSink { actor, lost: Arc::new(AtomicU64::new(0)) },
+                switches: self.switches,
+                sample_rate,
+                thread: parking_lot::Mutex::new(Some(thread)),
+            }),
+        })
+    }
+}
+
+impl TracerInner {
+    #[allow(dead_code)]
+    fn join(&self) {
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Prints the debug line for a trace's start when debug output is on.
+pub(crate) fn debug_start(meta: &TraceMeta, rec: &Recorder) {
+    tracing::debug!(target: "flowtrace::trace", trace_id = %rec.trace_id(), "[TRACING] Starting trace: {}", meta.name);
+}
+
+/// A flow with tracing switched on: what [`crate::Flow::traced`] returns.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use flowtrace::prelude::*;
+/// let memory = MemoryExporter::new();
+/// let tracer = Tracer::builder().exporter(memory.clone()).build().unwrap();
+/// let flow = Flow::new(&FnNode::new("Step").into_node());
+/// flow.traced("Support").session_id("s-1").user_id("u-7").tag("demo").tracer(&tracer)
+///     .run(&SharedStore::new()).await.unwrap();
+/// tracer.flush(std::time::Duration::from_secs(5)).await;
+/// assert_eq!(memory.traces()[0].session_id.as_deref(), Some("s-1"));
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TracedFlow {
+    root: crate::flow::NodeRef,
+    meta: TraceMeta,
+    tracer: Option<Tracer>,
+    options: crate::RunOptions,
+}
+
+impl TracedFlow {
+    pub(crate) fn new(root: crate::flow::NodeRef, name: impl Into<String>) -> Self {
+        TracedFlow {
+            root,
+            meta: TraceMeta { name: name.into(), ..Default::default() },
+            tracer: None,
+            options: Default::default(),
+        }
+    }
+
+    /// Groups the trace in a session.
+    pub fn session_id(mut self, id: impl Into<String>) -> Self {
+        self.meta.session_id = Some(id.into());
+        self
+    }
+    /// Attributes the trace to a user.
+    pub fn user_id(mut self, id: impl Into<String>) -> Self {
+        self.meta.user_id = Some(id.into());
+        self
+    }
+    /// Adds a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.meta.tags.push(tag.into());
+        self
+    }
+    /// Sets the application's release.
+    pub fn release(mut self, release: impl Into<String>) -> Self {
+        self.meta.release = Some(release.into());
+        self
+    }
+    /// Sets the flow's version.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.meta.version = Some(version.into());
+        self
+    }
+    /// Adds a metadata entry.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.meta.metadata.insert(key.into(), value.into());
+        self
+    }
+    /// Sends traces to this tracer instead of the global one.
+    pub fn tracer(mut self, tracer: &Tracer) -> Self {
+        self.tracer = Some(tracer.clone());
+        self
+    }
+    /// Sets run options (params, timeout, step limit).
+    pub fn options(mut self, options: crate::RunOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The trace name.
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    /// Runs the flow traced; the result is exactly what the untraced run would give.
+    pub async fn run(&self, shared: &crate::SharedStore) -> Result<crate::Action, crate::Error> {
+        let mut options = self.options.clone();
+        let tracer = match &self.tracer {
+            Some(t) => Some(t.clone()),
+            None => global(),
+        };
+        if let Some(t) = tracer {
+            options.trace = Some((t, Arc::new(self.meta.clone())));
+        }
+        crate::actors::supervisor::run(self.root.clone(), shared.clone(), options).await
+    }
+}
+
+static GLOBAL: std::sync::OnceLock<parking_lot::RwLock<Option<Tracer>>> = std::sync::OnceLock::new();
+
+fn global_slot() -> &'static parking_lot::RwLock<Option<Tracer>> {
+    GLOBAL.get_or_init(|| parking_lot::RwLock::new(None))
+}
+
+/// Installs `tracer` as the one [`TracedFlow`]s use when given none.
+pub fn set_global_tracer(tracer: Tracer) {
+    *global_slot().write() = Some(tracer);
+}
+
+/// The global tracer, if one is installed.
+pub fn global() -> Option<Tracer> {
+    global_slot().read().clone()
+}
+
+impl crate::flow::Flow {
+    /// This flow with tracing on, under the trace name `name`: the one line that makes every
+    /// run a complete span tree. Nothing in node code changes.
+    pub fn traced(&self, name: impl Into<String>) -> TracedFlow {
+        TracedFlow::new(self.as_node().clone(), name)
+    }
+}
+
+impl crate::flow::BatchFlow {
+    /// This batch flow with tracing on, under the trace name `name`.
+    pub fn traced(&self, name: impl Into<String>) -> TracedFlow {
+        TracedFlow::new(self.as_node().clone(), name)
+    }
+}

@@ -1,0 +1,290 @@
+//! The span tree handed to exporters: plain data, serialisable, owned.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+/// A trace id: 128 bits, printed as 32 hex digits (OpenTelemetry's form).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TraceId(pub u128);
+
+/// A span id: 64 bits, never zero, printed as 16 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpanId(pub u64);
+
+impl TraceId {
+    /// The id as big-endian bytes (OTLP's encoding).
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+    /// The id formatted as a UUID (8-4-4-4-12), as Langfuse's legacy API shows ids.
+    pub fn to_uuid(self) -> String {
+        let h = format!("{:032x}", self.0);
+        format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    }
+}
+
+impl SpanId {
+    /// The id as big-endian bytes (OTLP's encoding).
+    pub fn to_bytes(self) -> [u8; 8] {
+        self.0.to_be_bytes()
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+impl fmt::Display for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+impl fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpanId({self})")
+    }
+}
+
+macro_rules! hex_serde {
+    ($t:ty, $inner:ty, $width:expr) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&format!("{:0w$x}", self.0, w = $width))
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                <$inner>::from_str_radix(&s, 16).map(Self).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+hex_serde!(TraceId, u128, 32);
+hex_serde!(SpanId, u64, 16);
+
+/// What a span stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SpanKind {
+    /// A flow (the run's root flow, or a nested one).
+    Flow,
+    /// One parameter set of a batch flow.
+    BatchRun,
+    /// One visit of a node.
+    Node,
+    /// A node's `prep`.
+    Prep,
+    /// A node's `exec` (all attempts and items).
+    Exec,
+    /// One batch item inside `exec`.
+    Item,
+    /// One `exec` attempt.
+    Attempt,
+    /// The wait between two attempts.
+    Wait,
+    /// `exec_fallback`.
+    Fallback,
+    /// A node's `post`.
+    Post,
+}
+
+/// How a span (or trace) ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SpanStatus {
+    /// Finished normally.
+    #[default]
+    Ok,
+    /// Failed.
+    Error {
+        /// A short kind (`node_error`, `panic`, `timeout`, …).
+        kind: String,
+        /// The error message.
+        message: String,
+        /// The error and its sources, outermost first.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        chain: Vec<String>,
+        /// Where a panic happened, `file:line:col`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        location: Option<String>,
+    },
+    /// Did not finish: the run was cancelled or timed out while it was open.
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl SpanStatus {
+    /// Whether this is an error or a cancellation.
+    pub fn is_error(&self) -> bool {
+        !matches!(self, SpanStatus::Ok)
+    }
+    /// The message of an error or cancellation.
+    pub fn message(&self) -> Option<&str> {
+        match self {
+            SpanStatus::Ok => None,
+            SpanStatus::Error { message, .. } => Some(message),
+            SpanStatus::Cancelled { reason } => Some(reason),
+        }
+    }
+}
+
+/// One finished span.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SpanRecord {
+    /// The span's id.
+    pub span_id: SpanId,
+    /// The parent span, `None` for the run's root span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<SpanId>,
+    /// What the span stands for.
+    pub kind: SpanKind,
+    /// Its name: the flow or node name, `<Node>.prep`, `attempt 2`, `item 3`, …
+    pub name: std::sync::Arc<str>,
+    /// Start, in nanoseconds since the Unix epoch (UTC).
+    pub start_unix_nanos: u64,
+    /// End, in nanoseconds since the Unix epoch (UTC).
+    pub end_unix_nanos: u64,
+    /// How it ended.
+    #[serde(flatten)]
+    pub status: SpanStatus,
+    /// What went in (prep result for exec, exec result for post, params for a batch run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// What came out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// Extra facts: `node_type`, `attempt`, `item_index`, `changed_keys`, `wait_ms`, …
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub attributes: serde_json::Map<String, Value>,
+}
+
+impl SpanRecord {
+    /// The span's duration in microseconds.
+    pub fn duration_micros(&self) -> u64 {
+        self.end_unix_nanos.saturating_sub(self.start_unix_nanos) / 1_000
+    }
+}
+
+/// One finished run: the trace's own fields and every span of it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TraceRecord {
+    /// The trace's id (also the run id).
+    pub trace_id: TraceId,
+    /// The name given with `traced(...)`.
+    pub name: String,
+    /// Session, for grouping traces in Langfuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// User, for grouping traces in Langfuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// Tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Release of the application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Version of the flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Free metadata.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metadata: serde_json::Map<String, Value>,
+    /// Start, in nanoseconds since the Unix epoch (UTC).
+    pub start_unix_nanos: u64,
+    /// End, in nanoseconds since the Unix epoch (UTC).
+    pub end_unix_nanos: u64,
+    /// The shared store when the run started.
+    pub input: Value,
+    /// The shared store when the run ended.
+    pub output: Value,
+    /// How the run ended.
+    #[serde(flatten)]
+    pub status: SpanStatus,
+    /// The run's result action, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Spans that could not be recorded (and why), so an incomplete trace says so.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spans_dropped: u64,
+    /// Every span, in the order they ended.
+    pub spans: Vec<SpanRecord>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl TraceRecord {
+    /// The root span (the run's flow), if any.
+    pub fn root(&self) -> Option<&SpanRecord> {
+        self.spans.iter().find(|s| s.parent_id.is_none())
+    }
+
+    /// The children of `parent`, ordered by start time.
+    pub fn children(&self, parent: SpanId) -> Vec<&SpanRecord> {
+        let mut v: Vec<&SpanRecord> = self.spans.iter().filter(|s| s.parent_id == Some(parent)).collect();
+        v.sort_by_key(|s| (s.start_unix_nanos, s.span_id.0));
+        v
+    }
+
+    /// The first span with this name.
+    pub fn span(&self, name: &str) -> Option<&SpanRecord> {
+        self.spans.iter().find(|s| &*s.name == name)
+    }
+}
+
+/// Formats Unix nanoseconds as ISO-8601 UTC with microseconds: `2026-11-28T19:00:13.638615Z`.
+pub fn format_timestamp(unix_nanos: u64) -> String {
+    let secs = (unix_nanos / 1_000_000_000) as i64;
+    let micros = (unix_nanos % 1_000_000_000) / 1_000;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3_600, (sod % 3_600) / 60, sod % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_with_microseconds() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000000Z");
+        // 2026-11-28T19:00:13.638615Z
+        assert_eq!(format_timestamp(1_795_892_413_638_615_123), "2026-11-28T19:00:13.638615Z");
+        assert_eq!(format_timestamp(951_782_400_000_000_000), "2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn ids_print_as_hex_and_uuid() {
+        let t = TraceId(0x0123456789abcdef0123456789abcdef);
+        assert_eq!(t.to_string(), "0123456789abcdef0123456789abcdef");
+        assert_eq!(t.to_uuid(), "01234567-89ab-cdef-0123-456789abcdef");
+        assert_eq!(serde_json::to_string(&SpanId(255)).unwrap(), "\"00000000000000ff\"");
+    }
+}
