@@ -104,7 +104,7 @@ impl Node for TicketRoutingNode {
 fn customer_support_flow() -> Flow {
     let classifier = TicketClassificationNode.into_node();
     let router = TicketRoutingNode.into_node();
-    let _ = &classifier - "route_ticket" >> &router;
+    let _ = classifier.on("route_ticket") >> &router;
     Flow::named("CustomerSupportFlow", Some(&classifier))
 }
 

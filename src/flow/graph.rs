@@ -102,6 +102,12 @@ impl NodeRef {
         target.clone()
     }
 
+    /// Starts an edge for `action`, completed with `>> target`: `a.on("approve") >> &b` is
+    /// `a - "approve" >> &b` without the operator-precedence lint.
+    pub fn on(&self, action: impl Into<String>) -> Transition {
+        Transition { from: self.clone(), action: action.into() }
+    }
+
     /// Wires `target` as the `default` successor and returns it (PocketFlow's `next`).
     pub fn next(&self, target: &NodeRef) -> NodeRef {
         self.next_on(DEFAULT_ACTION, target)
