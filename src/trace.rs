@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::actors::tracer::{TracerActor, TracerMsg};
 use crate::export::{ExportReport, Exporter};
 use crate::flow::store::StoreSnapshot;
-pub(crate) use recorder::{Recorder, Switches};
+pub(crate) use recorder::{Clock, RawSpan, Recorder, Switches};
 
 /// Where a run's spans go: the tracer actor, with a count of what could not be sent.
 #[derive(Clone)]
@@ -29,9 +29,9 @@ pub(crate) struct TraceSink {
 }
 
 impl TraceSink {
-    pub(crate) fn spans(&self, id: TraceId, spans: Vec<SpanRecord>) {
+    pub(crate) fn spans(&self, id: TraceId, clock: Clock, spans: Vec<Box<RawSpan>>) {
         let n = spans.len() as u64;
-        if self.actor.cast(TracerMsg::Spans(id, spans)).is_err() {
+        if self.actor.cast(TracerMsg::Spans(id, clock, spans)).is_err() {
             self.lost.fetch_add(n, Ordering::Relaxed);
         }
     }
@@ -66,7 +66,8 @@ pub(crate) struct TraceEnd {
     pub(crate) output: StoreSnapshot,
     pub(crate) status: SpanStatus,
     pub(crate) action: Option<String>,
-    pub(crate) spans: Vec<SpanRecord>,
+    pub(crate) spans: Vec<Box<RawSpan>>,
+    pub(crate) clock: Clock,
 }
 
 struct TracerInner {

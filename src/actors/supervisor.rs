@@ -1,14 +1,16 @@
 //! The run supervisor: one actor per run.
 //!
-//! It starts the run's node work as a task it owns, answers with the run's result, and is
-//! the run's failure boundary: a panic in a node is contained where it happens and comes back
-//! as an error naming the node, and anything that escapes that (a bug in the engine) still
-//! ends only this run. Cancelling the actor aborts the task; open spans end as cancelled.
+//! The run executes inside the actor (in `post_start`, which ractor runs under the actor's
+//! kill signal), answers with the run's result, and the actor is the run's failure boundary:
+//! a panic in a node is contained where it happens and comes back as an error naming the
+//! node, and anything that escapes that (a bug in the engine) still ends only this run.
+//! Cancelling is `kill()`: the run's future is dropped, so open spans end as cancelled.
 //!
 //! Why the node phases run in the run's task rather than in an actor each: on this 2-core
 //! machine spawning a ractor actor costs about 5 µs and a call about 1 µs, against a budget of
 //! about 1 µs per node. One actor per run (5 µs, spread over the run's nodes) fits the
-//! budget; an actor per node visit cannot. Parallel items get tasks of their own.
+//! budget; an actor per node visit cannot (`benches/engine.rs` measures both). Parallel batch
+//! items and parallel batch-flow runs get tokio tasks of their own, owned by the visit.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -17,7 +19,6 @@ use std::time::Duration;
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::error::{Error, Phase};
 use crate::flow::graph::NodeRef;
@@ -63,123 +64,108 @@ impl RunOptions {
     }
 }
 
-pub(crate) enum RunMsg {
-    Done(Result<Action, Error>),
-    Cancel(String),
-}
+/// A run supervisor takes no messages: its run executes in `post_start`, which ractor runs
+/// under the actor's kill signal, so cancelling a run is `kill()`.
+pub(crate) enum RunMsg {}
+
+/// Why a run was cancelled, set by whoever cancels it before the kill, read by the run's
+/// trace and by the caller.
+pub(crate) type CancelReason = Arc<parking_lot::Mutex<Option<String>>>;
 
 pub(crate) struct RunArgs {
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
     reply: oneshot::Sender<Result<Action, Error>>,
-}
-
-pub(crate) struct RunState {
-    reply: Option<oneshot::Sender<Result<Action, Error>>>,
-    task: Option<JoinHandle<()>>,
-    cancel_reason: Arc<parking_lot::Mutex<Option<String>>>,
-    pending: Option<(NodeRef, SharedStore, RunOptions)>,
+    reason: CancelReason,
 }
 
 pub(crate) struct RunSupervisor;
 
 impl Actor for RunSupervisor {
     type Msg = RunMsg;
-    type State = RunState;
+    type State = Option<RunArgs>;
     type Arguments = RunArgs;
 
-    async fn pre_start(&self, _me: ActorRef<RunMsg>, args: RunArgs) -> Result<RunState, ActorProcessingErr> {
-        Ok(RunState {
-            reply: Some(args.reply),
-            task: None,
-            cancel_reason: Arc::new(parking_lot::Mutex::new(None)),
-            pending: Some((args.root, args.shared, args.options)),
-        })
+    async fn pre_start(&self, _me: ActorRef<RunMsg>, args: RunArgs) -> Result<Option<RunArgs>, ActorProcessingErr> {
+        Ok(Some(args))
     }
 
-    async fn post_start(&self, me: ActorRef<RunMsg>, state: &mut RunState) -> Result<(), ActorProcessingErr> {
-        if let Some((root, shared, options)) = state.pending.take() {
-            let reason = Arc::clone(&state.cancel_reason);
-            state.task = Some(tokio::spawn(async move {
-                let res = AssertUnwindSafe(execute(root, shared, options, reason))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|p| Err(panic_error("<engine>", Phase::Exec, p)));
-                let _ = me.cast(RunMsg::Done(res));
-            }));
-        }
-        Ok(())
-    }
-
-    async fn handle(&self, me: ActorRef<RunMsg>, msg: RunMsg, state: &mut RunState) -> Result<(), ActorProcessingErr> {
-        match msg {
-            RunMsg::Done(res) => {
-                state.task = None;
-                if let Some(r) = state.reply.take() {
-                    let _ = r.send(res);
-                }
-            }
-            RunMsg::Cancel(reason) => {
-                *state.cancel_reason.lock() = Some(reason.clone());
-                if let Some(task) = state.task.take() {
-                    task.abort();
-                    // Let the aborted task drop its state, which ends open spans and the trace.
-                    let _ = task.await;
-                }
-                if let Some(r) = state.reply.take() {
-                    let _ = r.send(Err(Error::Cancelled { reason }));
-                }
-            }
+    // The run itself. It executes in this actor's own task (no second task, no message back:
+    // both cost more than the whole node budget), and a kill drops it mid-way.
+    async fn post_start(&self, me: ActorRef<RunMsg>, state: &mut Option<RunArgs>) -> Result<(), ActorProcessingErr> {
+        if let Some(RunArgs { root, shared, options, reply, reason }) = state.take() {
+            let res = AssertUnwindSafe(execute(root, shared, options, reason))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| Err(panic_error("<engine>", Phase::Exec, p)));
+            let _ = reply.send(res);
         }
         me.stop(None);
         Ok(())
     }
 
-    async fn post_stop(&self, _me: ActorRef<RunMsg>, state: &mut RunState) -> Result<(), ActorProcessingErr> {
-        if let Some(task) = state.task.take() {
-            task.abort();
-        }
-        Ok(())
-    }
-
-    // A run supervisor links no actors today; should one fail, the run must end with an error
-    // rather than the default (stopping silently).
+    // A run supervisor links no actors today; should one fail, log it and stop the run
+    // rather than ractor's default of stopping silently.
     async fn handle_supervisor_evt(
         &self,
         me: ActorRef<RunMsg>,
         event: SupervisionEvent,
-        state: &mut RunState,
+        _state: &mut Option<RunArgs>,
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(who, err) = event {
             tracing::error!(target: "flowtrace::run", actor = %who.get_id(), "a run's child actor failed: {err}");
-            if let Some(r) = state.reply.take() {
-                let _ = r.send(Err(Error::Engine(format!("a child actor failed: {err}"))));
-            }
-            me.stop(None);
+            me.stop(Some(format!("child actor failed: {err}")));
         }
         Ok(())
     }
 }
 
+/// A started run: its supervisor, and how to cancel it.
+pub(crate) struct RunControl {
+    actor: ActorRef<RunMsg>,
+    reason: CancelReason,
+}
+
+impl RunControl {
+    /// Cancels the run: the first reason given wins.
+    pub(crate) fn cancel(&self, reason: impl Into<String>) {
+        {
+            let mut r = self.reason.lock();
+            if r.is_none() {
+                *r = Some(reason.into());
+            }
+        }
+        self.actor.kill();
+    }
+
+    /// The result of a run whose supervisor ended without answering: it was cancelled.
+    pub(crate) fn lost(&self) -> Error {
+        match self.reason.lock().clone() {
+            Some(reason) => Error::Cancelled { reason },
+            None => Error::Engine("the run supervisor stopped without a result".into()),
+        }
+    }
+}
+
 /// Stops a run whose caller went away (its future was dropped).
-struct CancelOnDrop(Option<ActorRef<RunMsg>>);
+struct CancelOnDrop(Option<RunControl>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let Some(a) = self.0.take() {
-            let _ = a.cast(RunMsg::Cancel("the caller stopped waiting for the run".into()));
+        if let Some(c) = self.0.take() {
+            c.cancel("the caller stopped waiting for the run");
         }
     }
 }
 
 /// Runs `root` under a fresh supervisor actor and waits for its result.
 pub(crate) async fn run(root: NodeRef, shared: SharedStore, options: RunOptions) -> Result<Action, Error> {
-    let (actor, rx) = start(root, shared, options).await?;
-    let mut guard = CancelOnDrop(Some(actor));
-    let res = rx.await.unwrap_or_else(|_| Err(Error::Engine("the run supervisor stopped without a result".into())));
-    guard.0 = None;
-    res
+    let (control, rx) = start(root, shared, options).await?;
+    let mut guard = CancelOnDrop(Some(control));
+    let res = rx.await;
+    let control = guard.0.take().expect("the guard holds the control until here");
+    res.unwrap_or_else(|_| Err(control.lost()))
 }
 
 /// Spawns the supervisor; the receiver gets the run's result.
@@ -187,13 +173,14 @@ pub(crate) async fn start(
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
-) -> Result<(ActorRef<RunMsg>, oneshot::Receiver<Result<Action, Error>>), Error> {
+) -> Result<(RunControl, oneshot::Receiver<Result<Action, Error>>), Error> {
     let (tx, rx) = oneshot::channel();
-    let args = RunArgs { root, shared, options, reply: tx };
+    let reason = CancelReason::default();
+    let args = RunArgs { root, shared, options, reply: tx, reason: Arc::clone(&reason) };
     let (actor, _join) = Actor::spawn(None, RunSupervisor, args)
         .await
         .map_err(|e| Error::Engine(format!("could not start the run supervisor: {e}")))?;
-    Ok((actor, rx))
+    Ok((RunControl { actor, reason }, rx))
 }
 
 /// Sends the trace's end record when the run ends, however it ends (also when aborted).
@@ -203,7 +190,7 @@ struct TraceFinisher {
     shared: SharedStore,
     input: crate::flow::store::StoreSnapshot,
     start_unix_nanos: u64,
-    cancel_reason: Arc<parking_lot::Mutex<Option<String>>>,
+    cancel_reason: CancelReason,
     result: Option<(SpanStatus, Option<String>)>,
 }
 
@@ -223,6 +210,7 @@ impl Drop for TraceFinisher {
             status,
             action,
             spans: self.rec.drain(),
+            clock: self.rec.clock(),
         };
         self.rec.sink().end(end);
     }
@@ -233,7 +221,7 @@ pub(crate) async fn execute(
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
-    cancel_reason: Arc<parking_lot::Mutex<Option<String>>>,
+    cancel_reason: CancelReason,
 ) -> Result<Action, Error> {
     install_panic_hook();
     if root.has_successors() {

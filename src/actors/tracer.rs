@@ -9,11 +9,12 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::export::{ExportReport, Exporter};
-use crate::trace::{SpanRecord, TraceEnd, TraceId, TraceRecord};
+use crate::trace::recorder::recycle;
+use crate::trace::{Clock, RawSpan, SpanRecord, TraceEnd, TraceId, TraceRecord};
 
 pub(crate) enum TracerMsg {
     /// A chunk of finished spans of a run still in progress.
-    Spans(TraceId, Vec<SpanRecord>),
+    Spans(TraceId, Clock, Vec<Box<RawSpan>>),
     /// The run ended: its last spans and the trace's own record.
     End(Box<TraceEnd>),
     /// Deliver what was handed over so far, within the timeout.
@@ -50,7 +51,10 @@ impl Actor for TracerActor {
         state: &mut TracerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TracerMsg::Spans(id, spans) => state.partial.entry(id).or_default().extend(spans),
+            TracerMsg::Spans(id, clock, mut spans) => {
+                state.partial.entry(id).or_default().extend(spans.drain(..).map(|s| s.into_record(clock)));
+                recycle(spans);
+            }
             TracerMsg::End(end) => {
                 let mut spans = state.partial.remove(&end.trace_id).unwrap_or_default();
                 let record = end.into_record(&mut spans);
@@ -92,9 +96,21 @@ async fn flush_all(exporters: &[Arc<dyn Exporter>], timeout: Duration, shutdown:
 
 impl TraceEnd {
     fn into_record(self, earlier: &mut Vec<SpanRecord>) -> TraceRecord {
-        let TraceEnd { trace_id, meta, start_unix_nanos, end_unix_nanos, input, output, status, action, spans } =
-            *Box::new(self);
-        earlier.extend(spans);
+        let TraceEnd {
+            trace_id,
+            meta,
+            start_unix_nanos,
+            end_unix_nanos,
+            input,
+            output,
+            status,
+            action,
+            mut spans,
+            clock,
+        } = self;
+        earlier.reserve(spans.len());
+        earlier.extend(spans.drain(..).map(|s| s.into_record(clock)));
+        recycle(spans);
         TraceRecord {
             trace_id,
             name: meta.name.clone(),

@@ -16,8 +16,29 @@ use std::sync::Arc;
 /// assert_eq!(Action::new("approve").key(), "approve");
 /// assert_eq!(Action::none().to_string(), "None");
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
-pub struct Action(Option<Arc<str>>);
+#[derive(Clone, Default)]
+pub struct Action(Repr);
+
+// A literal action (the common case, returned from every `post`) costs no allocation.
+#[derive(Clone, Default)]
+enum Repr {
+    #[default]
+    None,
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl PartialEq for Action {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for Action {}
+impl std::hash::Hash for Action {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
 
 /// The edge label used when a node returns no action.
 pub const DEFAULT_ACTION: &str = "default";
@@ -25,17 +46,22 @@ pub const DEFAULT_ACTION: &str = "default";
 impl Action {
     /// No action: the flow follows the `default` edge.
     pub const fn none() -> Self {
-        Action(None)
+        Action(Repr::None)
     }
 
     /// A named action.
     pub fn new(name: impl AsRef<str>) -> Self {
-        Action(Some(Arc::from(name.as_ref())))
+        Action(Repr::Shared(Arc::from(name.as_ref())))
+    }
+
+    /// A named action from a literal, without allocating.
+    pub const fn from_static(name: &'static str) -> Self {
+        Action(Repr::Static(name))
     }
 
     /// The edge this action selects: the name, or `"default"` when there is none or it is empty.
     pub fn key(&self) -> &str {
-        match &self.0 {
+        match self.as_str() {
             Some(s) if !s.is_empty() => s,
             _ => DEFAULT_ACTION,
         }
@@ -43,12 +69,16 @@ impl Action {
 
     /// The action as returned, `None` when there was none.
     pub fn as_str(&self) -> Option<&str> {
-        self.0.as_deref()
+        match &self.0 {
+            Repr::None => None,
+            Repr::Static(s) => Some(s),
+            Repr::Shared(s) => Some(s),
+        }
     }
 
     /// Whether no action was returned.
     pub fn is_none(&self) -> bool {
-        self.0.is_none()
+        matches!(self.0, Repr::None)
     }
 
     /// Parses an action from a JSON value, as a dynamic caller would hand it over.
@@ -72,37 +102,34 @@ pub struct ActionError;
 impl fmt::Display for Action {
     /// Prints the action as returned, PocketFlow style: `None` for no action.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Some(s) => f.write_str(s),
-            None => f.write_str("None"),
-        }
+        f.write_str(self.as_str().unwrap_or("None"))
     }
 }
 
 impl fmt::Debug for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
+        match self.as_str() {
             Some(s) => write!(f, "Action({s:?})"),
             None => f.write_str("Action(None)"),
         }
     }
 }
 
-impl From<&str> for Action {
-    fn from(s: &str) -> Self {
-        Action::new(s)
+impl From<&'static str> for Action {
+    fn from(s: &'static str) -> Self {
+        Action::from_static(s)
     }
 }
 
 impl From<String> for Action {
     fn from(s: String) -> Self {
-        Action(Some(Arc::from(s)))
+        Action(Repr::Shared(Arc::from(s)))
     }
 }
 
-impl From<Option<&str>> for Action {
-    fn from(s: Option<&str>) -> Self {
-        s.map(Action::new).unwrap_or_default()
+impl From<Option<&'static str>> for Action {
+    fn from(s: Option<&'static str>) -> Self {
+        s.map(Action::from_static).unwrap_or_default()
     }
 }
 
@@ -114,13 +141,13 @@ impl From<()> for Action {
 
 impl PartialEq<&str> for Action {
     fn eq(&self, other: &&str) -> bool {
-        self.0.as_deref() == Some(*other)
+        self.as_str() == Some(*other)
     }
 }
 
 impl serde::Serialize for Action {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match &self.0 {
+        match self.as_str() {
             Some(v) => s.serialize_str(v),
             None => s.serialize_none(),
         }

@@ -14,7 +14,7 @@ use super::orchestrate::FlowDef;
 use super::visit::ErasedNode;
 
 /// How a node's `exec` runs: attempts, the wait between them, a time limit, where it runs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct NodeConfig {
     pub(crate) max_retries: u32,
     pub(crate) wait: Duration,
@@ -186,7 +186,7 @@ impl NodeRef {
     }
 
     pub(crate) fn config(&self) -> NodeConfig {
-        self.0.config.read().clone()
+        *self.0.config.read()
     }
 
     /// Looks up the next node for `action`, warning as PocketFlow does when the flow ends

@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -172,8 +173,10 @@ impl<N: Node> ErasedNode for NodeAdapter<N> {
 
 async fn visit_node<N: Node>(node: &Arc<N>, def: &NodeDef, cx: &VisitCx) -> Result<Action, Error> {
     let name = &*def.name;
-    let cfg = def.config.read().clone();
-    let mut node_span = cx.span(SpanKind::Node, &def.name);
+    let cfg = *def.config.read();
+    // One clock reading ends a phase and starts the next: the node's spans share 4 readings.
+    let t0 = cx.trace.as_ref().map(|_| Instant::now());
+    let mut node_span = cx.span_at(SpanKind::Node, &def.name, t0);
     if let Some(s) = node_span.as_mut() {
         s.attr("node_type", def.type_name);
     }
@@ -182,19 +185,20 @@ async fn visit_node<N: Node>(node: &Arc<N>, def: &NodeDef, cx: &VisitCx) -> Resu
     let ctx = Context { shared: &cx.shared, params: &cx.params, node: name };
 
     // prep
-    let span = if switches.prep { inner.span(SpanKind::Prep, &def.names.prep) } else { None };
+    let span = if switches.prep { inner.span_at(SpanKind::Prep, &def.names.prep, t0) } else { None };
     let prep = match contain(name, Phase::Prep, node.prep(&ctx)).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return fail(hook_error(name, Phase::Prep, e), span, node_span),
         Err(e) => return fail(e, span, node_span),
     };
-    if let Some(mut s) = span {
+    let t1 = t0.map(|_| Instant::now());
+    if let (Some(mut s), Some(t)) = (span, t1) {
         s.output(|| capture(&prep));
-        s.end();
+        s.end_at(t);
     }
 
     // exec
-    let mut span = if switches.exec { inner.span(SpanKind::Exec, &def.names.exec) } else { None };
+    let mut span = if switches.exec { inner.span_at(SpanKind::Exec, &def.names.exec, t1) } else { None };
     if let Some(s) = span.as_mut() {
         s.input(|| capture(&prep));
         s.attr("max_retries", cfg.max_retries);
@@ -235,13 +239,14 @@ async fn visit_node<N: Node>(node: &Arc<N>, def: &NodeDef, cx: &VisitCx) -> Resu
         Ok(v) => v,
         Err(e) => return fail(e, span, node_span),
     };
-    if let Some(mut s) = span {
+    let t2 = t0.map(|_| Instant::now());
+    if let (Some(mut s), Some(t)) = (span, t2) {
         s.output(|| capture(&exec));
-        s.end();
+        s.end_at(t);
     }
 
     // post
-    let mut span = if switches.post { inner.span(SpanKind::Post, &def.names.post) } else { None };
+    let mut span = if switches.post { inner.span_at(SpanKind::Post, &def.names.post, t2) } else { None };
     if let Some(s) = span.as_mut() {
         s.input(|| capture(&exec));
     }
@@ -256,14 +261,15 @@ async fn visit_node<N: Node>(node: &Arc<N>, def: &NodeDef, cx: &VisitCx) -> Resu
         Ok(Err(e)) => return fail(hook_error(name, Phase::Post, e), span, node_span),
         Err(e) => return fail(e, span, node_span),
     };
+    let t3 = Instant::now();
     if let Some(mut s) = span {
         s.attr("changed_keys", changed);
         s.output(|| capture(&action));
-        s.end();
+        s.end_at(t3);
     }
     if let Some(mut s) = node_span {
         s.output(|| capture(&action));
-        s.end();
+        s.end_at(t3);
     }
     Ok(action)
 }

@@ -42,6 +42,14 @@ impl VisitCx {
     pub(crate) fn span(&self, kind: SpanKind, name: &Arc<str>) -> Option<OpenSpan> {
         self.trace.as_ref().map(|r| r.start(self.parent, kind, Arc::clone(name)))
     }
+
+    /// A span starting at a clock reading taken by the caller (`None` when untraced).
+    pub(crate) fn span_at(&self, kind: SpanKind, name: &Arc<str>, at: Option<std::time::Instant>) -> Option<OpenSpan> {
+        match (&self.trace, at) {
+            (Some(r), Some(at)) => Some(r.start_at(self.parent, kind, Arc::clone(name), at)),
+            _ => None,
+        }
+    }
 }
 
 /// A node type behind the graph: one visit = prep, exec (retried), post.

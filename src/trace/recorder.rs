@@ -37,6 +37,27 @@ impl Default for Switches {
 /// Spans are sent to the tracer in chunks of this many, and at the end of the run.
 const CHUNK: usize = 256;
 
+/// Span buffers travel to the tracer thread and come back empty, so a run does not allocate
+/// (and the tracer thread does not free) a buffer per run: glibc's cross-thread frees of
+/// large blocks were the biggest single cost of tracing before this pool.
+static POOL: Mutex<Vec<Vec<Box<RawSpan>>>> = Mutex::new(Vec::new());
+const POOL_MAX: usize = 1024;
+
+fn pooled_buffer() -> Vec<Box<RawSpan>> {
+    POOL.lock().pop().unwrap_or_else(|| Vec::with_capacity(64))
+}
+
+/// Returns an emptied buffer to the pool (called by the tracer after converting its spans).
+pub(crate) fn recycle(mut buf: Vec<Box<RawSpan>>) {
+    buf.clear();
+    if buf.capacity() > 0 && buf.capacity() <= 4 * CHUNK {
+        let mut pool = POOL.lock();
+        if pool.len() < POOL_MAX {
+            pool.push(buf);
+        }
+    }
+}
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 fn seed() -> u64 {
@@ -79,12 +100,125 @@ pub(crate) fn capture<T: Serialize + ?Sized>(v: &T) -> Value {
         .unwrap_or_else(|e| Value::String(format!("<unserialisable {}: {e}>", std::any::type_name::<T>())))
 }
 
-pub(crate) struct RunTrace {
-    pub(crate) trace_id: TraceId,
+/// An attribute value of a span in flight: no allocation for the common kinds.
+#[derive(Debug, Clone)]
+pub(crate) enum AttrVal {
+    None,
+    U64(u64),
+    F64(f64),
+    Str(&'static str),
+    Keys(Box<Vec<String>>),
+}
+
+impl From<u32> for AttrVal {
+    fn from(v: u32) -> Self {
+        AttrVal::U64(v as u64)
+    }
+}
+impl From<u64> for AttrVal {
+    fn from(v: u64) -> Self {
+        AttrVal::U64(v)
+    }
+}
+impl From<usize> for AttrVal {
+    fn from(v: usize) -> Self {
+        AttrVal::U64(v as u64)
+    }
+}
+impl From<f64> for AttrVal {
+    fn from(v: f64) -> Self {
+        AttrVal::F64(v)
+    }
+}
+impl From<&'static str> for AttrVal {
+    fn from(v: &'static str) -> Self {
+        AttrVal::Str(v)
+    }
+}
+impl From<Vec<String>> for AttrVal {
+    fn from(v: Vec<String>) -> Self {
+        AttrVal::Keys(Box::new(v))
+    }
+}
+
+impl AttrVal {
+    fn into_json(self) -> Option<Value> {
+        match self {
+            AttrVal::None => None,
+            AttrVal::U64(v) => Some(v.into()),
+            AttrVal::F64(v) => Some(v.into()),
+            AttrVal::Str(v) => Some(v.into()),
+            AttrVal::Keys(v) => Some((*v).into()),
+        }
+    }
+}
+
+const MAX_ATTRS: usize = 3;
+
+/// A finished span as the run records it: ids, static keys and inline attributes, so that
+/// recording allocates nothing beyond the captured values. The tracer turns it into a
+/// [`SpanRecord`] off the run's path.
+#[derive(Debug)]
+pub(crate) struct RawSpan {
+    span_id: SpanId,
+    parent_id: Option<SpanId>,
+    kind: SpanKind,
+    name: Arc<str>,
+    // Raw clock readings: turned into Unix time on the tracer thread.
+    start: Instant,
+    end: Instant,
+    status: Option<Box<SpanStatus>>,
+    input: Option<Value>,
+    output: Option<Value>,
+    attrs: [(&'static str, AttrVal); MAX_ATTRS],
+    extra: Vec<(&'static str, AttrVal)>,
+}
+
+impl RawSpan {
+    /// The public form, built on the tracer's thread; `clock` maps readings to Unix time.
+    pub(crate) fn into_record(self, clock: Clock) -> SpanRecord {
+        let mut attributes = serde_json::Map::new();
+        for (k, v) in self.attrs.into_iter().chain(self.extra) {
+            if let Some(v) = v.into_json() {
+                attributes.insert(k.to_owned(), v);
+            }
+        }
+        SpanRecord {
+            span_id: self.span_id,
+            parent_id: self.parent_id,
+            kind: self.kind,
+            name: self.name,
+            start_unix_nanos: clock.unix_nanos(self.start),
+            end_unix_nanos: clock.unix_nanos(self.end),
+            status: self.status.map(|s| *s).unwrap_or_default(),
+            input: self.input,
+            output: self.output,
+            attributes,
+        }
+    }
+}
+
+/// A run's clock: one Unix time and one `Instant` read together, to place every span.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
     base_unix_nanos: u64,
     base: Instant,
+}
+
+impl Clock {
+    pub(crate) fn unix_nanos(self, at: Instant) -> u64 {
+        match at.checked_duration_since(self.base) {
+            Some(d) => self.base_unix_nanos + d.as_nanos() as u64,
+            None => self.base_unix_nanos.saturating_sub(self.base.duration_since(at).as_nanos() as u64),
+        }
+    }
+}
+
+pub(crate) struct RunTrace {
+    pub(crate) trace_id: TraceId,
+    clock: Clock,
     pub(crate) switches: Switches,
-    buf: Mutex<Vec<SpanRecord>>,
+    buf: Mutex<Vec<Box<RawSpan>>>,
     sink: TraceSink,
 }
 
@@ -103,10 +237,9 @@ impl Recorder {
         let base_unix_nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         Recorder(Arc::new(RunTrace {
             trace_id,
-            base_unix_nanos,
-            base: Instant::now(),
+            clock: Clock { base_unix_nanos, base: Instant::now() },
             switches,
-            buf: Mutex::new(Vec::with_capacity(64)),
+            buf: Mutex::new(pooled_buffer()),
             sink,
         }))
     }
@@ -116,7 +249,11 @@ impl Recorder {
     }
 
     pub(crate) fn unix_nanos(&self, at: Instant) -> u64 {
-        self.0.base_unix_nanos + at.saturating_duration_since(self.0.base).as_nanos() as u64
+        self.0.clock.unix_nanos(at)
+    }
+
+    pub(crate) fn clock(&self) -> Clock {
+        self.0.clock
     }
 
     pub(crate) fn now_unix_nanos(&self) -> u64 {
@@ -125,42 +262,53 @@ impl Recorder {
 
     /// Opens a span; it is recorded when ended, or as cancelled if dropped while open.
     pub(crate) fn start(&self, parent: Option<SpanId>, kind: SpanKind, name: impl Into<Arc<str>>) -> OpenSpan {
+        self.start_at(parent, kind, name, Instant::now())
+    }
+
+    /// Opens a span that started at `at` (one clock read can start several nested spans).
+    pub(crate) fn start_at(
+        &self,
+        parent: Option<SpanId>,
+        kind: SpanKind,
+        name: impl Into<Arc<str>>,
+        at: Instant,
+    ) -> OpenSpan {
         OpenSpan {
             rec: self.clone(),
-            record: Some(SpanRecord {
+            record: Some(Box::new(RawSpan {
                 span_id: new_span_id(),
                 parent_id: parent,
                 kind,
                 name: name.into(),
-                start_unix_nanos: 0,
-                end_unix_nanos: 0,
-                status: SpanStatus::Ok,
+                start: at,
+                end: at,
+                status: None,
                 input: None,
                 output: None,
-                attributes: serde_json::Map::new(),
-            }),
-            start: Instant::now(),
+                attrs: [("", AttrVal::None), ("", AttrVal::None), ("", AttrVal::None)],
+                extra: Vec::new(),
+            })),
         }
     }
 
-    fn push(&self, rec: SpanRecord) {
+    fn push(&self, rec: Box<RawSpan>) {
         let chunk = {
             let mut buf = self.0.buf.lock();
             buf.push(rec);
             if buf.len() >= CHUNK {
-                Some(std::mem::replace(&mut *buf, Vec::with_capacity(CHUNK)))
+                Some(std::mem::replace(&mut *buf, pooled_buffer()))
             } else {
                 None
             }
         };
         if let Some(chunk) = chunk {
-            self.0.sink.spans(self.0.trace_id, chunk);
+            self.0.sink.spans(self.0.trace_id, self.0.clock, chunk);
         }
     }
 
     /// Takes what is buffered (the run's end sends it with the trace's own record).
-    pub(crate) fn drain(&self) -> Vec<SpanRecord> {
-        std::mem::take(&mut *self.0.buf.lock())
+    pub(crate) fn drain(&self) -> Vec<Box<RawSpan>> {
+        std::mem::replace(&mut *self.0.buf.lock(), Vec::new())
     }
 
     pub(crate) fn sink(&self) -> &TraceSink {
@@ -176,8 +324,9 @@ impl Recorder {
 /// cancelled or aborted run still leaves a closed span that says why.
 pub(crate) struct OpenSpan {
     rec: Recorder,
-    record: Option<SpanRecord>,
-    start: Instant,
+    // Boxed: an open span lives inside the node's (boxed) visit future, and keeping it small
+    // keeps that future within the allocator's fast size classes.
+    record: Option<Box<RawSpan>>,
 }
 
 impl OpenSpan {
@@ -185,9 +334,13 @@ impl OpenSpan {
         self.record.as_ref().map(|r| r.span_id).unwrap_or(SpanId(0))
     }
 
-    pub(crate) fn attr(&mut self, key: &str, value: impl Into<Value>) {
+    pub(crate) fn attr(&mut self, key: &'static str, value: impl Into<AttrVal>) {
         if let Some(r) = self.record.as_mut() {
-            r.attributes.insert(key.to_owned(), value.into());
+            let value = value.into();
+            match r.attrs.iter_mut().find(|(k, _)| k.is_empty() || *k == key) {
+                Some(slot) => *slot = (key, value),
+                None => r.extra.push((key, value)),
+            }
         }
     }
 
@@ -208,28 +361,32 @@ impl OpenSpan {
     }
 
     pub(crate) fn end(mut self) {
-        self.finish(SpanStatus::Ok);
+        self.finish(SpanStatus::Ok, Instant::now());
+    }
+
+    /// Ends the span at `at`, a clock reading shared with the span that starts next.
+    pub(crate) fn end_at(mut self, at: Instant) {
+        self.finish(SpanStatus::Ok, at);
     }
 
     pub(crate) fn end_with(mut self, result: Result<(), &Error>) {
         match result {
-            Ok(()) => self.finish(SpanStatus::Ok),
+            Ok(()) => self.finish(SpanStatus::Ok, Instant::now()),
             Err(e) => {
                 let status = error_status(e, self.rec.0.switches.errors);
-                self.finish(status)
+                self.finish(status, Instant::now())
             }
         }
     }
 
     pub(crate) fn fail(mut self, status: SpanStatus) {
-        self.finish(status);
+        self.finish(status, Instant::now());
     }
 
-    fn finish(&mut self, status: SpanStatus) {
+    fn finish(&mut self, status: SpanStatus, at: Instant) {
         if let Some(mut r) = self.record.take() {
-            r.start_unix_nanos = self.rec.unix_nanos(self.start);
-            r.end_unix_nanos = self.rec.now_unix_nanos();
-            r.status = status;
+            r.end = at;
+            r.status = if matches!(status, SpanStatus::Ok) { None } else { Some(Box::new(status)) };
             self.rec.push(r);
         }
     }
@@ -238,7 +395,10 @@ impl OpenSpan {
 impl Drop for OpenSpan {
     fn drop(&mut self) {
         if self.record.is_some() {
-            self.finish(SpanStatus::Cancelled { reason: "the run stopped while this span was open".into() });
+            self.finish(
+                SpanStatus::Cancelled { reason: "the run stopped while this span was open".into() },
+                Instant::now(),
+            );
         }
     }
 }
