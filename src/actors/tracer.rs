@@ -9,7 +9,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::export::{ExportReport, Exporter};
-use crate::trace::recorder::recycle;
+use crate::trace::recorder::recycle_spans;
 use crate::trace::{Clock, RawSpan, SpanRecord, TraceEnd, TraceId, TraceRecord};
 
 pub(crate) enum TracerMsg {
@@ -52,8 +52,8 @@ impl Actor for TracerActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TracerMsg::Spans(id, clock, mut spans) => {
-                state.partial.entry(id).or_default().extend(spans.drain(..).map(|s| s.into_record(clock)));
-                recycle(spans);
+                state.partial.entry(id).or_default().extend(spans.iter_mut().map(|s| s.take_record(clock)));
+                recycle_spans(spans);
             }
             TracerMsg::End(end) => {
                 let mut spans = state.partial.remove(&end.trace_id).unwrap_or_default();
@@ -109,8 +109,8 @@ impl TraceEnd {
             clock,
         } = self;
         earlier.reserve(spans.len());
-        earlier.extend(spans.drain(..).map(|s| s.into_record(clock)));
-        recycle(spans);
+        earlier.extend(spans.iter_mut().map(|s| s.take_record(clock)));
+        recycle_spans(spans);
         TraceRecord {
             trace_id,
             name: meta.name.clone(),

@@ -154,6 +154,26 @@ impl AttrVal {
 }
 
 const MAX_ATTRS: usize = 3;
+const EMPTY_ATTRS: [(&str, AttrVal); MAX_ATTRS] = [("", AttrVal::None), ("", AttrVal::None), ("", AttrVal::None)];
+
+/// Span boxes are allocated by runs and emptied by the tracer on another thread; freeing them
+/// there made the two threads contend on glibc's arena lock (a fifth of a traced run's time).
+/// So emptied boxes come back here, and runs take them in batches.
+static BOX_POOL: Mutex<Vec<Box<RawSpan>>> = Mutex::new(Vec::new());
+const BOX_POOL_MAX: usize = 1 << 16;
+const BOX_BATCH: usize = 64;
+
+/// Returns emptied span boxes (and their buffer) for reuse.
+pub(crate) fn recycle_spans(mut spans: Vec<Box<RawSpan>>) {
+    {
+        let mut pool = BOX_POOL.lock();
+        let room = BOX_POOL_MAX.saturating_sub(pool.len());
+        let keep = spans.len().min(room);
+        pool.extend(spans.drain(..keep));
+    }
+    spans.clear();
+    recycle(spans);
+}
 
 /// A finished span as the run records it: ids, static keys and inline attributes, so that
 /// recording allocates nothing beyond the captured values. The tracer turns it into a
@@ -163,7 +183,7 @@ pub(crate) struct RawSpan {
     span_id: SpanId,
     parent_id: Option<SpanId>,
     kind: SpanKind,
-    name: Arc<str>,
+    name: Option<Arc<str>>,
     // Raw clock readings: turned into Unix time on the tracer thread.
     start: Instant,
     end: Instant,
@@ -176,9 +196,11 @@ pub(crate) struct RawSpan {
 
 impl RawSpan {
     /// The public form, built on the tracer's thread; `clock` maps readings to Unix time.
-    pub(crate) fn into_record(self, clock: Clock) -> SpanRecord {
+    /// Leaves the box empty, to be recycled rather than freed.
+    pub(crate) fn take_record(&mut self, clock: Clock) -> SpanRecord {
         let mut attributes = serde_json::Map::new();
-        for (k, v) in self.attrs.into_iter().chain(self.extra) {
+        let attrs = std::mem::replace(&mut self.attrs, EMPTY_ATTRS);
+        for (k, v) in attrs.into_iter().chain(std::mem::take(&mut self.extra)) {
             if let Some(v) = v.into_json() {
                 attributes.insert(k.to_owned(), v);
             }
@@ -187,12 +209,12 @@ impl RawSpan {
             span_id: self.span_id,
             parent_id: self.parent_id,
             kind: self.kind,
-            name: self.name,
+            name: self.name.take().unwrap_or_else(|| Arc::from("")),
             start_unix_nanos: clock.unix_nanos(self.start),
             end_unix_nanos: clock.unix_nanos(self.end),
-            status: self.status.map(|s| *s).unwrap_or_default(),
-            input: self.input,
-            output: self.output,
+            status: self.status.take().map(|s| *s).unwrap_or_default(),
+            input: self.input.take(),
+            output: self.output.take(),
             attributes,
         }
     }
@@ -219,7 +241,20 @@ pub(crate) struct RunTrace {
     clock: Clock,
     pub(crate) switches: Switches,
     buf: Mutex<Vec<Box<RawSpan>>>,
+    spare: Mutex<Vec<Box<RawSpan>>>,
     sink: TraceSink,
+}
+
+impl Drop for RunTrace {
+    fn drop(&mut self) {
+        let spare = std::mem::take(&mut *self.spare.lock());
+        if !spare.is_empty() {
+            let mut pool = BOX_POOL.lock();
+            if pool.len() < BOX_POOL_MAX {
+                pool.extend(spare);
+            }
+        }
+    }
 }
 
 /// The handle a run passes down to every node to record spans.
@@ -240,6 +275,7 @@ impl Recorder {
             clock: Clock { base_unix_nanos, base: Instant::now() },
             switches,
             buf: Mutex::new(pooled_buffer()),
+            spare: Mutex::new(Vec::new()),
             sink,
         }))
     }
@@ -273,22 +309,38 @@ impl Recorder {
         name: impl Into<Arc<str>>,
         at: Instant,
     ) -> OpenSpan {
-        OpenSpan {
-            rec: self.clone(),
-            record: Some(Box::new(RawSpan {
-                span_id: new_span_id(),
-                parent_id: parent,
-                kind,
-                name: name.into(),
-                start: at,
-                end: at,
-                status: None,
-                input: None,
-                output: None,
-                attrs: [("", AttrVal::None), ("", AttrVal::None), ("", AttrVal::None)],
-                extra: Vec::new(),
-            })),
+        let fresh = RawSpan {
+            span_id: new_span_id(),
+            parent_id: parent,
+            kind,
+            name: Some(name.into()),
+            start: at,
+            end: at,
+            status: None,
+            input: None,
+            output: None,
+            attrs: EMPTY_ATTRS,
+            extra: Vec::new(),
+        };
+        let record = match self.spare_box() {
+            Some(mut b) => {
+                *b = fresh;
+                b
+            }
+            None => Box::new(fresh),
+        };
+        OpenSpan { rec: self.clone(), record: Some(record) }
+    }
+
+    fn spare_box(&self) -> Option<Box<RawSpan>> {
+        let mut spare = self.0.spare.lock();
+        if spare.is_empty() {
+            let mut pool = BOX_POOL.lock();
+            let n = pool.len().min(BOX_BATCH);
+            let at = pool.len() - n;
+            spare.extend(pool.drain(at..));
         }
+        spare.pop()
     }
 
     fn push(&self, rec: Box<RawSpan>) {

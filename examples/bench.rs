@@ -1,0 +1,192 @@
+//! The side-by-side bench program: the Python reference's five workloads
+//! (`shared/peers/python-bench/`), run by flowtrace, one JSON line per run.
+//!
+//! ```text
+//! cargo run --release --example bench -- <chain|seed|parallel|concurrent|batch> \
+//!     [--mode untraced|traced] [--n RUNS] [--items N] [--flows N] [--repeat R]
+//! ```
+//!
+//! Traced mode sends every span to a local sink the program starts itself and reports how
+//! many spans the sink received (`spans_delivered`) against how many the runs produced.
+
+#[path = "../benches/support/workloads.rs"]
+mod workloads;
+
+use std::time::{Duration, Instant};
+
+use flowtrace::prelude::*;
+use workloads::*;
+
+struct Args {
+    workload: String,
+    traced: bool,
+    n: Option<usize>,
+    items: usize,
+    flows: usize,
+    repeat: usize,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let workload = it.next().ok_or("usage: bench <chain|seed|parallel|concurrent|batch> [--mode untraced|traced]")?;
+    let mut a = Args { workload, traced: false, n: None, items: 10_000, flows: 1_000, repeat: 5 };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--mode" => {
+                a.traced = match value()?.as_str() {
+                    "traced" => true,
+                    "untraced" | "plain" => false,
+                    m => return Err(format!("--mode must be untraced or traced, not {m}")),
+                }
+            }
+            "--n" => a.n = Some(value()?.parse().map_err(|e| format!("--n: {e}"))?),
+            "--items" => a.items = value()?.parse().map_err(|e| format!("--items: {e}"))?,
+            "--flows" => a.flows = value()?.parse().map_err(|e| format!("--flows: {e}"))?,
+            "--repeat" => a.repeat = value()?.parse().map_err(|e| format!("--repeat: {e}"))?,
+            f => return Err(format!("unknown flag {f}")),
+        }
+    }
+    Ok(a)
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn run(flow: &Flow, shared: &SharedStore, tracer: Option<&Tracer>) {
+    match tracer {
+        Some(t) => flow.traced(flow.name().to_owned()).tracer(t).run(shared).await,
+        None => flow.run(shared).await,
+    }
+    .expect("a bench run failed");
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // The loop runs on a runtime worker, as a service's request handler would, not on the
+    // thread that called `block_on` (which would make every run a cross-thread hand-off).
+    tokio::spawn(bench()).await.expect("the bench task panicked");
+}
+
+async fn bench() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let sink = CountingExporter::default();
+    let tracer = args.traced.then(|| Tracer::builder().exporter(sink.clone()).build().expect("tracer"));
+    let t = tracer.as_ref();
+
+    // (unit count per run, runs per repetition, one repetition)
+    let (units_per_run, unit, runs) = match args.workload.as_str() {
+        "chain" => (10, "node", args.n.unwrap_or(20_000)),
+        "seed" => (1, "flow", args.n.unwrap_or(20_000)),
+        "parallel" | "batch" => (args.items, "item", args.n.unwrap_or(20)),
+        "concurrent" => (args.flows, "flow", args.n.unwrap_or(1)),
+        w => {
+            eprintln!("bench: unknown workload {w}");
+            std::process::exit(2);
+        }
+    };
+    let mut per_unit_us = Vec::new();
+    let mut flows_per_s = Vec::new();
+    let mut total_runs = 0;
+    for rep in 0..=args.repeat {
+        let start = Instant::now();
+        match args.workload.as_str() {
+            "chain" => {
+                let flow = chain(10);
+                for _ in 0..runs {
+                    let shared = SharedStore::new();
+                    shared.insert("x", 0_i64);
+                    run(&flow, &shared, t).await;
+                    assert_eq!(shared.get::<i64>("x").ok().flatten(), Some(10), "wrong chain result");
+                }
+            }
+            "seed" => {
+                let flow = seed();
+                for _ in 0..runs {
+                    let shared = SharedStore::new();
+                    shared.insert("ticket", ticket());
+                    run(&flow, &shared, t).await;
+                    assert!(shared.contains_key("routing"), "the seed flow did not route");
+                }
+            }
+            "parallel" | "batch" => {
+                let flow = if args.workload == "parallel" { parallel_batch() } else { sequential_batch() };
+                let items: Vec<u64> = (0..args.items as u64).collect();
+                for _ in 0..runs {
+                    let shared = SharedStore::new();
+                    shared.insert("items", items.clone());
+                    run(&flow, &shared, t).await;
+                    let out: Vec<u64> = shared.require("out").expect("batch output");
+                    assert_eq!(out.len(), args.items);
+                }
+            }
+            _ => {
+                let flow = chain(5);
+                for _ in 0..runs {
+                    let tasks: Vec<_> = (0..args.flows)
+                        .map(|_| {
+                            let (flow, t) = (flow.clone(), tracer.clone());
+                            tokio::spawn(async move {
+                                let shared = SharedStore::new();
+                                shared.insert("x", 0_i64);
+                                run(&flow, &shared, t.as_ref()).await;
+                            })
+                        })
+                        .collect();
+                    for task in tasks {
+                        task.await.expect("a concurrent run panicked");
+                    }
+                }
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        if rep == 0 {
+            // Warm-up: not timed, and its spans are not counted.
+            if let Some(t) = &tracer {
+                t.flush(Duration::from_secs(60)).await;
+            }
+            sink.spans.store(0, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        }
+        total_runs += runs;
+        let flows = if args.workload == "concurrent" { runs * args.flows } else { runs };
+        flows_per_s.push(flows as f64 / secs);
+        per_unit_us.push(secs * 1e6 / (runs * units_per_run) as f64);
+    }
+    let mut delivered = serde_json::Value::Null;
+    if let Some(t) = &tracer {
+        let report = t.flush(Duration::from_secs(60)).await;
+        assert!(report.is_complete(), "spans were lost: {report:?}");
+        delivered = sink.spans.load(std::sync::atomic::Ordering::Relaxed).into();
+    }
+    let unit_key = format!("us_per_{unit}");
+    let line = serde_json::json!({
+        "workload": args.workload,
+        "mode": if args.traced { "traced" } else { "untraced" },
+        "runs": total_runs,
+        "flows_per_s": median(flows_per_s),
+        unit_key: median(per_unit_us.clone()),
+        "units_per_s": 1e6 / median(per_unit_us),
+        "peak_rss_mb": peak_rss_mb(),
+        "spans_delivered": delivered,
+    });
+    println!("{line}");
+}
