@@ -16,7 +16,7 @@ use crate::trace::TraceRecord;
 /// use flowtrace::prelude::*;
 /// let memory = MemoryExporter::new();
 /// let tracer = Tracer::builder().exporter(memory.clone()).build().unwrap();
-/// let hello = FnNode::new("Hello").post(|ctx, _, _| { ctx.shared().insert("greeting", "hi"); Ok(Action::none()) });
+/// let hello = FnNode::new("Hello").post(|ctx, _, _| { ctx.shared().insert("greeting", "hi"); Ok(Action::none()) }).into_node();
 /// let flow = Flow::new(&hello);
 /// flow.traced("Hello").tracer(&tracer).run(&SharedStore::new()).await.unwrap();
 /// tracer.flush(std::time::Duration::from_secs(5)).await;
