@@ -1,0 +1,282 @@
+//! PocketFlow conformance, batch flows (spec §13 cases 19–25, 42–46, 76, 77).
+
+mod support;
+
+use flowtrace::prelude::*;
+use flowtrace::Phase;
+use serde_json::{json, Value};
+use support::*;
+
+/// `[{key: k} for k in input_data]`.
+fn keys_of_input(ctx: &Context<'_>) -> NodeResult<Vec<Params>> {
+    let data: serde_json::Map<String, Value> = ctx.shared().get("input_data")?.unwrap_or_default();
+    Ok(data.keys().map(|k| params(json!({ "key": k }))).collect())
+}
+
+/// PocketFlow's `SimpleTestNode`: results[key] = input_data[key] * 2 (in prep).
+fn double_key() -> NodeRef {
+    FnNode::new("Double")
+        .prep(|ctx| {
+            let key: String = ctx.param("key").ok_or("no key param")?;
+            if key == "error_key" {
+                return Err(value_error("error_key is not allowed"));
+            }
+            let v = ctx.shared().require::<Value>("input_data")?[&key].as_i64().unwrap_or(0);
+            ctx.shared().update("results", serde_json::Map::new, |r| r.insert(key.clone(), json!(v * 2)))?;
+            Ok(Value::Null)
+        })
+        .into_node()
+}
+
+async fn basic(input: Value) -> (Result<Action, String>, SharedStore) {
+    let flow = BatchFlow::new(&double_key()).with_params(keys_of_input);
+    let shared = SharedStore::from_json(json!({ "input_data": input }));
+    let r = flow.run(&shared).await.map_err(|e| e.to_string());
+    (r, shared)
+}
+
+#[tokio::test]
+async fn case_019_basic_batch_processing() {
+    let (r, shared) = basic(json!({ "a": 1, "b": 2, "c": 3 })).await;
+    assert_eq!(r.unwrap(), Action::none());
+    assert_eq!(shared.get_json("results").unwrap(), json!({ "a": 2, "b": 4, "c": 6 }));
+}
+
+#[tokio::test]
+async fn case_020_empty_input() {
+    let (_, shared) = basic(json!({})).await;
+    assert!(shared.get_json("results").is_none());
+}
+
+#[tokio::test]
+async fn case_021_single_item() {
+    let (_, shared) = basic(json!({ "single": 5 })).await;
+    assert_eq!(shared.get_json("results").unwrap(), json!({ "single": 10 }));
+}
+
+#[tokio::test]
+async fn case_022_error_handling() {
+    let flow = BatchFlow::new(&double_key()).with_params(keys_of_input);
+    let shared = SharedStore::from_json(json!({ "input_data": { "normal_key": 1, "error_key": 2, "another_key": 3 } }));
+    let err = flow.run(&shared).await.unwrap_err();
+    assert_user_error::<ValueError>(&err, "Double", Phase::Prep);
+}
+
+/// Inner writes intermediate[key] = input + 1; Outer writes results[key] = intermediate * 2.
+fn inner_outer(inner_action: Option<&'static str>) -> NodeRef {
+    let inner = FnNode::new("Inner")
+        .prep(|ctx| {
+            let key: String = ctx.param("key").ok_or("no key")?;
+            let v = ctx.shared().require::<Value>("input_data")?[&key].as_i64().unwrap_or(0);
+            ctx.shared().update("intermediate", serde_json::Map::new, |m| m.insert(key.clone(), json!(v + 1)))?;
+            Ok(Value::Null)
+        })
+        .post(move |_, _, _| Ok(Action::from(inner_action)))
+        .into_node();
+    let outer = FnNode::new("Outer")
+        .prep(|ctx| {
+            let key: String = ctx.param("key").ok_or("no key")?;
+            let v = ctx.shared().require::<Value>("intermediate")?[&key].as_i64().unwrap_or(0);
+            ctx.shared().update("results", serde_json::Map::new, |m| m.insert(key.clone(), json!(v * 2)))?;
+            Ok(Value::Null)
+        })
+        .into_node();
+    match inner_action {
+        Some(a) => {
+            let _ = inner.on(a) >> &outer;
+        }
+        None => {
+            let _ = &inner >> &outer;
+        }
+    }
+    inner
+}
+
+#[tokio::test]
+async fn case_023_nested_flow_in_batch() {
+    let flow = BatchFlow::new(&inner_outer(None)).with_params(keys_of_input);
+    let shared = SharedStore::from_json(json!({ "input_data": { "x": 1, "y": 2 } }));
+    flow.run(&shared).await.unwrap();
+    assert_eq!(shared.get_json("results").unwrap(), json!({ "x": 4, "y": 6 }));
+}
+
+/// Batch params carry a multiplier: results[key] = input * multiplier.
+fn multiplied(parallel: bool) -> BatchFlow {
+    let node = FnNode::new("Multiply")
+        .prep(|ctx| {
+            let key: String = ctx.param("key").ok_or("no key")?;
+            let m: i64 = ctx.param("multiplier").ok_or("no multiplier")?;
+            let v = ctx.shared().require::<Value>("input_data")?[&key].as_i64().unwrap_or(0);
+            ctx.shared().update("results", serde_json::Map::new, |r| r.insert(key.clone(), json!(v * m)))?;
+            Ok(Value::Null)
+        })
+        .into_node();
+    let flow = if parallel { BatchFlow::parallel(&node) } else { BatchFlow::new(&node) };
+    flow.with_params(|ctx| {
+        let data: serde_json::Map<String, Value> = ctx.shared().require("input_data")?;
+        Ok(data.keys().enumerate().map(|(i, k)| params(json!({ "key": k, "multiplier": i + 1 }))).collect())
+    })
+}
+
+#[tokio::test]
+async fn case_024_custom_parameters() {
+    let shared = SharedStore::from_json(json!({ "input_data": { "a": 1, "b": 2, "c": 3 } }));
+    multiplied(false).run(&shared).await.unwrap();
+    assert_eq!(shared.get_json("results").unwrap(), json!({ "a": 1, "b": 4, "c": 9 }));
+}
+
+/// Outer batch over groups, inner batch over the group's items (params accumulate).
+pub fn nested_groups(parallel: bool) -> BatchFlow {
+    let item = FnNode::new("Item")
+        .prep(|ctx| {
+            let group: String = ctx.param("group").ok_or("no group")?;
+            let i: usize = ctx.param("item").ok_or("no item")?;
+            Ok(ctx.shared().require::<Value>("groups")?[&group][i].clone())
+        })
+        .exec(|v, _| async move { Ok(json!(v.as_i64().unwrap_or(0) * 2)) })
+        .post(|ctx, _, doubled| {
+            let group: String = ctx.param("group").ok_or("no group")?;
+            ctx.shared().update("results", serde_json::Map::new, |r| {
+                r.entry(group.clone()).or_insert_with(|| json!([])).as_array_mut().map(|a| a.push(doubled.clone()));
+            })?;
+            Ok(Action::none())
+        })
+        .into_node();
+    let make = |start: &NodeRef| if parallel { BatchFlow::parallel(start) } else { BatchFlow::new(start) };
+    let inner = make(&item).with_params(|ctx| {
+        let group: String = ctx.param("group").ok_or("no group")?;
+        let n = ctx.shared().require::<Value>("groups")?[&group].as_array().map_or(0, |a| a.len());
+        Ok((0..n).map(|i| params(json!({ "item": i, "group": group }))).collect())
+    });
+    make(inner.as_node()).with_params(|ctx| {
+        let groups: serde_json::Map<String, Value> = ctx.shared().require("groups")?;
+        Ok(groups.keys().map(|g| params(json!({ "group": g }))).collect())
+    })
+}
+
+#[tokio::test]
+async fn case_025_nested_batch_flow() {
+    let shared = SharedStore::from_json(json!({ "groups": { "A": [1, 2], "B": [3, 4] } }));
+    nested_groups(false).run(&shared).await.unwrap();
+    assert_eq!(shared.get_json("results").unwrap(), json!({ "A": [2, 4], "B": [6, 8] }));
+}
+
+/// The async batch node of the upstream tests: prep writes results[key] = data and returns
+/// it; post writes results[key] = prep_res * 2 (and fails for `error_key` in case 44).
+fn async_processor() -> NodeRef {
+    FnNode::new("AsyncProcessor")
+        .prep(|ctx| {
+            let key: String = ctx.param("key").ok_or("no key")?;
+            let v = ctx.shared().require::<Value>("input_data")?[&key].clone();
+            ctx.shared().update("results", serde_json::Map::new, |r| r.insert(key.clone(), v.clone()))?;
+            Ok(v)
+        })
+        .exec(|v, _| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            Ok(v)
+        })
+        .post(|ctx, prep, _| {
+            let key: String = ctx.param("key").ok_or("no key")?;
+            if key == "error_key" {
+                return Err(value_error("async post failed"));
+            }
+            let doubled = json!(prep.as_i64().unwrap_or(0) * 2);
+            ctx.shared().update("results", serde_json::Map::new, |r| r.insert(key.clone(), doubled.clone()))?;
+            Ok(Action::none())
+        })
+        .into_node()
+}
+
+#[tokio::test]
+async fn case_042_basic_async_batch_processing() {
+    let flow = BatchFlow::new(&async_processor()).with_params(keys_of_input);
+    let shared = SharedStore::from_json(json!({ "input_data": { "a": 1, "b": 2, "c": 3 } }));
+    flow.run(&shared).await.unwrap();
+    assert_eq!(shared.get_json("results").unwrap(), json!({ "a": 2, "b": 4, "c": 6 }));
+}
+
+#[tokio::test]
+async fn case_043_empty_async_batch() {
+    let flow = BatchFlow::new(&async_processor()).with_params(keys_of_input);
+    let shared = SharedStore::from_json(json!({ "input_data": {} }));
+    flow.run(&shared).await.unwrap();
+    assert!(shared.get_json("results").is_none());
+}
+
+#[tokio::test]
+async fn case_044_async_error_handling() {
+    let flow = BatchFlow::new(&async_processor()).with_params(keys_of_input);
+    let shared = SharedStore::from_json(json!({ "input_data": { "normal_key": 1, "error_key": 2 } }));
+    let err = flow.run(&shared).await.unwrap_err();
+    assert_user_error::<ValueError>(&err, "AsyncProcessor", Phase::Post);
+}
+
+#[tokio::test]
+async fn case_045_nested_async_flow() {
+    let flow = BatchFlow::new(&inner_outer(Some("next"))).with_params(keys_of_input);
+    let shared = SharedStore::from_json(json!({ "input_data": { "x": 1, "y": 2 } }));
+    flow.run(&shared).await.unwrap();
+    assert_eq!(shared.get_json("results").unwrap(), json!({ "x": 4, "y": 6 }));
+}
+
+#[tokio::test]
+async fn case_046_custom_async_parameters() {
+    // The async variant of case 24: the same graph, run as a traced run too.
+    let flow = multiplied(false);
+    let (_, shared, _) = run_batch_both(&flow, json!({ "input_data": { "a": 1, "b": 2, "c": 3 } })).await;
+    assert_eq!(shared.get_json("results").unwrap(), json!({ "a": 1, "b": 4, "c": 9 }));
+}
+
+/// Runs a batch flow untraced and traced; both must leave the same store.
+async fn run_batch_both(flow: &BatchFlow, initial: Value) -> (Action, SharedStore, ()) {
+    let plain = SharedStore::from_json(initial.clone());
+    let r1 = flow.run(&plain).await.unwrap();
+    let (tracer, _memory) = memory_tracer();
+    let traced = SharedStore::from_json(initial);
+    let r2 = flow.traced("batch").tracer(&tracer).run(&traced).await.unwrap();
+    assert_eq!(r1, r2);
+    assert_eq!(plain.to_json(), traced.to_json());
+    (r1, plain, ())
+}
+
+/// Records every params map a node sees, in order.
+fn params_log() -> NodeRef {
+    FnNode::new("ParamsLog")
+        .prep(|ctx| {
+            let p = Value::Object(ctx.params().clone());
+            ctx.shared().update("seen", Vec::<Value>::new, |s| s.push(p.clone()))?;
+            Ok(Value::Null)
+        })
+        .into_node()
+}
+
+/// Batch params are laid over the flow's params, batch keys winning. (PocketFlow's `None`
+/// param list has no Rust counterpart: the list is a `Vec`, empty for "nothing to run".)
+#[tokio::test]
+async fn case_076_batch_params_overlay() {
+    for (sets, expected) in [
+        (json!([{ "k": 1 }, { "k": 2 }]), json!([{ "base": 0, "k": 1 }, { "base": 0, "k": 2 }])),
+        (json!([]), Value::Null),
+        (json!([{}]), json!([{ "base": 0, "k": 0 }])),
+    ] {
+        let list: Vec<Params> = sets.as_array().unwrap().iter().map(|v| params(v.clone())).collect();
+        let flow = BatchFlow::new(&params_log()).with_params(move |_| Ok(list.clone()));
+        flow.set_params(params(json!({ "base": 0, "k": 0 })));
+        let shared = SharedStore::new();
+        flow.run(&shared).await.unwrap();
+        assert_eq!(shared.get_json("seen").unwrap_or(Value::Null), expected, "param sets {sets}");
+    }
+}
+
+#[tokio::test]
+async fn case_077_batch_flow_post_gets_param_sets_and_returns_none_by_default() {
+    let flow = BatchFlow::new(&params_log()).with_params(|_| Ok(vec![params(json!({ "k": 1 }))]));
+    assert_eq!(flow.run(&SharedStore::new()).await.unwrap(), Action::none());
+    let flow = flow.with_post(|ctx, sets| {
+        ctx.shared().insert("post_saw", sets);
+        Ok("batch_done".into())
+    });
+    let shared = SharedStore::new();
+    assert_eq!(flow.run(&shared).await.unwrap(), "batch_done");
+    assert_eq!(shared.get_json("post_saw").unwrap(), json!([{ "k": 1 }]));
+}
