@@ -30,7 +30,7 @@ pub mod export;
 pub mod flow;
 pub mod trace;
 
-pub use actors::supervisor::RunOptions;
+pub use actors::supervisor::{live_runs, RunOptions};
 pub use error::{BoxError, Error, NodeResult, Phase};
 pub use export::{ExportReport, Exporter, MemoryExporter};
 pub use flow::{
@@ -43,6 +43,6 @@ pub use trace::{TraceRecord, TracedFlow, Tracer};
 pub mod prelude {
     pub use crate::{
         Action, BatchFlow, BatchNode, Context, Error, ExecContext, Flow, FnBatchNode, FnNode, MemoryExporter, Node,
-        NodeRef, NodeResult, Params, SharedStore, Tracer,
+        NodeRef, NodeResult, Params, RunOptions, SharedStore, Tracer,
     };
 }

@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::actors::tracer::{TracerActor, TracerMsg};
 use crate::export::{ExportReport, Exporter};
 use crate::flow::store::StoreSnapshot;
-pub(crate) use recorder::{Clock, RawSpan, Recorder, Switches};
+pub(crate) use recorder::{Clock, Recorder, SpanBuf, Switches};
 
 /// Where a run's spans go: the tracer actor, with a count of what could not be sent.
 #[derive(Clone)]
@@ -29,7 +29,7 @@ pub(crate) struct TraceSink {
 }
 
 impl TraceSink {
-    pub(crate) fn spans(&self, id: TraceId, clock: Clock, spans: Vec<Box<RawSpan>>) {
+    pub(crate) fn spans(&self, id: TraceId, clock: Clock, spans: SpanBuf) {
         let n = spans.len() as u64;
         if self.actor.cast(TracerMsg::Spans(id, clock, spans)).is_err() {
             self.lost.fetch_add(n, Ordering::Relaxed);
@@ -66,7 +66,7 @@ pub(crate) struct TraceEnd {
     pub(crate) output: StoreSnapshot,
     pub(crate) status: SpanStatus,
     pub(crate) action: Option<String>,
-    pub(crate) spans: Vec<Box<RawSpan>>,
+    pub(crate) spans: SpanBuf,
     pub(crate) clock: Clock,
 }
 
@@ -122,12 +122,18 @@ impl Tracer {
         timeout: Duration,
     ) -> ExportReport {
         let (tx, rx) = ractor::concurrency::oneshot();
+        // The deadline is kept by the tracer, on its own runtime's clock: timing out here on the
+        // caller's clock would give up at once under a paused test clock. A stopped tracer
+        // drops the reply port, so this cannot hang.
+        let _ = timeout;
         let mut report = if self.inner.sink.actor.cast(msg(tx.into())).is_err() {
             ExportReport { reasons: vec!["the tracer has stopped".into()], ..Default::default() }
         } else {
-            match tokio::time::timeout(timeout + Duration::from_millis(250), rx).await {
-                Ok(Ok(r)) => r,
-                _ => ExportReport { reasons: vec!["the tracer did not answer in time".into()], ..Default::default() },
+            match rx.await {
+                Ok(r) => r,
+                Err(_) => {
+                    ExportReport { reasons: vec!["the tracer stopped before answering".into()], ..Default::default() }
+                }
             }
         };
         let lost = self.inner.sink.lost.load(Ordering::Relaxed);

@@ -137,7 +137,9 @@ pub fn nested_groups(parallel: bool) -> BatchFlow {
         .post(|ctx, _, doubled| {
             let group: String = ctx.param("group").ok_or("no group")?;
             ctx.shared().update("results", serde_json::Map::new, |r| {
-                r.entry(group.clone()).or_insert_with(|| json!([])).as_array_mut().map(|a| a.push(doubled.clone()));
+                if let Some(a) = r.entry(group.clone()).or_insert_with(|| json!([])).as_array_mut() {
+                    a.push(doubled.clone());
+                }
             })?;
             Ok(Action::none())
         })

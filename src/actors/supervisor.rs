@@ -82,19 +82,53 @@ pub(crate) struct RunArgs {
 
 pub(crate) struct RunSupervisor;
 
+static LIVE_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many run supervisors are alive in this process: runs started and not yet ended.
+///
+/// A diagnostic for services (runs in flight) and for leak tests: it counts supervisor actors
+/// from their start to the moment their state is dropped, whichever way they end.
+pub fn live_runs() -> usize {
+    LIVE_RUNS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Counts a live supervisor; held in its state, so a killed actor is counted out too.
+pub(crate) struct Live;
+
+impl Live {
+    fn new() -> Self {
+        LIVE_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Live
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        LIVE_RUNS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl Actor for RunSupervisor {
     type Msg = RunMsg;
-    type State = Option<RunArgs>;
+    type State = (Option<RunArgs>, Live);
     type Arguments = RunArgs;
 
-    async fn pre_start(&self, _me: ActorRef<RunMsg>, args: RunArgs) -> Result<Option<RunArgs>, ActorProcessingErr> {
-        Ok(Some(args))
+    async fn pre_start(
+        &self,
+        _me: ActorRef<RunMsg>,
+        args: RunArgs,
+    ) -> Result<(Option<RunArgs>, Live), ActorProcessingErr> {
+        Ok((Some(args), Live::new()))
     }
 
     // The run itself. It executes in this actor's own task (no second task, no message back:
     // both cost more than the whole node budget), and a kill drops it mid-way.
-    async fn post_start(&self, me: ActorRef<RunMsg>, state: &mut Option<RunArgs>) -> Result<(), ActorProcessingErr> {
-        if let Some(RunArgs { root, shared, options, reply, reason }) = state.take() {
+    async fn post_start(
+        &self,
+        me: ActorRef<RunMsg>,
+        state: &mut (Option<RunArgs>, Live),
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(RunArgs { root, shared, options, reply, reason }) = state.0.take() {
             let res = AssertUnwindSafe(execute(root, shared, options, reason))
                 .catch_unwind()
                 .await
@@ -111,7 +145,7 @@ impl Actor for RunSupervisor {
         &self,
         me: ActorRef<RunMsg>,
         event: SupervisionEvent,
-        _state: &mut Option<RunArgs>,
+        _state: &mut (Option<RunArgs>, Live),
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(who, err) = event {
             tracing::error!(target: "flowtrace::run", actor = %who.get_id(), "a run's child actor failed: {err}");

@@ -10,11 +10,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::export::{ExportReport, Exporter};
 use crate::trace::recorder::recycle_spans;
-use crate::trace::{Clock, RawSpan, SpanRecord, TraceEnd, TraceId, TraceRecord};
+use crate::trace::{Clock, SpanBuf, SpanRecord, TraceEnd, TraceId, TraceRecord};
 
 pub(crate) enum TracerMsg {
     /// A chunk of finished spans of a run still in progress.
-    Spans(TraceId, Clock, Vec<Box<RawSpan>>),
+    Spans(TraceId, Clock, SpanBuf),
     /// The run ended: its last spans and the trace's own record.
     End(Box<TraceEnd>),
     /// Deliver what was handed over so far, within the timeout.

@@ -5,6 +5,10 @@
 //! tracer actor in chunks, never one message per span (a ractor cast costs 0.3–0.5 µs here,
 //! against a budget of about 1 µs per node for all of tracing).
 
+// Span records travel as boxes on purpose: the boxes are recycled between the run and the
+// tracer thread (see `BOX_POOL`), so `Vec<Box<RawSpan>>` is the design, not an accident.
+#![allow(clippy::vec_box, clippy::box_collection)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -40,7 +44,10 @@ const CHUNK: usize = 256;
 /// Span buffers travel to the tracer thread and come back empty, so a run does not allocate
 /// (and the tracer thread does not free) a buffer per run: glibc's cross-thread frees of
 /// large blocks were the biggest single cost of tracing before this pool.
-static POOL: Mutex<Vec<Vec<Box<RawSpan>>>> = Mutex::new(Vec::new());
+/// A buffer of finished spans, as it travels to the tracer.
+pub(crate) type SpanBuf = Vec<Box<RawSpan>>;
+
+static POOL: Mutex<Vec<SpanBuf>> = Mutex::new(Vec::new());
 const POOL_MAX: usize = 1024;
 
 fn pooled_buffer() -> Vec<Box<RawSpan>> {
@@ -360,7 +367,7 @@ impl Recorder {
 
     /// Takes what is buffered (the run's end sends it with the trace's own record).
     pub(crate) fn drain(&self) -> Vec<Box<RawSpan>> {
-        std::mem::replace(&mut *self.0.buf.lock(), Vec::new())
+        std::mem::take(&mut *self.0.buf.lock())
     }
 
     pub(crate) fn sink(&self) -> &TraceSink {
