@@ -127,6 +127,10 @@ fn tickets() -> Vec<Ticket> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // flowtrace reports through `tracing`; with FLOWTRACE_DEBUG=true it prints each trace's
+    // tree there. Show INFO and up on stderr.
+    tracing_subscriber::fmt().with_max_level(tracing::Level::INFO).with_writer(std::io::stderr).init();
+
     let flow = customer_support_flow();
     for ticket in tickets() {
         let shared = SharedStore::new();
@@ -138,6 +142,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "{}: priority={} category={} -> team={} (flow ended with {action})",
             ticket.id, c.priority, c.category, r.team
         );
+    }
+    // Traces are delivered off the runs' path; wait for them before the process exits.
+    let report = flowtrace::flush(Duration::from_secs(10)).await;
+    if !report.is_complete() {
+        eprintln!("some spans were not delivered: {report:?}");
     }
     Ok(())
 }

@@ -4,8 +4,10 @@
 //! [`Exporter::export`], which must only queue it: delivery (batching, retries, spooling)
 //! happens in the exporter's own task, never on a run's path.
 
+mod file;
 mod memory;
 
+pub use file::JsonlFileExporter;
 pub use memory::MemoryExporter;
 
 use std::sync::Arc;
@@ -67,4 +69,47 @@ impl ExportReport {
     pub fn is_complete(&self) -> bool {
         self.dropped == 0 && self.pending == 0
     }
+}
+
+/// The marker that replaces a value too large to record.
+pub fn truncation_marker(size: usize, max: usize) -> serde_json::Value {
+    serde_json::Value::String(format!("<truncated: {size} bytes, over the {max}-byte limit>"))
+}
+
+/// A copy of `trace` with every input, output and metadata value larger than `max` bytes
+/// (serialised) replaced by a visible marker; `None` when nothing is that large.
+pub fn limit_values(trace: &TraceRecord, max: usize) -> Option<TraceRecord> {
+    let size = |v: &serde_json::Value| serde_json::to_vec(v).map(|b| b.len()).unwrap_or(0);
+    let too_big = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| size(v) > max);
+    let any = size(&trace.input) > max
+        || size(&trace.output) > max
+        || trace.spans.iter().any(|s| too_big(&s.input) || too_big(&s.output));
+    if !any {
+        return None;
+    }
+    let cut = |v: &mut serde_json::Value| {
+        let n = size(v);
+        if n > max {
+            *v = truncation_marker(n, max);
+        }
+    };
+    let mut t = trace.clone();
+    cut(&mut t.input);
+    cut(&mut t.output);
+    for s in &mut t.spans {
+        for v in [&mut s.input, &mut s.output].into_iter().flatten() {
+            cut(v);
+        }
+    }
+    Some(t)
+}
+
+/// The Langfuse exporter for a configuration with Langfuse keys, or `None` when this build
+/// has none to offer (the trace then goes to the local file only, with a warning).
+pub(crate) fn langfuse_exporter(
+    config: &crate::trace::TracingConfig,
+) -> Result<Option<Arc<dyn Exporter>>, crate::trace::ConfigError> {
+    let _ = config;
+    tracing::warn!(target: "flowtrace::export", "Langfuse keys are set, but Langfuse export is not built yet: traces go to the local file");
+    Ok(None)
 }

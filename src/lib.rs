@@ -37,7 +37,7 @@ pub use flow::{
     Action, BatchFlow, BatchNode, Context, ExecContext, Flow, FnBatchNode, FnNode, Node, NodeRef, Params, SharedStore,
     StoreError,
 };
-pub use trace::{TraceRecord, TracedFlow, Tracer};
+pub use trace::{flush, shutdown, TraceRecord, TracedFlow, Tracer, TracingConfig};
 
 /// What a program using flowtrace usually needs, in one import.
 pub mod prelude {

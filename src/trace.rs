@@ -4,9 +4,12 @@
 //! tracer actor, which assembles each finished run into a [`TraceRecord`] and hands it to the
 //! exporters. Nothing on a run's path waits for the tracer or an exporter.
 
+mod config;
 pub(crate) mod model;
 pub(crate) mod recorder;
+mod tree;
 
+pub use config::{ConfigError, TracingConfig, DEFAULT_LANGFUSE_HOST, DEFAULT_TRACE_FILE};
 pub use model::{format_timestamp, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId, TraceRecord};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +77,9 @@ struct TracerInner {
     sink: TraceSink,
     switches: Switches,
     sample_rate: f64,
+    debug: bool,
+    session_id: Option<String>,
+    user_id: Option<String>,
     thread: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -144,6 +150,50 @@ impl Tracer {
         report
     }
 
+    /// A tracer configured by `config`: Langfuse when its keys are set, the local JSON Lines
+    /// file when they are not (or when a trace file is configured), and debug output when on.
+    pub fn from_config(config: &TracingConfig) -> Result<Tracer, TracerError> {
+        let mut b = Tracer::builder()
+            .trace_inputs(config.trace_inputs())
+            .trace_outputs(config.trace_outputs())
+            .trace_prep(config.trace_prep())
+            .trace_exec(config.trace_exec())
+            .trace_post(config.trace_post())
+            .trace_errors(config.trace_errors())
+            .sample_rate(config.sample_rate())
+            .debug(config.debug());
+        b.session_id = config.session_id().map(str::to_owned);
+        b.user_id = config.user_id().map(str::to_owned);
+        if config.langfuse_enabled() {
+            match crate::export::langfuse_exporter(config) {
+                Ok(Some(e)) => b = b.exporter_arc(e),
+                Ok(None) => {}
+                Err(e) => return Err(TracerError::Invalid(e.to_string())),
+            }
+        }
+        if let Some(path) = config.trace_file() {
+            let file = crate::export::JsonlFileExporter::with_max_value_bytes(&path, config.max_value_bytes())
+                .map_err(|e| TracerError::Invalid(format!("cannot open the trace file {}: {e}", path.display())))?;
+            announce_trace_file(file.path());
+            b = b.exporter(file);
+        }
+        if config.debug() {
+            b = b.exporter(DebugExporter);
+        }
+        b.build()
+    }
+
+    /// [`from_config`](Self::from_config) with [`TracingConfig::from_env`].
+    pub fn from_env() -> Result<Tracer, TracerError> {
+        let config = TracingConfig::from_env().map_err(|e| TracerError::Invalid(e.to_string()))?;
+        Self::from_config(&config)
+    }
+
+    /// Whether debug output is on.
+    pub fn debug(&self) -> bool {
+        self.inner.debug
+    }
+
     pub(crate) fn recorder(&self) -> Recorder {
         Recorder::new(recorder::new_trace_id(), self.inner.switches, self.inner.sink.clone())
     }
@@ -164,6 +214,9 @@ pub struct TracerBuilder {
     exporters: Vec<Arc<dyn Exporter>>,
     switches: Switches,
     sample_rate: Option<f64>,
+    debug: bool,
+    session_id: Option<String>,
+    user_id: Option<String>,
 }
 
 impl std::fmt::Debug for TracerBuilder {
@@ -227,6 +280,12 @@ impl TracerBuilder {
         self.switches.errors = on;
         self
     }
+    /// Prints debug output (`[TRACING] …` lines and each trace's tree) through `tracing`.
+    pub fn debug(mut self, on: bool) -> Self {
+        self.debug = on;
+        self
+    }
+
     /// Traces this fraction of runs, chosen deterministically by trace id (default 1.0).
     pub fn sample_rate(mut self, rate: f64) -> Self {
         self.sample_rate = Some(rate);
@@ -270,6 +329,9 @@ impl TracerBuilder {
                 sink: TraceSink { actor, lost: Arc::new(AtomicU64::new(0)) },
                 switches: self.switches,
                 sample_rate,
+                debug: self.debug,
+                session_id: self.session_id,
+                user_id: self.user_id,
                 thread: parking_lot::Mutex::new(Some(thread)),
             }),
         })
@@ -286,8 +348,43 @@ impl TracerInner {
 }
 
 /// Prints the debug line for a trace's start when debug output is on.
-pub(crate) fn debug_start(meta: &TraceMeta, rec: &Recorder) {
-    tracing::debug!(target: "flowtrace::trace", trace_id = %rec.trace_id(), "[TRACING] Starting trace: {}", meta.name);
+pub(crate) fn debug_start(tracer: &Tracer, meta: &TraceMeta, rec: &Recorder) {
+    if tracer.debug() {
+        tracing::info!(target: "flowtrace::trace", "[TRACING] Starting trace: {} ({})", meta.name, rec.trace_id());
+    }
+}
+
+/// Prints where the local trace file is, once per process.
+fn announce_trace_file(path: &std::path::Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        tracing::info!(target: "flowtrace::trace", "traces are written to {}", shown.display());
+        eprintln!("flowtrace: traces are written to {} (view them with `flowtrace show`)", shown.display());
+    });
+}
+
+/// Debug output, as pocketflow-tracing prints it: a line per span, then the trace's tree.
+struct DebugExporter;
+
+impl Exporter for DebugExporter {
+    fn name(&self) -> &str {
+        "debug"
+    }
+    fn export(&self, trace: Arc<TraceRecord>) {
+        for s in &trace.spans {
+            tracing::info!(
+                target: "flowtrace::trace",
+                "[TRACING] {} span completed in {:.2}ms",
+                s.name,
+                s.end_unix_nanos.saturating_sub(s.start_unix_nanos) as f64 / 1e6
+            );
+        }
+        tracing::info!(target: "flowtrace::trace", "[TRACING] Trace finished: {}\n{}", trace.name, trace.render_tree());
+    }
+    fn flush(&self, _timeout: Duration) -> futures::future::BoxFuture<'_, ExportReport> {
+        Box::pin(async { ExportReport::default() })
+    }
 }
 
 /// A flow with tracing switched on: what [`crate::Flow::traced`] returns.
@@ -376,7 +473,14 @@ impl TracedFlow {
             None => global(),
         };
         if let Some(t) = tracer {
-            options.trace = Some((t, Arc::new(self.meta.clone())));
+            let mut meta = self.meta.clone();
+            if meta.session_id.is_none() {
+                meta.session_id = t.inner.session_id.clone();
+            }
+            if meta.user_id.is_none() {
+                meta.user_id = t.inner.user_id.clone();
+            }
+            options.trace = Some((t, Arc::new(meta)));
         }
         crate::actors::supervisor::run(self.root.clone(), shared.clone(), options).await
     }
@@ -393,9 +497,49 @@ pub fn set_global_tracer(tracer: Tracer) {
     *global_slot().write() = Some(tracer);
 }
 
-/// The global tracer, if one is installed.
+/// The global tracer: the one installed with [`set_global_tracer`], or else one built once
+/// from the environment ([`Tracer::from_env`]). If the environment is invalid, the error is
+/// logged once and traced runs run untraced: tracing never fails a run.
 pub fn global() -> Option<Tracer> {
+    if let Some(t) = global_slot().read().clone() {
+        return Some(t);
+    }
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| match Tracer::from_env() {
+        Ok(t) => {
+            let mut slot = global_slot().write();
+            if slot.is_none() {
+                *slot = Some(t);
+            }
+        }
+        Err(e) => {
+            tracing::error!(target: "flowtrace::trace", "tracing is off: {e}");
+            eprintln!("flowtrace: tracing is off: {e}");
+        }
+    });
     global_slot().read().clone()
+}
+
+/// Flushes the global tracer (if any): waits up to `timeout` for every finished trace to be
+/// delivered, spooled or dropped, and reports which.
+pub async fn flush(timeout: Duration) -> ExportReport {
+    let report = match global_slot().read().clone() {
+        Some(t) => t.flush(timeout).await,
+        None => ExportReport::default(),
+    };
+    if global_slot().read().as_ref().is_some_and(Tracer::debug) {
+        tracing::info!(target: "flowtrace::trace", "[TRACING] Trace flushed: {} spans delivered, {} spooled, {} dropped", report.delivered, report.spooled, report.dropped);
+    }
+    report
+}
+
+/// Flushes and stops the global tracer.
+pub async fn shutdown(timeout: Duration) -> ExportReport {
+    let tracer = global_slot().write().take();
+    match tracer {
+        Some(t) => t.shutdown(timeout).await,
+        None => ExportReport::default(),
+    }
 }
 
 impl crate::flow::Flow {

@@ -271,8 +271,8 @@ pub(crate) async fn execute(
         .map(|(t, _)| t.recorder())
         .filter(|r| options.trace.as_ref().is_some_and(|(t, _)| t.samples(r.trace_id())));
     let mut finisher = match (&recorder, &options.trace) {
-        (Some(rec), Some((_, meta))) => {
-            crate::trace::debug_start(meta, rec);
+        (Some(rec), Some((tracer, meta))) => {
+            crate::trace::debug_start(tracer, meta, rec);
             Some(TraceFinisher {
                 rec: rec.clone(),
                 meta: Arc::clone(meta),

@@ -1,0 +1,100 @@
+//! A finished trace as text: an indented tree with durations, optionally with a timeline bar
+//! per span. Used by debug output and by the `flowtrace` binary.
+
+use std::fmt::Write;
+
+use super::model::{SpanRecord, SpanStatus, TraceRecord};
+
+fn ms(nanos: u64) -> String {
+    let ms = nanos as f64 / 1e6;
+    if ms < 10.0 {
+        format!("{ms:.2}ms")
+    } else {
+        format!("{ms:.1}ms")
+    }
+}
+
+fn status_note(s: &SpanStatus) -> String {
+    match s {
+        SpanStatus::Ok => String::new(),
+        SpanStatus::Error { kind, message, location, .. } => match location {
+            Some(l) => format!("  ERROR ({kind}): {message} at {l}"),
+            None => format!("  ERROR ({kind}): {message}"),
+        },
+        SpanStatus::Cancelled { reason } => format!("  CANCELLED: {reason}"),
+    }
+}
+
+impl TraceRecord {
+    /// The trace as an indented tree with each span's duration and any error.
+    ///
+    /// ```text
+    /// Support  ok  151.20ms  trace 8f3c…  7 spans
+    /// └─ SupportFlow  151.10ms
+    ///    ├─ Classify  100.80ms
+    ///    │  ├─ Classify.prep  0.01ms
+    /// ```
+    pub fn render_tree(&self) -> String {
+        self.render(None)
+    }
+
+    /// The tree with a timeline bar of `width` characters before each span, placing the span
+    /// within the whole trace.
+    pub fn render_timeline(&self, width: usize) -> String {
+        self.render(Some(width.max(10)))
+    }
+
+    fn render(&self, bar: Option<usize>) -> String {
+        let mut out = String::new();
+        let total = self.end_unix_nanos.saturating_sub(self.start_unix_nanos).max(1);
+        let status = match &self.status {
+            SpanStatus::Ok => "ok".to_owned(),
+            SpanStatus::Error { .. } => "error".to_owned(),
+            SpanStatus::Cancelled { .. } => "cancelled".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{}  {status}  {}  trace {}  {} spans{}",
+            self.name,
+            ms(total),
+            &self.trace_id.to_string()[..12],
+            self.spans.len(),
+            status_note(&self.status)
+        );
+        let mut roots: Vec<&SpanRecord> = self.spans.iter().filter(|s| s.parent_id.is_none()).collect();
+        roots.sort_by_key(|s| (s.start_unix_nanos, s.span_id.0));
+        let n = roots.len();
+        for (i, s) in roots.into_iter().enumerate() {
+            self.render_span(&mut out, s, "", i + 1 == n, bar, total);
+        }
+        if self.spans_dropped > 0 {
+            let _ = writeln!(out, "({} spans of this run could not be recorded)", self.spans_dropped);
+        }
+        out
+    }
+
+    fn render_span(&self, out: &mut String, s: &SpanRecord, prefix: &str, last: bool, bar: Option<usize>, total: u64) {
+        if let Some(width) = bar {
+            let from = s.start_unix_nanos.saturating_sub(self.start_unix_nanos) as f64 / total as f64;
+            let to = s.end_unix_nanos.saturating_sub(self.start_unix_nanos) as f64 / total as f64;
+            let a = ((from * width as f64) as usize).min(width - 1);
+            let b = ((to * width as f64).ceil() as usize).clamp(a + 1, width);
+            let line: String = (0..width).map(|i| if i >= a && i < b { '█' } else { '·' }).collect();
+            let _ = write!(out, "{line} ");
+        }
+        let branch = if last { "└─ " } else { "├─ " };
+        let _ = writeln!(
+            out,
+            "{prefix}{branch}{}  {}{}",
+            s.name,
+            ms(s.end_unix_nanos.saturating_sub(s.start_unix_nanos)),
+            status_note(&s.status)
+        );
+        let child_prefix = format!("{prefix}{}", if last { "   " } else { "│  " });
+        let children = self.children(s.span_id);
+        let n = children.len();
+        for (i, c) in children.into_iter().enumerate() {
+            self.render_span(out, c, &child_prefix, i + 1 == n, bar, total);
+        }
+    }
+}
