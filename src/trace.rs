@@ -523,7 +523,8 @@ pub fn global() -> Option<Tracer> {
 /// Flushes the global tracer (if any): waits up to `timeout` for every finished trace to be
 /// delivered, spooled or dropped, and reports which.
 pub async fn flush(timeout: Duration) -> ExportReport {
-    let report = match global_slot().read().clone() {
+    let tracer = global_slot().read().clone();
+    let report = match tracer {
         Some(t) => t.flush(timeout).await,
         None => ExportReport::default(),
     };
