@@ -3,5 +3,6 @@
 //! ractor stays inside this module: users see [`crate::Flow::run`], run handles and
 //! [`crate::Tracer`], never an `ActorRef`.
 
+pub(crate) mod runtime;
 pub(crate) mod supervisor;
 pub(crate) mod tracer;

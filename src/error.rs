@@ -106,6 +106,9 @@ pub enum Error {
     /// The runtime refused the run (shut down, or at its in-flight limit).
     #[error("run refused: {0}")]
     Refused(String),
+    /// A setting is invalid (a runtime or tracer built with an out-of-range value).
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// The engine itself failed (an actor could not start): a bug or resource exhaustion.
     #[error("engine error: {0}")]
     Engine(String),
@@ -154,6 +157,7 @@ impl Error {
             Error::MaxSteps { .. } => "max_steps",
             Error::Batch { .. } => "batch",
             Error::Refused(_) => "refused",
+            Error::Config(_) => "config",
             Error::Engine(_) => "engine",
         }
     }

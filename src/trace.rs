@@ -171,6 +171,11 @@ impl Tracer {
                 Err(e) => return Err(TracerError::Invalid(e.to_string())),
             }
         }
+        match crate::export::otlp_exporter(config) {
+            Ok(Some(e)) => b = b.exporter_arc(e),
+            Ok(None) => {}
+            Err(e) => return Err(TracerError::Invalid(e.to_string())),
+        }
         if let Some(path) = config.trace_file() {
             let file = crate::export::JsonlFileExporter::with_max_value_bytes(&path, config.max_value_bytes())
                 .map_err(|e| TracerError::Invalid(format!("cannot open the trace file {}: {e}", path.display())))?;
@@ -463,6 +468,15 @@ impl TracedFlow {
     /// The trace name.
     pub fn name(&self) -> &str {
         &self.meta.name
+    }
+
+    /// The root and the run options of a traced run (for [`crate::Runtime::spawn_traced`]).
+    pub(crate) fn run_parts(&self) -> (crate::flow::NodeRef, crate::RunOptions) {
+        let mut options = self.options.clone();
+        if let Some(t) = self.tracer.clone().or_else(global) {
+            options.trace = Some((t, Arc::new(self.meta.clone())));
+        }
+        (self.root.clone(), options)
     }
 
     /// Runs the flow traced; the result is exactly what the untraced run would give.
