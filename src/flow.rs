@@ -5,6 +5,7 @@ pub(crate) mod batch;
 pub(crate) mod context;
 pub(crate) mod fn_node;
 pub(crate) mod graph;
+mod mermaid;
 pub(crate) mod node;
 pub(crate) mod orchestrate;
 pub(crate) mod store;

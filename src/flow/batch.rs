@@ -130,7 +130,8 @@ impl<B: BatchNode> ExecOps for ItemOps<B> {
 
 impl<B: BatchNode> ErasedNode for BatchAdapter<B> {
     fn visit<'a>(&'a self, node: &'a NodeRef, cx: &'a VisitCx) -> BoxFuture<'a, Result<Action, Error>> {
-        Box::pin(visit_batch(&self.node, self.parallel, node, cx))
+        let span = tracing::info_span!(target: "flowtrace::node", "node", node = %node.name());
+        Box::pin(tracing::Instrument::instrument(visit_batch(&self.node, self.parallel, node, cx), span))
     }
 }
 
@@ -463,6 +464,12 @@ impl BatchNode for FnBatchNode {
 
 type ParamsFn = dyn Fn(&Context<'_>) -> NodeResult<Vec<Params>> + Send + Sync;
 type BatchFlowPostFn = dyn Fn(&Context<'_>, Value) -> NodeResult<Action> + Send + Sync;
+
+impl BatchFlowDef {
+    pub(crate) fn start(&self) -> Option<NodeRef> {
+        self.start.read().clone()
+    }
+}
 
 pub(crate) struct BatchFlowDef {
     start: RwLock<Option<NodeRef>>,

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::action::Action;
 use super::context::{Context, ExecContext};
@@ -167,7 +168,10 @@ where
 
 impl<N: Node> ErasedNode for NodeAdapter<N> {
     fn visit<'a>(&'a self, node: &'a NodeRef, cx: &'a VisitCx) -> BoxFuture<'a, Result<Action, Error>> {
-        Box::pin(visit_node(&self.0, &node.0, cx))
+        // Also a `tracing` span, so applications' own subscribers see each visit (a disabled
+        // span costs a few nanoseconds).
+        let span = tracing::info_span!(target: "flowtrace::node", "node", node = %node.name());
+        Box::pin(visit_node(&self.0, &node.0, cx).instrument(span))
     }
 }
 
@@ -186,7 +190,7 @@ async fn visit_node<N: Node>(node: &Arc<N>, def: &NodeDef, cx: &VisitCx) -> Resu
 
     // prep
     let span = if switches.prep { inner.span_at(SpanKind::Prep, &def.names.prep, t0) } else { None };
-    let prep = match contain(name, Phase::Prep, node.prep(&ctx)).await {
+    let prep = match contain(name, Phase::Prep, node.prep(&ctx).instrument(phase_span("prep"))).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return fail(hook_error(name, Phase::Prep, e), span, node_span),
         Err(e) => return fail(e, span, node_span),
@@ -250,7 +254,7 @@ async fn visit_node<N: Node>(node: &Arc<N>, def: &NodeDef, cx: &VisitCx) -> Resu
     if let Some(s) = span.as_mut() {
         s.input(|| capture(&exec));
     }
-    let post = node.post(&ctx, prep, exec);
+    let post = node.post(&ctx, prep, exec).instrument(phase_span("post"));
     let (res, changed) = if span.is_some() {
         record_writes(contain(name, Phase::Post, post)).await
     } else {
@@ -272,6 +276,11 @@ async fn visit_node<N: Node>(node: &Arc<N>, def: &NodeDef, cx: &VisitCx) -> Resu
         s.end_at(t3);
     }
     Ok(action)
+}
+
+/// The `tracing` span of one phase (a child of the visit's `node` span).
+pub(crate) fn phase_span(phase: &'static str) -> tracing::Span {
+    tracing::info_span!(target: "flowtrace::node", "phase", phase)
 }
 
 fn skipped_error(name: &str) -> Error {

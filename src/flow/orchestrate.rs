@@ -5,6 +5,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use parking_lot::RwLock;
 use serde_json::Value;
+use tracing::Instrument;
 
 use super::action::Action;
 use super::batch::visit_batch_flow;
@@ -175,8 +176,14 @@ wiring_ops!(Flow);
 pub(crate) fn visit<'a>(node: &'a NodeRef, cx: &'a VisitCx) -> BoxFuture<'a, Result<Action, Error>> {
     match &node.0.kind {
         NodeKind::Leaf(n) => n.visit(node, cx),
-        NodeKind::Flow(f) => Box::pin(visit_flow(node, f, cx)),
-        NodeKind::BatchFlow(b) => Box::pin(visit_batch_flow(node, b, cx)),
+        NodeKind::Flow(f) => Box::pin(
+            visit_flow(node, f, cx)
+                .instrument(tracing::info_span!(target: "flowtrace::flow", "flow", flow = %node.name())),
+        ),
+        NodeKind::BatchFlow(b) => Box::pin(
+            visit_batch_flow(node, b, cx)
+                .instrument(tracing::info_span!(target: "flowtrace::flow", "batch_flow", flow = %node.name())),
+        ),
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Once, OnceLock};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use tracing::Instrument;
 
 use super::action::Action;
 use super::context::{ExecContext, Params};
@@ -151,7 +152,7 @@ pub(crate) async fn run_exec<O: ExecOps>(
                 Ok(r) => r,
                 Err(_) => Ok(Err(Box::new(Error::Timeout { node: Some(name.to_owned()), after: limit }) as BoxError)),
             },
-            None => contain(name, Phase::Exec, ops.attempt(cx.clone())).await,
+            None => contain(name, Phase::Exec, ops.attempt(cx.clone()).instrument(exec_span(attempt))).await,
         };
         let err = match outcome {
             Ok(Ok(v)) => {
@@ -208,6 +209,10 @@ pub(crate) async fn run_exec<O: ExecOps>(
         }
         attempt += 1;
     }
+}
+
+fn exec_span(attempt: u32) -> tracing::Span {
+    tracing::info_span!(target: "flowtrace::node", "phase", phase = "exec", attempt = attempt + 1)
 }
 
 fn r_switch_errors(trace: Option<(&Recorder, SpanId)>) -> bool {
