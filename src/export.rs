@@ -4,11 +4,23 @@
 //! [`Exporter::export`], which must only queue it: delivery (batching, retries, spooling)
 //! happens in the exporter's own task, never on a run's path.
 
+mod delivery;
 mod file;
+mod langfuse;
+pub mod legacy;
 mod memory;
+pub mod otlp;
+mod privacy;
+mod spool;
 
+pub use delivery::DeliveryOptions;
 pub use file::JsonlFileExporter;
+pub use langfuse::{
+    parse_headers, ExporterError, Ingestion, LangfuseExporter, LangfuseExporterBuilder, OtlpExporter,
+    OtlpExporterBuilder,
+};
 pub use memory::MemoryExporter;
+pub use privacy::{MaskFn, Privacy, DEFAULT_REDACTED_KEYS, REDACTED};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +65,9 @@ pub struct ExportReport {
     pub pending: u64,
     /// Why anything was dropped, and any failure worth telling the user.
     pub reasons: Vec<String>,
+    /// Spans sent from the on-disk spool (spooled earlier by this process or an earlier one);
+    /// not counted in `delivered`.
+    pub from_spool: u64,
 }
 
 impl ExportReport {
@@ -62,6 +77,7 @@ impl ExportReport {
         self.spooled += other.spooled;
         self.dropped += other.dropped;
         self.pending += other.pending;
+        self.from_spool += other.from_spool;
         self.reasons.extend(other.reasons);
     }
 
@@ -109,7 +125,28 @@ pub fn limit_values(trace: &TraceRecord, max: usize) -> Option<TraceRecord> {
 pub(crate) fn langfuse_exporter(
     config: &crate::trace::TracingConfig,
 ) -> Result<Option<Arc<dyn Exporter>>, crate::trace::ConfigError> {
-    let _ = config;
-    tracing::warn!(target: "flowtrace::export", "Langfuse keys are set, but Langfuse export is not built yet: traces go to the local file");
-    Ok(None)
+    match LangfuseExporter::from_config(config) {
+        Ok(e) => Ok(Some(Arc::new(e))),
+        Err(e) => Err(crate::trace::ConfigError {
+            variable: "LANGFUSE_HOST".into(),
+            value: config.host().unwrap_or("").into(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The generic OTLP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `_TRACES_ENDPOINT`) is
+/// among the configuration's variables.
+pub(crate) fn otlp_exporter(
+    config: &crate::trace::TracingConfig,
+) -> Result<Option<Arc<dyn Exporter>>, crate::trace::ConfigError> {
+    match OtlpExporter::from_lookup(|k| config.var(k).map(str::to_owned)) {
+        Ok(Some(e)) => Ok(Some(Arc::new(e))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(crate::trace::ConfigError {
+            variable: "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            value: config.var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or("").into(),
+            reason: e.to_string(),
+        }),
+    }
 }

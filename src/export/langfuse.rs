@@ -1,0 +1,432 @@
+//! The Langfuse exporter (OTLP, or legacy batch ingestion for self-hosted v2) and the generic
+//! OTLP/HTTP exporter, both on the same delivery core.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU8;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::delivery::{DeliveryOptions, Endpoint, HttpExporter, Target};
+use super::privacy::Privacy;
+use super::{otlp, ExportReport, Exporter};
+use crate::trace::TraceRecord;
+
+/// Why an exporter could not be built: names the setting and says what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ExporterError(pub String);
+
+/// Which Langfuse ingestion protocol to use (`LANGFUSE_INGESTION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ingestion {
+    /// OTLP first; once, on a 404 from the OTLP path, switch to legacy (logged).
+    #[default]
+    Auto,
+    /// OTLP/HTTP protobuf at `{host}/api/public/otel/v1/traces` (Langfuse Cloud, v3+).
+    Otel,
+    /// Batch JSON at `{host}/api/public/ingestion` (self-hosted v2).
+    Legacy,
+}
+
+impl Ingestion {
+    /// Parses `auto`, `otel` (or `otlp`) and `legacy`, any case.
+    pub fn parse(v: &str) -> Result<Ingestion, ExporterError> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Ingestion::Auto),
+            "otel" | "otlp" => Ok(Ingestion::Otel),
+            "legacy" => Ok(Ingestion::Legacy),
+            _ => Err(ExporterError(format!("LANGFUSE_INGESTION={v:?}: expected auto, otel or legacy"))),
+        }
+    }
+}
+
+/// The default spool folder of an exporter.
+fn default_spool(name: &str) -> PathBuf {
+    PathBuf::from(".flowtrace/spool").join(name)
+}
+
+/// Sends traces to Langfuse, over OTLP or the legacy batch API.
+///
+/// ```no_run
+/// use flowtrace::export::{Ingestion, LangfuseExporter};
+/// let lf = LangfuseExporter::builder()
+///     .host("http://127.0.0.1:3000")
+///     .keys("pk-lf-1", "sk-lf-1")
+///     .ingestion(Ingestion::Auto)
+///     .spool_dir("/tmp/flowtrace-spool")
+///     .build()
+///     .unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct LangfuseExporter {
+    inner: Arc<HttpExporter>,
+}
+
+/// Builds a [`LangfuseExporter`].
+#[derive(Debug, Clone, Default)]
+pub struct LangfuseExporterBuilder {
+    host: Option<String>,
+    keys: Option<(String, String)>,
+    ingestion: Ingestion,
+    options: DeliveryOptions,
+    spool: Option<Option<PathBuf>>,
+    privacy: Privacy,
+}
+
+impl LangfuseExporterBuilder {
+    /// The Langfuse base URL (`https://cloud.langfuse.com`, `http://localhost:3000`).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+    /// The project's public and secret keys.
+    pub fn keys(mut self, public: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.keys = Some((public.into(), secret.into()));
+        self
+    }
+    /// The protocol (default [`Ingestion::Auto`]).
+    pub fn ingestion(mut self, i: Ingestion) -> Self {
+        self.ingestion = i;
+        self
+    }
+    /// The spool folder (default `.flowtrace/spool/langfuse`).
+    pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spool = Some(Some(dir.into()));
+        self
+    }
+    /// No spool: what cannot be delivered is dropped (and counted).
+    pub fn no_spool(mut self) -> Self {
+        self.spool = Some(None);
+        self
+    }
+    /// Batching, retry and spool settings (its `spool_dir` is overridden by
+    /// [`spool_dir`](Self::spool_dir) / [`no_spool`](Self::no_spool) when those are called).
+    pub fn options(mut self, o: DeliveryOptions) -> Self {
+        self.options = o;
+        self
+    }
+    /// Masking, redaction, value size limit and sampling.
+    pub fn privacy(mut self, p: Privacy) -> Self {
+        self.privacy = p;
+        self
+    }
+
+    /// Starts the exporter's worker thread.
+    pub fn build(self) -> Result<LangfuseExporter, ExporterError> {
+        let host = self.host.ok_or_else(|| ExporterError("LANGFUSE_HOST: no Langfuse host given".into()))?;
+        let host = host.trim_end_matches('/').to_owned();
+        if !(host.starts_with("http://") || host.starts_with("https://")) {
+            return Err(ExporterError(format!("LANGFUSE_HOST={host:?}: expected an http:// or https:// URL")));
+        }
+        let (pk, sk) = self
+            .keys
+            .ok_or_else(|| ExporterError("LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY: no Langfuse keys given".into()))?;
+        let sdk = vec![
+            ("x-langfuse-sdk-name".to_owned(), "flowtrace".to_owned()),
+            ("x-langfuse-sdk-version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+            ("x-langfuse-public-key".to_owned(), pk.clone()),
+        ];
+        let mut otlp_headers = sdk.clone();
+        otlp_headers.push(("x-langfuse-ingestion-version".into(), "4".into()));
+        let basic = Some((pk.clone(), sk));
+        let otlp_ep =
+            Endpoint { url: format!("{host}/api/public/otel/v1/traces"), headers: otlp_headers, basic: basic.clone() };
+        let legacy_ep = Endpoint { url: format!("{host}/api/public/ingestion"), headers: sdk, basic };
+        let (otlp, legacy, mode) = match self.ingestion {
+            Ingestion::Auto => (Some(otlp_ep), Some(legacy_ep), 0),
+            Ingestion::Otel => (Some(otlp_ep), None, 0),
+            Ingestion::Legacy => (None, Some(legacy_ep), 1),
+        };
+        let target = Target {
+            otlp,
+            legacy,
+            auto: self.ingestion == Ingestion::Auto,
+            mode: AtomicU8::new(mode),
+            resource: otlp::resource("flowtrace"),
+            public_key: pk,
+        };
+        let mut options = self.options;
+        match self.spool {
+            Some(s) => options.spool_dir = s,
+            None if options.spool_dir.is_none() => options.spool_dir = Some(default_spool("langfuse")),
+            None => {}
+        }
+        let inner = HttpExporter::start("langfuse", target, options, self.privacy).map_err(ExporterError)?;
+        Ok(LangfuseExporter { inner: Arc::new(inner) })
+    }
+}
+
+impl LangfuseExporter {
+    /// A builder with the defaults (auto ingestion, 64 spans / 1 s batches, spool in
+    /// `.flowtrace/spool/langfuse`).
+    pub fn builder() -> LangfuseExporterBuilder {
+        LangfuseExporterBuilder::default()
+    }
+
+    /// From `LANGFUSE_HOST`, `LANGFUSE_PUBLIC_KEY`, `LANGFUSE_SECRET_KEY`,
+    /// `LANGFUSE_INGESTION` and `FLOWTRACE_SPOOL_DIR` in the process environment.
+    pub fn from_env() -> Result<LangfuseExporter, ExporterError> {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Self::from_lookup(get)
+    }
+
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<LangfuseExporter, ExporterError> {
+        let host = get("LANGFUSE_HOST").unwrap_or_else(|| crate::trace::DEFAULT_LANGFUSE_HOST.to_owned());
+        let pk = get("LANGFUSE_PUBLIC_KEY").ok_or_else(|| ExporterError("LANGFUSE_PUBLIC_KEY is not set".into()))?;
+        let sk = get("LANGFUSE_SECRET_KEY").ok_or_else(|| ExporterError("LANGFUSE_SECRET_KEY is not set".into()))?;
+        let ingestion = Ingestion::parse(&get("LANGFUSE_INGESTION").unwrap_or_default())?;
+        let mut b = Self::builder().host(host).keys(pk, sk).ingestion(ingestion);
+        if let Some(dir) = get("FLOWTRACE_SPOOL_DIR") {
+            b = b.spool_dir(PathBuf::from(dir).join("langfuse"));
+        }
+        b.build()
+    }
+
+    /// From a tracing configuration (its keys and host, its value size limit, and
+    /// `LANGFUSE_INGESTION` / `FLOWTRACE_SPOOL_DIR` among its variables). Sampling stays with
+    /// the tracer.
+    pub fn from_config(cfg: &crate::trace::TracingConfig) -> Result<LangfuseExporter, ExporterError> {
+        let host = cfg.host().unwrap_or(crate::trace::DEFAULT_LANGFUSE_HOST);
+        let (Some(pk), Some(sk)) = (cfg.public_key(), cfg.secret_key()) else {
+            return Err(ExporterError("LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY are not set".into()));
+        };
+        let ingestion = Ingestion::parse(cfg.var("LANGFUSE_INGESTION").unwrap_or(""))?;
+        let mut b = Self::builder()
+            .host(host)
+            .keys(pk, sk)
+            .ingestion(ingestion)
+            .privacy(Privacy::default().with_max_value_bytes(cfg.max_value_bytes()));
+        if let Some(dir) = cfg.var("FLOWTRACE_SPOOL_DIR") {
+            b = b.spool_dir(PathBuf::from(dir).join("langfuse"));
+        }
+        b.build()
+    }
+}
+
+impl Exporter for LangfuseExporter {
+    fn name(&self) -> &str {
+        "langfuse"
+    }
+    fn export(&self, trace: Arc<TraceRecord>) {
+        self.inner.export(trace)
+    }
+    fn flush(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {
+        self.inner.flush(timeout)
+    }
+    fn shutdown(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {
+        self.inner.shutdown(timeout)
+    }
+}
+
+/// Sends traces to any OTLP/HTTP receiver (Jaeger, Tempo, Phoenix, a Collector) as protobuf.
+///
+/// ```no_run
+/// use flowtrace::export::OtlpExporter;
+/// let otlp = OtlpExporter::builder()
+///     .endpoint("http://127.0.0.1:4318")
+///     .header("x-api-key", "k")
+///     .build()
+///     .unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct OtlpExporter {
+    inner: Arc<HttpExporter>,
+}
+
+/// Builds an [`OtlpExporter`].
+#[derive(Debug, Clone, Default)]
+pub struct OtlpExporterBuilder {
+    endpoint: Option<String>,
+    traces_endpoint: Option<String>,
+    headers: Vec<(String, String)>,
+    service: Option<String>,
+    options: DeliveryOptions,
+    spool: Option<Option<PathBuf>>,
+    privacy: Privacy,
+}
+
+impl OtlpExporterBuilder {
+    /// The base endpoint; `/v1/traces` is appended (as `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoint = Some(url.into());
+        self
+    }
+    /// The full traces URL, used as is (as `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
+    pub fn traces_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.traces_endpoint = Some(url.into());
+        self
+    }
+    /// Adds a header sent with every request.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+    /// Adds headers in `OTEL_EXPORTER_OTLP_HEADERS` form: `k1=v1,k2=v2` (percent-decoded).
+    pub fn headers(mut self, spec: &str) -> Result<Self, ExporterError> {
+        self.headers.extend(parse_headers(spec)?);
+        Ok(self)
+    }
+    /// `service.name` of the resource (default `flowtrace`, or `OTEL_SERVICE_NAME`).
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service = Some(name.into());
+        self
+    }
+    /// The spool folder (default `.flowtrace/spool/otlp`).
+    pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spool = Some(Some(dir.into()));
+        self
+    }
+    /// No spool: what cannot be delivered is dropped (and counted).
+    pub fn no_spool(mut self) -> Self {
+        self.spool = Some(None);
+        self
+    }
+    /// Batching, retry and spool settings.
+    pub fn options(mut self, o: DeliveryOptions) -> Self {
+        self.options = o;
+        self
+    }
+    /// Masking, redaction, value size limit and sampling.
+    pub fn privacy(mut self, p: Privacy) -> Self {
+        self.privacy = p;
+        self
+    }
+
+    /// Starts the exporter's worker thread.
+    pub fn build(self) -> Result<OtlpExporter, ExporterError> {
+        let url = match (self.traces_endpoint, self.endpoint) {
+            (Some(t), _) => t,
+            (None, Some(e)) => format!("{}/v1/traces", e.trim_end_matches('/')),
+            (None, None) => return Err(ExporterError("OTEL_EXPORTER_OTLP_ENDPOINT: no OTLP endpoint given".into())),
+        };
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ExporterError(format!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT={url:?}: expected an http:// or https:// URL"
+            )));
+        }
+        let service = self.service.unwrap_or_else(|| "flowtrace".into());
+        let target = Target::otlp(Endpoint { url, headers: self.headers, basic: None }, &service);
+        let mut options = self.options;
+        match self.spool {
+            Some(s) => options.spool_dir = s,
+            None if options.spool_dir.is_none() => options.spool_dir = Some(default_spool("otlp")),
+            None => {}
+        }
+        let inner = HttpExporter::start("otlp", target, options, self.privacy).map_err(ExporterError)?;
+        Ok(OtlpExporter { inner: Arc::new(inner) })
+    }
+}
+
+/// Parses `k1=v1,k2=v2` with percent-encoded values, as the OpenTelemetry spec defines.
+pub fn parse_headers(spec: &str) -> Result<Vec<(String, String)>, ExporterError> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(ExporterError(format!("OTEL_EXPORTER_OTLP_HEADERS: {part:?} is not key=value")));
+        };
+        out.push((percent_decode(k.trim()), percent_decode(v.trim())));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl OtlpExporter {
+    /// A builder with the defaults.
+    pub fn builder() -> OtlpExporterBuilder {
+        OtlpExporterBuilder::default()
+    }
+
+    /// From `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// `OTEL_EXPORTER_OTLP_HEADERS` (and `_TRACES_HEADERS`), `OTEL_SERVICE_NAME` and
+    /// `FLOWTRACE_SPOOL_DIR`; `Ok(None)` when no endpoint is set.
+    pub fn from_env() -> Result<Option<OtlpExporter>, ExporterError> {
+        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
+    }
+
+    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<OtlpExporter>, ExporterError> {
+        let traces = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        let base = get("OTEL_EXPORTER_OTLP_ENDPOINT");
+        if traces.is_none() && base.is_none() {
+            return Ok(None);
+        }
+        for var in ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+            if let Some(p) = get(var) {
+                if p.trim() != "http/protobuf" {
+                    tracing::warn!(target: "flowtrace::export", "{var}={p:?}: only http/protobuf is supported; sending http/protobuf");
+                }
+                break;
+            }
+        }
+        let mut b = OtlpExporter::builder();
+        if let Some(t) = traces {
+            b = b.traces_endpoint(t);
+        } else if let Some(e) = base {
+            b = b.endpoint(e);
+        }
+        for var in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"] {
+            if let Some(h) = get(var) {
+                b = b.headers(&h).map_err(|e| ExporterError(e.0.replace("OTEL_EXPORTER_OTLP_HEADERS", var)))?;
+            }
+        }
+        if let Some(s) = get("OTEL_SERVICE_NAME") {
+            b = b.service_name(s);
+        }
+        if let Some(dir) = get("FLOWTRACE_SPOOL_DIR") {
+            b = b.spool_dir(PathBuf::from(dir).join("otlp"));
+        }
+        b.build().map(Some)
+    }
+}
+
+impl Exporter for OtlpExporter {
+    fn name(&self) -> &str {
+        "otlp"
+    }
+    fn export(&self, trace: Arc<TraceRecord>) {
+        self.inner.export(trace)
+    }
+    fn flush(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {
+        self.inner.flush(timeout)
+    }
+    fn shutdown(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {
+        self.inner.shutdown(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse_like_the_otel_spec() {
+        let h = parse_headers("api-key=abc%20def, x=1").unwrap();
+        assert_eq!(h, vec![("api-key".into(), "abc def".into()), ("x".into(), "1".into())]);
+        assert!(parse_headers("nokey").is_err());
+    }
+
+    #[test]
+    fn ingestion_values() {
+        assert_eq!(Ingestion::parse("LEGACY").unwrap(), Ingestion::Legacy);
+        assert_eq!(Ingestion::parse("").unwrap(), Ingestion::Auto);
+        assert!(Ingestion::parse("grpc").unwrap_err().0.contains("LANGFUSE_INGESTION"));
+    }
+}

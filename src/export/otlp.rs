@@ -1,0 +1,187 @@
+//! The OTLP wire format: our span tree as `ExportTraceServiceRequest` protobuf, with the
+//! attributes Langfuse reads (`langfuse.trace.*`, `langfuse.observation.*`, `session.id`,
+//! `user.id`) on top of plain OpenTelemetry fields any OTLP backend understands.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
+use prost::Message;
+use serde_json::Value;
+
+use crate::trace::{SpanRecord, SpanStatus, TraceRecord};
+
+fn kv(key: &str, v: any_value::Value) -> KeyValue {
+    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+}
+
+fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
+    kv(key, any_value::Value::StringValue(v.into()))
+}
+
+fn json_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
+        other => other.to_string(),
+    }
+}
+
+/// A JSON value as an OTLP attribute value: scalars stay scalars, the rest becomes JSON text.
+fn any(v: &Value) -> any_value::Value {
+    match v {
+        Value::String(s) => any_value::Value::StringValue(s.clone()),
+        Value::Bool(b) => any_value::Value::BoolValue(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => any_value::Value::IntValue(i),
+            None => any_value::Value::DoubleValue(n.as_f64().unwrap_or(0.0)),
+        },
+        other => any_value::Value::StringValue(other.to_string()),
+    }
+}
+
+fn otlp_status(s: &SpanStatus) -> Status {
+    match s {
+        SpanStatus::Ok => Status { code: status::StatusCode::Ok as i32, message: String::new() },
+        other => Status { code: status::StatusCode::Error as i32, message: other.message().unwrap_or("").to_owned() },
+    }
+}
+
+/// The span id used for a trace that has no root span of its own.
+fn synthetic_root_id(trace: &TraceRecord) -> u64 {
+    (trace.trace_id.0 as u64) | 1
+}
+
+fn span_of(trace: &TraceRecord, s: &SpanRecord, is_root: bool) -> Span {
+    let mut attrs = Vec::with_capacity(8 + s.attributes.len());
+    attrs.push(kv_str("flowtrace.span.kind", format!("{:?}", s.kind).to_ascii_lowercase()));
+    if let Some(v) = &s.input {
+        attrs.push(kv_str("langfuse.observation.input", json_string(v)));
+        attrs.push(kv_str("input.value", json_string(v)));
+    }
+    if let Some(v) = &s.output {
+        attrs.push(kv_str("langfuse.observation.output", json_string(v)));
+        attrs.push(kv_str("output.value", json_string(v)));
+    }
+    if s.status.is_error() {
+        attrs.push(kv_str("langfuse.observation.level", "ERROR"));
+        attrs.push(kv_str("langfuse.observation.status_message", s.status.message().unwrap_or("")));
+        if let SpanStatus::Error { kind, chain, location, .. } = &s.status {
+            attrs.push(kv_str("error.type", kind.clone()));
+            if !chain.is_empty() {
+                attrs.push(kv_str("langfuse.observation.metadata.error_chain", chain.join("\n")));
+            }
+            if let Some(l) = location {
+                attrs.push(kv_str("code.location", l.clone()));
+            }
+        }
+    }
+    for (k, v) in &s.attributes {
+        attrs.push(kv(&format!("langfuse.observation.metadata.{k}"), any(v)));
+    }
+    if is_root {
+        trace_attributes(trace, &mut attrs);
+    }
+    Span {
+        trace_id: trace.trace_id.to_bytes().to_vec(),
+        span_id: s.span_id.to_bytes().to_vec(),
+        parent_span_id: s.parent_id.map(|p| p.to_bytes().to_vec()).unwrap_or_default(),
+        name: s.name.to_string(),
+        kind: span::SpanKind::Internal as i32,
+        start_time_unix_nano: s.start_unix_nanos,
+        end_time_unix_nano: s.end_unix_nanos,
+        attributes: attrs,
+        status: Some(otlp_status(&s.status)),
+        ..Default::default()
+    }
+}
+
+fn trace_attributes(t: &TraceRecord, attrs: &mut Vec<KeyValue>) {
+    attrs.push(kv_str("langfuse.trace.name", t.name.clone()));
+    attrs.push(kv_str("langfuse.trace.input", json_string(&t.input)));
+    attrs.push(kv_str("langfuse.trace.output", json_string(&t.output)));
+    if let Some(s) = &t.session_id {
+        attrs.push(kv_str("session.id", s.clone()));
+    }
+    if let Some(u) = &t.user_id {
+        attrs.push(kv_str("user.id", u.clone()));
+    }
+    if !t.tags.is_empty() {
+        let values =
+            t.tags.iter().map(|t| AnyValue { value: Some(any_value::Value::StringValue(t.clone())) }).collect();
+        attrs.push(kv("langfuse.trace.tags", any_value::Value::ArrayValue(ArrayValue { values })));
+    }
+    if let Some(r) = &t.release {
+        attrs.push(kv_str("langfuse.release", r.clone()));
+    }
+    if let Some(v) = &t.version {
+        attrs.push(kv_str("langfuse.version", v.clone()));
+    }
+    for (k, v) in &t.metadata {
+        attrs.push(kv(&format!("langfuse.trace.metadata.{k}"), any(v)));
+    }
+    if let Some(a) = &t.action {
+        attrs.push(kv_str("langfuse.trace.metadata.action", a.clone()));
+    }
+    if t.spans_dropped > 0 {
+        attrs.push(kv("langfuse.trace.metadata.spans_dropped", any_value::Value::IntValue(t.spans_dropped as i64)));
+    }
+}
+
+/// Appends the OTLP spans of `trace` to `out` (a root span is made up when the trace has none,
+/// so the trace's own fields always travel); returns how many were added.
+pub fn encode_trace(trace: &TraceRecord, out: &mut Vec<Span>) -> usize {
+    let before = out.len();
+    let root = trace.root().map(|r| r.span_id);
+    if root.is_none() {
+        let synthetic = SpanRecord {
+            span_id: crate::trace::SpanId(synthetic_root_id(trace)),
+            parent_id: None,
+            kind: crate::trace::SpanKind::Flow,
+            name: trace.name.as_str().into(),
+            start_unix_nanos: trace.start_unix_nanos,
+            end_unix_nanos: trace.end_unix_nanos,
+            status: trace.status.clone(),
+            input: None,
+            output: None,
+            attributes: Default::default(),
+        };
+        out.push(span_of(trace, &synthetic, true));
+    }
+    for s in &trace.spans {
+        out.push(span_of(trace, s, Some(s.span_id) == root));
+    }
+    out.len() - before
+}
+
+/// The resource every request carries: `service.name` and the SDK's name and version.
+pub fn resource(service_name: &str) -> Resource {
+    Resource {
+        attributes: vec![
+            kv_str("service.name", service_name),
+            kv_str("telemetry.sdk.name", "flowtrace"),
+            kv_str("telemetry.sdk.language", "rust"),
+            kv_str("telemetry.sdk.version", env!("CARGO_PKG_VERSION")),
+        ],
+        ..Default::default()
+    }
+}
+
+/// One `ExportTraceServiceRequest` holding `spans`, protobuf-encoded.
+pub fn encode_request(resource: &Resource, spans: Vec<Span>) -> Vec<u8> {
+    let req = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(resource.clone()),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "flowtrace".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    req.encode_to_vec()
+}
