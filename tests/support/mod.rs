@@ -167,3 +167,22 @@ pub fn value_error(msg: &str) -> flowtrace::BoxError {
 pub fn empty() -> Value {
     json!({})
 }
+
+/// Like [`run_both`], for a batch flow run at the top level (so its own params stay the base
+/// its param sets are laid over): untraced, then traced; both must agree.
+pub async fn run_batch_both(
+    flow: &BatchFlow,
+    initial: Value,
+) -> (Result<Action, String>, SharedStore, Arc<TraceRecord>) {
+    let plain = SharedStore::from_json(initial.clone());
+    let r1 = flow.run(&plain).await.map_err(|e| e.to_string());
+    let (tracer, memory) = memory_tracer();
+    let traced = SharedStore::from_json(initial);
+    let r2 = flow.traced("conformance").tracer(&tracer).run(&traced).await.map_err(|e| e.to_string());
+    let report = tracer.flush(Duration::from_secs(10)).await;
+    assert!(report.is_complete(), "traced run lost spans: {report:?}");
+    assert_eq!(r1, r2, "traced and untraced runs returned different results");
+    assert_eq!(plain.to_json(), traced.to_json(), "traced and untraced runs left different stores");
+    let trace = memory.traces().pop().expect("the traced run produced a trace");
+    (r1, plain, trace)
+}
