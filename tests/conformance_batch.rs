@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowtrace::prelude::*;
+use flowtrace::trace::SpanKind;
+use flowtrace::BoxError;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use support::*;
@@ -51,10 +53,18 @@ async fn map_reduce(n: i64, chunk_size: usize) -> SharedStore {
 
 #[tokio::test]
 async fn case_013_array_chunking() {
+    // `node.run` alone, as upstream: no successors, so no warning; post's "default" is returned.
     let shared = SharedStore::new();
     shared.insert("input_array", (0..25).collect::<Vec<i64>>());
-    ArrayChunk { chunk_size: 10 }.into_batch().run(&shared).await.unwrap();
+    let node = ArrayChunk { chunk_size: 10 }.into_batch();
+    assert_eq!(node.run(&shared).await.unwrap(), "default");
     assert_eq!(shared.get::<Vec<i64>>("chunk_results").unwrap(), Some(vec![45, 145, 110]));
+    // The same node in a one-node flow, untraced and traced, with one item span per chunk.
+    let (r, shared, trace) = run_both(&Flow::new(&node), json!({ "input_array": (0..25).collect::<Vec<i64>>() })).await;
+    assert_eq!(r.unwrap(), "default");
+    assert_eq!(shared.get_json("chunk_results").unwrap(), json!([45, 145, 110]));
+    let items: Vec<_> = trace.spans.iter().filter(|s| s.kind == SpanKind::Item).map(|s| s.output.clone()).collect();
+    assert_eq!(items, vec![Some(json!(45)), Some(json!(145)), Some(json!(110))]);
 }
 
 #[tokio::test]
@@ -124,6 +134,9 @@ async fn case_070_batch_item_rules() {
         let (_, shared, _) = run_both(&Flow::new(&echo_items(items.clone())), json!({})).await;
         assert_eq!(shared.get_json("exec_res").unwrap(), expected, "items {items}");
     }
+    // The typed API has no `null`: an empty Vec is the only "no items", and gives [].
+    let (_, shared, _) = run_both(&Flow::new(&ArrayChunk { chunk_size: 3 }.into_batch()), json!({})).await;
+    assert_eq!(shared.get_json("chunk_results").unwrap(), json!([]));
 }
 
 #[tokio::test]
@@ -147,4 +160,53 @@ async fn case_071_batch_retries_are_per_item() {
         .max_retries(2);
     node.run(&SharedStore::new()).await.unwrap();
     assert_eq!(*log.lock(), vec![(1, 0), (1, 1), (2, 0), (2, 1)]);
+    // Traced, the same attempts happen, and each item's span holds its own two attempts.
+    log.lock().clear();
+    let (r, _, trace) = run_both(&Flow::new(&node), json!({})).await;
+    r.unwrap();
+    assert_eq!(*log.lock(), [(1, 0), (1, 1), (2, 0), (2, 1)].repeat(2));
+    for item in trace.spans.iter().filter(|s| s.kind == SpanKind::Item) {
+        let attempts = trace.children(item.span_id).into_iter().filter(|s| s.kind == SpanKind::Attempt).count();
+        assert_eq!(attempts, 2, "{}", item.name);
+    }
+}
+
+/// Case 71 with the typed API and a fallback: every item gets its full `max_retries`
+/// attempts (counted from 0 per item) before its own fallback runs.
+#[tokio::test]
+async fn case_071_typed_batch_retries_then_fallback_per_item() {
+    struct Flaky {
+        log: Arc<Mutex<Vec<(char, u32)>>>,
+    }
+    impl BatchNode for Flaky {
+        type Item = char;
+        type Output = String;
+        async fn prep(&self, _ctx: &Context<'_>) -> NodeResult<Vec<char>> {
+            Ok(vec!['a', 'b'])
+        }
+        async fn exec(&self, item: &char, cx: &ExecContext) -> NodeResult<String> {
+            self.log.lock().push((*item, cx.attempt()));
+            Err(value_error(&format!("{item} fails on attempt {}", cx.attempt())))
+        }
+        async fn exec_fallback(&self, item: &char, error: BoxError, cx: &ExecContext) -> NodeResult<String> {
+            Ok(format!("{item}: fallback after attempt {} ({error})", cx.attempt()))
+        }
+        async fn post(&self, ctx: &Context<'_>, _items: Vec<char>, out: Vec<String>) -> NodeResult<Action> {
+            ctx.shared().insert("out", out);
+            Ok(Action::none())
+        }
+    }
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let node = Flaky { log: log.clone() }.into_batch().max_retries(3);
+    let (r, shared, _) = run_both(&Flow::new(&node), json!({})).await;
+    r.unwrap();
+    let one_run = [('a', 0), ('a', 1), ('a', 2), ('b', 0), ('b', 1), ('b', 2)];
+    assert_eq!(*log.lock(), one_run.repeat(2), "traced and untraced runs each retry every item fully");
+    assert_eq!(
+        shared.get_json("out").unwrap(),
+        json!([
+            "a: fallback after attempt 2 (a fails on attempt 2)",
+            "b: fallback after attempt 2 (b fails on attempt 2)"
+        ])
+    );
 }

@@ -3,6 +3,7 @@
 mod support;
 
 use flowtrace::prelude::*;
+use flowtrace::trace::SpanKind;
 use flowtrace::Phase;
 use serde_json::{json, Value};
 use support::*;
@@ -28,10 +29,10 @@ fn double_key() -> NodeRef {
         .into_node()
 }
 
+/// Runs the batch flow of cases 19–22 untraced and traced (both must agree).
 async fn basic(input: Value) -> (Result<Action, String>, SharedStore) {
     let flow = BatchFlow::new(&double_key()).with_params(keys_of_input);
-    let shared = SharedStore::from_json(json!({ "input_data": input }));
-    let r = flow.run(&shared).await.map_err(|e| e.to_string());
+    let (r, shared, _) = run_batch_both(&flow, json!({ "input_data": input })).await;
     (r, shared)
 }
 
@@ -44,8 +45,10 @@ async fn case_019_basic_batch_processing() {
 
 #[tokio::test]
 async fn case_020_empty_input() {
-    let (_, shared) = basic(json!({})).await;
-    assert!(shared.get_json("results").is_none());
+    let (r, shared) = basic(json!({})).await;
+    assert_eq!(r.unwrap(), Action::none());
+    // No node ran: the node would have created `results`, and the store is untouched.
+    assert_eq!(shared.to_json(), json!({ "input_data": {} }));
 }
 
 #[tokio::test]
@@ -57,9 +60,20 @@ async fn case_021_single_item() {
 #[tokio::test]
 async fn case_022_error_handling() {
     let flow = BatchFlow::new(&double_key()).with_params(keys_of_input);
-    let shared = SharedStore::from_json(json!({ "input_data": { "normal_key": 1, "error_key": 2, "another_key": 3 } }));
+    let input = json!({ "input_data": { "normal_key": 1, "error_key": 2, "another_key": 3 } });
+    let shared = SharedStore::from_json(input.clone());
     let err = flow.run(&shared).await.unwrap_err();
     assert_user_error::<ValueError>(&err, "Double", Phase::Prep);
+    // The first error aborts the remaining param sets (§8): exactly the keys before
+    // `error_key`, in the order the batch flow's prep lists them, were processed.
+    let order: Vec<String> =
+        shared.require::<serde_json::Map<String, Value>>("input_data").unwrap().keys().cloned().collect();
+    let before: Vec<&String> = order.iter().take_while(|k| *k != "error_key").collect();
+    let done: serde_json::Map<String, Value> = shared.get("results").unwrap().unwrap_or_default();
+    assert_eq!(done.keys().collect::<Vec<_>>(), before, "param sets after the failing one must not run");
+    let (r, traced_shared, _) = run_batch_both(&flow, input).await;
+    assert_eq!(r.unwrap_err(), err.to_string());
+    assert_eq!(traced_shared.to_json(), shared.to_json());
 }
 
 /// Inner writes intermediate[key] = input + 1; Outer writes results[key] = intermediate * 2.
@@ -95,8 +109,9 @@ fn inner_outer(inner_action: Option<&'static str>) -> NodeRef {
 #[tokio::test]
 async fn case_023_nested_flow_in_batch() {
     let flow = BatchFlow::new(&inner_outer(None)).with_params(keys_of_input);
-    let shared = SharedStore::from_json(json!({ "input_data": { "x": 1, "y": 2 } }));
-    flow.run(&shared).await.unwrap();
+    let (r, shared, _) = run_batch_both(&flow, json!({ "input_data": { "x": 1, "y": 2 } })).await;
+    assert_eq!(r.unwrap(), Action::none());
+    assert_eq!(shared.get_json("intermediate").unwrap(), json!({ "x": 2, "y": 3 }));
     assert_eq!(shared.get_json("results").unwrap(), json!({ "x": 4, "y": 6 }));
 }
 
@@ -120,8 +135,8 @@ fn multiplied(parallel: bool) -> BatchFlow {
 
 #[tokio::test]
 async fn case_024_custom_parameters() {
-    let shared = SharedStore::from_json(json!({ "input_data": { "a": 1, "b": 2, "c": 3 } }));
-    multiplied(false).run(&shared).await.unwrap();
+    let (r, shared, _) = run_batch_both(&multiplied(false), json!({ "input_data": { "a": 1, "b": 2, "c": 3 } })).await;
+    r.unwrap();
     assert_eq!(shared.get_json("results").unwrap(), json!({ "a": 1, "b": 4, "c": 9 }));
 }
 
@@ -158,9 +173,28 @@ pub fn nested_groups(parallel: bool) -> BatchFlow {
 
 #[tokio::test]
 async fn case_025_nested_batch_flow() {
-    let shared = SharedStore::from_json(json!({ "groups": { "A": [1, 2], "B": [3, 4] } }));
-    nested_groups(false).run(&shared).await.unwrap();
+    let (r, shared, trace) =
+        run_batch_both(&nested_groups(false), json!({ "groups": { "A": [1, 2], "B": [3, 4] } })).await;
+    r.unwrap();
     assert_eq!(shared.get_json("results").unwrap(), json!({ "A": [2, 4], "B": [6, 8] }));
+    // Params accumulate: the inner runs see {group, item}; the trace shows each param set.
+    let inner_runs: Vec<_> = trace
+        .spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::BatchRun)
+        .filter_map(|s| s.input.as_ref())
+        .filter(|i| i["params"].get("item").is_some())
+        .map(|i| i["params"].clone())
+        .collect();
+    assert_eq!(
+        inner_runs,
+        vec![
+            json!({ "group": "A", "item": 0 }),
+            json!({ "group": "A", "item": 1 }),
+            json!({ "group": "B", "item": 0 }),
+            json!({ "group": "B", "item": 1 })
+        ]
+    );
 }
 
 /// The async batch node of the upstream tests: prep writes results[key] = data and returns
@@ -192,53 +226,67 @@ fn async_processor() -> NodeRef {
 #[tokio::test]
 async fn case_042_basic_async_batch_processing() {
     let flow = BatchFlow::new(&async_processor()).with_params(keys_of_input);
-    let shared = SharedStore::from_json(json!({ "input_data": { "a": 1, "b": 2, "c": 3 } }));
-    flow.run(&shared).await.unwrap();
+    let (r, shared, _) = run_batch_both(&flow, json!({ "input_data": { "a": 1, "b": 2, "c": 3 } })).await;
+    assert_eq!(r.unwrap(), Action::none());
     assert_eq!(shared.get_json("results").unwrap(), json!({ "a": 2, "b": 4, "c": 6 }));
 }
 
 #[tokio::test]
 async fn case_043_empty_async_batch() {
     let flow = BatchFlow::new(&async_processor()).with_params(keys_of_input);
-    let shared = SharedStore::from_json(json!({ "input_data": {} }));
-    flow.run(&shared).await.unwrap();
-    assert!(shared.get_json("results").is_none());
+    let (r, shared, _) = run_batch_both(&flow, json!({ "input_data": {} })).await;
+    assert_eq!(r.unwrap(), Action::none());
+    assert_eq!(shared.to_json(), json!({ "input_data": {} }));
 }
 
 #[tokio::test]
 async fn case_044_async_error_handling() {
     let flow = BatchFlow::new(&async_processor()).with_params(keys_of_input);
-    let shared = SharedStore::from_json(json!({ "input_data": { "normal_key": 1, "error_key": 2 } }));
+    let input = json!({ "input_data": { "normal_key": 1, "error_key": 2 } });
+    let shared = SharedStore::from_json(input.clone());
     let err = flow.run(&shared).await.unwrap_err();
     assert_user_error::<ValueError>(&err, "AsyncProcessor", Phase::Post);
+    // prep ran for error_key (it wrote the raw value) before post failed.
+    assert_eq!(shared.get_json("results").unwrap()["error_key"], json!(2));
+    let (r, _, _) = run_batch_both(&flow, input).await;
+    assert_eq!(r.unwrap_err(), err.to_string());
 }
 
 #[tokio::test]
 async fn case_045_nested_async_flow() {
     let flow = BatchFlow::new(&inner_outer(Some("next"))).with_params(keys_of_input);
-    let shared = SharedStore::from_json(json!({ "input_data": { "x": 1, "y": 2 } }));
-    flow.run(&shared).await.unwrap();
+    let (r, shared, _) = run_batch_both(&flow, json!({ "input_data": { "x": 1, "y": 2 } })).await;
+    r.unwrap();
     assert_eq!(shared.get_json("results").unwrap(), json!({ "x": 4, "y": 6 }));
 }
 
 #[tokio::test]
 async fn case_046_custom_async_parameters() {
-    // The async variant of case 24: the same graph, run as a traced run too.
-    let flow = multiplied(false);
-    let (_, shared, _) = run_batch_both(&flow, json!({ "input_data": { "a": 1, "b": 2, "c": 3 } })).await;
+    // The async variant of case 24. flowtrace has one batch flow for both: its hooks may
+    // await, so the "async" case is the same graph with an exec that awaits a sleep.
+    let node = FnNode::new("AsyncMultiply")
+        .prep(|ctx| {
+            let key: String = ctx.param("key").ok_or("no key")?;
+            let m: i64 = ctx.param("multiplier").ok_or("no multiplier")?;
+            Ok(json!([key, ctx.shared().require::<Value>("input_data")?[&key].as_i64().unwrap_or(0) * m]))
+        })
+        .exec(|v, _| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            Ok(v)
+        })
+        .post(|ctx, _, kv| {
+            let key = kv[0].as_str().ok_or("no key")?.to_owned();
+            ctx.shared().update("results", serde_json::Map::new, |r| r.insert(key.clone(), kv[1].clone()))?;
+            Ok(Action::none())
+        })
+        .into_node();
+    let flow = BatchFlow::new(&node).with_params(|ctx| {
+        let data: serde_json::Map<String, Value> = ctx.shared().require("input_data")?;
+        Ok(data.keys().enumerate().map(|(i, k)| params(json!({ "key": k, "multiplier": i + 1 }))).collect())
+    });
+    let (r, shared, _) = run_batch_both(&flow, json!({ "input_data": { "a": 1, "b": 2, "c": 3 } })).await;
+    assert_eq!(r.unwrap(), Action::none());
     assert_eq!(shared.get_json("results").unwrap(), json!({ "a": 1, "b": 4, "c": 9 }));
-}
-
-/// Runs a batch flow untraced and traced; both must leave the same store.
-async fn run_batch_both(flow: &BatchFlow, initial: Value) -> (Action, SharedStore, ()) {
-    let plain = SharedStore::from_json(initial.clone());
-    let r1 = flow.run(&plain).await.unwrap();
-    let (tracer, _memory) = memory_tracer();
-    let traced = SharedStore::from_json(initial);
-    let r2 = flow.traced("batch").tracer(&tracer).run(&traced).await.unwrap();
-    assert_eq!(r1, r2);
-    assert_eq!(plain.to_json(), traced.to_json());
-    (r1, plain, ())
 }
 
 /// Records every params map a node sees, in order.
@@ -264,8 +312,8 @@ async fn case_076_batch_params_overlay() {
         let list: Vec<Params> = sets.as_array().unwrap().iter().map(|v| params(v.clone())).collect();
         let flow = BatchFlow::new(&params_log()).with_params(move |_| Ok(list.clone()));
         flow.set_params(params(json!({ "base": 0, "k": 0 })));
-        let shared = SharedStore::new();
-        flow.run(&shared).await.unwrap();
+        let (r, shared, _) = run_batch_both(&flow, json!({})).await;
+        assert_eq!(r.unwrap(), Action::none());
         assert_eq!(shared.get_json("seen").unwrap_or(Value::Null), expected, "param sets {sets}");
     }
 }
@@ -273,12 +321,22 @@ async fn case_076_batch_params_overlay() {
 #[tokio::test]
 async fn case_077_batch_flow_post_gets_param_sets_and_returns_none_by_default() {
     let flow = BatchFlow::new(&params_log()).with_params(|_| Ok(vec![params(json!({ "k": 1 }))]));
-    assert_eq!(flow.run(&SharedStore::new()).await.unwrap(), Action::none());
+    let (r, _, _) = run_batch_both(&flow, json!({})).await;
+    assert_eq!(r.unwrap(), Action::none());
+    // PocketFlow's post gets (shared, prep_list, None); flowtrace's batch-flow post has no
+    // exec result to pass, so it takes (ctx, param_sets) and the `None` is implicit.
     let flow = flow.with_post(|ctx, sets| {
         ctx.shared().insert("post_saw", sets);
         Ok("batch_done".into())
     });
-    let shared = SharedStore::new();
-    assert_eq!(flow.run(&shared).await.unwrap(), "batch_done");
+    let (r, shared, _) = run_batch_both(&flow, json!({})).await;
+    assert_eq!(r.unwrap(), "batch_done");
     assert_eq!(shared.get_json("post_saw").unwrap(), json!([{ "k": 1 }]));
+    // As a nested node, the default `None` means "default": the batch flow's successor runs.
+    let after = set("after", json!(true));
+    let inner = BatchFlow::new(&params_log()).with_params(|_| Ok(vec![params(json!({ "k": 1 }))]));
+    let _ = inner.as_node() >> &after;
+    let (r, shared, _) = run_both(&Flow::new(inner.as_node()), json!({})).await;
+    assert_eq!(r.unwrap(), Action::none());
+    assert_eq!(shared.get_json("after").unwrap(), json!(true));
 }
