@@ -318,6 +318,11 @@ impl Runtime {
         }
     }
 
+    /// Whether [`shutdown`](Self::shutdown) has begun (new runs are refused).
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
     /// The tracer the runtime traces with, if any.
     pub fn tracer(&self) -> Option<&Tracer> {
         self.inner.tracer.as_ref()
@@ -509,10 +514,13 @@ impl Watcher {
         self.state.status.store(status as u8, Ordering::SeqCst);
         *self.state.control.lock() = None;
         self.rt.runs.remove(&self.id);
-        let _ = tx.send(res);
-        if c.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.rt.idle.notify_waiters();
+        // Free the place before answering, so a caller that awaited this run finds it free.
+        let Watcher { rt, _permit: permit, .. } = self;
+        drop(permit);
+        if rt.counters.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            rt.idle.notify_waiters();
         }
+        let _ = tx.send(res);
     }
 
     async fn drive(&self, root: NodeRef, shared: SharedStore, options: RunOptions) -> Result<Action, Error> {
