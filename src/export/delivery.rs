@@ -414,9 +414,8 @@ impl Worker {
                     }
                     let b = std::mem::replace(&mut batch, Batch::new());
                     self.send_batch(b, Some(deadline)).await;
-                    if !self.down {
-                        self.drain_spool(Some(deadline)).await;
-                    }
+                    // Also a chance to deliver what is spooled (a probe when the backend was down).
+                    self.drain_spool(Some(deadline)).await;
                     let _ = done.send(());
                     if stop {
                         rx.close();
