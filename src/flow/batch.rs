@@ -113,18 +113,18 @@ struct BatchAdapter<B> {
     parallel: bool,
 }
 
-struct ItemOps<B: BatchNode> {
-    node: Arc<B>,
-    item: Arc<B::Item>,
+struct ItemOps<'a, B: BatchNode> {
+    node: &'a B,
+    item: &'a B::Item,
 }
 
-impl<B: BatchNode> ExecOps for ItemOps<B> {
+impl<B: BatchNode> ExecOps for ItemOps<'_, B> {
     type Out = B::Output;
     async fn attempt(&self, cx: ExecContext) -> NodeResult<B::Output> {
-        self.node.exec(&self.item, &cx).await
+        self.node.exec(self.item, &cx).await
     }
     async fn fallback(&self, err: BoxError, cx: ExecContext) -> NodeResult<B::Output> {
-        self.node.exec_fallback(&self.item, err, &cx).await
+        self.node.exec_fallback(self.item, err, &cx).await
     }
 }
 
@@ -137,17 +137,17 @@ impl<B: BatchNode> ErasedNode for BatchAdapter<B> {
 
 /// One item's exec, with its own span under the exec span.
 async fn run_item<B: BatchNode>(
-    node: Arc<B>,
-    item: Arc<B::Item>,
+    node: &B,
+    item: &B::Item,
     index: usize,
-    def: NodeRef,
-    cx: VisitCx,
+    def: &NodeRef,
+    cx: &VisitCx,
 ) -> Result<B::Output, Error> {
     let cfg = def.config();
     let mut span = cx.trace.as_ref().map(|r| r.start(cx.parent, SpanKind::Item, format!("item {index}")));
     if let Some(s) = span.as_mut() {
         s.attr("item_index", index);
-        s.input(|| capture(&*item));
+        s.input(|| capture(item));
     }
     let trace = match (&cx.trace, &span) {
         (Some(r), Some(s)) => Some((r, s.id())),
@@ -206,14 +206,13 @@ async fn visit_batch<B: BatchNode>(
         }
     }
     let item_cx = inner.with_parent(span.as_ref().map(|s| s.id()).or(inner.parent));
-    let items: Vec<Arc<B::Item>> = items.into_iter().map(Arc::new).collect();
     let outputs = if parallel {
-        run_parallel(node, &items, nref, &item_cx, cfg.max_concurrency).await
+        run_parallel(&**node, &items, nref, &item_cx, cfg.max_concurrency).await
     } else {
         let mut out = Vec::with_capacity(items.len());
         let mut failed = None;
         for (i, item) in items.iter().enumerate() {
-            match run_item(Arc::clone(node), Arc::clone(item), i, nref.clone(), item_cx.clone()).await {
+            match run_item(&**node, item, i, nref, &item_cx).await {
                 Ok(v) => out.push(v),
                 Err(e) => {
                     failed = Some(e);
@@ -234,15 +233,6 @@ async fn visit_batch<B: BatchNode>(
         s.output(|| capture(&outputs));
         s.end();
     }
-    // Every item task has finished, so each item is ours again.
-    let items: Vec<B::Item> = match items.into_iter().map(Arc::try_unwrap).collect::<Result<_, _>>() {
-        Ok(items) => items,
-        Err(_) => {
-            let e = Error::Batch { node: name.to_owned(), message: "an item is still held by a finished task".into() };
-            return fail(e, None, node_span);
-        }
-    };
-
     let mut span = if switches.post { inner.span(SpanKind::Post, &def.names.post) } else { None };
     if let Some(s) = span.as_mut() {
         s.input(|| capture(&outputs));
@@ -270,44 +260,36 @@ async fn visit_batch<B: BatchNode>(
     Ok(action)
 }
 
-/// Runs every item on its own task, at most `limit` at once, keeping results in input order.
-/// The first error ends the batch: the other items are cancelled and awaited, so none keeps
-/// running (or recording spans) after the node has failed.
+/// Runs the items concurrently, at most `limit` at once, keeping results in input order.
+///
+/// Items run as futures of the run's own task (as PocketFlow's `gather` runs coroutines):
+/// spawning a task per item cost more than a trivial item's whole budget (measured with
+/// `examples/bench.rs parallel`). CPU-bound items belong on the blocking pool
+/// ([`NodeRef::blocking`]). The first error ends the batch: the other items are dropped
+/// (cancelled) at once, so none keeps running after the node has failed, and their spans
+/// end as cancelled.
 async fn run_parallel<B: BatchNode>(
-    node: &Arc<B>,
-    items: &[Arc<B::Item>],
+    node: &B,
+    items: &[B::Item],
     nref: &NodeRef,
     cx: &VisitCx,
     limit: Option<usize>,
 ) -> Result<Vec<B::Output>, Error> {
+    use futures::stream::{FuturesUnordered, StreamExt};
     let limit = limit.unwrap_or(usize::MAX).max(1);
     let mut results: Vec<Option<B::Output>> = Vec::with_capacity(items.len());
     results.resize_with(items.len(), || None);
-    let mut set = JoinSet::new();
+    let start = |i: usize| async move { (i, run_item(node, &items[i], i, nref, cx).await) };
+    let mut running = FuturesUnordered::new();
     let mut next = 0;
-    let spawn = |set: &mut JoinSet<(usize, Result<B::Output, Error>)>, i: usize| {
-        let fut = run_item(Arc::clone(node), Arc::clone(&items[i]), i, nref.clone(), cx.clone());
-        set.spawn(async move { (i, fut.await) });
-    };
-    while next < items.len() && set.len() < limit {
-        spawn(&mut set, next);
+    while next < items.len() && running.len() < limit {
+        running.push(start(next));
         next += 1;
     }
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok((i, Ok(v))) => results[i] = Some(v),
-            Ok((_, Err(e))) => {
-                set.shutdown().await;
-                return Err(e);
-            }
-            Err(e) => {
-                set.shutdown().await;
-                let message = if e.is_panic() { "an item task panicked".into() } else { e.to_string() };
-                return Err(Error::Batch { node: nref.name().to_owned(), message });
-            }
-        }
+    while let Some((i, res)) = running.next().await {
+        results[i] = Some(res?);
         if next < items.len() {
-            spawn(&mut set, next);
+            running.push(start(next));
             next += 1;
         }
     }
