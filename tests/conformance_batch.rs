@@ -210,3 +210,34 @@ async fn case_071_typed_batch_retries_then_fallback_per_item() {
         ])
     );
 }
+
+/// The batch counterpart of case 66: with `max_retries(0)` exec never runs. PocketFlow's
+/// `BatchNode` then gives `None` per item, and so does `FnBatchNode` (sequential or parallel);
+/// a typed `BatchNode` has no such value and fails with a clear error, as a typed `Node` does.
+#[tokio::test]
+async fn batch_with_zero_retries_never_calls_exec() {
+    for node in [FnBatchNode::new("Zero"), FnBatchNode::parallel("Zero")] {
+        let calls = Arc::new(Mutex::new(0));
+        let c = calls.clone();
+        let node = node
+            .items(|_| Ok(json!([1, 2])))
+            .exec(move |item, _| {
+                *c.lock() += 1;
+                async move { Ok(item) }
+            })
+            .post(|ctx, _, out| {
+                ctx.shared().insert("exec_res", out);
+                Ok(Action::none())
+            })
+            .into_node()
+            .max_retries(0);
+        let (r, shared, _) = run_both(&Flow::new(&node), json!({})).await;
+        r.unwrap();
+        assert_eq!(*calls.lock(), 0, "exec must not be called");
+        assert_eq!(shared.get_json("exec_res").unwrap(), json!([null, null]));
+    }
+    let node = ArrayChunk { chunk_size: 2 }.into_batch().max_retries(0);
+    let shared = SharedStore::from_json(json!({ "input_array": [1, 2, 3] }));
+    let err = node.run(&shared).await.unwrap_err();
+    assert!(err.to_string().contains("max_retries is 0"), "{err}");
+}

@@ -78,6 +78,13 @@ pub trait BatchNode: Send + Sync + Sized + 'static {
         async move { Err(error) }
     }
 
+    /// An item's result when `max_retries` is 0 and exec never runs. PocketFlow gives `None`
+    /// for every item; a typed batch node has no such value, so by default the node fails with
+    /// a clear error. [`FnBatchNode`] returns `null`, as PocketFlow does.
+    fn exec_skipped(&self) -> Option<Self::Output> {
+        None
+    }
+
     /// Writes the results (in input order) and picks the next edge.
     fn post(
         &self,
@@ -155,7 +162,10 @@ async fn run_item<B: BatchNode>(
     };
     let ops = ItemOps { node, item };
     let res = if cfg.max_retries == 0 {
-        Err(Error::Batch { node: def.name().to_owned(), message: "max_retries is 0: no item can be processed".into() })
+        ops.node.exec_skipped().ok_or_else(|| Error::Batch {
+            node: def.name().to_owned(),
+            message: "max_retries is 0: no item can be processed".into(),
+        })
     } else {
         run_exec(&ops, &def.0, &cfg, &cx.params, Some(index), trace).await
     };
@@ -434,6 +444,10 @@ impl BatchNode for FnBatchNode {
             Some(f) => f(item.clone(), error, cx.clone()).await,
             None => Err(error),
         }
+    }
+
+    fn exec_skipped(&self) -> Option<Value> {
+        Some(Value::Null)
     }
 
     async fn post(&self, ctx: &Context<'_>, items: Vec<Value>, outputs: Vec<Value>) -> NodeResult<Action> {
