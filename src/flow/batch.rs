@@ -9,7 +9,6 @@ use futures::future::BoxFuture;
 use parking_lot::RwLock;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::task::JoinSet;
 
 use super::action::Action;
 use super::context::{Context, ExecContext, Params};
@@ -622,21 +621,18 @@ pub(crate) async fn visit_batch_flow(node: &NodeRef, def: &BatchFlowDef, cx: &Vi
             })
             .collect();
         if def.parallel {
-            let mut set = JoinSet::new();
-            for (i, p) in merged.into_iter().enumerate() {
-                let (start, cx, name) = (start.clone(), inner.clone(), name.to_owned());
-                set.spawn(async move { run_param_set(&name, i, start, p, &cx).await });
-            }
-            while let Some(joined) = set.join_next().await {
-                let failed = match joined {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e),
-                    Err(e) => Some(Error::Batch { node: name.to_owned(), message: e.to_string() }),
-                };
-                if let Some(e) = failed {
-                    set.shutdown().await;
-                    return Err(e);
-                }
+            // The runs are futures of this task (not spawned tasks): dropping this visit (a
+            // cancel, a run timeout) drops them at once, so their open spans end as cancelled
+            // before the trace's end is sent. Spawned tasks were aborted only later, and
+            // their spans arrived after the trace had ended and were lost.
+            use futures::stream::{FuturesUnordered, StreamExt};
+            let mut set: FuturesUnordered<_> = merged
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| run_param_set(name, i, start.clone(), p, &inner))
+                .collect();
+            while let Some(res) = set.next().await {
+                res?;
             }
         } else {
             for (i, p) in merged.into_iter().enumerate() {
