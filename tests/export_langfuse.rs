@@ -169,12 +169,7 @@ async fn mask_hook_sees_every_value_and_sampling_is_deterministic() {
 /// over OTLP and, with `LANGFUSE_INGESTION=legacy`, as valid batch events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_support_example_delivers_both_traces() {
-    let exe = std::env::current_exe().unwrap();
-    let example = exe.parent().and_then(|d| d.parent()).map(|d| d.join("examples").join("customer_support"));
-    let Some(example) = example.filter(|p| p.exists()) else {
-        println!("SKIP: examples/customer_support was not built next to this test");
-        return;
-    };
+    let example = langfuse_server::example_binary();
     for mode in ["otel", "legacy"] {
         let server = LangfuseServer::start().await;
         let dir = tempdir(&format!("example-{mode}"));

@@ -242,12 +242,19 @@ pub struct OtlpExporterBuilder {
     traces_endpoint: Option<String>,
     headers: Vec<(String, String)>,
     service: Option<String>,
+    resource: Vec<(String, String)>,
     options: DeliveryOptions,
     spool: Option<Option<PathBuf>>,
     privacy: Privacy,
 }
 
 impl OtlpExporterBuilder {
+    /// Adds a resource attribute (as `OTEL_RESOURCE_ATTRIBUTES`), e.g.
+    /// `openinference.project.name` to pick a Phoenix project.
+    pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.resource.push((key.into(), value.into()));
+        self
+    }
     /// The base endpoint; `/v1/traces` is appended (as `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
         self.endpoint = Some(url.into());
@@ -307,7 +314,8 @@ impl OtlpExporterBuilder {
             )));
         }
         let service = self.service.unwrap_or_else(|| "flowtrace".into());
-        let target = Target::otlp(Endpoint { url, headers: self.headers, basic: None }, &service);
+        let mut target = Target::otlp(Endpoint { url, headers: self.headers, basic: None }, &service);
+        otlp::add_resource_attributes(&mut target.resource, &self.resource);
         let mut options = self.options;
         match self.spool {
             Some(s) => options.spool_dir = s,
@@ -356,7 +364,8 @@ impl OtlpExporter {
     }
 
     /// From `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`,
-    /// `OTEL_EXPORTER_OTLP_HEADERS` (and `_TRACES_HEADERS`), `OTEL_SERVICE_NAME` and
+    /// `OTEL_EXPORTER_OTLP_HEADERS` (and `_TRACES_HEADERS`), `OTEL_SERVICE_NAME`,
+    /// `OTEL_RESOURCE_ATTRIBUTES` and
     /// `FLOWTRACE_SPOOL_DIR`; `Ok(None)` when no endpoint is set.
     pub fn from_env() -> Result<Option<OtlpExporter>, ExporterError> {
         Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
@@ -389,6 +398,13 @@ impl OtlpExporter {
         }
         if let Some(s) = get("OTEL_SERVICE_NAME") {
             b = b.service_name(s);
+        }
+        if let Some(spec) = get("OTEL_RESOURCE_ATTRIBUTES") {
+            let attrs = parse_headers(&spec)
+                .map_err(|e| ExporterError(e.0.replace("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_RESOURCE_ATTRIBUTES")))?;
+            for (k, v) in attrs {
+                b = b.resource_attribute(k, v);
+            }
         }
         if let Some(dir) = get("FLOWTRACE_SPOOL_DIR") {
             b = b.spool_dir(PathBuf::from(dir).join("otlp"));

@@ -166,6 +166,14 @@ pub fn resource(service_name: &str) -> Resource {
     }
 }
 
+/// Adds (or replaces) resource attributes.
+pub fn add_resource_attributes(resource: &mut Resource, attrs: &[(String, String)]) {
+    for (k, v) in attrs {
+        resource.attributes.retain(|a| &a.key != k);
+        resource.attributes.push(kv_str(k, v.clone()));
+    }
+}
+
 /// One `ExportTraceServiceRequest` holding `spans`, protobuf-encoded.
 pub fn encode_request(resource: &Resource, spans: Vec<Span>) -> Vec<u8> {
     let req = ExportTraceServiceRequest {
