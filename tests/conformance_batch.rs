@@ -241,3 +241,35 @@ async fn batch_with_zero_retries_never_calls_exec() {
     let err = node.run(&shared).await.unwrap_err();
     assert!(err.to_string().contains("max_retries is 0"), "{err}");
 }
+
+/// §3: an item whose last attempt fails (default fallback) aborts the whole node; later items
+/// are not run and post is not called.
+#[tokio::test]
+async fn batch_item_failure_aborts_later_items() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let node = FnBatchNode::new("StopsAtTwo")
+        .items(|_| Ok(json!([1, 2, 3])))
+        .exec(move |item, _| {
+            log.lock().push(item.clone());
+            async move {
+                if item == json!(2) {
+                    Err(value_error("item 2 fails"))
+                } else {
+                    Ok(item)
+                }
+            }
+        })
+        .post(|ctx, _, out| {
+            ctx.shared().insert("exec_res", out);
+            Ok(Action::none())
+        })
+        .into_node()
+        .max_retries(2);
+    let (r, shared, trace) = run_both(&Flow::new(&node), json!({})).await;
+    assert!(r.unwrap_err().contains("item 2 fails"));
+    assert_eq!(*seen.lock(), json!([1, 2, 2, 1, 2, 2]).as_array().unwrap().clone(), "item 3 never runs");
+    assert_eq!(shared.get_json("exec_res"), None, "post is not called");
+    let items: Vec<_> = trace.spans.iter().filter(|s| s.kind == SpanKind::Item).map(|s| s.status.is_error()).collect();
+    assert_eq!(items, vec![false, true]);
+}

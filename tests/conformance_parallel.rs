@@ -288,6 +288,35 @@ async fn case_054_parallel_batch_flow_error() {
     assert_eq!(r.unwrap_err(), err.to_string());
 }
 
+/// Case 54 with slow siblings: the failing param set's error arrives at once, and (the same
+/// deliberate difference as case 84) the other param sets' runs are cancelled, not left
+/// running: their writes never happen.
+#[tokio::test(start_paused = true)]
+async fn case_054_parallel_batch_flow_error_cancels_other_param_sets() {
+    let slow = FnNode::new("SlowProcessor")
+        .prep(|ctx| Ok(json!(ctx.param::<usize>("batch_id").ok_or("no batch_id")?)))
+        .exec(|id, _| async move {
+            if id == json!(2) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                return Err(value_error("batch 2 fails"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(id)
+        })
+        .post(|ctx, _, id| {
+            ctx.shared().update("done", Vec::<Value>::new, |d| d.push(id.clone()))?;
+            Ok(Action::none())
+        })
+        .into_node();
+    let flow =
+        BatchFlow::parallel(&slow).with_params(|_| Ok((0..3).map(|i| params(json!({ "batch_id": i }))).collect()));
+    let (r, shared, elapsed) = timed_both(&Flow::new(flow.as_node()), json!({})).await;
+    assert_user_error::<ValueError>(&r.unwrap_err(), "SlowProcessor", Phase::Exec);
+    assert_eq!(elapsed, Duration::from_millis(10), "the error must not wait for the other param sets");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(shared.get_json("done"), None, "cancelled param sets must not complete");
+}
+
 #[tokio::test(start_paused = true)]
 async fn case_055_multiple_batch_sizes() {
     let batches = json!({ "batches": [[1], [2, 3, 4], [5, 6], [7, 8, 9, 10]] });
