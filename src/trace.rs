@@ -470,10 +470,11 @@ impl TracedFlow {
         &self.meta.name
     }
 
-    /// The root and the run options of a traced run (for [`crate::Runtime::spawn_traced`]).
-    pub(crate) fn run_parts(&self) -> (crate::flow::NodeRef, crate::RunOptions) {
+    /// The root and the run options of a traced run (for [`crate::Runtime::spawn_traced`]):
+    /// its own tracer, else `fallback` (the runtime's), else the global one.
+    pub(crate) fn run_parts(&self, fallback: Option<&Tracer>) -> (crate::flow::NodeRef, crate::RunOptions) {
         let mut options = self.options.clone();
-        if let Some(t) = self.tracer.clone().or_else(global) {
+        if let Some(t) = self.tracer.clone().or_else(|| fallback.cloned()).or_else(global) {
             options.trace = Some((t, Arc::new(self.meta.clone())));
         }
         (self.root.clone(), options)

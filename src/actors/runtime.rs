@@ -360,13 +360,7 @@ impl Runtime {
     /// Starts a traced run: the trace's name, session, tags and options are the traced
     /// flow's; its tracer, else the runtime's.
     pub async fn spawn_traced(&self, flow: &TracedFlow, shared: &SharedStore) -> Result<RunHandle, Error> {
-        let (root, mut options) = flow.run_parts();
-        if options.trace.is_none() {
-            if let Some(t) = &self.inner.tracer {
-                let meta = TraceMeta { name: flow.name().to_owned(), ..Default::default() };
-                options.trace = Some((t.clone(), Arc::new(meta)));
-            }
-        }
+        let (root, options) = flow.run_parts(self.inner.tracer.as_ref());
         self.admit(root, shared.clone(), options).await
     }
 

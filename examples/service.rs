@@ -1,0 +1,279 @@
+//! The customer-support flow as an HTTP service, run through a [`flowtrace::Runtime`].
+//!
+//! `PORT=3000 cargo run --example service`, then
+//! `curl -s localhost:3000/tickets -H 'content-type: application/json' -d '{"id":"T-1","subject":"URGENT: down","description":"error 500","customer_tier":"premium"}'`
+//!
+//! - `POST /tickets`: a ticket as JSON (`id`, `subject`, `description`, `customer_tier`); runs the
+//!   flow traced and answers `{"run_id", "classification", "routing"}` as the flow wrote them
+//!   to the store. Malformed JSON gets 400 with a message; a full or stopping runtime 503.
+//! - `GET /stats`: runs in flight and the runtime's counters, and the exporter's counters.
+//!
+//! Listens on 127.0.0.1 at `PORT` (default 3000; `0` picks a free port) and prints
+//! `listening on 127.0.0.1:<port>`. Traces go to a counting exporter, and to a JSON Lines file
+//! when `TRACE_FILE` is set. On SIGTERM or Ctrl-C it stops taking connections, lets runs in
+//! flight finish for up to `SHUTDOWN_SECS` (default 10) seconds, cancels the rest, flushes the
+//! traces and prints the shutdown report, then exits 0.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use flowtrace::export::JsonlFileExporter;
+use flowtrace::prelude::*;
+use flowtrace::{Admission, ExportReport, Exporter, Runtime, TraceRecord};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+// ---- The flow: the same nodes as examples/customer_support.rs ----
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ticket {
+    id: String,
+    subject: String,
+    description: String,
+    customer_tier: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Classification {
+    priority: String,
+    category: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Routing {
+    team: String,
+    ticket_id: String,
+}
+
+/// Classifies a ticket by priority and category.
+struct TicketClassificationNode;
+
+impl Node for TicketClassificationNode {
+    type Prep = Ticket;
+    type Exec = Classification;
+
+    async fn prep(&self, ctx: &Context<'_>) -> NodeResult<Ticket> {
+        Ok(ctx.shared().require("ticket")?)
+    }
+
+    async fn exec(&self, t: &Ticket, _cx: &ExecContext) -> NodeResult<Classification> {
+        tokio::time::sleep(Duration::from_millis(100)).await; // stands in for an LLM call
+        let text = format!("{} {}", t.subject, t.description).to_lowercase();
+        let priority = if text.contains("urgent") || text.contains("critical") {
+            "high"
+        } else if text.contains("billing") || text.contains("payment") {
+            "medium"
+        } else {
+            "low"
+        };
+        let category = if t.description.to_lowercase().contains("error") {
+            "technical"
+        } else if text.contains("billing") || text.contains("payment") {
+            "billing"
+        } else {
+            "general"
+        };
+        Ok(Classification { priority: priority.into(), category: category.into() })
+    }
+
+    async fn post(&self, ctx: &Context<'_>, _t: Ticket, c: Classification) -> NodeResult<Action> {
+        ctx.shared().insert("classification", c);
+        Ok(Action::new("route_ticket"))
+    }
+}
+
+/// Routes a classified ticket to a team.
+struct TicketRoutingNode;
+
+impl Node for TicketRoutingNode {
+    type Prep = (Ticket, Classification);
+    type Exec = Routing;
+
+    async fn prep(&self, ctx: &Context<'_>) -> NodeResult<(Ticket, Classification)> {
+        Ok((ctx.shared().require("ticket")?, ctx.shared().require("classification")?))
+    }
+
+    async fn exec(&self, (t, c): &(Ticket, Classification), _cx: &ExecContext) -> NodeResult<Routing> {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let team = if c.priority == "high" {
+            "escalation"
+        } else if c.category == "technical" {
+            "engineering"
+        } else if t.customer_tier == "premium" {
+            "premium_support"
+        } else {
+            "general_support"
+        };
+        Ok(Routing { team: team.into(), ticket_id: t.id.clone() })
+    }
+
+    async fn post(&self, ctx: &Context<'_>, _p: (Ticket, Classification), r: Routing) -> NodeResult<Action> {
+        ctx.shared().insert("routing", r);
+        Ok(Action::none())
+    }
+}
+
+fn customer_support_flow() -> Flow {
+    let classifier = TicketClassificationNode.into_node().timeout(Duration::from_secs(5));
+    let router = TicketRoutingNode.into_node().timeout(Duration::from_secs(5));
+    let _ = classifier.on("route_ticket") >> &router;
+    Flow::named("CustomerSupportFlow", Some(&classifier))
+}
+
+// ---- Exporter counters ----
+
+/// Counts traces and spans handed to it, and passes them on to an inner exporter if any.
+#[derive(Clone, Default)]
+struct CountingExporter {
+    traces: Arc<AtomicU64>,
+    spans: Arc<AtomicU64>,
+    inner: Option<Arc<dyn Exporter>>,
+}
+
+impl Exporter for CountingExporter {
+    fn name(&self) -> &str {
+        "counting"
+    }
+
+    fn export(&self, trace: Arc<TraceRecord>) {
+        self.traces.fetch_add(1, Ordering::Relaxed);
+        self.spans.fetch_add(trace.spans.len() as u64 + 1, Ordering::Relaxed);
+        if let Some(inner) = &self.inner {
+            inner.export(trace);
+        }
+    }
+
+    fn flush(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {
+        Box::pin(async move {
+            match &self.inner {
+                Some(inner) => inner.flush(timeout).await,
+                None => {
+                    let mut r = ExportReport::default();
+                    r.delivered = self.spans.load(Ordering::Relaxed);
+                    r
+                }
+            }
+        })
+    }
+}
+
+// ---- The service ----
+
+#[derive(Clone)]
+struct App {
+    runtime: Runtime,
+    flow: Flow,
+    counters: CountingExporter,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn create_ticket(State(app): State<App>, body: Bytes) -> Response {
+    let ticket: Ticket = match serde_json::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid ticket JSON: {e}")),
+    };
+    let shared = SharedStore::new();
+    shared.insert("ticket", ticket.clone());
+    let traced = app.flow.traced("CustomerSupportTicketAnalysis").session_id(ticket.id.clone()).tag("service");
+    let handle = match app.runtime.spawn_traced(&traced, &shared).await {
+        Ok(h) => h,
+        Err(e @ flowtrace::Error::Refused(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let run_id = handle.id();
+    if let Err(e) = handle.await {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    Json(json!({
+        "run_id": run_id,
+        "classification": shared.get_json("classification"),
+        "routing": shared.get_json("routing"),
+    }))
+    .into_response()
+}
+
+async fn stats(State(app): State<App>) -> Response {
+    Json(json!({
+        "runs": app.runtime.stats(),
+        "runs_in_flight": app.runtime.stats().in_flight,
+        "exporter": {
+            "traces": app.counters.traces.load(Ordering::Relaxed),
+            "spans": app.counters.spans.load(Ordering::Relaxed),
+        },
+    }))
+    .into_response()
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                eprintln!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    println!("shutting down: no new connections, waiting for runs in flight");
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().map_err(|_| format!("{name} must be a number, got {v:?}")),
+        Err(_) => Ok(default),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let port: u16 = env_number("PORT", 3000)?;
+    let max_in_flight: usize = env_number("MAX_IN_FLIGHT", 2048)?;
+    let shutdown_secs: u64 = env_number("SHUTDOWN_SECS", 10)?;
+
+    let inner: Option<Arc<dyn Exporter>> = match std::env::var("TRACE_FILE") {
+        Ok(path) => Some(Arc::new(JsonlFileExporter::new(&path).map_err(|e| format!("TRACE_FILE {path}: {e}"))?)),
+        Err(_) => None,
+    };
+    let counters = CountingExporter { inner, ..Default::default() };
+    let tracer = Tracer::builder().exporter(counters.clone()).build()?;
+    let runtime = Runtime::builder()
+        .max_in_flight(max_in_flight)
+        .admission(Admission::Wait)
+        .run_timeout(Duration::from_secs(30))
+        .tracer(&tracer)
+        .build()?;
+    let app = App { runtime: runtime.clone(), flow: customer_support_flow(), counters };
+    let router = Router::new().route("/tickets", post(create_ticket)).route("/stats", get(stats)).with_state(app);
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+
+    let report = runtime.shutdown(Duration::from_secs(shutdown_secs)).await;
+    println!("{report}");
+    println!("shutdown report: {}", serde_json::to_string(&report)?);
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! The service example (`examples/service.rs`) as a child process on 127.0.0.1: a burst of
+//! 1,000 concurrent tickets with tracing on, malformed input, and SIGTERM mid-load (graceful
+//! shutdown: runs finish, traces flushed, a report printed, exit 0).
+//!
+//! The example binary is the one `cargo test` builds; when it is missing (e.g. `cargo test
+//! --test service` alone), the test builds it with the same cargo and target directory.
+
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+fn example_binary() -> PathBuf {
+    // target/<profile>/deps/service-<hash> -> target/<profile>/examples/service
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let bin = profile_dir.join("examples").join("service");
+    let target_dir = profile_dir.parent().expect("the target directory");
+    // Always ask cargo: it is a no-op when the binary is fresh, and rebuilds a stale one.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--example", "service"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the service example failed");
+    assert!(bin.exists(), "no example binary at {}", bin.display());
+    bin
+}
+
+struct Service {
+    child: Child,
+    port: u16,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Service {
+    fn start() -> Service {
+        let mut child = Command::new(example_binary())
+            .env("PORT", "0")
+            .env("SHUTDOWN_SECS", "20")
+            .env_remove("TRACE_FILE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the service starts");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("the service prints its address");
+        let port = line
+            .trim()
+            .strip_prefix("listening on 127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
+        Service { child, port, stdout }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Sends SIGTERM and returns (exit code, the rest of stdout).
+    fn terminate(mut self) -> (Option<i32>, String) {
+        let pid = self.child.id().to_string();
+        let st = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        assert!(st.success());
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).expect("stdout readable");
+        let code = self.child.wait().expect("the service exits").code();
+        (code, rest)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ticket(i: usize) -> Value {
+    let (subject, description, tier, team) = match i % 4 {
+        0 => ("URGENT: checkout down", "error 500 everywhere", "premium", "escalation"),
+        1 => ("App crash", "I get an error on login", "free", "engineering"),
+        2 => ("Billing question", "How do I change my payment card?", "premium", "premium_support"),
+        _ => ("Hello", "Just saying hi", "free", "general_support"),
+    };
+    json!({ "id": format!("T-{i}"), "subject": subject, "description": description, "customer_tier": tier, "team": team })
+}
+
+async fn stats(client: &reqwest::Client, svc: &Service) -> Value {
+    client.get(svc.url("/stats")).send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_1000_concurrent_tickets_then_sigterm() {
+    let svc = Service::start();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(1100).build().unwrap();
+    let started = std::time::Instant::now();
+    let requests = (0..1000).map(|i| {
+        let client = client.clone();
+        let url = svc.url("/tickets");
+        async move {
+            let t = ticket(i);
+            let resp = client.post(url).json(&t).send().await.map_err(|e| format!("request {i}: {e}"))?;
+            let status = resp.status();
+            let body: Value = resp.json().await.map_err(|e| format!("response {i}: {e}"))?;
+            if status != 200 {
+                return Err(format!("request {i}: {status} {body}"));
+            }
+            Ok::<_, String>((t, body))
+        }
+    });
+    let results = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(requests))
+        .await
+        .expect("the burst finishes within 60 s");
+    let elapsed = started.elapsed();
+    let mut ok = 0;
+    for r in results {
+        let (t, body) = r.unwrap();
+        assert_eq!(body["routing"]["ticket_id"], t["id"], "{body}");
+        assert_eq!(body["routing"]["team"], t["team"], "{body}");
+        assert!(body["classification"]["priority"].is_string(), "{body}");
+        ok += 1;
+    }
+    assert_eq!(ok, 1000);
+    println!("1,000 concurrent tickets in {elapsed:?}");
+
+    // Every run is traced: the exporter has seen 1,000 traces (the tracer assembles them off
+    // the request path, so wait for it, bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let s = loop {
+        let s = stats(&client, &svc).await;
+        if s["exporter"]["traces"] == 1000 || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(s["exporter"]["traces"], 1000, "{s}");
+    assert_eq!(s["runs"]["succeeded"], 1000, "{s}");
+    assert_eq!(s["runs_in_flight"], 0, "{s}");
+    // 1 trace + Flow, 2 × (Node, Prep, Exec, Attempt, Post) spans per run.
+    assert_eq!(s["exporter"]["spans"], 1000 * 12, "{s}");
+
+    let (code, out) = tokio::task::spawn_blocking(move || svc.terminate()).await.unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("shutdown report: "), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_gets_400_with_a_message() {
+    let svc = Service::start();
+    let client = reqwest::Client::new();
+    for (body, expect) in [
+        ("{\"id\": 1", "invalid ticket JSON"),
+        ("not json", "invalid ticket JSON"),
+        ("{\"id\":\"T\",\"subject\":\"s\",\"description\":\"d\"}", "customer_tier"),
+        ("", "invalid ticket JSON"),
+    ] {
+        let resp = client
+            .post(svc.url("/tickets"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+        let v: Value = resp.json().await.unwrap();
+        assert!(v["error"].as_str().is_some_and(|m| m.contains(expect)), "{body}: {v}");
+    }
+    // The service is still up and serves a good ticket.
+    let resp = client.post(svc.url("/tickets")).json(&ticket(0)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let s = stats(&client, &svc).await;
+    assert_eq!(s["runs"]["started"], 1, "bad input never started a run: {s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_load_finishes_runs_and_flushes_traces() {
+    let svc = Service::start();
+    let client = reqwest::Client::new();
+    let load: Vec<_> = (0..200)
+        .map(|i| {
+            let client = client.clone();
+            let url = svc.url("/tickets");
+            tokio::spawn(async move { client.post(url).json(&ticket(i)).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    // Wait until runs are in flight, then SIGTERM.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stats(&client, &svc).await["runs_in_flight"].as_u64().unwrap_or(0) < 50 {
+        assert!(std::time::Instant::now() < deadline, "no load reached the service");
+        tokio::task::yield_now().await;
+    }
+    let (code, out) = tokio::task::spawn_blocking(move || svc.terminate()).await.unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let report_line = out.lines().find_map(|l| l.strip_prefix("shutdown report: ")).expect("a report");
+    let report: Value = serde_json::from_str(report_line).unwrap();
+    // Requests whose connection was accepted before the signal were answered 200; any sent
+    // after it were refused at the socket (connection error), never half-answered.
+    let mut answered = 0;
+    for h in load {
+        match h.await.unwrap() {
+            Ok(status) => {
+                assert_eq!(status, 200);
+                answered += 1;
+            }
+            Err(e) => assert!(e.is_connect() || e.is_request(), "{e}"),
+        }
+    }
+    assert!(answered >= 50, "only {answered} answered");
+    let stats = &report["stats"];
+    assert_eq!(stats["succeeded"], stats["started"], "{report}");
+    assert_eq!(report["unfinished"], 0, "{report}");
+    // Traces flushed: every run's spans (12 per run) delivered, nothing dropped or pending.
+    let export = &report["export"];
+    assert_eq!(export["dropped"], 0, "{report}");
+    assert_eq!(export["pending"], 0, "{report}");
+    assert_eq!(export["delivered"].as_u64().unwrap(), stats["started"].as_u64().unwrap() * 12, "{report}");
+}
