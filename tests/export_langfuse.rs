@@ -56,7 +56,7 @@ async fn otlp_delivers_the_full_tree_with_langfuse_attributes() {
     // Ids and parent links are ours, byte for byte.
     let by_id: HashMap<Vec<u8>, _> = spans.iter().map(|s| (s.span_id.clone(), s)).collect();
     for s in &trace.spans {
-        let got = by_id.get(&s.span_id.to_bytes().to_vec()).expect("span delivered");
+        let got = by_id.get(s.span_id.to_bytes().as_slice()).expect("span delivered");
         assert_eq!(got.trace_id, trace.trace_id.to_bytes().to_vec());
         assert_eq!(got.name, &*s.name);
         assert_eq!(got.parent_span_id, s.parent_id.map(|p| p.to_bytes().to_vec()).unwrap_or_default());

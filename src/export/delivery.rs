@@ -122,6 +122,7 @@ struct Unit {
     payload: Payload,
 }
 
+#[allow(clippy::large_enum_variant)] // spans are the common case; boxing them would cost an allocation each
 enum Payload {
     Otlp(Span),
     Legacy { id: String, json: Vec<u8> },
