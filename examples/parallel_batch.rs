@@ -26,7 +26,7 @@ fn env_number(name: &str, default: usize) -> Result<usize, String> {
 
 fn draw(done: usize, total: usize, started: Instant) {
     const WIDTH: usize = 40;
-    let filled = if total == 0 { WIDTH } else { done * WIDTH / total };
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH).min(WIDTH);
     let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let mut out = std::io::stderr().lock();
     let _ =
