@@ -6,20 +6,28 @@
 //!     [--mode untraced|traced] [--n RUNS] [--items N] [--flows N] [--repeat R]
 //! ```
 //!
-//! Traced mode sends every span to a local sink the program starts itself and reports how
-//! many spans the sink received (`spans_delivered`) against how many the runs produced.
+//! Traced mode exports every trace with the Langfuse exporter (OTLP, or the legacy batch API
+//! with `--protocol legacy`) to a Langfuse-compatible sink the program starts itself on
+//! 127.0.0.1, on a thread of its own (as the Python reference's `sink_server.py` runs in a
+//! process of its own), and reports how many spans the sink received (`spans_delivered`).
 
+#[path = "../benches/support/sink.rs"]
+mod sink;
 #[path = "../benches/support/workloads.rs"]
 mod workloads;
 
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::Ordering;
+
 use flowtrace::prelude::*;
+use sink::Sink;
 use workloads::*;
 
 struct Args {
     workload: String,
     traced: bool,
+    legacy: bool,
     n: Option<usize>,
     items: usize,
     flows: usize,
@@ -29,7 +37,7 @@ struct Args {
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let workload = it.next().ok_or("usage: bench <chain|seed|parallel|concurrent|batch> [--mode untraced|traced]")?;
-    let mut a = Args { workload, traced: false, n: None, items: 10_000, flows: 1_000, repeat: 5 };
+    let mut a = Args { workload, traced: false, legacy: false, n: None, items: 10_000, flows: 1_000, repeat: 5 };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
@@ -38,6 +46,13 @@ fn parse() -> Result<Args, String> {
                     "traced" => true,
                     "untraced" | "plain" => false,
                     m => return Err(format!("--mode must be untraced or traced, not {m}")),
+                }
+            }
+            "--protocol" => {
+                a.legacy = match value()?.as_str() {
+                    "legacy" => true,
+                    "otlp" => false,
+                    p => return Err(format!("--protocol must be otlp or legacy, not {p}")),
                 }
             }
             "--n" => a.n = Some(value()?.parse().map_err(|e| format!("--n: {e}"))?),
@@ -88,8 +103,21 @@ async fn bench() {
             std::process::exit(2);
         }
     };
-    let sink = CountingExporter::default();
-    let tracer = args.traced.then(|| Tracer::builder().exporter(sink.clone()).build().expect("tracer"));
+    let sink = args.traced.then(Sink::start);
+    let tracer = sink.as_ref().map(|s| {
+        let exporter = flowtrace::export::LangfuseExporter::builder()
+            .host(format!("http://{}", s.addr))
+            .keys("pk-lf-bench", "sk-lf-bench")
+            .ingestion(if args.legacy {
+                flowtrace::export::Ingestion::Legacy
+            } else {
+                flowtrace::export::Ingestion::Otel
+            })
+            .spool_dir(std::env::temp_dir().join(format!("flowtrace-bench-spool-{}", std::process::id())))
+            .build()
+            .expect("exporter");
+        Tracer::builder().exporter(exporter).build().expect("tracer")
+    });
     let t = tracer.as_ref();
 
     // (unit count per run, runs per repetition, one repetition)
@@ -160,10 +188,10 @@ async fn bench() {
         let secs = start.elapsed().as_secs_f64();
         if rep == 0 {
             // Warm-up: not timed, and its spans are not counted.
-            if let Some(t) = &tracer {
+            if let (Some(t), Some(s)) = (&tracer, &sink) {
                 t.flush(Duration::from_secs(60)).await;
+                s.spans.store(0, Ordering::Relaxed);
             }
-            sink.spans.store(0, std::sync::atomic::Ordering::Relaxed);
             continue;
         }
         total_runs += runs;
@@ -172,10 +200,12 @@ async fn bench() {
         per_unit_us.push(secs * 1e6 / (runs * units_per_run) as f64);
     }
     let mut delivered = serde_json::Value::Null;
-    if let Some(t) = &tracer {
-        let report = t.flush(Duration::from_secs(60)).await;
-        assert!(report.is_complete(), "spans were lost: {report:?}");
-        delivered = sink.spans.load(std::sync::atomic::Ordering::Relaxed).into();
+    if let (Some(t), Some(s)) = (&tracer, &sink) {
+        let report = t.flush(Duration::from_secs(120)).await;
+        if !report.is_complete() {
+            eprintln!("bench: not every span reached the sink: {report:?}");
+        }
+        delivered = s.spans.load(Ordering::Relaxed).into();
     }
     let unit_key = format!("us_per_{unit}");
     let line = serde_json::json!({

@@ -1,0 +1,104 @@
+//! Exporter throughput: spans per second encoded (OTLP protobuf, Langfuse legacy JSON), and
+//! encoded and delivered over HTTP to a local Langfuse-compatible sink, both protocols.
+
+#[path = "support/sink.rs"]
+mod sink;
+#[path = "support/workloads.rs"]
+mod workloads;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use flowtrace::export::{legacy, otlp, Exporter, Ingestion, LangfuseExporter};
+use flowtrace::prelude::*;
+use flowtrace::TraceRecord;
+
+/// One real trace of the seed flow (11 spans and the trace itself).
+fn seed_trace(rt: &tokio::runtime::Runtime) -> Arc<TraceRecord> {
+    rt.block_on(async {
+        let memory = MemoryExporter::new();
+        let tracer = Tracer::builder().exporter(memory.clone()).build().expect("tracer");
+        let shared = SharedStore::new();
+        shared.insert("ticket", workloads::ticket());
+        workloads::seed().traced("CustomerSupportTicketAnalysis").tracer(&tracer).run(&shared).await.expect("run");
+        tracer.flush(Duration::from_secs(5)).await;
+        memory.traces().pop().expect("trace")
+    })
+}
+
+fn encode(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let trace = seed_trace(&rt);
+    let spans_per_trace = trace.spans.len() as u64 + 1;
+    let mut g = c.benchmark_group("export_encode");
+    g.throughput(Throughput::Elements(100 * spans_per_trace));
+    let resource = otlp::resource("bench");
+    g.bench_function("otlp_protobuf_100_traces", |b| {
+        b.iter(|| {
+            let mut spans = Vec::new();
+            for _ in 0..100 {
+                otlp::encode_trace(&trace, &mut spans);
+            }
+            otlp::encode_request(&resource, spans)
+        })
+    });
+    g.bench_function("legacy_json_100_traces", |b| {
+        b.iter(|| {
+            let mut events = Vec::new();
+            for _ in 0..100 {
+                legacy::encode_trace(&trace, &mut events);
+            }
+            legacy::batch_body(&events, "pk-lf-bench")
+        })
+    });
+    g.finish();
+}
+
+fn deliver(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let trace = seed_trace(&rt);
+    let spans_per_trace = trace.spans.len() as u64 + 1;
+    let mut g = c.benchmark_group("export_deliver");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(1000 * spans_per_trace));
+    for (name, ingestion, on_wire) in [
+        // OTLP carries the trace as attributes of its root span; legacy sends a trace-create.
+        ("otlp_1000_traces", Ingestion::Otel, spans_per_trace - 1),
+        ("legacy_1000_traces", Ingestion::Legacy, spans_per_trace),
+    ] {
+        let sink = sink::Sink::start();
+        let exporter = LangfuseExporter::builder()
+            .host(format!("http://{}", sink.addr))
+            .keys("pk-lf-bench", "sk-lf-bench")
+            .ingestion(ingestion)
+            .no_spool()
+            .build()
+            .expect("exporter");
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    sink.spans.store(0, Ordering::Relaxed);
+                    let start = Instant::now();
+                    // The exporter's worker runs on a runtime; drive it from this one.
+                    rt.block_on(async {
+                        for _ in 0..1000 {
+                            exporter.export(Arc::clone(&trace));
+                        }
+                        let report = exporter.flush(Duration::from_secs(60)).await;
+                        assert!(report.is_complete(), "{report:?}");
+                    });
+                    total += start.elapsed();
+                    assert_eq!(sink.spans.load(Ordering::Relaxed), 1000 * on_wire, "the sink got every span");
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, encode, deliver);
+criterion_main!(benches);
