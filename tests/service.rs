@@ -99,7 +99,9 @@ async fn stats(client: &reqwest::Client, svc: &Service) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_1000_concurrent_tickets_then_sigterm() {
+    let t0 = std::time::Instant::now();
     let svc = Service::start();
+    println!("service up after {:?}", t0.elapsed());
     let client = reqwest::Client::builder().pool_max_idle_per_host(1100).build().unwrap();
     let started = std::time::Instant::now();
     let requests = (0..1000).map(|i| {
@@ -141,13 +143,16 @@ async fn a_burst_of_1000_concurrent_tickets_then_sigterm() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    println!("traces counted after {:?}", started.elapsed());
     assert_eq!(s["exporter"]["traces"], 1000, "{s}");
     assert_eq!(s["runs"]["succeeded"], 1000, "{s}");
     assert_eq!(s["runs_in_flight"], 0, "{s}");
     // 1 trace + Flow, 2 × (Node, Prep, Exec, Attempt, Post) spans per run.
     assert_eq!(s["exporter"]["spans"], 1000 * 12, "{s}");
 
+    let t = std::time::Instant::now();
     let (code, out) = tokio::task::spawn_blocking(move || svc.terminate()).await.unwrap();
+    println!("SIGTERM to exit: {:?}", t.elapsed());
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("shutdown report: "), "{out}");
 }
