@@ -9,8 +9,10 @@
 //! - `GET /stats`: runs in flight and the runtime's counters, and the exporter's counters.
 //!
 //! Listens on 127.0.0.1 at `PORT` (default 3000; `0` picks a free port) and prints
-//! `listening on 127.0.0.1:<port>`. Traces go to a counting exporter, and to a JSON Lines file
-//! when `TRACE_FILE` is set. On SIGTERM or Ctrl-C it stops taking connections, lets runs in
+//! `listening on 127.0.0.1:<port>`. Traces go to a counting exporter, to a JSON Lines file
+//! when `TRACE_FILE` is set, and to Langfuse when `LANGFUSE_PUBLIC_KEY` is set (with
+//! `LANGFUSE_SECRET_KEY`, `LANGFUSE_HOST`, `LANGFUSE_INGESTION`, and `FLOWTRACE_SPOOL_DIR` for
+//! its spool). On SIGTERM or Ctrl-C it stops taking connections, lets runs in
 //! flight finish for up to `SHUTDOWN_SECS` (default 10) seconds, cancels the rest, flushes the
 //! traces and prints the shutdown report, then exits 0.
 
@@ -24,7 +26,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use flowtrace::export::JsonlFileExporter;
+use flowtrace::export::{JsonlFileExporter, LangfuseExporter};
 use flowtrace::prelude::*;
 use flowtrace::{Admission, ExportReport, Exporter, Runtime, TraceRecord};
 use futures::future::BoxFuture;
@@ -130,12 +132,12 @@ fn customer_support_flow() -> Flow {
 
 // ---- Exporter counters ----
 
-/// Counts traces and spans handed to it, and passes them on to an inner exporter if any.
+/// Counts traces and spans handed to it, and passes them on to the inner exporters.
 #[derive(Clone, Default)]
 struct CountingExporter {
     traces: Arc<AtomicU64>,
     spans: Arc<AtomicU64>,
-    inner: Option<Arc<dyn Exporter>>,
+    inner: Vec<Arc<dyn Exporter>>,
 }
 
 impl Exporter for CountingExporter {
@@ -146,21 +148,33 @@ impl Exporter for CountingExporter {
     fn export(&self, trace: Arc<TraceRecord>) {
         self.traces.fetch_add(1, Ordering::Relaxed);
         self.spans.fetch_add(trace.spans.len() as u64 + 1, Ordering::Relaxed);
-        if let Some(inner) = &self.inner {
-            inner.export(trace);
+        for inner in &self.inner {
+            inner.export(Arc::clone(&trace));
         }
     }
 
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {
         Box::pin(async move {
-            match &self.inner {
-                Some(inner) => inner.flush(timeout).await,
-                None => {
-                    let mut r = ExportReport::default();
-                    r.delivered = self.spans.load(Ordering::Relaxed);
-                    r
-                }
+            if self.inner.is_empty() {
+                let mut r = ExportReport::default();
+                r.delivered = self.spans.load(Ordering::Relaxed);
+                return r;
             }
+            let mut r = ExportReport::default();
+            for inner in &self.inner {
+                r.merge(inner.flush(timeout).await);
+            }
+            r
+        })
+    }
+
+    fn shutdown(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {
+        Box::pin(async move {
+            let mut r = ExportReport::default();
+            for inner in &self.inner {
+                r.merge(inner.shutdown(timeout).await);
+            }
+            r
         })
     }
 }
@@ -253,10 +267,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let max_in_flight: usize = env_number("MAX_IN_FLIGHT", 2048)?;
     let shutdown_secs: u64 = env_number("SHUTDOWN_SECS", 10)?;
 
-    let inner: Option<Arc<dyn Exporter>> = match std::env::var("TRACE_FILE") {
-        Ok(path) => Some(Arc::new(JsonlFileExporter::new(&path).map_err(|e| format!("TRACE_FILE {path}: {e}"))?)),
-        Err(_) => None,
-    };
+    let mut inner: Vec<Arc<dyn Exporter>> = Vec::new();
+    if let Ok(path) = std::env::var("TRACE_FILE") {
+        inner.push(Arc::new(JsonlFileExporter::new(&path).map_err(|e| format!("TRACE_FILE {path}: {e}"))?));
+    }
+    if std::env::var("LANGFUSE_PUBLIC_KEY").is_ok_and(|k| !k.trim().is_empty()) {
+        inner.push(Arc::new(LangfuseExporter::from_env().map_err(|e| format!("Langfuse exporter: {e}"))?));
+    }
     let counters = CountingExporter { inner, ..Default::default() };
     let tracer = Tracer::builder().exporter(counters.clone()).build()?;
     let runtime = Runtime::builder()
