@@ -7,7 +7,6 @@
 #![cfg(unix)]
 
 #[path = "support/langfuse_server.rs"]
-#[allow(dead_code)]
 mod langfuse_server;
 
 use std::io::{BufRead, BufReader, Read};
