@@ -84,10 +84,27 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A process-unique, non-zero span id (splitmix of a seeded counter: a bijection, so no repeats).
+/// A process-unique, non-zero span id (splitmix of a seeded counter: a bijection, so no
+/// repeats). Each thread takes counter values in blocks, so concurrent runs do not contend on
+/// one atomic for every span.
 pub(crate) fn new_span_id() -> SpanId {
+    const BLOCK: u64 = 1024;
+    thread_local! {
+        static IDS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
     loop {
-        let id = splitmix(seed().wrapping_add(NEXT_ID.fetch_add(1, Ordering::Relaxed)));
+        let n = IDS.with(|c| {
+            let (next, end) = c.get();
+            if next < end {
+                c.set((next + 1, end));
+                next
+            } else {
+                let start = NEXT_ID.fetch_add(BLOCK, Ordering::Relaxed);
+                c.set((start + 1, start + BLOCK));
+                start
+            }
+        });
+        let id = splitmix(seed().wrapping_add(n));
         if id != 0 {
             return SpanId(id);
         }
@@ -248,20 +265,7 @@ pub(crate) struct RunTrace {
     clock: Clock,
     pub(crate) switches: Switches,
     buf: Mutex<Vec<Box<RawSpan>>>,
-    spare: Mutex<Vec<Box<RawSpan>>>,
     sink: TraceSink,
-}
-
-impl Drop for RunTrace {
-    fn drop(&mut self) {
-        let spare = std::mem::take(&mut *self.spare.lock());
-        if !spare.is_empty() {
-            let mut pool = BOX_POOL.lock();
-            if pool.len() < BOX_POOL_MAX {
-                pool.extend(spare);
-            }
-        }
-    }
 }
 
 /// The handle a run passes down to every node to record spans.
@@ -282,7 +286,6 @@ impl Recorder {
             clock: Clock { base_unix_nanos, base: Instant::now() },
             switches,
             buf: Mutex::new(pooled_buffer()),
-            spare: Mutex::new(Vec::new()),
             sink,
         }))
     }
@@ -340,14 +343,21 @@ impl Recorder {
     }
 
     fn spare_box(&self) -> Option<Box<RawSpan>> {
-        let mut spare = self.0.spare.lock();
-        if spare.is_empty() {
-            let mut pool = BOX_POOL.lock();
-            let n = pool.len().min(BOX_BATCH);
-            let at = pool.len() - n;
-            spare.extend(pool.drain(at..));
+        // A per-thread cache, refilled from the shared pool a batch at a time: one lock per
+        // `BOX_BATCH` spans rather than one per span.
+        thread_local! {
+            static SPARE: std::cell::RefCell<Vec<Box<RawSpan>>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        spare.pop()
+        SPARE.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.is_empty() {
+                let mut pool = BOX_POOL.lock();
+                let n = pool.len().min(BOX_BATCH);
+                let at = pool.len() - n;
+                spare.extend(pool.drain(at..));
+            }
+            spare.pop()
+        })
     }
 
     fn push(&self, rec: Box<RawSpan>) {
