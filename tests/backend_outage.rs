@@ -1,0 +1,98 @@
+//! The trace backend goes down during a load of runs through a [`Runtime`], then comes back:
+//! no run is slowed or failed by it, and every span is delivered or spooled, and after the
+//! backend is back the spool is delivered too.
+
+#[path = "support/langfuse_server.rs"]
+mod langfuse_server;
+
+use std::time::Duration;
+
+use flowtrace::export::{DeliveryOptions, Exporter, Ingestion, LangfuseExporter};
+use flowtrace::prelude::*;
+use flowtrace::Runtime;
+use langfuse_server::{LangfuseServer, PK, SK};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(30);
+
+fn flow() -> Flow {
+    let a = FnNode::new("A").exec(|_, _| async { Ok(Value::from("a")) }).into_node();
+    let b = FnNode::new("B")
+        .exec(|_, _| async {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            Ok(Value::from("b"))
+        })
+        .into_node();
+    let _ = &a >> &b;
+    Flow::named("Outage", Some(&a))
+}
+
+async fn load(rt: &Runtime, flow: &Flow, n: usize) {
+    let mut handles = Vec::new();
+    for _ in 0..n {
+        handles.push(rt.spawn(flow, &SharedStore::new()).await.unwrap());
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_down_mid_load_then_back_loses_nothing() {
+    let server = LangfuseServer::start().await;
+    let spool = std::env::temp_dir().join(format!("flowtrace-outage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    let lf = LangfuseExporter::builder()
+        .host(server.url())
+        .keys(PK, SK)
+        .ingestion(Ingestion::Otel)
+        .spool_dir(&spool)
+        .options(DeliveryOptions {
+            max_batch_age: Duration::from_millis(20),
+            initial_backoff: Duration::from_millis(20),
+            max_attempts: 3,
+            request_timeout: Duration::from_secs(5),
+            probe_interval: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let memory = MemoryExporter::new();
+    let tracer = Tracer::builder().exporter(lf.clone()).exporter(memory.clone()).build().unwrap();
+    let rt = Runtime::builder().max_in_flight(64).tracer(&tracer).build().unwrap();
+    let flow = flow();
+
+    // Up, then down in the middle of the load, then back up.
+    load(&rt, &flow, 300).await;
+    server.down();
+    load(&rt, &flow, 400).await;
+    let stats = rt.stats();
+    assert_eq!((stats.succeeded, stats.failed), (700, 0), "the outage failed no run");
+    tracer.flush(T).await;
+    let during = lf.flush(T).await;
+    let total: u64 = memory.traces().iter().map(|t| t.spans.len() as u64 + 1).sum();
+    assert_eq!(memory.traces().len(), 700);
+    assert_eq!(during.dropped, 0, "{during:?}");
+    assert_eq!(during.pending, 0, "{during:?}");
+    assert_eq!(during.delivered + during.spooled, total, "every span delivered or spooled: {during:?}");
+    assert!(during.spooled > 0, "the outage spooled nothing: {during:?}");
+
+    server.up().await;
+    load(&rt, &flow, 100).await;
+    let report = rt.shutdown(T).await;
+    let after = lf.flush(T).await;
+    let export = report.export.clone().unwrap();
+    assert!(export.is_complete(), "{report}");
+    assert_eq!(export.dropped + after.dropped, 0);
+    // Every span of the 800 runs reached the backend once it was back (OTLP carries the
+    // spans; the trace itself is their root).
+    let expected: usize = memory.traces().iter().map(|t| t.spans.len()).sum();
+    assert_eq!(memory.traces().len(), 800);
+    let deadline = std::time::Instant::now() + T;
+    while server.otlp_span_ids().len() < expected && std::time::Instant::now() < deadline {
+        lf.flush(T).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.otlp_span_ids().len(), expected);
+    let _ = std::fs::remove_dir_all(&spool);
+}
