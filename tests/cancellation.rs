@@ -158,7 +158,12 @@ async fn dropping_a_plain_run_future_cancels_it() {
     started.acquire().await.unwrap().forget();
     run.abort();
     assert!(run.await.unwrap_err().is_cancelled());
-    assert!(tracer.flush(Duration::from_secs(5)).await.is_complete());
+    // The kill reaches the supervisor asynchronously; its trace follows. Poll, bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while memory.traces().is_empty() && tokio::time::Instant::now() < deadline {
+        assert!(tracer.flush(Duration::from_secs(5)).await.is_complete());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let traces = memory.traces();
     assert_eq!(traces.len(), 1);
     assert!(matches!(&traces[0].status, SpanStatus::Cancelled { reason } if reason.contains("stopped waiting")));
