@@ -339,7 +339,7 @@ impl Exporter for HttpExporter {
         };
         // The queue is full: spill to the spool, scrubbed like everything that leaves.
         match &self.spool {
-            Some(spool) => match spool.write(&[Arc::new(self.privacy.apply(&trace))]) {
+            Some(spool) => match spool.write(&[self.privacy.apply_shared(trace)]) {
                 Ok(w) => {
                     self.stats.spooled.fetch_add(w, Ordering::Relaxed);
                 }
@@ -455,7 +455,7 @@ impl Worker {
     }
 
     async fn add(&mut self, batch: &mut Batch, t: Arc<TraceRecord>, deadline: Option<Instant>) {
-        let t = Arc::new(self.privacy.apply(&t));
+        let t = self.privacy.apply_shared(t);
         encode_into(batch, t, self.mode());
         if batch.weight as usize >= self.opts.max_batch_spans || batch.bytes >= self.opts.max_request_bytes {
             let b = std::mem::replace(batch, Batch::new());
@@ -575,7 +575,7 @@ impl Worker {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let outcome = self.post(&units).await;
+            let outcome = self.post(&mut units).await;
             let (after, why) = match outcome {
                 Sent::Ok => {
                     self.count_delivered(batch, units.iter().map(|u| u.weight).sum());
@@ -677,7 +677,7 @@ impl Worker {
         cap / 2 + cap.mul_f64(r as f64 / 2000.0)
     }
 
-    async fn post(&self, units: &[Unit]) -> Sent {
+    async fn post(&self, units: &mut [Unit]) -> Sent {
         let legacy = matches!(units.first().map(|u| &u.payload), Some(Payload::Legacy { .. }));
         let (ep, body, ctype) = if legacy {
             let Some(ep) = &self.target.legacy else { return Sent::Rejected("no legacy endpoint".into()) };
@@ -701,14 +701,22 @@ impl Worker {
             (ep, body, "application/json")
         } else {
             let Some(ep) = &self.target.otlp else { return Sent::Rejected("no OTLP endpoint".into()) };
+            // Move the spans into the request for encoding and back again: no copies.
             let spans = units
-                .iter()
-                .filter_map(|u| match &u.payload {
-                    Payload::Otlp(s) => Some(s.clone()),
+                .iter_mut()
+                .filter_map(|u| match &mut u.payload {
+                    Payload::Otlp(s) => Some(std::mem::take(s)),
                     Payload::Legacy { .. } => None,
                 })
                 .collect();
-            (ep, otlp::encode_request(&self.target.resource, spans), "application/x-protobuf")
+            let (body, spans) = otlp::encode_request_reusing(&self.target.resource, spans);
+            let mut spans = spans.into_iter();
+            for u in units.iter_mut() {
+                if let (Payload::Otlp(s), Some(back)) = (&mut u.payload, spans.next()) {
+                    *s = back;
+                }
+            }
+            (ep, body, "application/x-protobuf")
         };
         let mut req = self.client.post(&ep.url).header("content-type", ctype).body(body);
         for (k, v) in &ep.headers {

@@ -54,13 +54,16 @@ fn synthetic_root_id(trace: &TraceRecord) -> u64 {
 fn span_of(trace: &TraceRecord, s: &SpanRecord, is_root: bool) -> Span {
     let mut attrs = Vec::with_capacity(8 + s.attributes.len());
     attrs.push(kv_str("flowtrace.span.kind", format!("{:?}", s.kind).to_ascii_lowercase()));
+    // Langfuse reads `langfuse.observation.*`; OpenInference backends (Phoenix) `*.value`.
     if let Some(v) = &s.input {
-        attrs.push(kv_str("langfuse.observation.input", json_string(v)));
-        attrs.push(kv_str("input.value", json_string(v)));
+        let j = json_string(v);
+        attrs.push(kv_str("input.value", j.clone()));
+        attrs.push(kv_str("langfuse.observation.input", j));
     }
     if let Some(v) = &s.output {
-        attrs.push(kv_str("langfuse.observation.output", json_string(v)));
-        attrs.push(kv_str("output.value", json_string(v)));
+        let j = json_string(v);
+        attrs.push(kv_str("output.value", j.clone()));
+        attrs.push(kv_str("langfuse.observation.output", j));
     }
     if s.status.is_error() {
         attrs.push(kv_str("langfuse.observation.level", "ERROR"));
@@ -176,6 +179,11 @@ pub fn add_resource_attributes(resource: &mut Resource, attrs: &[(String, String
 
 /// One `ExportTraceServiceRequest` holding `spans`, protobuf-encoded.
 pub fn encode_request(resource: &Resource, spans: Vec<Span>) -> Vec<u8> {
+    encode_request_reusing(resource, spans).0
+}
+
+/// Like [`encode_request`], handing the spans back (for a retry) instead of dropping them.
+pub fn encode_request_reusing(resource: &Resource, spans: Vec<Span>) -> (Vec<u8>, Vec<Span>) {
     let req = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(resource.clone()),
@@ -191,5 +199,7 @@ pub fn encode_request(resource: &Resource, spans: Vec<Span>) -> Vec<u8> {
             ..Default::default()
         }],
     };
-    req.encode_to_vec()
+    let body = req.encode_to_vec();
+    let spans = req.resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans).collect();
+    (body, spans)
 }

@@ -107,8 +107,42 @@ impl Privacy {
     }
 
     fn is_secret(&self, key: &str) -> bool {
-        let k = key.to_ascii_lowercase();
-        self.redact.iter().any(|r| k.contains(r.as_str()))
+        self.redact.iter().any(|r| contains_ci(key, r))
+    }
+
+    /// Whether any key inside `v` would be redacted, or `v` might be over the size limit.
+    fn needs_work(&self, v: &Value) -> bool {
+        let mut budget = self.max_value_bytes;
+        self.has_secret(v) || !fits(v, &mut budget)
+    }
+
+    fn has_secret(&self, v: &Value) -> bool {
+        match v {
+            Value::Object(m) => m.iter().any(|(k, v)| self.is_secret(k) || self.has_secret(v)),
+            Value::Array(a) => a.iter().any(|v| self.has_secret(v)),
+            _ => false,
+        }
+    }
+
+    /// The trace as it may leave the process, sharing `trace` when nothing needs changing
+    /// (no mask hook, no secret-looking key, no oversized value): the common case costs a
+    /// scan, not a copy.
+    pub fn apply_shared(&self, trace: std::sync::Arc<TraceRecord>) -> std::sync::Arc<TraceRecord> {
+        let t = &*trace;
+        let dirty = self.mask.is_some()
+            || self.needs_work(&t.input)
+            || self.needs_work(&t.output)
+            || t.metadata.iter().any(|(k, v)| self.is_secret(k) || self.needs_work(v))
+            || t.spans.iter().any(|s| {
+                s.input.as_ref().is_some_and(|v| self.needs_work(v))
+                    || s.output.as_ref().is_some_and(|v| self.needs_work(v))
+                    || s.attributes.iter().any(|(k, v)| self.is_secret(k) || self.has_secret(v))
+            });
+        if dirty {
+            std::sync::Arc::new(self.apply(t))
+        } else {
+            trace
+        }
     }
 
     fn redact_value(&self, v: Value) -> Value {
@@ -158,5 +192,43 @@ impl Privacy {
             }
         }
         limit_values(&t, self.max_value_bytes).unwrap_or(t)
+    }
+}
+
+/// ASCII case-insensitive substring test; `needle` is lowercase.
+fn contains_ci(hay: &str, needle: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
+}
+
+/// Whether `v` serialises to at most `budget` bytes, by an upper bound (6 bytes per string
+/// byte covers any escape); consumes the budget as it goes.
+fn fits(v: &Value, budget: &mut usize) -> bool {
+    let mut take = |n: usize| match budget.checked_sub(n) {
+        Some(rest) => {
+            *budget = rest;
+            true
+        }
+        None => false,
+    };
+    match v {
+        Value::Null | Value::Bool(_) => take(5),
+        Value::Number(_) => take(24),
+        Value::String(s) => take(2 + 6 * s.len()),
+        Value::Array(a) => take(2 + a.len()) && a.iter().all(|v| fits(v, budget)),
+        Value::Object(m) => {
+            take(2)
+                && m.iter().all(|(k, v)| {
+                    let mut b = budget.checked_sub(4 + 6 * k.len());
+                    match b.as_mut() {
+                        Some(rest) => {
+                            let ok = fits(v, rest);
+                            *budget = *rest;
+                            ok
+                        }
+                        None => false,
+                    }
+                })
+        }
     }
 }
