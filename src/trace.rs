@@ -8,6 +8,7 @@ mod config;
 pub(crate) mod model;
 pub(crate) mod recorder;
 mod tree;
+mod debug;
 
 pub use config::{ConfigError, TracingConfig, DEFAULT_LANGFUSE_HOST, DEFAULT_TRACE_FILE};
 pub use model::{format_timestamp, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId, TraceRecord};
@@ -22,6 +23,8 @@ use serde_json::Value;
 use crate::actors::tracer::{TracerActor, TracerMsg};
 use crate::export::{ExportReport, Exporter};
 use crate::flow::store::StoreSnapshot;
+pub(crate) use debug::debug_start;
+use debug::{announce_trace_file, DebugExporter};
 pub(crate) use recorder::{Clock, Recorder, SpanBuf, Switches};
 
 /// Where a run's spans go: the tracer actor, with a count of what could not be sent.
@@ -349,46 +352,6 @@ impl TracerInner {
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
-    }
-}
-
-/// Prints the debug line for a trace's start when debug output is on.
-pub(crate) fn debug_start(tracer: &Tracer, meta: &TraceMeta, rec: &Recorder) {
-    if tracer.debug() {
-        tracing::info!(target: "flowtrace::trace", "[TRACING] Starting trace: {} ({})", meta.name, rec.trace_id());
-    }
-}
-
-/// Prints where the local trace file is, once per process.
-fn announce_trace_file(path: &std::path::Path) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        tracing::info!(target: "flowtrace::trace", "traces are written to {}", shown.display());
-        eprintln!("flowtrace: traces are written to {} (view them with `flowtrace show`)", shown.display());
-    });
-}
-
-/// Debug output, as pocketflow-tracing prints it: a line per span, then the trace's tree.
-struct DebugExporter;
-
-impl Exporter for DebugExporter {
-    fn name(&self) -> &str {
-        "debug"
-    }
-    fn export(&self, trace: Arc<TraceRecord>) {
-        for s in &trace.spans {
-            tracing::info!(
-                target: "flowtrace::trace",
-                "[TRACING] {} span completed in {:.2}ms",
-                s.name,
-                s.end_unix_nanos.saturating_sub(s.start_unix_nanos) as f64 / 1e6
-            );
-        }
-        tracing::info!(target: "flowtrace::trace", "[TRACING] Trace finished: {}\n{}", trace.name, trace.render_tree());
-    }
-    fn flush(&self, _timeout: Duration) -> futures::future::BoxFuture<'_, ExportReport> {
-        Box::pin(async { ExportReport::default() })
     }
 }
 
