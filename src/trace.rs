@@ -5,10 +5,10 @@
 //! exporters. Nothing on a run's path waits for the tracer or an exporter.
 
 mod config;
+mod debug;
 pub(crate) mod model;
 pub(crate) mod recorder;
 mod tree;
-mod debug;
 
 pub use config::{ConfigError, TracingConfig, DEFAULT_LANGFUSE_HOST, DEFAULT_TRACE_FILE};
 pub use model::{format_timestamp, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId, TraceRecord};

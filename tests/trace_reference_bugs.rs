@@ -126,7 +126,7 @@ async fn bug_07_nested_flow_spans_end() {
     assert!(!sub.status.is_error());
 }
 
-/// Bugs 8 and 9: one tracer slot per flow instance, clobbered by concurrent runs. Here
+/// Bug 8: one tracer slot per flow instance, clobbered by concurrent runs. Here
 /// concurrent runs of one flow each get a complete trace of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bug_08_concurrent_runs_of_one_flow_get_their_own_traces() {
@@ -162,6 +162,44 @@ async fn bug_08_concurrent_runs_of_one_flow_get_their_own_traces() {
         .collect();
     ids.sort();
     assert_eq!(ids, (0..20).collect::<Vec<_>>());
+}
+
+/// Bug 9: the context was cleared on exit instead of restored, so a traced run started inside
+/// another lost the outer one's context. Here a traced run inside a node's exec gets its own
+/// trace, and the outer run's later spans still land in the outer trace, parented right.
+#[tokio::test]
+async fn bug_09_a_nested_traced_run_leaves_the_outer_context_intact() {
+    let (tracer, memory) = memory_tracer();
+    let inner_tracer = tracer.clone();
+    let calls_inner = FnNode::new("CallsInner")
+        .exec(move |_, _| {
+            let t = inner_tracer.clone();
+            async move {
+                let store = SharedStore::new();
+                Flow::named("InnerFlow", Some(&number(7))).traced("Inner").tracer(&t).run(&store).await?;
+                Ok(json!(store.get_json("current")))
+            }
+        })
+        .into_node();
+    let after = number(2);
+    let _ = &calls_inner >> &after;
+    Flow::named("OuterFlow", Some(&calls_inner))
+        .traced("Outer")
+        .tracer(&tracer)
+        .run(&SharedStore::new())
+        .await
+        .unwrap();
+    tracer.flush(Duration::from_secs(5)).await;
+    let traces = memory.traces();
+    assert_eq!(traces.len(), 2);
+    let outer = traces.iter().find(|t| t.name == "Outer").unwrap();
+    let inner = traces.iter().find(|t| t.name == "Inner").unwrap();
+    assert_ne!(outer.trace_id, inner.trace_id);
+    assert!(inner.span("Number(7)").is_some() && outer.span("Number(7)").is_none());
+    let exec = outer.span("CallsInner.exec").unwrap();
+    assert_eq!(exec.output, Some(json!(7)));
+    let later = outer.span("Number(2)").expect("spans after the nested run stay in the outer trace");
+    assert_eq!(later.parent_id, Some(outer.span("OuterFlow").unwrap().span_id));
 }
 
 /// Caught signals of this process, from `/proc/self/status` (Linux).
