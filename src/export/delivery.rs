@@ -153,10 +153,8 @@ fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8) {
     let before = batch.units.len();
     if mode == MODE_LEGACY {
         let mut events = Vec::new();
-        legacy::encode_trace(&t, &mut events);
-        for e in events {
-            let id = e.get("id").and_then(|v| v.as_str()).unwrap_or("").to_owned();
-            let json = serde_json::to_vec(&e).unwrap_or_default();
+        legacy::encode_trace_bytes(&t, &mut events);
+        for (id, json) in events {
             batch.units.push(Unit {
                 trace: idx,
                 weight: 1,

@@ -24,14 +24,6 @@ pub fn envelope_id() -> String {
     crate::trace::TraceId(v).to_uuid()
 }
 
-fn put(body: &mut Map<String, Value>, k: &str, v: Option<Value>) {
-    if let Some(v) = v {
-        if !v.is_null() {
-            body.insert(k.to_owned(), v);
-        }
-    }
-}
-
 fn level(s: &SpanRecord) -> &'static str {
     if s.status.is_error() {
         "ERROR"
@@ -45,11 +37,83 @@ pub fn observation_id(s: &SpanRecord) -> String {
     s.span_id.to_string()
 }
 
-/// The events for one trace, appended to `out`; returns how many were added.
-pub fn encode_trace(t: &TraceRecord, out: &mut Vec<Value>) -> usize {
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TraceBody<'a> {
+    id: &'a str,
+    timestamp: String,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Value::is_null")]
+    input: &'a Value,
+    #[serde(skip_serializing_if = "Value::is_null")]
+    output: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tags: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    release: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
+    metadata: Map<String, Value>,
+}
+
+#[derive(serde::Serialize)]
+struct SpanMetadata<'a> {
+    #[serde(flatten)]
+    attributes: &'a Map<String, Value>,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_chain: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    location: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SpanBody<'a> {
+    id: String,
+    trace_id: &'a str,
+    name: &'a str,
+    start_time: String,
+    end_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_observation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a Value>,
+    level: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_message: Option<&'a str>,
+    metadata: SpanMetadata<'a>,
+}
+
+fn kind_name(k: crate::trace::SpanKind) -> &'static str {
+    use crate::trace::SpanKind::*;
+    match k {
+        Flow => "flow",
+        BatchRun => "batch_run",
+        Node => "node",
+        Prep => "prep",
+        Exec => "exec",
+        Item => "item",
+        Attempt => "attempt",
+        Wait => "wait",
+        Fallback => "fallback",
+        Post => "post",
+    }
+}
+
+/// The events for one trace, serialised, each with its envelope id, appended to `out`;
+/// returns how many were added.
+pub fn encode_trace_bytes(t: &TraceRecord, out: &mut Vec<(String, Vec<u8>)>) -> usize {
     let before = out.len();
     let trace_id = t.trace_id.to_uuid();
-    let now = format_timestamp(t.end_unix_nanos);
     let mut metadata = t.metadata.clone();
     metadata.insert("framework".into(), "flowtrace".into());
     if let Some(a) = &t.action {
@@ -62,54 +126,86 @@ pub fn encode_trace(t: &TraceRecord, out: &mut Vec<Value>) -> usize {
     if t.spans_dropped > 0 {
         metadata.insert("spans_dropped".into(), t.spans_dropped.into());
     }
-    let mut body = Map::new();
-    body.insert("id".into(), trace_id.clone().into());
-    body.insert("timestamp".into(), format_timestamp(t.start_unix_nanos).into());
-    body.insert("name".into(), t.name.clone().into());
-    put(&mut body, "input", Some(t.input.clone()));
-    put(&mut body, "output", Some(t.output.clone()));
-    put(&mut body, "sessionId", t.session_id.clone().map(Value::from));
-    put(&mut body, "userId", t.user_id.clone().map(Value::from));
-    if !t.tags.is_empty() {
-        body.insert("tags".into(), t.tags.clone().into());
-    }
-    put(&mut body, "release", t.release.clone().map(Value::from));
-    put(&mut body, "version", t.version.clone().map(Value::from));
-    body.insert("metadata".into(), Value::Object(metadata));
-    out.push(json!({"id": envelope_id(), "type": "trace-create", "timestamp": now, "body": body}));
-
+    let mut push = |ty: &'static str, timestamp: String, body: &dyn erased::Ser| {
+        let id = envelope_id();
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(b"{\"id\":");
+        let _ = serde_json::to_writer(&mut buf, &id);
+        buf.extend_from_slice(b",\"type\":");
+        let _ = serde_json::to_writer(&mut buf, ty);
+        buf.extend_from_slice(b",\"timestamp\":");
+        let _ = serde_json::to_writer(&mut buf, &timestamp);
+        buf.extend_from_slice(b",\"body\":");
+        body.write(&mut buf);
+        buf.push(b'}');
+        out.push((id, buf));
+    };
+    let body = TraceBody {
+        id: &trace_id,
+        timestamp: format_timestamp(t.start_unix_nanos),
+        name: &t.name,
+        input: &t.input,
+        output: &t.output,
+        session_id: t.session_id.as_deref(),
+        user_id: t.user_id.as_deref(),
+        tags: &t.tags,
+        release: t.release.as_deref(),
+        version: t.version.as_deref(),
+        metadata,
+    };
+    push("trace-create", format_timestamp(t.end_unix_nanos), &body);
     for s in &t.spans {
-        let mut b = Map::new();
-        b.insert("id".into(), observation_id(s).into());
-        b.insert("traceId".into(), trace_id.clone().into());
-        b.insert("name".into(), s.name.to_string().into());
-        b.insert("startTime".into(), format_timestamp(s.start_unix_nanos).into());
-        b.insert("endTime".into(), format_timestamp(s.end_unix_nanos).into());
-        put(&mut b, "parentObservationId", s.parent_id.map(|p| Value::from(p.to_string())));
-        put(&mut b, "input", s.input.clone());
-        put(&mut b, "output", s.output.clone());
-        b.insert("level".into(), level(s).into());
-        put(&mut b, "statusMessage", s.status.message().map(Value::from));
-        let mut md = s.attributes.clone();
-        md.insert("kind".into(), format!("{:?}", s.kind).to_ascii_lowercase().into());
-        if let crate::trace::SpanStatus::Error { kind, chain, location, .. } = &s.status {
-            md.insert("error_kind".into(), kind.clone().into());
-            if !chain.is_empty() {
-                md.insert("error_chain".into(), chain.clone().into());
+        let (error_kind, error_chain, location) = match &s.status {
+            crate::trace::SpanStatus::Error { kind, chain, location, .. } => {
+                (Some(kind.as_str()), Some(chain.as_slice()).filter(|c| !c.is_empty()), location.as_deref())
             }
-            if let Some(l) = location {
-                md.insert("location".into(), l.clone().into());
-            }
-        }
-        b.insert("metadata".into(), Value::Object(md));
-        out.push(json!({
-            "id": envelope_id(),
-            "type": "span-create",
-            "timestamp": format_timestamp(s.end_unix_nanos),
-            "body": b,
-        }));
+            _ => (None, None, None),
+        };
+        let body = SpanBody {
+            id: observation_id(s),
+            trace_id: &trace_id,
+            name: &s.name,
+            start_time: format_timestamp(s.start_unix_nanos),
+            end_time: format_timestamp(s.end_unix_nanos),
+            parent_observation_id: s.parent_id.map(|p| p.to_string()),
+            input: s.input.as_ref().filter(|v| !v.is_null()),
+            output: s.output.as_ref().filter(|v| !v.is_null()),
+            level: level(s),
+            status_message: s.status.message(),
+            metadata: SpanMetadata {
+                attributes: &s.attributes,
+                kind: kind_name(s.kind),
+                error_kind,
+                error_chain,
+                location,
+            },
+        };
+        push("span-create", format_timestamp(s.end_unix_nanos), &body);
     }
     out.len() - before
+}
+
+mod erased {
+    /// Serialises a body into a buffer (object-safe).
+    pub trait Ser {
+        fn write(&self, buf: &mut Vec<u8>);
+    }
+    impl<T: serde::Serialize> Ser for T {
+        fn write(&self, buf: &mut Vec<u8>) {
+            if serde_json::to_writer(&mut *buf, self).is_err() {
+                buf.extend_from_slice(b"null");
+            }
+        }
+    }
+}
+
+/// The events for one trace as JSON values, appended to `out`; returns how many were added.
+pub fn encode_trace(t: &TraceRecord, out: &mut Vec<Value>) -> usize {
+    let mut raw = Vec::new();
+    encode_trace_bytes(t, &mut raw);
+    let n = raw.len();
+    out.extend(raw.into_iter().filter_map(|(_, b)| serde_json::from_slice(&b).ok()));
+    n
 }
 
 /// The request body for a batch of events.
