@@ -15,22 +15,64 @@ use crate::trace::TraceRecord;
 
 /// Appends every finished trace as one JSON line to a file (`flowtrace show FILE` reads it).
 ///
-/// Writes happen on the tracer's thread, never on a run's. An I/O failure is logged once and
-/// counted as dropped spans in the next [`flush`](Exporter::flush) report.
+/// [`export`](Exporter::export) only queues: the writing (value truncation, serialisation,
+/// the write itself) happens on the exporter's own writer thread, so neither a run nor the
+/// tracer actor ever waits on the disk. An I/O failure is logged once and counted as dropped
+/// spans in the next [`flush`](Exporter::flush) report.
 #[derive(Debug, Clone)]
 pub struct JsonlFileExporter {
     inner: Arc<Inner>,
 }
 
+enum Msg {
+    Trace(Arc<TraceRecord>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
 #[derive(Debug)]
 struct Inner {
     path: PathBuf,
-    out: Mutex<BufWriter<File>>,
+    queue: Mutex<std::sync::mpsc::Sender<Msg>>,
+    state: Arc<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    path: PathBuf,
     max_value_bytes: usize,
+    queued: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
     failed_once: AtomicBool,
     last_error: Mutex<Option<String>>,
+}
+
+impl State {
+    fn write(&self, out: &mut BufWriter<File>, trace: &TraceRecord) -> std::io::Result<()> {
+        let limited = limit_values(trace, self.max_value_bytes);
+        let line = serde_json::to_vec(limited.as_ref().unwrap_or(trace))?;
+        out.write_all(&line)?;
+        out.write_all(b"\n")?;
+        // One flush per trace: a crash loses at most the trace being written.
+        out.flush()
+    }
+
+    fn record(&self, spans: u64, result: std::io::Result<()>) {
+        match result {
+            Ok(()) => {
+                self.delivered.fetch_add(spans, Ordering::Relaxed);
+            }
+            Err(e) => self.fail(spans, &e.to_string()),
+        }
+    }
+
+    fn fail(&self, spans: u64, why: &str) {
+        self.dropped.fetch_add(spans, Ordering::Relaxed);
+        *self.last_error.lock() = Some(why.to_owned());
+        if !self.failed_once.swap(true, Ordering::Relaxed) {
+            tracing::error!(target: "flowtrace::export", path = %self.path.display(), "cannot write traces: {why}");
+        }
+    }
 }
 
 impl JsonlFileExporter {
@@ -46,17 +88,35 @@ impl JsonlFileExporter {
             std::fs::create_dir_all(dir)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(JsonlFileExporter {
-            inner: Arc::new(Inner {
-                path,
-                out: Mutex::new(BufWriter::new(file)),
-                max_value_bytes: max,
-                delivered: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
-                failed_once: AtomicBool::new(false),
-                last_error: Mutex::new(None),
-            }),
-        })
+        let state = Arc::new(State {
+            path: path.clone(),
+            max_value_bytes: max,
+            queued: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            failed_once: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+        });
+        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        let writer = state.clone();
+        std::thread::Builder::new().name("flowtrace-file".into()).spawn(move || {
+            let mut out = BufWriter::new(file);
+            // Ends when every handle to the exporter is gone (the channel closes).
+            for msg in rx {
+                match msg {
+                    Msg::Trace(trace) => {
+                        let spans = trace.spans.len() as u64 + 1;
+                        let result = writer.write(&mut out, &trace);
+                        writer.record(spans, result);
+                    }
+                    Msg::Flush(done) => {
+                        let _ = out.flush();
+                        let _ = done.send(());
+                    }
+                }
+            }
+        })?;
+        Ok(JsonlFileExporter { inner: Arc::new(Inner { path, queue: Mutex::new(tx), state }) })
     }
 
     /// The file written to.
@@ -64,14 +124,17 @@ impl JsonlFileExporter {
         &self.inner.path
     }
 
-    fn write(&self, trace: &TraceRecord) -> std::io::Result<()> {
-        let limited = limit_values(trace, self.inner.max_value_bytes);
-        let line = serde_json::to_vec(limited.as_ref().unwrap_or(trace))?;
-        let mut out = self.inner.out.lock();
-        out.write_all(&line)?;
-        out.write_all(b"\n")?;
-        // One write per trace: a crash loses at most the trace being written.
-        out.flush()
+    fn report(&self) -> ExportReport {
+        let s = &self.inner.state;
+        let delivered = s.delivered.load(Ordering::Relaxed);
+        let dropped = s.dropped.load(Ordering::Relaxed);
+        let mut reasons = Vec::new();
+        if dropped > 0 {
+            let why = s.last_error.lock().clone().unwrap_or_default();
+            reasons.push(format!("{dropped} spans could not be written to {}: {why}", s.path.display()));
+        }
+        let pending = s.queued.load(Ordering::Relaxed).saturating_sub(delivered + dropped);
+        ExportReport { delivered, dropped, pending, reasons, ..Default::default() }
     }
 }
 
@@ -82,34 +145,21 @@ impl Exporter for JsonlFileExporter {
 
     fn export(&self, trace: Arc<TraceRecord>) {
         let spans = trace.spans.len() as u64 + 1;
-        match self.write(&trace) {
-            Ok(()) => {
-                self.inner.delivered.fetch_add(spans, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.inner.dropped.fetch_add(spans, Ordering::Relaxed);
-                *self.inner.last_error.lock() = Some(e.to_string());
-                if !self.inner.failed_once.swap(true, Ordering::Relaxed) {
-                    tracing::error!(target: "flowtrace::export", path = %self.inner.path.display(), "cannot write traces: {e}");
-                }
-            }
+        self.inner.state.queued.fetch_add(spans, Ordering::Relaxed);
+        if self.inner.queue.lock().send(Msg::Trace(trace)).is_err() {
+            self.inner.state.fail(spans, "the file writer thread has stopped");
         }
     }
 
-    fn flush(&self, _timeout: Duration) -> BoxFuture<'_, ExportReport> {
-        let _ = self.inner.out.lock().flush();
-        let dropped = self.inner.dropped.load(Ordering::Relaxed);
-        let mut reasons = Vec::new();
-        if dropped > 0 {
-            let why = self.inner.last_error.lock().clone().unwrap_or_default();
-            reasons.push(format!("{dropped} spans could not be written to {}: {why}", self.inner.path.display()));
-        }
-        let report = ExportReport {
-            delivered: self.inner.delivered.load(Ordering::Relaxed),
-            dropped,
-            reasons,
-            ..Default::default()
-        };
-        Box::pin(async move { report })
+    fn flush(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = self.inner.queue.lock().send(Msg::Flush(tx)).is_ok();
+        Box::pin(async move {
+            if sent {
+                // The writer answers after everything queued before this flush is written.
+                let _ = tokio::time::timeout(timeout, rx).await;
+            }
+            self.report()
+        })
     }
 }
