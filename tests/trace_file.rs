@@ -82,3 +82,21 @@ fn an_unwritable_trace_file_is_a_clear_error() {
     let err = Tracer::from_config(&cfg).unwrap_err();
     assert!(err.to_string().contains("cannot open the trace file /proc/flowtrace/traces.jsonl"), "{err}");
 }
+
+/// A write failure (here a full disk: `/dev/full`) never fails the run; the lost spans are
+/// counted as dropped, with the reason, in the flush report.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_failing_write_is_counted_and_the_run_goes_on() {
+    let file = JsonlFileExporter::new("/dev/full").unwrap();
+    let tracer = Tracer::builder().exporter(file).build().unwrap();
+    let shared = SharedStore::new();
+    for _ in 0..2 {
+        Flow::new(&number(4)).traced("Full").tracer(&tracer).run(&shared).await.unwrap();
+    }
+    assert_eq!(current(&shared), 4);
+    let report = tracer.flush(Duration::from_secs(5)).await;
+    // Per trace: the flow span, one node of 5 spans, and the trace itself.
+    assert_eq!((report.delivered, report.dropped, report.pending), (0, 14, 0), "{report:?}");
+    assert!(report.reasons.iter().any(|r| r.contains("/dev/full")), "{report:?}");
+}
