@@ -84,24 +84,24 @@ async fn case_006_cycle_until_negative_ends_with_signal() {
 
 #[tokio::test]
 async fn case_007_flow_ends_warning_default_missing() {
-    let warnings = Warnings::capture();
     let start = signal("Start", None);
     let _ = start.on("specific_action") >> add(1);
-    let ret = Flow::new(&start).run(&SharedStore::new()).await.unwrap();
-    assert_eq!(ret, Action::none());
-    assert_eq!(warnings.all().len(), 1, "{:?}", warnings.all());
-    assert_eq!(warnings.containing("Flow ends: 'None' not found in ['specific_action']"), 1);
+    let (ret, shared, warnings) = run_both_warned(&Flow::new(&start), json!({})).await;
+    assert_eq!(ret.unwrap(), Action::none());
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("Flow ends: 'None' not found in ['specific_action']"), "{warnings:?}");
+    assert_eq!(shared.get_json("current"), None, "the successor must not run");
 }
 
 #[tokio::test]
 async fn case_008_flow_ends_warning_specific_missing() {
-    let warnings = Warnings::capture();
     let start = signal("Start", Some("specific_action"));
     let _ = &start >> &add(1);
-    let ret = Flow::new(&start).run(&SharedStore::new()).await.unwrap();
-    assert_eq!(ret, "specific_action");
-    assert_eq!(warnings.all().len(), 1, "{:?}", warnings.all());
-    assert_eq!(warnings.containing("Flow ends: 'specific_action' not found in ['default']"), 1);
+    let (ret, shared, warnings) = run_both_warned(&Flow::new(&start), json!({})).await;
+    assert_eq!(ret.unwrap(), "specific_action");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("Flow ends: 'specific_action' not found in ['default']"), "{warnings:?}");
+    assert_eq!(shared.get_json("current"), None, "the successor must not run");
 }
 
 #[tokio::test]
@@ -181,6 +181,7 @@ async fn case_057_node_run_with_successor_warns_and_does_not_follow() {
     let shared = SharedStore::new();
     a.run(&shared).await.unwrap();
     assert_eq!(current(&shared), 1, "the successor must not run");
+    assert_eq!(warnings.all().len(), 1, "{:?}", warnings.all());
     assert_eq!(warnings.containing("Node won't run successors. Use Flow."), 1);
 }
 
@@ -190,10 +191,12 @@ async fn case_058_wiring_twice_warns_and_second_wins() {
     let a = number(1);
     let _ = &a >> add(10);
     let _ = &a >> add(20);
+    assert_eq!(warnings.all().len(), 1, "{:?}", warnings.all());
     assert_eq!(warnings.containing("Overwriting successor for action 'default'"), 1);
-    let shared = SharedStore::new();
-    Flow::new(&a).run(&shared).await.unwrap();
+    drop(warnings);
+    let (_, shared, warnings) = run_both_warned(&Flow::new(&a), json!({})).await;
     assert_eq!(current(&shared), 21);
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 /// Rust cannot subtract a number from a node (`node - 1` does not compile). The behaviour the
@@ -209,52 +212,50 @@ fn case_059_action_must_be_a_string() {
 /// actions are strings; `Action::from_json(0)` is rejected, see case 59.)
 #[tokio::test]
 async fn case_060_empty_action_follows_default() {
-    let warnings = Warnings::capture();
     let a = signal("A", Some(""));
     let _ = &a >> add(5);
-    let shared = SharedStore::new();
-    shared.insert("current", 0);
-    Flow::new(&a).run(&shared).await.unwrap();
+    let (ret, shared, warnings) = run_both_warned(&Flow::new(&a), json!({ "current": 0 })).await;
     assert_eq!(current(&shared), 5);
-    assert!(warnings.all().is_empty(), "{:?}", warnings.all());
+    assert_eq!(ret.unwrap(), Action::none());
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 #[tokio::test]
 async fn case_061_action_without_successors_ends_silently() {
-    let warnings = Warnings::capture();
-    let ret = Flow::new(&signal("A", Some("x"))).run(&SharedStore::new()).await.unwrap();
-    assert_eq!(ret, "x");
-    assert!(warnings.all().is_empty());
+    let (ret, _, warnings) = run_both_warned(&Flow::new(&signal("A", Some("x"))), json!({})).await;
+    assert_eq!(ret.unwrap(), "x");
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 #[tokio::test]
 async fn case_062_explicit_default_with_only_named_edge_warns() {
-    let warnings = Warnings::capture();
     let a = signal("A", Some("default"));
     let _ = a.on("x") >> add(1);
-    let ret = Flow::new(&a).run(&SharedStore::new()).await.unwrap();
-    assert_eq!(ret, "default");
-    assert_eq!(warnings.containing("Flow ends: 'default' not found in ['x']"), 1);
+    let (ret, _, warnings) = run_both_warned(&Flow::new(&a), json!({})).await;
+    assert_eq!(ret.unwrap(), "default");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("Flow ends: 'default' not found in ['x']"), "{warnings:?}");
 }
 
 #[tokio::test]
 async fn case_063_unknown_action_lists_keys_in_wiring_order() {
-    let warnings = Warnings::capture();
     let a = signal("A", Some("nope"));
     let _ = a.on("a") >> add(1);
     let _ = a.on("b") >> add(2);
-    Flow::new(&a).run(&SharedStore::new()).await.unwrap();
-    assert_eq!(warnings.containing("Flow ends: 'nope' not found in ['a', 'b']"), 1);
+    let (ret, _, warnings) = run_both_warned(&Flow::new(&a), json!({})).await;
+    assert_eq!(ret.unwrap(), "nope");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("Flow ends: 'nope' not found in ['a', 'b']"), "{warnings:?}");
 }
 
 #[tokio::test]
 async fn case_064_action_wired_to_nothing_ends_with_warning() {
-    let warnings = Warnings::capture();
     let a = signal("A", Some("complete"));
     a.on("complete").end();
-    let ret = Flow::new(&a).run(&SharedStore::new()).await.unwrap();
-    assert_eq!(ret, "complete");
-    assert_eq!(warnings.containing("Flow ends: 'complete' not found in ['complete']"), 1);
+    let (ret, _, warnings) = run_both_warned(&Flow::new(&a), json!({})).await;
+    assert_eq!(ret.unwrap(), "complete");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("Flow ends: 'complete' not found in ['complete']"), "{warnings:?}");
 }
 
 #[tokio::test]
@@ -275,10 +276,10 @@ async fn case_072_flow_custom_prep_and_post() {
 
 #[tokio::test]
 async fn case_073_flow_without_start_returns_none_silently() {
-    let warnings = Warnings::capture();
-    let ret = Flow::empty().run(&SharedStore::new()).await.unwrap();
-    assert_eq!(ret, Action::none());
-    assert!(warnings.all().is_empty());
+    let (ret, shared, warnings) = run_both_warned(&Flow::empty(), json!({})).await;
+    assert_eq!(ret.unwrap(), Action::none());
+    assert_eq!(shared.to_json(), json!({}));
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 /// A node that records the params it sees under `seen`.
@@ -357,6 +358,9 @@ async fn case_090_post_errors_propagate_store_is_callers_successors_shared() {
     let bad = FnNode::new("Bad").post(|_, _, _| Err(value_error("post failed"))).into_node();
     let err = Flow::new(&bad).run(&SharedStore::new()).await.unwrap_err();
     assert_user_error::<ValueError>(&err, "Bad", flowtrace::Phase::Post);
+    // Traced, the run fails the same way (run_both compares the error texts).
+    let (ret, _, _) = run_both(&Flow::new(&bad), json!({})).await;
+    assert!(ret.unwrap_err().contains("post failed"));
 
     // The store is the caller's own: writes made before a failure stay.
     let shared = SharedStore::new();

@@ -167,6 +167,7 @@ async fn case_067_wait_only_between_attempts() {
     let start = tokio::time::Instant::now();
     let err = node.run(&SharedStore::new()).await.unwrap_err();
     assert_eq!(start.elapsed(), Duration::from_millis(50), "one wait, between the two attempts");
+    assert_user_error::<ValueError>(&err, "Waits", Phase::Exec);
     assert!(err.to_string().contains("attempt 1"), "the last attempt's error is raised: {err}");
 }
 

@@ -98,16 +98,20 @@ pub struct Warnings {
 }
 
 impl Warnings {
+    /// Starts capturing: flowtrace's warn events on this thread are recorded until the guard
+    /// is dropped.
     pub fn capture() -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let subscriber = tracing_subscriber::registry().with(WarnLayer(seen.clone()));
         Warnings { seen, _guard: tracing::subscriber::set_default(subscriber) }
     }
 
+    /// Every warning message captured so far, in order.
     pub fn all(&self) -> Vec<String> {
         self.seen.lock().clone()
     }
 
+    /// How many captured warnings contain `text`.
     pub fn containing(&self, text: &str) -> usize {
         self.seen.lock().iter().filter(|w| w.contains(text)).count()
     }
@@ -135,6 +139,31 @@ pub async fn run_both(flow: &Flow, initial: Value) -> (Result<Action, String>, S
     (r1, plain, trace)
 }
 
+/// Like [`run_both`], capturing flowtrace's warnings of each run separately (each under its
+/// own [`Warnings`] guard, so call it without an outer capture). Asserts the traced run warns
+/// exactly as the untraced one; returns the untraced result, store and warnings.
+pub async fn run_both_warned(flow: &Flow, initial: Value) -> (Result<Action, String>, SharedStore, Vec<String>) {
+    let plain = SharedStore::from_json(initial.clone());
+    let capture = Warnings::capture();
+    let r1 = flow.run(&plain).await.map_err(|e| e.to_string());
+    let w1 = capture.all();
+    drop(capture);
+
+    let (tracer, memory) = memory_tracer();
+    let traced = SharedStore::from_json(initial);
+    let capture = Warnings::capture();
+    let r2 = flow.traced("conformance").tracer(&tracer).run(&traced).await.map_err(|e| e.to_string());
+    let report = tracer.flush(Duration::from_secs(10)).await;
+    let w2 = capture.all();
+    drop(capture);
+    assert!(report.is_complete(), "traced run lost spans: {report:?}");
+    assert_eq!(r1, r2, "traced and untraced runs returned different results");
+    assert_eq!(plain.to_json(), traced.to_json(), "traced and untraced runs left different stores");
+    assert_eq!(w1, w2, "traced and untraced runs warned differently");
+    assert!(!memory.traces().is_empty(), "the traced run produced a trace");
+    (r1, plain, w1)
+}
+
 /// A JSON object as params.
 pub fn params(v: Value) -> Params {
     match v {
@@ -160,10 +189,12 @@ pub fn assert_user_error<E: std::error::Error + 'static>(err: &flowtrace::Error,
 #[error("{0}")]
 pub struct ValueError(pub String);
 
+/// A boxed [`ValueError`] with `msg`, as a node hook returns it.
 pub fn value_error(msg: &str) -> flowtrace::BoxError {
     Box::new(ValueError(msg.to_owned()))
 }
 
+/// An empty JSON object (an empty initial store).
 pub fn empty() -> Value {
     json!({})
 }
