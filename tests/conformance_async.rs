@@ -307,6 +307,7 @@ async fn case_088_node_run_alone_with_successors_warns() {
     let shared = SharedStore::new();
     a.run(&shared).await.unwrap();
     assert_eq!(current(&shared), 5, "the successor must not run");
+    assert_eq!(warnings.all().len(), 1, "{:?}", warnings.all());
     assert_eq!(warnings.containing("Node won't run successors. Use Flow."), 1);
 }
 
@@ -336,9 +337,16 @@ async fn case_089_parallel_items_keep_their_own_attempts() {
         .max_retries(2);
     let shared = SharedStore::new();
     Flow::new(&node).run(&shared).await.unwrap();
-    let attempts = attempts.lock().clone();
-    assert_eq!(attempts["a"], vec![0, 1]);
-    assert_eq!(attempts["b"], vec![0, 1]);
+    let seen = std::mem::take(&mut *attempts.lock());
+    assert_eq!(seen["a"], vec![0, 1]);
+    assert_eq!(seen["b"], vec![0, 1]);
+    // Traced, each item again gets both of its attempts.
+    let (ret, traced, _) = run_both(&Flow::new(&node), json!({})).await;
+    assert_eq!(ret.unwrap(), Action::none());
+    assert_eq!(traced.get_json("out"), shared.get_json("out"));
+    let seen = attempts.lock().clone();
+    assert_eq!(seen["a"], vec![0, 1, 0, 1], "untraced then traced run");
+    assert_eq!(seen["b"], vec![0, 1, 0, 1], "untraced then traced run");
     assert_eq!(
         shared.get_json("out").unwrap(),
         json!([{ "item": "a", "attempts": 2 }, { "item": "b", "attempts": 2 }])
