@@ -227,5 +227,16 @@ fn concurrent(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, chain10, flows, batches, concurrent);
+fn config() -> Criterion {
+    // Short windows keep all benches within a few minutes on a 2-core machine.
+    Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = chain10, flows, batches, concurrent
+}
 criterion_main!(benches);

@@ -100,5 +100,16 @@ fn deliver(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, encode, deliver);
+fn config() -> Criterion {
+    // Short windows keep all benches within a few minutes on a 2-core machine.
+    Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = encode, deliver
+}
 criterion_main!(benches);

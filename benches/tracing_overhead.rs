@@ -54,5 +54,16 @@ fn overhead(c: &mut Criterion) {
     assert!(report.is_complete(), "spans were lost: {report:?}");
 }
 
-criterion_group!(benches, overhead);
+fn config() -> Criterion {
+    // Short windows keep all benches within a few minutes on a 2-core machine.
+    Criterion::default()
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = overhead
+}
 criterion_main!(benches);
