@@ -167,10 +167,18 @@ impl Tracer {
             .debug(config.debug());
         b.session_id = config.session_id().map(str::to_owned);
         b.user_id = config.user_id().map(str::to_owned);
+        let mut trace_file = config.trace_file();
         if config.langfuse_enabled() {
+            if config.var("LANGFUSE_HOST").is_none() && config.host() == Some(DEFAULT_LANGFUSE_HOST) {
+                tracing::info!(target: "flowtrace::trace", "LANGFUSE_HOST is not set: sending traces to {DEFAULT_LANGFUSE_HOST}");
+            }
             match crate::export::langfuse_exporter(config) {
                 Ok(Some(e)) => b = b.exporter_arc(e),
-                Ok(None) => {}
+                Ok(None) => {
+                    // Never silently untraced: with no Langfuse exporter, the local file.
+                    let path = trace_file.get_or_insert_with(|| DEFAULT_TRACE_FILE.into());
+                    tracing::warn!(target: "flowtrace::trace", "no Langfuse exporter in this build: traces go to {}", path.display());
+                }
                 Err(e) => return Err(TracerError::Invalid(e.to_string())),
             }
         }
@@ -179,7 +187,7 @@ impl Tracer {
             Ok(None) => {}
             Err(e) => return Err(TracerError::Invalid(e.to_string())),
         }
-        if let Some(path) = config.trace_file() {
+        if let Some(path) = trace_file {
             let file = crate::export::JsonlFileExporter::with_max_value_bytes(&path, config.max_value_bytes())
                 .map_err(|e| TracerError::Invalid(format!("cannot open the trace file {}: {e}", path.display())))?;
             announce_trace_file(file.path());
