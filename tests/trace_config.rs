@@ -268,3 +268,30 @@ async fn sample_rate_zero_records_nothing_and_changes_nothing() {
     tracer.flush(Duration::from_secs(5)).await;
     assert!(read_traces(&path).is_empty());
 }
+
+/// The one line with no tracer given uses the global tracer, built lazily from the
+/// environment on first use; `flowtrace::flush` delivers its traces.
+#[tokio::test]
+async fn the_global_tracer_is_built_from_the_environment_on_first_use() {
+    let dir = temp_dir("global");
+    let path = dir.join("global.jsonl");
+    {
+        let _lock = ENV.lock();
+        std::env::set_var("FLOWTRACE_TRACE_FILE", &path);
+        std::env::set_var("FLOWTRACE_USER_ID", "global-user");
+        let tracer = flowtrace::trace::global();
+        std::env::remove_var("FLOWTRACE_TRACE_FILE");
+        std::env::remove_var("FLOWTRACE_USER_ID");
+        assert!(tracer.is_some());
+    }
+    let shared = SharedStore::new();
+    Flow::new(&number(8)).traced("Global").run(&shared).await.unwrap();
+    assert_eq!(current(&shared), 8);
+    let report = flowtrace::flush(Duration::from_secs(5)).await;
+    assert!(report.is_complete() && report.delivered > 0, "{report:?}");
+    let traces = read_traces(&path);
+    assert_eq!(traces.len(), 1);
+    assert_eq!((traces[0].name.as_str(), traces[0].user_id.as_deref()), ("Global", Some("global-user")));
+    let report = flowtrace::shutdown(Duration::from_secs(5)).await;
+    assert!(report.is_complete(), "{report:?}");
+}
