@@ -30,7 +30,9 @@ pub mod export;
 pub mod flow;
 pub mod trace;
 
-pub use actors::runtime::{Admission, RunCanceller, RunHandle, RunStatus, Runtime, RuntimeBuilder, RuntimeStats, ShutdownReport};
+pub use actors::runtime::{
+    Admission, RunCanceller, RunHandle, RunStatus, Runtime, RuntimeBuilder, RuntimeStats, ShutdownReport,
+};
 pub use actors::supervisor::{live_runs, RunOptions};
 pub use error::{BoxError, Error, NodeResult, Phase};
 pub use export::{ExportReport, Exporter, MemoryExporter};

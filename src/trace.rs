@@ -32,22 +32,66 @@ pub(crate) use recorder::{Clock, Recorder, SpanBuf, Switches};
 pub(crate) struct TraceSink {
     actor: ActorRef<TracerMsg>,
     lost: Arc<AtomicU64>,
+    /// Spans cast to the tracer and not yet taken in by it.
+    pub(crate) backlog: Arc<AtomicU64>,
+    /// Spans shed because the backlog was over [`MAX_BACKLOG`].
+    shed: Arc<AtomicU64>,
 }
 
+/// The most spans waiting for the tracer (about 100 MB). Past it, runs shed their spans
+/// (counted, and said in their trace) rather than let memory grow without bound while the
+/// exporters cannot keep up.
+pub(crate) const MAX_BACKLOG: u64 = 200_000;
+
 impl TraceSink {
-    pub(crate) fn spans(&self, id: TraceId, clock: Clock, spans: SpanBuf) {
-        let n = spans.len() as u64;
-        if self.actor.cast(TracerMsg::Spans(id, clock, spans)).is_err() {
-            self.lost.fetch_add(n, Ordering::Relaxed);
-        }
+    fn over(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed) > MAX_BACKLOG
     }
 
-    pub(crate) fn end(&self, end: TraceEnd) {
+    /// Sends a chunk of a run's spans; returns how many were shed instead (the run's end
+    /// record counts them in its `spans_dropped`).
+    pub(crate) fn spans(&self, id: TraceId, clock: Clock, spans: SpanBuf) -> u64 {
+        let n = spans.len() as u64;
+        if self.over() {
+            warn_shedding();
+            self.shed.fetch_add(n, Ordering::Relaxed);
+            recorder::recycle_spans(spans);
+            return n;
+        }
+        self.backlog.fetch_add(n, Ordering::Relaxed);
+        if self.actor.cast(TracerMsg::Spans(id, clock, spans)).is_err() {
+            self.backlog.fetch_sub(n, Ordering::Relaxed);
+            self.lost.fetch_add(n, Ordering::Relaxed);
+        }
+        0
+    }
+
+    pub(crate) fn end(&self, mut end: TraceEnd) {
+        if self.over() {
+            warn_shedding();
+            // Keep the trace's own record (it says what was lost) and shed its spans.
+            let n = end.spans.len() as u64;
+            end.spans_dropped += n;
+            self.shed.fetch_add(n, Ordering::Relaxed);
+            recorder::recycle_spans(std::mem::take(&mut end.spans));
+        }
         let n = end.spans.len() as u64 + 1;
+        self.backlog.fetch_add(n, Ordering::Relaxed);
         if self.actor.cast(TracerMsg::End(Box::new(end))).is_err() {
+            self.backlog.fetch_sub(n, Ordering::Relaxed);
             self.lost.fetch_add(n, Ordering::Relaxed);
         }
     }
+}
+
+fn warn_shedding() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing::warn!(
+            target: "flowtrace::trace",
+            "more than {MAX_BACKLOG} spans are waiting for the tracer: the exporters cannot keep up, so runs now shed spans (counted; each trace says how many in spans_dropped)"
+        )
+    });
 }
 
 /// The trace-level fields given with [`crate::Flow::traced`].
@@ -74,6 +118,8 @@ pub(crate) struct TraceEnd {
     pub(crate) action: Option<String>,
     pub(crate) spans: SpanBuf,
     pub(crate) clock: Clock,
+    /// Spans of this run shed under backlog (see [`MAX_BACKLOG`]).
+    pub(crate) spans_dropped: u64,
 }
 
 struct TracerInner {
@@ -145,6 +191,13 @@ impl Tracer {
                 }
             }
         };
+        let shed = self.inner.sink.shed.load(Ordering::Relaxed);
+        if shed > 0 {
+            report.dropped += shed;
+            report.reasons.push(format!(
+                "{shed} spans were shed because more than {MAX_BACKLOG} were waiting for the tracer (the exporters could not keep up); their traces say so in spans_dropped"
+            ));
+        }
         let lost = self.inner.sink.lost.load(Ordering::Relaxed);
         if lost > 0 {
             report.dropped += lost;
@@ -316,6 +369,8 @@ impl TracerBuilder {
         }
         let exporters = self.exporters;
         let (tx, rx) = std::sync::mpsc::channel();
+        let backlog = Arc::new(AtomicU64::new(0));
+        let thread_backlog = Arc::clone(&backlog);
         let thread = std::thread::Builder::new()
             .name("flowtrace-tracer".into())
             .spawn(move || {
@@ -327,7 +382,7 @@ impl TracerBuilder {
                     }
                 };
                 rt.block_on(async move {
-                    match Actor::spawn(None, TracerActor, exporters).await {
+                    match Actor::spawn(None, TracerActor, (exporters, thread_backlog)).await {
                         Ok((actor, handle)) => {
                             let _ = tx.send(Ok(actor));
                             let _ = handle.await;
@@ -342,7 +397,12 @@ impl TracerBuilder {
         let actor = rx.recv().map_err(|e| TracerError::Start(e.to_string()))?.map_err(TracerError::Start)?;
         Ok(Tracer {
             inner: Arc::new(TracerInner {
-                sink: TraceSink { actor, lost: Arc::new(AtomicU64::new(0)) },
+                sink: TraceSink {
+                    actor,
+                    lost: Arc::new(AtomicU64::new(0)),
+                    backlog,
+                    shed: Arc::new(AtomicU64::new(0)),
+                },
                 switches: self.switches,
                 sample_rate,
                 debug: self.debug,

@@ -327,3 +327,43 @@ async fn bug_16_a_slow_exporter_does_not_slow_runs() {
     let runs = start.elapsed();
     assert!(runs < Duration::from_millis(1000), "40 traced runs took {runs:?}");
 }
+
+/// Not a reference bug, the other side of bug 16: when exporters cannot keep up, the queue to
+/// the tracer does not grow without bound. Past 200,000 waiting spans, runs shed their spans;
+/// the loss is counted in the flush report (with why) and in the trace's `spans_dropped`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_past_the_limit_sheds_spans_and_says_so() {
+    use std::sync::mpsc;
+    /// Holds the tracer's thread on the first trace until the test lets it go.
+    struct Gate(parking_lot::Mutex<Option<mpsc::Receiver<()>>>, MemoryExporter);
+    impl Exporter for Gate {
+        fn name(&self) -> &str {
+            "gate"
+        }
+        fn export(&self, trace: Arc<TraceRecord>) {
+            if let Some(rx) = self.0.lock().take() {
+                let _ = rx.recv();
+            }
+            self.1.export(trace);
+        }
+        fn flush(&self, t: Duration) -> futures::future::BoxFuture<'_, ExportReport> {
+            self.1.flush(t)
+        }
+    }
+    let (open, gate) = mpsc::channel();
+    let memory = MemoryExporter::new();
+    let tracer = Tracer::builder().exporter(Gate(parking_lot::Mutex::new(Some(gate)), memory.clone())).build().unwrap();
+    // The first run's trace holds the tracer at the gate.
+    Flow::new(&number(1)).traced("first").tracer(&tracer).run(&SharedStore::new()).await.unwrap();
+    // 150,000 items record 300,000 spans (an item and an attempt each): over the limit.
+    let big = FnBatchNode::new("Big").items(|_| Ok(json!(vec![0; 150_000]))).into_node();
+    let shared = SharedStore::new();
+    Flow::new(&big).traced("big").tracer(&tracer).run(&shared).await.unwrap();
+    open.send(()).unwrap();
+    let report = tracer.flush(Duration::from_secs(30)).await;
+    assert!(report.dropped > 0, "{report:?}");
+    assert!(report.reasons.iter().any(|r| r.contains("were waiting for the tracer")), "{report:?}");
+    let big_trace = memory.traces().into_iter().find(|t| t.name == "big").expect("the big run still has its trace");
+    assert!(big_trace.spans_dropped > 0, "the trace says spans are missing");
+    assert_eq!(big_trace.spans_dropped + big_trace.spans.len() as u64, 300_005, "every span is recorded or counted");
+}

@@ -245,6 +245,7 @@ impl Drop for TraceFinisher {
             action,
             spans: self.rec.drain(),
             clock: self.rec.clock(),
+            spans_dropped: self.rec.shed(),
         };
         self.rec.sink().end(end);
     }

@@ -27,6 +27,8 @@ pub(crate) struct TracerActor;
 
 pub(crate) struct TracerState {
     exporters: Vec<Arc<dyn Exporter>>,
+    /// Spans cast by runs and not yet taken in (shared with the runs' sink).
+    backlog: Arc<std::sync::atomic::AtomicU64>,
     partial: HashMap<TraceId, Vec<SpanRecord>>,
     traces_exported: u64,
 }
@@ -34,14 +36,14 @@ pub(crate) struct TracerState {
 impl Actor for TracerActor {
     type Msg = TracerMsg;
     type State = TracerState;
-    type Arguments = Vec<Arc<dyn Exporter>>;
+    type Arguments = (Vec<Arc<dyn Exporter>>, Arc<std::sync::atomic::AtomicU64>);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<TracerMsg>,
-        exporters: Vec<Arc<dyn Exporter>>,
+        (exporters, backlog): (Vec<Arc<dyn Exporter>>, Arc<std::sync::atomic::AtomicU64>),
     ) -> Result<TracerState, ActorProcessingErr> {
-        Ok(TracerState { exporters, partial: HashMap::new(), traces_exported: 0 })
+        Ok(TracerState { exporters, backlog, partial: HashMap::new(), traces_exported: 0 })
     }
 
     async fn handle(
@@ -52,10 +54,12 @@ impl Actor for TracerActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             TracerMsg::Spans(id, clock, mut spans) => {
+                state.backlog.fetch_sub(spans.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 state.partial.entry(id).or_default().extend(spans.iter_mut().map(|s| s.take_record(clock)));
                 recycle_spans(spans);
             }
             TracerMsg::End(end) => {
+                state.backlog.fetch_sub(end.spans.len() as u64 + 1, std::sync::atomic::Ordering::Relaxed);
                 let mut spans = state.partial.remove(&end.trace_id).unwrap_or_default();
                 let record = end.into_record(&mut spans);
                 let record = Arc::new(record);
@@ -107,6 +111,7 @@ impl TraceEnd {
             action,
             mut spans,
             clock,
+            spans_dropped,
         } = self;
         earlier.reserve(spans.len());
         earlier.extend(spans.iter_mut().map(|s| s.take_record(clock)));
@@ -126,7 +131,7 @@ impl TraceEnd {
             output: output.to_json(),
             status,
             action,
-            spans_dropped: 0,
+            spans_dropped,
             spans: std::mem::take(earlier),
         }
     }

@@ -626,11 +626,8 @@ pub(crate) async fn visit_batch_flow(node: &NodeRef, def: &BatchFlowDef, cx: &Vi
             // before the trace's end is sent. Spawned tasks were aborted only later, and
             // their spans arrived after the trace had ended and were lost.
             use futures::stream::{FuturesUnordered, StreamExt};
-            let mut set: FuturesUnordered<_> = merged
-                .into_iter()
-                .enumerate()
-                .map(|(i, p)| run_param_set(name, i, start.clone(), p, &inner))
-                .collect();
+            let mut set: FuturesUnordered<_> =
+                merged.into_iter().enumerate().map(|(i, p)| run_param_set(name, i, start.clone(), p, &inner)).collect();
             while let Some(res) = set.next().await {
                 res?;
             }

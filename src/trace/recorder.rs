@@ -266,6 +266,8 @@ pub(crate) struct RunTrace {
     pub(crate) switches: Switches,
     buf: Mutex<Vec<Box<RawSpan>>>,
     sink: TraceSink,
+    /// Spans of this run shed under backlog, for its trace's `spans_dropped`.
+    shed: AtomicU64,
 }
 
 /// The handle a run passes down to every node to record spans.
@@ -286,6 +288,7 @@ impl Recorder {
             clock: Clock { base_unix_nanos, base: Instant::now() },
             switches,
             buf: Mutex::new(pooled_buffer()),
+            shed: AtomicU64::new(0),
             sink,
         }))
     }
@@ -371,13 +374,19 @@ impl Recorder {
             }
         };
         if let Some(chunk) = chunk {
-            self.0.sink.spans(self.0.trace_id, self.0.clock, chunk);
+            let shed = self.0.sink.spans(self.0.trace_id, self.0.clock, chunk);
+            self.0.shed.fetch_add(shed, Ordering::Relaxed);
         }
     }
 
     /// Takes what is buffered (the run's end sends it with the trace's own record).
     pub(crate) fn drain(&self) -> Vec<Box<RawSpan>> {
         std::mem::take(&mut *self.0.buf.lock())
+    }
+
+    /// How many of this run's spans were shed so far.
+    pub(crate) fn shed(&self) -> u64 {
+        self.0.shed.load(Ordering::Relaxed)
     }
 
     pub(crate) fn sink(&self) -> &TraceSink {
