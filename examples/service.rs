@@ -229,29 +229,34 @@ async fn stats(State(app): State<App>) -> Response {
     .into_response()
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Registers the SIGTERM and Ctrl-C handlers now, and returns a future that completes on
+/// either. Registering before the service announces its port matters: a SIGTERM that arrives
+/// before registration would take the default action and kill the process unflushed.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        let term = async move {
+            match term {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    eprintln!("cannot listen for SIGTERM: {e}");
+                    std::future::pending::<()>().await
+                }
             }
-            Err(e) => {
-                eprintln!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await
-            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        println!("shutting down: no new connections, waiting for runs in flight");
     }
-    println!("shutting down: no new connections, waiting for runs in flight");
 }
 
 fn env_number<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
@@ -285,9 +290,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = App { runtime: runtime.clone(), flow: customer_support_flow(), counters };
     let router = Router::new().route("/tickets", post(create_ticket)).route("/stats", get(stats)).with_state(app);
 
+    let shutdown = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
 
     let report = runtime.shutdown(Duration::from_secs(shutdown_secs)).await;
     println!("{report}");
