@@ -4,12 +4,15 @@
 //! supervisor and no task is left alive. (Alone in its file: it counts process-wide
 //! supervisors.)
 
+mod support;
+
 use std::time::Duration;
 
 use flowtrace::prelude::*;
 use flowtrace::trace::{SpanKind, SpanStatus};
 use flowtrace::{Admission, Phase, Runtime};
 use serde_json::{json, Value};
+use support::{eventually, silence_panics};
 
 const RUNS: usize = 10_000;
 
@@ -34,26 +37,9 @@ fn mode(i: usize) -> &'static str {
     ["ok", "panic", "hang", "error"][i % 4]
 }
 
-/// Polls `cond` until it holds or `limit` passes (actors stop asynchronously after replying).
-async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    cond()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_mixed_fault_runs() {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if info.payload().downcast_ref::<&str>() != Some(&"fault: panic") {
-            default_hook(info);
-        }
-    }));
+    silence_panics("fault: panic");
     let metrics = tokio::runtime::Handle::current().metrics();
     let memory = MemoryExporter::new();
     let tracer = Tracer::builder().exporter(memory.clone()).build().unwrap();

@@ -2,11 +2,14 @@
 //! nothing leaks: after 1,000 such runs, no run supervisor and no task is left alive.
 //! (Alone in its file: it counts process-wide run supervisors.)
 
+mod support;
+
 use std::time::Duration;
 
 use flowtrace::prelude::*;
 use flowtrace::Phase;
 use serde_json::Value;
+use support::{eventually, silence_panics};
 
 fn panicking_flow() -> Flow {
     let ok = FnNode::new("Fine").exec(|_, _| async { Ok(Value::Null) }).into_node();
@@ -22,28 +25,11 @@ fn panicking_flow() -> Flow {
     Flow::new(&ok)
 }
 
-/// Polls `cond` until it holds or `limit` passes; actors stop asynchronously after replying.
-async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    cond()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_panicking_runs_leak_no_actor_or_task() {
     // Keep the output readable: silence the 500 intended panics, and only those (flowtrace's
     // own hook chains to whatever hook is installed).
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if info.payload().downcast_ref::<&str>() != Some(&"kaboom") {
-            default_hook(info);
-        }
-    }));
+    silence_panics("kaboom");
     let metrics = tokio::runtime::Handle::current().metrics();
     let tasks_before = metrics.num_alive_tasks();
     let runs_before = flowtrace::live_runs();

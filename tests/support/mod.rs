@@ -126,15 +126,25 @@ pub fn memory_tracer() -> (Tracer, MemoryExporter) {
 /// Runs `flow` twice, on two copies of `initial`: untraced, then traced. Asserts both give the
 /// same result and the same final store; returns the untraced result and store, and the trace.
 pub async fn run_both(flow: &Flow, initial: Value) -> (Result<Action, String>, SharedStore, Arc<TraceRecord>) {
+    run_pair(initial, async |s| flow.run(s).await, flow.traced("conformance")).await
+}
+
+/// The comparison behind [`run_both`] and [`run_batch_both`]: `untraced` and `traced` run on
+/// two copies of `initial` and must agree; the traced run must leave a complete trace.
+async fn run_pair(
+    initial: Value,
+    untraced: impl AsyncFnOnce(&SharedStore) -> Result<Action, flowtrace::Error>,
+    traced: flowtrace::TracedFlow,
+) -> (Result<Action, String>, SharedStore, Arc<TraceRecord>) {
     let plain = SharedStore::from_json(initial.clone());
-    let r1 = flow.run(&plain).await.map_err(|e| e.to_string());
+    let r1 = untraced(&plain).await.map_err(|e| e.to_string());
     let (tracer, memory) = memory_tracer();
-    let traced = SharedStore::from_json(initial);
-    let r2 = flow.traced("conformance").tracer(&tracer).run(&traced).await.map_err(|e| e.to_string());
+    let traced_store = SharedStore::from_json(initial);
+    let r2 = traced.tracer(&tracer).run(&traced_store).await.map_err(|e| e.to_string());
     let report = tracer.flush(Duration::from_secs(10)).await;
     assert!(report.is_complete(), "traced run lost spans: {report:?}");
     assert_eq!(r1, r2, "traced and untraced runs returned different results");
-    assert_eq!(plain.to_json(), traced.to_json(), "traced and untraced runs left different stores");
+    assert_eq!(plain.to_json(), traced_store.to_json(), "traced and untraced runs left different stores");
     let trace = memory.traces().pop().expect("the traced run produced a trace");
     (r1, plain, trace)
 }
@@ -205,15 +215,28 @@ pub async fn run_batch_both(
     flow: &BatchFlow,
     initial: Value,
 ) -> (Result<Action, String>, SharedStore, Arc<TraceRecord>) {
-    let plain = SharedStore::from_json(initial.clone());
-    let r1 = flow.run(&plain).await.map_err(|e| e.to_string());
-    let (tracer, memory) = memory_tracer();
-    let traced = SharedStore::from_json(initial);
-    let r2 = flow.traced("conformance").tracer(&tracer).run(&traced).await.map_err(|e| e.to_string());
-    let report = tracer.flush(Duration::from_secs(10)).await;
-    assert!(report.is_complete(), "traced run lost spans: {report:?}");
-    assert_eq!(r1, r2, "traced and untraced runs returned different results");
-    assert_eq!(plain.to_json(), traced.to_json(), "traced and untraced runs left different stores");
-    let trace = memory.traces().pop().expect("the traced run produced a trace");
-    (r1, plain, trace)
+    run_pair(initial, async |s| flow.run(s).await, flow.traced("conformance")).await
+}
+
+/// Polls `cond` until it holds or `limit` passes (actors stop asynchronously after replying).
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    cond()
+}
+
+/// Silences panics whose message is exactly `message` (a test's intended ones), passing every
+/// other panic to the hook that was installed before.
+pub fn silence_panics(message: &'static str) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<&str>() != Some(&message) {
+            previous(info);
+        }
+    }));
 }
