@@ -2,7 +2,7 @@
 //! (`shared/peers/python-bench/`), run by flowtrace, one JSON line per run.
 //!
 //! ```text
-//! cargo run --release --example bench -- <chain|seed|parallel|concurrent|batch> \
+//! cargo run --release --example bench -- <chain|seed|parallel|concurrent|batch|cpu|cpu_serial> \
 //!     [--mode untraced|traced] [--n RUNS] [--items N] [--flows N] [--repeat R]
 //! ```
 //!
@@ -36,7 +36,9 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let workload = it.next().ok_or("usage: bench <chain|seed|parallel|concurrent|batch> [--mode untraced|traced]")?;
+    let workload = it
+        .next()
+        .ok_or("usage: bench <chain|seed|parallel|concurrent|batch|cpu|cpu_serial> [--mode untraced|traced]")?;
     let mut a = Args { workload, traced: false, legacy: false, n: None, items: 10_000, flows: 1_000, repeat: 5 };
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -125,6 +127,8 @@ async fn bench() {
         "chain" => (10, "node", args.n.unwrap_or(20_000)),
         "seed" => (1, "flow", args.n.unwrap_or(20_000)),
         "parallel" | "batch" => (args.items, "item", args.n.unwrap_or(20)),
+        // 1,000 CPU-bound items of about 50 µs, concurrently or one after another.
+        "cpu" | "cpu_serial" => (args.items.min(1_000), "item", args.n.unwrap_or(10)),
         "concurrent" => (args.flows, "flow", args.n.unwrap_or(1)),
         w => {
             eprintln!("bench: unknown workload {w}");
@@ -155,15 +159,21 @@ async fn bench() {
                     assert!(shared.contains_key("routing"), "the seed flow did not route");
                 }
             }
-            "parallel" | "batch" => {
-                let flow = if args.workload == "parallel" { parallel_batch() } else { sequential_batch() };
-                let items: Vec<u64> = (0..args.items as u64).collect();
+            "parallel" | "batch" | "cpu" | "cpu_serial" => {
+                let flow = match args.workload.as_str() {
+                    "parallel" => parallel_batch(),
+                    "batch" => sequential_batch(),
+                    "cpu" => cpu_parallel_batch(),
+                    _ => cpu_sequential_batch(),
+                };
+                let n_items = units_per_run;
+                let items: Vec<u64> = (0..n_items as u64).collect();
                 for _ in 0..runs {
                     let shared = SharedStore::new();
                     shared.insert("items", items.clone());
                     run(&flow, &shared, t).await;
                     let out: Vec<u64> = shared.require("out").expect("batch output");
-                    assert_eq!(out.len(), args.items);
+                    assert_eq!(out.len(), n_items);
                 }
             }
             _ => {

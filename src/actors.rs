@@ -5,6 +5,7 @@
 //! ractor stays inside this module: users see [`crate::Flow::run`], run handles and
 //! [`crate::Tracer`], never an `ActorRef`.
 
+pub(crate) mod node_actor;
 pub(crate) mod runtime;
 pub(crate) mod supervisor;
 pub(crate) mod traced;

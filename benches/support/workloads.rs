@@ -61,6 +61,49 @@ pub fn parallel_batch() -> Flow {
     Flow::named("ParallelFlow", Some(&PlusOne.into_parallel_batch()))
 }
 
+/// Iterations of [`spin`] that take about 50 µs on this machine (one core, release build).
+pub const SPIN_50US: u64 = 6_300;
+
+/// CPU-bound work: `n` rounds of splitmix, a fixed amount of work whatever the clock says.
+#[inline(never)]
+pub fn spin(seed: u64, n: u64) -> u64 {
+    let mut z = seed;
+    for _ in 0..n {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z ^= z >> 27;
+    }
+    std::hint::black_box(z)
+}
+
+/// A CPU-bound item: about 50 µs of [`spin`] (the CPU-bound parallel batch).
+pub struct Spin;
+
+impl BatchNode for Spin {
+    type Item = u64;
+    type Output = u64;
+    async fn prep(&self, ctx: &Context<'_>) -> NodeResult<Vec<u64>> {
+        Ok(ctx.shared().require("items")?)
+    }
+    async fn exec(&self, item: &u64, _cx: &ExecContext) -> NodeResult<u64> {
+        Ok(spin(*item, SPIN_50US) | 1)
+    }
+    async fn post(&self, ctx: &Context<'_>, _items: Vec<u64>, out: Vec<u64>) -> NodeResult<Action> {
+        ctx.shared().insert("out", out);
+        Ok(Action::new("default"))
+    }
+}
+
+/// A flow of one parallel batch node of CPU-bound items.
+pub fn cpu_parallel_batch() -> Flow {
+    Flow::named("CpuParallelFlow", Some(&Spin.into_parallel_batch()))
+}
+
+/// The same CPU-bound items one after another: the serial baseline.
+pub fn cpu_sequential_batch() -> Flow {
+    Flow::named("CpuBatchFlow", Some(&Spin.into_batch()))
+}
+
 /// A flow of one sequential batch node.
 pub fn sequential_batch() -> Flow {
     Flow::named("BatchFlow", Some(&PlusOne.into_batch()))

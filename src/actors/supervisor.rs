@@ -6,11 +6,11 @@
 //! node, and anything that escapes that (a bug in the engine) still ends only this run.
 //! Cancelling is `kill()`: the run's future is dropped, so open spans end as cancelled.
 //!
-//! Why the node phases run in the run's task rather than in an actor each: on this 2-core
-//! machine spawning a ractor actor costs about 5 µs and a call about 1 µs, against a budget of
-//! about 1 µs per node. One actor per run (5 µs, spread over the run's nodes) fits the
-//! budget; an actor per node visit cannot (`benches/engine.rs` measures both). Parallel batch
-//! items and parallel batch-flow runs get tokio tasks of their own, owned by the visit.
+//! Where work runs: a sequential chain has no concurrency to gain, so its nodes run inline in
+//! the supervisor's task (spawning an actor per node visit, and a call to it, cost several
+//! times a node's whole budget: `benches/engine.rs` measures both, `baseline_actor_per_node`).
+//! Concurrent work, a parallel batch's items and a parallel batch flow's runs, goes to node
+//! actors the supervisor spawns linked to itself, one per worker thread (`super::node_actor`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
+use super::node_actor::{Alive, Crew};
 use super::tracer::Tracer;
 use super::visit::{install_panic_hook, panic_error, visit, RunLimits, VisitCx};
 use crate::error::{Error, Phase};
@@ -129,11 +130,17 @@ impl Actor for RunSupervisor {
         state: &mut (Option<RunArgs>, Live),
     ) -> Result<(), ActorProcessingErr> {
         if let Some(RunArgs { root, shared, options, reply, reason }) = state.0.take() {
-            let res = AssertUnwindSafe(execute(root, shared, options, reason))
+            let crew = Crew::new(Some(me.get_cell()));
+            // Declared before the run's future, so dropped after it when a kill drops both.
+            let mut end = RunEnd { finisher: None, reply: Some(reply), alive: Arc::clone(&crew.alive) };
+            let res = AssertUnwindSafe(execute(root, shared, options, reason, crew, &mut end.finisher))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|p| Err(panic_error("<engine>", Phase::Exec, p)));
-            let _ = reply.send(res);
+            drop(end.finisher.take());
+            if let Some(reply) = end.reply.take() {
+                let _ = reply.send(res);
+            }
         }
         me.stop(None);
         Ok(())
@@ -217,6 +224,43 @@ pub(crate) async fn start(
     Ok((RunControl { actor, reason }, rx))
 }
 
+/// The end of a run as its supervisor holds it: the trace's end and the caller's answer.
+///
+/// When a kill drops the run mid-way, the run's node actors are killed too (ractor stops a
+/// supervisor's linked children), but they end a moment later, in their own tasks. Their open
+/// spans end as cancelled only then, so the trace's end (and with it the caller's answer,
+/// which must not arrive before the trace is complete) waits for them, off the supervisor.
+struct RunEnd {
+    finisher: Option<TraceFinisher>,
+    reply: Option<oneshot::Sender<Result<Action, Error>>>,
+    alive: Arc<Alive>,
+}
+
+impl Drop for RunEnd {
+    fn drop(&mut self) {
+        let (finisher, reply) = (self.finisher.take(), self.reply.take());
+        if finisher.is_none() || self.alive.count() == 0 {
+            drop(finisher);
+            drop(reply);
+            return;
+        }
+        let alive = Arc::clone(&self.alive);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(async move {
+                    alive.wait_none(Duration::from_secs(5)).await;
+                    drop(finisher);
+                    drop(reply);
+                });
+            }
+            Err(_) => {
+                drop(finisher);
+                drop(reply);
+            }
+        }
+    }
+}
+
 /// Sends the trace's end record when the run ends, however it ends (also when aborted).
 struct TraceFinisher {
     rec: Recorder,
@@ -252,11 +296,13 @@ impl Drop for TraceFinisher {
 }
 
 /// One run, start to end: params, tracing, limits.
-pub(crate) async fn execute(
+async fn execute(
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
     cancel_reason: CancelReason,
+    crew: Crew,
+    finisher: &mut Option<TraceFinisher>,
 ) -> Result<Action, Error> {
     install_panic_hook();
     if root.has_successors() {
@@ -271,7 +317,7 @@ pub(crate) async fn execute(
         .as_ref()
         .map(|(t, _)| t.recorder())
         .filter(|r| options.trace.as_ref().is_some_and(|(t, _)| t.samples(r.trace_id())));
-    let mut finisher = match (&recorder, &options.trace) {
+    *finisher = match (&recorder, &options.trace) {
         (Some(rec), Some((tracer, meta))) => {
             crate::trace::debug_start(tracer.debug(), meta, rec);
             Some(TraceFinisher {
@@ -292,12 +338,16 @@ pub(crate) async fn execute(
         trace: recorder,
         parent: None,
         limits: Arc::new(RunLimits { max_steps: options.max_steps }),
+        crew: crew.clone(),
     };
     let res = match options.timeout {
         Some(limit) => match tokio::time::timeout(limit, visit(&root, &cx)).await {
             Ok(r) => r,
             Err(_) => {
                 *cancel_reason.lock() = Some(format!("run timed out after {limit:?}"));
+                // The dropped visit killed its node actors; their spans end (as cancelled)
+                // when they are gone, and belong in the trace.
+                crew.alive.wait_none(Duration::from_secs(5)).await;
                 Err(Error::Timeout { node: None, after: limit })
             }
         },
@@ -309,6 +359,6 @@ pub(crate) async fn execute(
             Err(e) => (error_status(e, f.rec.switches().errors), None),
         });
     }
-    drop(finisher);
+    drop(finisher.take());
     res
 }

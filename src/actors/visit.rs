@@ -15,6 +15,7 @@ use futures::FutureExt;
 use serde_json::Value;
 use tracing::Instrument;
 
+use super::node_actor::{run_concurrently, Crew};
 use crate::error::{BoxError, Error, NodeResult, Phase};
 use crate::flow::batch::BatchFlowDef;
 use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, Prepared};
@@ -40,6 +41,8 @@ pub(crate) struct VisitCx {
     pub(crate) trace: Option<Recorder>,
     pub(crate) parent: Option<SpanId>,
     pub(crate) limits: Arc<RunLimits>,
+    /// Where the run's concurrent work goes: node actors linked to its supervisor.
+    pub(crate) crew: Crew,
 }
 
 impl VisitCx {
@@ -450,10 +453,10 @@ async fn visit_batch(
         }
     }
     let item_cx = inner.with_parent(span.as_ref().map(|s| s.id()).or(inner.parent));
-    let batch = Batch { node, items: &items, def: nref, cfg, cx: &item_cx };
     let outputs = if parallel {
-        batch.run_parallel(count, cfg.max_concurrency).await
+        run_parallel_items(node, &items, nref, cfg, &item_cx, count).await
     } else {
+        let batch = Batch { node, items: &items, def: nref, cfg, cx: &item_cx };
         let mut out = Vec::with_capacity(count);
         let mut failed = None;
         for i in 0..count {
@@ -541,36 +544,41 @@ impl Batch<'_> {
         }
         res
     }
+}
 
-    /// Runs the items concurrently, at most `limit` at once, keeping results in input order.
-    ///
-    /// Items run as futures of the run's own task (as PocketFlow's `gather` runs coroutines):
-    /// spawning a task per item cost more than a trivial item's whole budget (measured with
-    /// `examples/bench.rs parallel`). CPU-bound items belong on the blocking pool
-    /// ([`NodeRef::blocking`]). The first error ends the batch: the other items are dropped
-    /// (cancelled) at once, so none keeps running after the node has failed, and their spans
-    /// end as cancelled.
-    async fn run_parallel(&self, count: usize, limit: Option<usize>) -> Result<Vec<Executed>, Error> {
-        use futures::stream::{FuturesUnordered, StreamExt};
-        let limit = limit.unwrap_or(usize::MAX).max(1);
-        let mut results: Vec<Option<Executed>> = Vec::with_capacity(count);
-        results.resize_with(count, || None);
-        let start = |i: usize| async move { (i, self.run_item(i).await) };
-        let mut running = FuturesUnordered::new();
-        let mut next = 0;
-        while next < count && running.len() < limit {
-            running.push(start(next));
-            next += 1;
-        }
-        while let Some((i, res)) = running.next().await {
-            results[i] = Some(res?);
-            if next < count {
-                running.push(start(next));
-                next += 1;
-            }
-        }
-        results.into_iter().map(|r| r.ok_or_else(|| Error::Engine("a batch item never finished".into()))).collect()
+/// Runs a parallel batch's items in node actors (see `super::node_actor`), at most
+/// `max_concurrency` at once, keeping results in input order. The first error ends the batch:
+/// the other items are cancelled (their node actors killed, and awaited), so none keeps
+/// running after the node has failed, and their spans end as cancelled.
+async fn run_parallel_items(
+    node: &Arc<dyn ErasedBatch>,
+    items: &Prepared,
+    nref: &NodeRef,
+    cfg: NodeConfig,
+    cx: &VisitCx,
+    count: usize,
+) -> Result<Vec<Executed>, Error> {
+    struct Work {
+        node: Arc<dyn ErasedBatch>,
+        items: Prepared,
+        def: NodeRef,
+        cfg: NodeConfig,
+        cx: VisitCx,
     }
+    let work =
+        Arc::new(Work { node: Arc::clone(node), items: Arc::clone(items), def: nref.clone(), cfg, cx: cx.clone() });
+    let span = tracing::Span::current();
+    run_concurrently(&cx.crew, nref.name(), "item", count, cfg.max_concurrency, |i| {
+        let w = Arc::clone(&work);
+        Box::pin(
+            async move {
+                let batch = Batch { node: &w.node, items: &w.items, def: &w.def, cfg: w.cfg, cx: &w.cx };
+                batch.run_item(i).await
+            }
+            .instrument(span.clone()),
+        )
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -666,16 +674,19 @@ async fn visit_batch_flow(node: &NodeRef, def: &BatchFlowDef, cx: &VisitCx) -> R
             })
             .collect();
         if def.parallel {
-            // The runs are futures of this task (not spawned tasks): dropping this visit (a
-            // cancel, a run timeout) drops them at once, so their open spans end as cancelled
-            // before the trace's end is sent. Spawned tasks were aborted only later, and
-            // their spans arrived after the trace had ended and were lost.
-            use futures::stream::{FuturesUnordered, StreamExt};
-            let mut set: FuturesUnordered<_> =
-                merged.into_iter().enumerate().map(|(i, p)| run_param_set(name, i, start.clone(), p, &inner)).collect();
-            while let Some(res) = set.next().await {
-                res?;
-            }
+            // Each param set's run goes to a node actor (see `super::node_actor`); the first
+            // error cancels the others, and a cancel of the run kills their actors.
+            let flow_name: Arc<str> = Arc::clone(&node.0.name);
+            let merged = Arc::new(merged);
+            let tspan = tracing::Span::current();
+            run_concurrently(&inner.crew, name, "batch", merged.len(), None, |i| {
+                let (flow_name, start, params, cx) =
+                    (Arc::clone(&flow_name), start.clone(), Arc::clone(&merged[i]), inner.clone());
+                Box::pin(
+                    async move { run_param_set(&flow_name, i, start, params, &cx).await }.instrument(tspan.clone()),
+                )
+            })
+            .await?;
         } else {
             for (i, p) in merged.into_iter().enumerate() {
                 run_param_set(name, i, start.clone(), p, &inner).await?;
