@@ -39,8 +39,8 @@ pub use actors::tracer::{flush, global, set_global_tracer, shutdown, Tracer, Tra
 pub use error::{BoxError, Error, NodeResult, Phase};
 pub use export::{ExportReport, Exporter, MemoryExporter};
 pub use flow::{
-    Action, BatchFlow, BatchNode, Context, ExecContext, Flow, FnBatchNode, FnNode, Node, NodeRef, Params, SharedStore,
-    StoreError,
+    live_nodes, Action, BatchFlow, BatchNode, Context, ExecContext, Flow, FnBatchNode, FnNode, Node, NodeRef, Params,
+    SharedStore, StoreError,
 };
 pub use trace::{TraceRecord, TracingConfig};
 

@@ -2,10 +2,11 @@
 
 use std::fmt;
 use std::ops::Shr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::action::{Action, DEFAULT_ACTION};
 use super::batch::BatchFlowDef;
@@ -55,10 +56,74 @@ pub(crate) struct NodeDef {
     pub(crate) type_name: &'static str,
     pub(crate) names: SpanNames,
     pub(crate) kind: NodeKind,
-    /// Successors in insertion order (PocketFlow lists them in that order in warnings).
-    pub(crate) successors: RwLock<Vec<(Arc<str>, Option<NodeRef>)>>,
+    /// Successors in insertion order (PocketFlow lists them in that order in warnings). Weak:
+    /// the graph's [`Arena`] owns every node, so a loop is no reference cycle.
+    pub(crate) successors: RwLock<Vec<(Arc<str>, Option<Weak<NodeDef>>)>>,
     pub(crate) params: RwLock<Arc<Params>>,
     pub(crate) config: RwLock<NodeConfig>,
+}
+
+static LIVE_NODES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many nodes (of any kind, flows included) are alive in this process.
+///
+/// A diagnostic for leak tests and services: a graph, loops included, is freed when the last
+/// handle to any of its nodes is dropped, so building and dropping flows leaves this where it
+/// was.
+pub fn live_nodes() -> usize {
+    LIVE_NODES.load(Ordering::SeqCst)
+}
+
+impl Drop for NodeDef {
+    fn drop(&mut self) {
+        LIVE_NODES.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The nodes of one graph, owned together.
+///
+/// Wiring `a >> b` puts both in one arena (merging theirs); successors point at each other
+/// weakly, and every handle keeps its node's arena, and so the whole graph, alive. A graph
+/// with a loop is therefore no reference cycle: when the last handle to any of its nodes is
+/// dropped, every node goes. An arena merged into another keeps a strong link to it (never
+/// the other way), so handles taken before the merge still keep the whole graph.
+pub(crate) struct Arena {
+    nodes: Mutex<Vec<Arc<NodeDef>>>,
+    merged_into: Mutex<Option<Arc<Arena>>>,
+}
+
+/// Wiring is rare (when graphs are built) and merges two arenas: one lock orders all merges.
+static WIRING: Mutex<()> = Mutex::new(());
+
+impl Arena {
+    fn of(node: Arc<NodeDef>) -> Arc<Arena> {
+        Arc::new(Arena { nodes: Mutex::new(vec![node]), merged_into: Mutex::new(None) })
+    }
+
+    /// The arena that owns this arena's nodes now.
+    fn root(self: &Arc<Arena>) -> Arc<Arena> {
+        let mut cur = Arc::clone(self);
+        loop {
+            let next = cur.merged_into.lock().clone();
+            match next {
+                Some(n) => cur = n,
+                None => return cur,
+            }
+        }
+    }
+
+    /// Puts the nodes of `a`'s and `b`'s graphs in one arena.
+    fn merge(a: &Arc<Arena>, b: &Arc<Arena>) {
+        let _wiring = WIRING.lock();
+        let (ra, rb) = (a.root(), b.root());
+        if Arc::ptr_eq(&ra, &rb) {
+            return;
+        }
+        let (big, small) = if ra.nodes.lock().len() >= rb.nodes.lock().len() { (ra, rb) } else { (rb, ra) };
+        let moved = std::mem::take(&mut *small.nodes.lock());
+        big.nodes.lock().extend(moved);
+        *small.merged_into.lock() = Some(big);
+    }
 }
 
 /// A handle to a node in a graph: cheap to clone, and every clone is the same node.
@@ -75,7 +140,7 @@ pub(crate) struct NodeDef {
 /// assert_eq!(review.successor_actions(), vec!["approve", "reject"]);
 /// ```
 #[derive(Clone)]
-pub struct NodeRef(pub(crate) Arc<NodeDef>);
+pub struct NodeRef(pub(crate) Arc<NodeDef>, Arc<Arena>);
 
 impl NodeRef {
     pub(crate) fn from_kind(name: impl Into<Arc<str>>, type_name: &'static str, kind: NodeKind) -> Self {
@@ -86,7 +151,7 @@ impl NodeRef {
             fallback: format!("{name}.exec_fallback").into(),
             post: format!("{name}.post").into(),
         };
-        NodeRef(Arc::new(NodeDef {
+        let def = Arc::new(NodeDef {
             name,
             type_name,
             names,
@@ -94,7 +159,25 @@ impl NodeRef {
             successors: RwLock::new(Vec::new()),
             params: RwLock::new(Arc::new(Params::new())),
             config: RwLock::new(NodeConfig::default()),
-        }))
+        });
+        LIVE_NODES.fetch_add(1, Ordering::SeqCst);
+        let arena = Arena::of(Arc::clone(&def));
+        NodeRef(def, arena)
+    }
+
+    /// A handle to `def`, a node of this handle's graph.
+    fn sibling(&self, def: &Weak<NodeDef>) -> Option<NodeRef> {
+        def.upgrade().map(|d| NodeRef(d, Arc::clone(&self.1)))
+    }
+
+    /// The wired successors, as handles, in wiring order.
+    pub(crate) fn successor_list(&self) -> Vec<(Arc<str>, Option<NodeRef>)> {
+        self.0
+            .successors
+            .read()
+            .iter()
+            .map(|(a, t)| (Arc::clone(a), t.as_ref().and_then(|t| self.sibling(t))))
+            .collect()
     }
 
     /// The node's name (its type's name unless given).
@@ -126,6 +209,10 @@ impl NodeRef {
     }
 
     fn set_successor(&self, action: &str, target: Option<NodeRef>) {
+        if let Some(t) = &target {
+            Arena::merge(&self.1, &t.1);
+        }
+        let target = target.map(|t| Arc::downgrade(&t.0));
         let mut succ = self.0.successors.write();
         if let Some(slot) = succ.iter_mut().find(|(a, _)| &**a == action) {
             tracing::warn!(target: "flowtrace::flow", node = %self.0.name, "Overwriting successor for action '{action}'");
@@ -142,7 +229,8 @@ impl NodeRef {
 
     /// The successor wired for `action`, if any.
     pub fn successor(&self, action: &str) -> Option<NodeRef> {
-        self.0.successors.read().iter().find(|(a, _)| &**a == action).and_then(|(_, n)| n.clone())
+        let succ = self.0.successors.read();
+        succ.iter().find(|(a, _)| &**a == action).and_then(|(_, n)| n.as_ref().and_then(|n| self.sibling(n)))
     }
 
     /// Whether any successor is wired.
@@ -205,7 +293,7 @@ impl NodeRef {
         }
         let key = action.key();
         match succ.iter().find(|(a, _)| &**a == key) {
-            Some((_, Some(n))) => Some(n.clone()),
+            Some((_, Some(n))) => self.sibling(n),
             _ => {
                 let keys: Vec<String> = succ.iter().map(|(a, _)| format!("'{a}'")).collect();
                 tracing::warn!(

@@ -29,9 +29,9 @@ impl Renderer {
             if !seen.insert(Arc::as_ptr(&n.0)) {
                 continue;
             }
-            for (_, t) in n.0.successors.read().iter() {
+            for (_, t) in n.successor_list() {
                 if let Some(t) = t {
-                    queue.push_back(t.clone());
+                    queue.push_back(t);
                 }
             }
             level.push(n);
@@ -63,7 +63,7 @@ impl Renderer {
         for n in &level {
             let from = self.id(n);
             let succ: Vec<(String, Option<NodeRef>)> =
-                n.0.successors.read().iter().map(|(a, t)| (a.to_string(), t.clone())).collect();
+                n.successor_list().into_iter().map(|(a, t)| (a.to_string(), t)).collect();
             for (action, target) in succ {
                 let label = if action == "default" { String::new() } else { format!("|{}|", action.replace('"', "'")) };
                 match target {
