@@ -8,6 +8,11 @@
 //!   to the store. Malformed JSON gets 400 with a message; a full or stopping runtime 503.
 //! - `GET /stats`: runs in flight and the runtime's counters, and the exporter's counters.
 //!
+//! A client that goes away (closes its connection) before its answer cancels its run: axum
+//! drops the request's handler, which drops the run's handle, which cancels the run, so a
+//! service spends nothing (no model calls) on answers nobody will read. `EXTRA_LATENCY_MS`
+//! adds a simulated model call of that length before the flow, to see this by hand.
+//!
 //! Listens on 127.0.0.1 at `PORT` (default 3000; `0` picks a free port) and prints
 //! `listening on 127.0.0.1:<port>`. Traces go to a counting exporter, to a JSON Lines file
 //! when `TRACE_FILE` is set, and to Langfuse when `LANGFUSE_PUBLIC_KEY` is set (with
@@ -114,6 +119,8 @@ async fn create_ticket(State(app): State<App>, body: Bytes) -> Response {
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let run_id = handle.id();
+    // If the client goes away, axum drops this future and, with it, the handle: the run is
+    // cancelled rather than left running for nobody.
     if let Err(e) = handle.await {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
@@ -123,6 +130,18 @@ async fn create_ticket(State(app): State<App>, body: Bytes) -> Response {
         "routing": shared.get_json("routing"),
     }))
     .into_response()
+}
+
+/// `flow` after a simulated model call of `latency`.
+fn with_latency(flow: Flow, latency: Duration) -> Flow {
+    let call = FnNode::new("SimulatedModelCall")
+        .exec(move |_, _| async move {
+            tokio::time::sleep(latency).await;
+            Ok(serde_json::Value::Null)
+        })
+        .into_node();
+    let _ = &call >> flow.as_node();
+    Flow::named(flow.name().to_owned(), Some(&call))
 }
 
 async fn stats(State(app): State<App>) -> Response {
@@ -195,7 +214,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .run_timeout(Duration::from_secs(30))
         .tracer(&tracer)
         .build()?;
-    let app = App { runtime: runtime.clone(), flow: customer_support_flow(), counters };
+    let extra_latency_ms: u64 = env_number("EXTRA_LATENCY_MS", 0)?;
+    let flow = match extra_latency_ms {
+        0 => customer_support_flow(),
+        ms => with_latency(customer_support_flow(), Duration::from_millis(ms)),
+    };
+    let app = App { runtime: runtime.clone(), flow, counters };
     let router = Router::new().route("/tickets", post(create_ticket)).route("/stats", get(stats)).with_state(app);
 
     let shutdown = shutdown_signal();

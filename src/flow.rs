@@ -16,6 +16,6 @@ pub use batch::{BatchFlow, BatchNode, FnBatchNode};
 pub use context::{Context, ExecContext, Params};
 pub use flows::Flow;
 pub use fn_node::FnNode;
-pub use graph::{NodeRef, Transition};
+pub use graph::{live_nodes, NodeRef, Transition};
 pub use node::Node;
 pub use store::{SharedStore, StoreError, StoreSnapshot};

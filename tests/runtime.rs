@@ -1,5 +1,7 @@
 //! The service runtime: handles, the in-flight cap and its two admission policies, cancel,
-//! status, invalid settings and graceful shutdown.
+//! status, invalid settings, graceful shutdown, and a dropped handle cancelling its run.
+
+mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use flowtrace::prelude::*;
 use flowtrace::trace::{SpanKind, SpanStatus};
 use flowtrace::{Admission, RunStatus, Runtime};
 use serde_json::Value;
+use support::eventually;
 use tokio::sync::Semaphore;
 
 /// A flow whose one node waits on `gate` (one permit per run) and counts how many wait at once.
@@ -213,4 +216,47 @@ async fn shutdown_lets_runs_finish_then_cancels_the_rest() {
     // Every run that started has a complete trace: the 3 quick, the 2 cancelled, and any
     // admitted while shutdown began.
     assert_eq!(memory.traces().len() as u64, rt.stats().started);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_handle_cancels_its_run_unless_detached() {
+    let memory = MemoryExporter::new();
+    let tracer = Tracer::builder().exporter(memory.clone()).build().unwrap();
+    let rt = Runtime::builder().tracer(&tracer).build().unwrap();
+
+    // Dropped: cancelled, with a reason that says why.
+    let h = rt.spawn(&hanging_flow(), &SharedStore::new()).await.unwrap();
+    while h.status() != RunStatus::Running {
+        tokio::task::yield_now().await;
+    }
+    drop(h);
+    assert!(eventually(Duration::from_secs(5), || rt.stats().cancelled == 1).await, "{:?}", rt.stats());
+    tracer.flush(Duration::from_secs(5)).await;
+    let traces = memory.traces();
+    assert!(
+        matches!(&traces[0].status, SpanStatus::Cancelled { reason } if reason.contains("handle was dropped")),
+        "{:?}",
+        traces[0].status
+    );
+
+    // Detached: the run goes on to its end on its own.
+    let gate = Arc::new(Semaphore::new(0));
+    let (inside, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let gated = gated_flow(gate.clone(), inside.clone(), peak);
+    let h = rt.spawn(&gated, &SharedStore::new()).await.unwrap();
+    h.detach();
+    while inside.load(Ordering::SeqCst) < 1 {
+        tokio::task::yield_now().await;
+    }
+    gate.add_permits(1);
+    assert!(eventually(Duration::from_secs(5), || rt.stats().succeeded == 1).await, "{:?}", rt.stats());
+    assert_eq!(rt.stats().cancelled, 1);
+
+    // Awaited to its end: dropping the finished handle changes nothing.
+    let h = rt.spawn(&Flow::new(&FnNode::new("Quick").into_node()), &SharedStore::new()).await.unwrap();
+    let c = h.canceller();
+    h.await.unwrap();
+    c.cancel("too late");
+    assert_eq!(rt.stats().succeeded, 2);
+    assert_eq!(rt.stats().cancelled, 1);
 }

@@ -41,7 +41,12 @@ struct Service {
 
 impl Service {
     fn start() -> Service {
+        Self::start_with(&[])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Service {
         let mut child = Command::new(example_binary())
+            .envs(env.iter().copied())
             .env("PORT", "0")
             .env("SHUTDOWN_SECS", "20")
             .env_remove("TRACE_FILE")
@@ -227,4 +232,37 @@ async fn sigterm_mid_load_finishes_runs_and_flushes_traces() {
     assert_eq!(export["dropped"], 0, "{report}");
     assert_eq!(export["pending"], 0, "{report}");
     assert_eq!(export["delivered"].as_u64().unwrap(), stats["started"].as_u64().unwrap() * 12, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_cancels_its_run() {
+    use std::io::Write;
+    // Each run waits 20 s (a slow model call), so it is surely in flight when the client leaves.
+    let svc = Service::start_with(&[("EXTRA_LATENCY_MS", "20000")]);
+    let client = reqwest::Client::new();
+    let body = ticket(0).to_string();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", svc.port)).unwrap();
+    write!(
+        conn,
+        "POST /tickets HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stats(&client, &svc).await["runs_in_flight"] != 1 {
+        assert!(std::time::Instant::now() < deadline, "the run never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The client goes away without reading its answer.
+    drop(conn);
+    let s = loop {
+        let s = stats(&client, &svc).await;
+        if s["runs"]["cancelled"] == 1 || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(s["runs"]["cancelled"], 1, "the run of a client that went away is cancelled: {s}");
+    assert_eq!(s["runs"]["succeeded"], 0, "{s}");
+    assert_eq!(s["runs_in_flight"], 0, "{s}");
 }

@@ -413,7 +413,7 @@ impl Runtime {
         let (tx, rx) = oneshot::channel();
         let watcher = Watcher { rt: Arc::clone(inner), id, state: Arc::clone(&shared_state), _permit: permit };
         tokio::spawn(watcher.run(root, shared, options, tx));
-        Ok(RunHandle { id, state: shared_state, rx })
+        Ok(RunHandle { id, state: shared_state, rx, released: false })
     }
 
     /// Shuts down gracefully: refuses new runs at once, lets runs in flight finish until
@@ -540,12 +540,26 @@ impl Watcher {
 /// A run started by a [`Runtime`]: await it (or [`result`](Self::result)) for its action,
 /// [`cancel`](Self::cancel) it, or ask its [`status`](Self::status).
 ///
-/// Dropping the handle detaches the run: it goes on to its end (use `cancel` to stop it).
+/// Dropping the handle before the run ends cancels the run (its reason says the handle was
+/// dropped): a service whose client went away stops spending on its run, as dropping the
+/// future of [`Flow::run`](crate::Flow::run) does. To let a run go on alone, call
+/// [`detach`](Self::detach).
 #[derive(Debug)]
+#[must_use = "dropping a RunHandle cancels its run: await it, or detach() it"]
 pub struct RunHandle {
     id: u64,
     state: Arc<Shared>,
     rx: oneshot::Receiver<Result<Action, Error>>,
+    /// Whether dropping the handle leaves the run alone: detached, or its result taken.
+    released: bool,
+}
+
+impl Drop for RunHandle {
+    fn drop(&mut self) {
+        if !self.released && !self.status().is_finished() {
+            self.state.cancel("the run's handle was dropped".into());
+        }
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -583,15 +597,25 @@ impl RunHandle {
     pub async fn result(self) -> Result<Action, Error> {
         self.await
     }
+
+    /// Lets the run go on to its end without this handle: dropping a handle otherwise cancels
+    /// its run. A [`canceller`](Self::canceller) taken before still works.
+    pub fn detach(mut self) {
+        self.released = true;
+    }
 }
 
 impl Future for RunHandle {
     type Output = Result<Action, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx)
+        let res = Pin::new(&mut self.rx)
             .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(Error::Engine("the run's watcher task ended without a result".into()))))
+            .map(|r| r.unwrap_or_else(|_| Err(Error::Engine("the run's watcher task ended without a result".into()))));
+        if res.is_ready() {
+            self.released = true;
+        }
+        res
     }
 }
 
