@@ -72,25 +72,60 @@ impl VisitCx {
 
 thread_local! {
     static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// How many contained regions (a hook's future being polled) this thread is inside.
+    static CONTAINED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// Installs, once, a panic hook that notes where a panic happened (for the error and the span)
-/// and then calls the hook that was there before, so the application's own hook still runs.
+/// Marks the thread as inside a contained region while alive.
+struct Contained;
+
+impl Contained {
+    fn enter() -> Self {
+        CONTAINED.with(|c| c.set(c.get() + 1));
+        Contained
+    }
+}
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        CONTAINED.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+/// Installs, once, a panic hook that notes where a panic happened (for the error and the
+/// span). A panic that a run contains (it becomes the run's [`Error::Panic`]) is reported
+/// through `tracing`, with its location, where the error is made, and not printed by Rust's
+/// default hook: the run's caller gets it as an error, and a backtrace on stderr for a
+/// handled error is noise. A hook the application installed before still runs for it. Any
+/// other panic goes to the hook that was there before, as if this one were not installed.
 pub(crate) fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
+        // `take_hook` leaves the default hook installed, so this is the default hook: the one
+        // the application's own hook, if any, is told apart from. A copy of the default hook
+        // is the same function behind the same vtable.
+        let default = std::panic::take_hook();
+        let user_installed = !std::ptr::eq(&*previous, &*default);
         std::panic::set_hook(Box::new(move |info| {
             let loc = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
             PANIC_LOCATION.with(|p| *p.borrow_mut() = loc);
-            previous(info);
+            if CONTAINED.with(|c| c.get()) == 0 || user_installed {
+                previous(info);
+            }
         }));
     });
 }
 
 /// Runs a hook's future, turning a panic into [`Error::Panic`] naming the node and phase.
 pub(crate) async fn contain<F: Future>(node: &str, phase: Phase, fut: F) -> Result<F::Output, Error> {
-    match AssertUnwindSafe(fut).catch_unwind().await {
+    let mut fut = std::pin::pin!(AssertUnwindSafe(fut).catch_unwind());
+    let res = std::future::poll_fn(|cx| {
+        let _inside = Contained::enter();
+        fut.as_mut().poll(cx)
+    })
+    .await;
+    match res {
         Ok(v) => Ok(v),
         Err(payload) => Err(panic_error(node, phase, payload)),
     }
@@ -105,6 +140,13 @@ pub(crate) fn panic_error(node: &str, phase: Phase, payload: Box<dyn std::any::A
         "<non-string panic payload>".to_owned()
     };
     let location = PANIC_LOCATION.with(|p| p.borrow_mut().take());
+    tracing::error!(
+        target: "flowtrace::panic",
+        node,
+        phase = phase.as_str(),
+        location = location.as_deref().unwrap_or("unknown"),
+        "node '{node}' panicked in {phase}: {message} (contained: the run ends with this error)"
+    );
     Error::Panic { node: node.to_owned(), phase, message, location }
 }
 
@@ -208,7 +250,12 @@ where
     T: Send + 'static,
 {
     let handle = tokio::runtime::Handle::current();
-    match tokio::task::spawn_blocking(move || handle.block_on(f())).await {
+    let run = move || {
+        // A panic here is resumed in the caller's contained region: it is contained too.
+        let _inside = Contained::enter();
+        handle.block_on(f())
+    };
+    match tokio::task::spawn_blocking(run).await {
         Ok(v) => v,
         Err(e) => match e.try_into_panic() {
             Ok(payload) => std::panic::resume_unwind(payload),
