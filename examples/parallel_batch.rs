@@ -74,7 +74,7 @@ fn batch_flow(done: Arc<AtomicUsize>, concurrency: usize) -> Flow {
         })
         .into_node();
     let _ = &load >> &summarise >> &report;
-    Flow::named("ParallelBatchFlow", Some(&load))
+    Flow::named("ParallelBatchFlow", &load)
 }
 
 #[tokio::main]

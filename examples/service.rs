@@ -115,7 +115,7 @@ async fn create_ticket(State(app): State<App>, body: Bytes) -> Response {
     let shared = SharedStore::new();
     shared.insert("ticket", ticket.clone());
     let traced = app.flow.traced("CustomerSupportTicketAnalysis").session_id(ticket.id.clone()).tag("service");
-    let handle = match app.runtime.spawn_traced(&traced, &shared).await {
+    let handle = match app.runtime.spawn(&traced, &shared).await {
         Ok(h) => h,
         Err(e @ flowtrace::Error::Refused(_)) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -143,7 +143,7 @@ fn with_latency(flow: Flow, latency: Duration) -> Flow {
         })
         .into_node();
     let _ = &call >> flow.as_node();
-    Flow::named(flow.name().to_owned(), Some(&call))
+    Flow::named(flow.name().to_owned(), &call)
 }
 
 async fn stats(State(app): State<App>) -> Response {

@@ -47,7 +47,7 @@ pub use flow::{
 /// policy, run handles, counters and the shutdown report.
 pub mod runtime {
     pub use crate::actors::runtime::{
-        Admission, RunCanceller, RunHandle, RunStatus, Runtime, RuntimeBuilder, RuntimeStats, ShutdownReport,
+        Admission, RunCanceller, RunHandle, RunStatus, Runnable, Runtime, RuntimeBuilder, RuntimeStats, ShutdownReport,
     };
     pub use crate::actors::supervisor::live_runs;
 }
@@ -56,6 +56,7 @@ pub mod runtime {
 pub mod prelude {
     pub use crate::export::MemoryExporter;
     pub use crate::runtime::Runtime;
+    pub use crate::{params, wire, BoxError};
     pub use crate::{
         Action, BatchFlow, BatchNode, Context, Error, ExecContext, Flow, FnBatchNode, FnNode, Node, NodeRef,
         NodeResult, Params, RunOptions, SharedStore, Tracer,

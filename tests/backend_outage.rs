@@ -24,7 +24,7 @@ fn flow() -> Flow {
         })
         .into_node();
     let _ = &a >> &b;
-    Flow::named("Outage", Some(&a))
+    Flow::named("Outage", &a)
 }
 
 async fn load(rt: &Runtime, flow: &Flow, n: usize) {

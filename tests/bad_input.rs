@@ -96,7 +96,7 @@ async fn a_huge_value_is_truncated_with_a_marker_at_export() {
 async fn a_flow_that_loops_forever_ends_with_a_clear_error() {
     let spin = FnNode::new("Spin").post(|_, _, _| Ok(Action::new("again"))).into_node();
     let _ = spin.on("again") >> &spin;
-    let flow = Flow::named("Forever", Some(&spin));
+    let flow = Flow::named("Forever", &spin);
     let rt = Runtime::builder().max_steps(10_000).build().unwrap();
     let err = rt.spawn(&flow, &SharedStore::new()).await.unwrap().await.unwrap_err();
     assert_eq!(err.to_string(), "flow 'Forever' exceeded its limit of 10000 steps");

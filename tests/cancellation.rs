@@ -70,11 +70,11 @@ async fn cancel_reaches_a_nested_flow() {
     let (rt, memory) = runtime();
     let (started, finished) = (Arc::new(Semaphore::new(0)), Arc::new(AtomicUsize::new(0)));
     let inner_node = stuck("InnerStuck", started.clone(), finished.clone());
-    let inner = Flow::named("Inner", Some(&inner_node));
-    let middle = Flow::named("Middle", Some(inner.as_node()));
+    let inner = Flow::named("Inner", &inner_node);
+    let middle = Flow::named("Middle", inner.as_node());
     let first = FnNode::new("First").into_node();
     let _ = &first >> middle.as_node();
-    let outer = Flow::named("Outer", Some(&first));
+    let outer = Flow::named("Outer", &first);
     let h = rt.spawn(&outer, &SharedStore::new()).await.unwrap();
     let (err, trace) = cancel_after(&rt, &memory, h, &started, 1).await;
     assert_cancelled(&err, &trace);
@@ -106,7 +106,7 @@ async fn cancel_reaches_parallel_batch_items() {
             }
         })
         .into_node();
-    let flow = Flow::named("Batch", Some(&batch));
+    let flow = Flow::named("Batch", &batch);
     let h = rt.spawn(&flow, &SharedStore::new()).await.unwrap();
     let (err, trace) = cancel_after(&rt, &memory, h, &started, 5).await;
     assert_cancelled(&err, &trace);
@@ -133,7 +133,7 @@ async fn cancel_reaches_parallel_batch_flow_runs() {
             })
             .collect())
     });
-    let h = rt.spawn_batch(&bf, &SharedStore::new()).await.unwrap();
+    let h = rt.spawn(&bf, &SharedStore::new()).await.unwrap();
     let (err, trace) = cancel_after(&rt, &memory, h, &started, 4).await;
     assert_cancelled(&err, &trace);
     let names: Vec<_> = trace.spans.iter().map(|s| (s.kind, s.name.to_string())).collect();
@@ -149,7 +149,7 @@ async fn dropping_a_plain_run_future_cancels_it() {
     let (started, finished) = (Arc::new(Semaphore::new(0)), Arc::new(AtomicUsize::new(0)));
     let memory = MemoryExporter::new();
     let tracer = Tracer::builder().exporter(memory.clone()).build().unwrap();
-    let flow = Flow::named("Dropped", Some(&stuck("S", started.clone(), finished.clone())));
+    let flow = Flow::named("Dropped", &stuck("S", started.clone(), finished.clone()));
     let run = tokio::spawn({
         let flow = flow.clone();
         let tracer = tracer.clone();

@@ -31,7 +31,7 @@ fn mixed_flow() -> Flow {
         .into_node()
         .timeout(Duration::from_millis(20));
     let _ = &first >> &faulty;
-    Flow::named("Mixed", Some(&first))
+    Flow::named("Mixed", &first)
 }
 
 fn mode(i: usize) -> &'static str {
@@ -58,7 +58,7 @@ async fn ten_thousand_mixed_fault_runs() {
             for i in 0..RUNS {
                 let mut p = Params::new();
                 p.insert("mode".into(), json!(mode(i)));
-                let h = rt.spawn_with(flow.as_node(), &SharedStore::new(), RunOptions::new().params(p)).await;
+                let h = rt.spawn_with(&flow, &SharedStore::new(), RunOptions::new().params(p)).await;
                 tx.send((i, h.expect("admitted"))).expect("the test is listening");
             }
         })

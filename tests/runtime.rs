@@ -33,7 +33,7 @@ fn gated_flow(gate: Arc<Semaphore>, inside: Arc<AtomicUsize>, peak: Arc<AtomicUs
 
 fn hanging_flow() -> Flow {
     let node = FnNode::new("Hang").exec(|_, _| std::future::pending()).into_node();
-    Flow::named("HangFlow", Some(&node))
+    Flow::named("HangFlow", &node)
 }
 
 #[tokio::test]

@@ -111,10 +111,8 @@ async fn the_runtime_default_timeout_and_a_run_own_timeout() {
     let err = rt.spawn(&flow, &SharedStore::new()).await.unwrap().await.unwrap_err();
     assert!(matches!(err, Error::Timeout { node: None, after } if after == Duration::from_secs(1)));
     // A run's own timeout wins over the runtime's.
-    let h = rt
-        .spawn_with(flow.as_node(), &SharedStore::new(), RunOptions::new().timeout(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let h =
+        rt.spawn_with(&flow, &SharedStore::new(), RunOptions::new().timeout(Duration::from_secs(10))).await.unwrap();
     h.await.unwrap();
 }
 
@@ -122,12 +120,12 @@ async fn the_runtime_default_timeout_and_a_run_own_timeout() {
 async fn a_flow_that_loops_forever_ends_at_its_step_limit() {
     let spin = FnNode::new("Spin").post(|_, _, _| Ok(Action::new("again"))).into_node();
     let _ = spin.on("again") >> &spin;
-    let flow = Flow::named("Loop", Some(&spin)).max_steps(1000);
+    let flow = Flow::named("Loop", &spin).max_steps(1000);
     let err = flow.run(&SharedStore::new()).await.unwrap_err();
     assert!(matches!(&err, Error::MaxSteps { flow, limit: 1000 } if flow == "Loop"), "{err}");
     assert_eq!(err.to_string(), "flow 'Loop' exceeded its limit of 1000 steps");
     // The same through run options and through the runtime's default.
-    let flow = Flow::named("Loop2", Some(&spin));
+    let flow = Flow::named("Loop2", &spin);
     let err = flow.run_with(&SharedStore::new(), RunOptions::new().max_steps(10)).await.unwrap_err();
     assert_eq!(err.kind(), "max_steps");
     let rt = Runtime::builder().max_steps(50).build().unwrap();

@@ -46,8 +46,8 @@ fn assert_defaults(t: &std::sync::Arc<TraceRecord>) {
 async fn every_run_path_carries_the_tracers_defaults() {
     let (tracer, memory) = tracer();
     let node = step();
-    let flow = Flow::named("Plain", Some(&node));
-    let batch = BatchFlow::named("Batch", Some(&step()), false).with_params(|_| Ok(vec![Params::new(), Params::new()]));
+    let flow = Flow::named("Plain", &node);
+    let batch = BatchFlow::named("Batch", &step()).with_params(|_| Ok(vec![Params::new(), Params::new()]));
 
     // flow.traced(..).run() and a traced batch flow
     flow.traced("Traced").tracer(&tracer).run(&SharedStore::new()).await.unwrap();
@@ -59,13 +59,13 @@ async fn every_run_path_carries_the_tracers_defaults() {
     let rt = Runtime::builder().tracer(&tracer).build().unwrap();
     rt.spawn(&flow, &SharedStore::new()).await.unwrap().await.unwrap();
     assert_defaults(&trace_named(&tracer, &memory, "Plain").await);
-    rt.spawn_batch(&batch, &SharedStore::new()).await.unwrap().await.unwrap();
+    rt.spawn(&batch, &SharedStore::new()).await.unwrap().await.unwrap();
     assert_defaults(&trace_named(&tracer, &memory, "Batch").await);
     rt.spawn_with(&node, &SharedStore::new(), RunOptions::new()).await.unwrap().await.unwrap();
     assert_defaults(&trace_named(&tracer, &memory, "Step").await);
-    rt.spawn_traced(&flow.traced("SpawnTraced"), &SharedStore::new()).await.unwrap().await.unwrap();
+    rt.spawn(&flow.traced("SpawnTraced"), &SharedStore::new()).await.unwrap().await.unwrap();
     assert_defaults(&trace_named(&tracer, &memory, "SpawnTraced").await);
-    rt.spawn_traced(&flow.traced("OwnTracer").tracer(&tracer), &SharedStore::new()).await.unwrap().await.unwrap();
+    rt.spawn(&flow.traced("OwnTracer").tracer(&tracer), &SharedStore::new()).await.unwrap().await.unwrap();
     assert_defaults(&trace_named(&tracer, &memory, "OwnTracer").await);
     rt.shutdown(Duration::from_secs(5)).await;
 }
@@ -73,11 +73,11 @@ async fn every_run_path_carries_the_tracers_defaults() {
 #[tokio::test]
 async fn a_runs_own_session_and_user_win_over_the_defaults() {
     let (tracer, memory) = tracer();
-    let flow = Flow::named("Own", Some(&step()));
+    let flow = Flow::named("Own", &step());
     let own = |name: &str| flow.traced(name).session_id("s-own").user_id("u-own");
     own("Own").tracer(&tracer).run(&SharedStore::new()).await.unwrap();
     let rt = Runtime::builder().tracer(&tracer).build().unwrap();
-    rt.spawn_traced(&own("OwnSpawned"), &SharedStore::new()).await.unwrap().await.unwrap();
+    rt.spawn(&own("OwnSpawned"), &SharedStore::new()).await.unwrap().await.unwrap();
     for name in ["Own", "OwnSpawned"] {
         let t = trace_named(&tracer, &memory, name).await;
         assert_eq!(t.session_id.as_deref(), Some("s-own"));
@@ -88,7 +88,7 @@ async fn a_runs_own_session_and_user_win_over_the_defaults() {
 #[tokio::test]
 async fn an_untraced_run_through_an_untraced_runtime_records_nothing() {
     let (tracer, memory) = tracer();
-    let flow = Flow::named("Untraced", Some(&step()));
+    let flow = Flow::named("Untraced", &step());
     flow.run(&SharedStore::new()).await.unwrap();
     let rt = Runtime::builder().build().unwrap();
     rt.spawn(&flow, &SharedStore::new()).await.unwrap().await.unwrap();

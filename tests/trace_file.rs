@@ -26,7 +26,7 @@ async fn each_trace_is_one_json_line_and_the_binary_shows_it() {
     let tracer = Tracer::builder().exporter(file).build().unwrap();
     let a = number(2);
     let _ = &a >> mul(21);
-    let flow = Flow::named("Answer", Some(&a));
+    let flow = Flow::named("Answer", &a);
     for _ in 0..2 {
         flow.traced("Question").tracer(&tracer).run(&SharedStore::new()).await.unwrap();
     }

@@ -109,8 +109,8 @@ async fn bug_05_values_are_json_not_repr_strings() {
 /// Bug 6: the tree was flat. Here phases nest under their node, nodes under their flow.
 #[tokio::test]
 async fn bug_06_the_tree_nests() {
-    let inner = Flow::named("Inner", Some(&number(1)));
-    let t = one_trace(&Flow::named("Outer", Some(inner.as_node())), &SharedStore::new()).await;
+    let inner = Flow::named("Inner", &number(1));
+    let t = one_trace(&Flow::named("Outer", inner.as_node()), &SharedStore::new()).await;
     let parent_of = |name: &str| {
         let s = t.span(name).unwrap();
         t.spans.iter().find(|p| Some(p.span_id) == s.parent_id).map(|p| p.name.to_string())
@@ -124,8 +124,8 @@ async fn bug_06_the_tree_nests() {
 /// Bug 7: the sub-flow span was never ended. Here every span ends, nested flows included.
 #[tokio::test]
 async fn bug_07_nested_flow_spans_end() {
-    let inner = Flow::named("Sub", Some(&number(1)));
-    let t = one_trace(&Flow::named("Main", Some(inner.as_node())), &SharedStore::new()).await;
+    let inner = Flow::named("Sub", &number(1));
+    let t = one_trace(&Flow::named("Main", inner.as_node()), &SharedStore::new()).await;
     let sub = t.span("Sub").unwrap();
     assert!(sub.end_unix_nanos >= sub.start_unix_nanos && sub.end_unix_nanos > 0);
     assert!(!sub.status.is_error());
@@ -181,19 +181,14 @@ async fn bug_09_a_nested_traced_run_leaves_the_outer_context_intact() {
             let t = inner_tracer.clone();
             async move {
                 let store = SharedStore::new();
-                Flow::named("InnerFlow", Some(&number(7))).traced("Inner").tracer(&t).run(&store).await?;
+                Flow::named("InnerFlow", &number(7)).traced("Inner").tracer(&t).run(&store).await?;
                 Ok(json!(store.get_json("current")))
             }
         })
         .into_node();
     let after = number(2);
     let _ = &calls_inner >> &after;
-    Flow::named("OuterFlow", Some(&calls_inner))
-        .traced("Outer")
-        .tracer(&tracer)
-        .run(&SharedStore::new())
-        .await
-        .unwrap();
+    Flow::named("OuterFlow", &calls_inner).traced("Outer").tracer(&tracer).run(&SharedStore::new()).await.unwrap();
     tracer.flush(Duration::from_secs(5)).await;
     let traces = memory.traces();
     assert_eq!(traces.len(), 2);

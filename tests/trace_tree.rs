@@ -45,7 +45,7 @@ async fn two_node_flow_tree_is_exact() {
         })
         .into_node();
     let _ = a.on("route") >> &b;
-    let flow = Flow::named("Support", Some(&a));
+    let flow = Flow::named("Support", &a);
     let shared = SharedStore::from_json(json!({ "ticket": { "urgent": true } }));
     let (r, t) = traced(&flow, &shared, &tracer, &memory).await;
     assert_eq!(r.unwrap(), Action::none());
@@ -71,7 +71,7 @@ async fn two_node_flow_tree_is_exact() {
     assert_eq!(exec.output, Some(json!({ "priority": "high" })));
     assert_eq!(post.input, exec.output);
     assert_eq!(post.attributes["changed_keys"], json!(["classification"]));
-    assert_eq!(names(&t, exec), ["attempt 1"]);
+    assert_eq!(names(&t, exec), ["attempt 0"]);
     // Phases are ordered in time and nested within their node and the trace.
     assert!(prep.end_unix_nanos <= exec.start_unix_nanos && exec.end_unix_nanos <= post.start_unix_nanos);
     for s in &t.spans {
@@ -96,10 +96,10 @@ async fn retries_waits_and_fallback_are_spans() {
     let (r, t) = traced(&Flow::new(&node), &SharedStore::new(), &tracer, &memory).await;
     r.unwrap();
     let exec = t.span("Flaky.exec").unwrap();
-    assert_eq!(names(&t, exec), ["attempt 1", "wait", "attempt 2", "wait", "attempt 3", "Flaky.exec_fallback"]);
+    assert_eq!(names(&t, exec), ["attempt 0", "wait", "attempt 1", "wait", "attempt 2", "Flaky.exec_fallback"]);
     let children = t.children(exec.span_id);
     for (i, n) in [(0usize, 1), (2, 2), (4, 3)] {
-        assert_eq!(children[i].attributes["attempt"], json!(n));
+        assert_eq!(children[i].attributes["attempt"], json!(n - 1), "attempts count from 0");
         assert!(matches!(&children[i].status, SpanStatus::Error { message, .. } if message == &format!("failure {n}")));
     }
     assert_eq!(children[1].attributes["wait_ms"], json!(20.0));
@@ -153,12 +153,12 @@ async fn a_panic_records_message_and_location() {
 async fn batch_items_nested_flows_and_batch_runs_nest() {
     let (tracer, memory) = memory_tracer();
     let items = FnBatchNode::new("Items").items(|_| Ok(json!([1, 2]))).exec(|v, _| async move { Ok(v) }).into_node();
-    let inner = Flow::named("Inner", Some(&items));
+    let inner = Flow::named("Inner", &items);
     let probe = FnNode::new("Probe").into_node();
-    let batch = BatchFlow::named("PerKey", Some(&probe), false)
+    let batch = BatchFlow::named("PerKey", &probe)
         .with_params(|_| Ok(vec![params(json!({ "k": "a" })), params(json!({ "k": "b" }))]));
     let _ = inner.as_node() >> batch.as_node();
-    let (r, t) = traced(&Flow::named("Outer", Some(inner.as_node())), &SharedStore::new(), &tracer, &memory).await;
+    let (r, t) = traced(&Flow::named("Outer", inner.as_node()), &SharedStore::new(), &tracer, &memory).await;
     r.unwrap();
     let outer = t.root().unwrap();
     assert_eq!(names(&t, outer), ["Inner", "PerKey"]);
@@ -230,10 +230,10 @@ fn a_flow_prints_as_mermaid() {
     let _ = review.on("approve") >> &approve;
     let _ = review.on("revise") >> &review;
     review.on("reject").end();
-    let inner = Flow::named("Inner", Some(&review));
+    let inner = Flow::named("Inner", &review);
     let start = FnNode::new("Start").into_node();
     let _ = &start >> inner.as_node();
-    let chart = Flow::named("Outer", Some(&start)).to_mermaid();
+    let chart = Flow::named("Outer", &start).to_mermaid();
     assert!(chart.starts_with("flowchart TD\n"), "{chart}");
     assert!(chart.contains("subgraph n0[\"Outer\"]"), "{chart}");
     assert!(chart.contains("subgraph n2[\"Inner\"]"), "{chart}");

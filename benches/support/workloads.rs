@@ -35,7 +35,7 @@ pub fn chain(n: usize) -> Flow {
     for w in nodes.windows(2) {
         w[0].next(&w[1]);
     }
-    Flow::named("ChainFlow", Some(&nodes[0]))
+    Flow::named("ChainFlow", &nodes[0])
 }
 
 /// Adds one to each item (bench_parallel.py's `Double`).
@@ -58,7 +58,7 @@ impl BatchNode for PlusOne {
 
 /// A flow of one parallel batch node.
 pub fn parallel_batch() -> Flow {
-    Flow::named("ParallelFlow", Some(&PlusOne.into_parallel_batch()))
+    Flow::named("ParallelFlow", &PlusOne.into_parallel_batch())
 }
 
 /// Iterations of [`spin`] that take about 50 µs on this machine (one core, release build).
@@ -96,17 +96,17 @@ impl BatchNode for Spin {
 
 /// A flow of one parallel batch node of CPU-bound items.
 pub fn cpu_parallel_batch() -> Flow {
-    Flow::named("CpuParallelFlow", Some(&Spin.into_parallel_batch()))
+    Flow::named("CpuParallelFlow", &Spin.into_parallel_batch())
 }
 
 /// The same CPU-bound items one after another: the serial baseline.
 pub fn cpu_sequential_batch() -> Flow {
-    Flow::named("CpuBatchFlow", Some(&Spin.into_batch()))
+    Flow::named("CpuBatchFlow", &Spin.into_batch())
 }
 
 /// A flow of one sequential batch node.
 pub fn sequential_batch() -> Flow {
-    Flow::named("BatchFlow", Some(&PlusOne.into_batch()))
+    Flow::named("BatchFlow", &PlusOne.into_batch())
 }
 
 /// The seed's customer-support flow without its sleeps.
@@ -148,7 +148,7 @@ pub fn seed() -> Flow {
         })
         .into_node();
     let _ = classify.on("route_ticket") >> &route;
-    Flow::named("CustomerSupportFlow", Some(&classify))
+    Flow::named("CustomerSupportFlow", &classify)
 }
 
 /// The seed's ticket.
@@ -173,7 +173,7 @@ pub fn retry_flow() -> Flow {
         })
         .into_node()
         .max_retries(2);
-    Flow::named("RetryFlow", Some(&flaky))
+    Flow::named("RetryFlow", &flaky)
 }
 
 /// A flow nesting a 5-step chain inside an outer flow, twice.
@@ -181,7 +181,7 @@ pub fn nested() -> Flow {
     let inner = chain(5);
     let outer_start = Step.into_node();
     let _ = &outer_start >> inner.as_node() >> &Step.into_node();
-    Flow::named("Outer", Some(&outer_start))
+    Flow::named("Outer", &outer_start)
 }
 
 /// An exporter that counts spans and drops the traces: the cheapest local sink.

@@ -99,5 +99,5 @@ pub fn customer_support_flow() -> Flow {
     let classifier = TicketClassificationNode.into_node();
     let router = TicketRoutingNode.into_node();
     let _ = classifier.on("route_ticket") >> &router;
-    Flow::named("CustomerSupportFlow", Some(&classifier))
+    Flow::named("CustomerSupportFlow", &classifier)
 }

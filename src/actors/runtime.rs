@@ -329,36 +329,27 @@ impl Runtime {
         self.inner.tracer.as_ref()
     }
 
-    /// Starts a run of `flow` on `shared` (traced under the flow's name when the runtime has a
-    /// tracer). Waits for a place or is refused, by the admission policy; always refused once
-    /// shutdown has begun.
-    pub async fn spawn(&self, flow: &Flow, shared: &SharedStore) -> Result<RunHandle, Error> {
-        self.spawn_with(flow.as_node(), shared, RunOptions::default()).await
+    /// Starts a run of anything runnable on `shared`: a [`Flow`], a [`BatchFlow`], a single
+    /// [`NodeRef`], or a [`TracedFlow`] (its trace fields and options, its tracer else the
+    /// runtime's). A plain flow is traced under its own name when the runtime has a tracer.
+    /// Waits for a place or is refused, by the admission policy; always refused once shutdown
+    /// has begun.
+    pub async fn spawn<R: Runnable + ?Sized>(&self, run: &R, shared: &SharedStore) -> Result<RunHandle, Error> {
+        let (root, options) = run.plan(self.inner.tracer.as_ref());
+        self.admit(root, shared.clone(), options).await
     }
 
-    /// Starts a run of a batch flow, as [`spawn`](Self::spawn).
-    pub async fn spawn_batch(&self, flow: &BatchFlow, shared: &SharedStore) -> Result<RunHandle, Error> {
-        self.spawn_with(flow.as_node(), shared, RunOptions::default()).await
-    }
-
-    /// Starts a run of any flow or node with options; the runtime's timeout and step limit
-    /// apply where the options set none.
-    pub async fn spawn_with(
+    /// [`spawn`](Self::spawn) with run options (params, a time limit, a step limit) in place
+    /// of the runnable's own; the runtime's timeout and step limit apply where they set none.
+    pub async fn spawn_with<R: Runnable + ?Sized>(
         &self,
-        root: &NodeRef,
+        run: &R,
         shared: &SharedStore,
-        mut options: RunOptions,
+        options: RunOptions,
     ) -> Result<RunHandle, Error> {
-        if options.trace.is_none() {
-            options.trace = plan_trace(root, None, self.inner.tracer.as_ref());
-        }
-        self.admit(root.clone(), shared.clone(), options).await
-    }
-
-    /// Starts a traced run: the trace's name, session, tags and options are the traced
-    /// flow's; its tracer, else the runtime's.
-    pub async fn spawn_traced(&self, flow: &TracedFlow, shared: &SharedStore) -> Result<RunHandle, Error> {
-        let (root, options) = flow.plan(self.inner.tracer.as_ref());
+        let (root, mut planned) = run.plan(self.inner.tracer.as_ref());
+        let trace = planned.trace.take();
+        let options = RunOptions { trace, ..options };
         self.admit(root, shared.clone(), options).await
     }
 
@@ -534,6 +525,52 @@ impl Watcher {
             Ok(res) => res,
             Err(_) => Err(control.lost()),
         }
+    }
+}
+
+/// What [`Runtime::spawn`] starts: [`Flow`], [`BatchFlow`], [`NodeRef`] and [`TracedFlow`].
+///
+/// Sealed: the runtime plans each run (its root, options and tracing) in one place.
+pub trait Runnable: sealed::Sealed {
+    /// The run's root node and options, its tracing planned with the runtime's tracer.
+    #[doc(hidden)]
+    fn plan(&self, runtime_tracer: Option<&Tracer>) -> (NodeRef, RunOptions);
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::flow::Flow {}
+    impl Sealed for crate::flow::BatchFlow {}
+    impl Sealed for crate::flow::NodeRef {}
+    impl Sealed for super::TracedFlow {}
+}
+
+fn plan_plain(root: &NodeRef, runtime_tracer: Option<&Tracer>) -> (NodeRef, RunOptions) {
+    let options = RunOptions { trace: plan_trace(root, None, runtime_tracer), ..RunOptions::default() };
+    (root.clone(), options)
+}
+
+impl Runnable for Flow {
+    fn plan(&self, runtime_tracer: Option<&Tracer>) -> (NodeRef, RunOptions) {
+        plan_plain(self.as_node(), runtime_tracer)
+    }
+}
+
+impl Runnable for BatchFlow {
+    fn plan(&self, runtime_tracer: Option<&Tracer>) -> (NodeRef, RunOptions) {
+        plan_plain(self.as_node(), runtime_tracer)
+    }
+}
+
+impl Runnable for NodeRef {
+    fn plan(&self, runtime_tracer: Option<&Tracer>) -> (NodeRef, RunOptions) {
+        plan_plain(self, runtime_tracer)
+    }
+}
+
+impl Runnable for TracedFlow {
+    fn plan(&self, runtime_tracer: Option<&Tracer>) -> (NodeRef, RunOptions) {
+        TracedFlow::plan(self, runtime_tracer)
     }
 }
 

@@ -264,10 +264,12 @@ where
     }
 }
 
+/// An attempt span's name: `attempt 0`, `attempt 1`, … (0-based, as `ExecContext::attempt`,
+/// item and batch indices are).
 fn attempt_name(n: u32) -> Arc<str> {
     static NAMES: OnceLock<Vec<Arc<str>>> = OnceLock::new();
-    let names = NAMES.get_or_init(|| (1..=16).map(|i| Arc::from(format!("attempt {i}"))).collect());
-    names.get(n as usize - 1).cloned().unwrap_or_else(|| Arc::from(format!("attempt {n}")))
+    let names = NAMES.get_or_init(|| (0..16).map(|i| Arc::from(format!("attempt {i}"))).collect());
+    names.get(n as usize).cloned().unwrap_or_else(|| Arc::from(format!("attempt {n}")))
 }
 
 static WAIT_NAME: OnceLock<Arc<str>> = OnceLock::new();
@@ -294,8 +296,8 @@ async fn run_exec(
             item,
         };
         let mut span = trace.map(|(r, p)| {
-            let mut s = r.start(Some(p), SpanKind::Attempt, attempt_name(attempt + 1));
-            s.attr("attempt", attempt + 1);
+            let mut s = r.start(Some(p), SpanKind::Attempt, attempt_name(attempt));
+            s.attr("attempt", attempt);
             s
         });
         let run = target.attempt(cx.clone(), cfg.blocking);
@@ -340,10 +342,22 @@ async fn run_exec(
                 let msg = err.to_string();
                 s.input(|| serde_json::json!({ "error": msg }));
             }
+            // A fallback that hands back the error it was given (the default one does) re-raises
+            // exec's error, which belongs to exec; any other error, like a panic, is the
+            // fallback's own and is reported in `Phase::Fallback`.
+            // (By address and message: an address alone could be reused by a new error once the
+            // fallback dropped the one it was given.)
+            let given = (&*err as *const (dyn std::error::Error + Send + Sync)).cast::<()>() as usize;
+            let given_msg = err.to_string();
             let res = contain(name, Phase::Fallback, target.fallback(err, cx)).await;
             let res = match res {
                 Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(hook_error(name, Phase::Exec, e)),
+                Ok(Err(e)) => {
+                    let addr = (&*e as *const (dyn std::error::Error + Send + Sync)).cast::<()>() as usize;
+                    let same = addr == given && e.to_string() == given_msg;
+                    let phase = if same { Phase::Exec } else { Phase::Fallback };
+                    Err(hook_error(name, phase, e))
+                }
                 Err(panic) => Err(panic),
             };
             if let Some(s) = fspan {
@@ -368,7 +382,7 @@ async fn run_exec(
 }
 
 fn exec_span(attempt: u32) -> tracing::Span {
-    tracing::info_span!(target: "flowtrace::node", "phase", phase = "exec", attempt = attempt + 1)
+    tracing::info_span!(target: "flowtrace::node", "phase", phase = "exec", attempt)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -376,7 +390,7 @@ fn exec_span(attempt: u32) -> tracing::Span {
 
 async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> Result<Action, Error> {
     let name = &*def.name;
-    let cfg = *def.config.read();
+    let cfg = def.config;
     // One clock reading ends a phase and starts the next: the node's spans share 4 readings.
     let t0 = cx.trace.as_ref().map(|_| Instant::now());
     let mut node_span = cx.span_at(SpanKind::Node, &def.name, t0);
@@ -644,16 +658,14 @@ async fn visit_flow(node: &NodeRef, flow: &FlowDef, cx: &VisitCx) -> Result<Acti
     let inner = cx.with_parent(span.as_ref().map(|s| s.id()));
     let ctx = cx.context(name);
     let res = async {
-        let prep_fn = flow.prep.read().clone();
-        let prep = match prep_fn {
+        let prep = match &flow.prep {
             Some(f) => guarded(name, Phase::Prep, async { f(&ctx) }).await?,
             None => Value::Null,
         };
         let start = flow.start.read().clone();
-        let max_steps = (*flow.max_steps.read()).or(cx.limits.max_steps);
+        let max_steps = flow.max_steps.or(cx.limits.max_steps);
         let last = orchestrate(name, start, max_steps, &inner).await?;
-        let post_fn = flow.post.read().clone();
-        match post_fn {
+        match &flow.post {
             Some(f) => guarded(name, Phase::Post, async { f(&ctx, prep, last) }).await,
             None => Ok(last),
         }
@@ -706,8 +718,7 @@ async fn visit_batch_flow(node: &NodeRef, def: &BatchFlowDef, cx: &VisitCx) -> R
     let inner = cx.with_parent(span.as_ref().map(|s| s.id()));
     let ctx = cx.context(name);
     let res = async {
-        let params_fn = def.params.read().clone();
-        let sets = match params_fn {
+        let sets = match &def.params {
             Some(f) => guarded(name, Phase::Prep, async { f(&ctx) }).await?,
             None => Vec::new(),
         };
@@ -740,8 +751,7 @@ async fn visit_batch_flow(node: &NodeRef, def: &BatchFlowDef, cx: &VisitCx) -> R
             }
         }
         let prep_value = Value::Array(sets.into_iter().map(Value::Object).collect());
-        let post_fn = def.post.read().clone();
-        match post_fn {
+        match &def.post {
             Some(f) => guarded(name, Phase::Post, async { f(&ctx, prep_value) }).await,
             None => Ok(Action::none()),
         }

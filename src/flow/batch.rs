@@ -328,10 +328,12 @@ impl BatchFlowDef {
     }
 }
 
+/// A batch flow's graph and hooks: the start node is wiring, the hooks settings (fixed once
+/// the batch flow is shared).
 pub(crate) struct BatchFlowDef {
     pub(crate) start: RwLock<Option<NodeRef>>,
-    pub(crate) params: RwLock<Option<Arc<ParamsFn>>>,
-    pub(crate) post: RwLock<Option<Arc<BatchFlowPostFn>>>,
+    pub(crate) params: Option<Arc<ParamsFn>>,
+    pub(crate) post: Option<Arc<BatchFlowPostFn>>,
     pub(crate) parallel: bool,
 }
 
@@ -385,18 +387,18 @@ impl BatchFlow {
         Self::build("ParallelBatchFlow", Some(start), true)
     }
 
-    /// A batch flow with a name of its own.
-    pub fn named(name: impl Into<Arc<str>>, start: Option<&NodeRef>, parallel: bool) -> Self {
-        Self::build(name, start, parallel)
+    /// A sequential batch flow with a name of its own.
+    pub fn named(name: impl Into<Arc<str>>, start: &NodeRef) -> Self {
+        Self::build(name, Some(start), false)
+    }
+
+    /// A parallel batch flow with a name of its own.
+    pub fn parallel_named(name: impl Into<Arc<str>>, start: &NodeRef) -> Self {
+        Self::build(name, Some(start), true)
     }
 
     fn build(name: impl Into<Arc<str>>, start: Option<&NodeRef>, parallel: bool) -> Self {
-        let def = BatchFlowDef {
-            start: RwLock::new(start.cloned()),
-            params: RwLock::new(None),
-            post: RwLock::new(None),
-            parallel,
-        };
+        let def = BatchFlowDef { start: RwLock::new(start.cloned()), params: None, post: None, parallel };
         let type_name = if parallel { "ParallelBatchFlow" } else { "BatchFlow" };
         BatchFlow { node: NodeRef::from_kind(name, type_name, NodeKind::BatchFlow(def)) }
     }
@@ -414,16 +416,31 @@ impl BatchFlow {
         node.clone()
     }
 
+    /// Changes a setting of a batch flow nothing else holds yet.
+    fn configure(self, setting: &str, f: impl FnOnce(&mut BatchFlowDef)) -> Self {
+        let node = self.node.configure(setting, |d| match &mut d.kind {
+            NodeKind::BatchFlow(def) => f(def),
+            _ => unreachable!("a BatchFlow handle always wraps a batch flow node"),
+        });
+        BatchFlow { node }
+    }
+
     /// Sets the batch flow's `prep`: the param sets to run the graph with.
+    ///
+    /// # Panics
+    ///
+    /// When the batch flow was cloned or wired first: its settings are fixed once it is shared.
     pub fn with_params(self, f: impl Fn(&Context<'_>) -> NodeResult<Vec<Params>> + Send + Sync + 'static) -> Self {
-        *self.def().params.write() = Some(Arc::new(f));
-        self
+        self.configure("with_params", |d| d.params = Some(Arc::new(f)))
     }
 
     /// Sets the batch flow's `post`: it gets the param sets (as JSON) and returns the action.
+    ///
+    /// # Panics
+    ///
+    /// As [`with_params`](Self::with_params).
     pub fn with_post(self, f: impl Fn(&Context<'_>, Value) -> NodeResult<Action> + Send + Sync + 'static) -> Self {
-        *self.def().post.write() = Some(Arc::new(f));
-        self
+        self.configure("with_post", |d| d.post = Some(Arc::new(f)))
     }
 
     /// Replaces the batch flow's params (the base each param set is laid over).

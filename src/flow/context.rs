@@ -56,6 +56,10 @@ pub struct ExecContext {
 impl ExecContext {
     /// The 0-based attempt number (PocketFlow's `cur_retry`). During `exec_fallback` it is
     /// `max_retries - 1`.
+    ///
+    /// Every count in flowtrace starts at 0: this attempt number, the attempt spans (`attempt
+    /// 0`, `attempt 1`, … and their `attempt` attribute), batch items ([`item_index`](Self::item_index),
+    /// `item 0` spans) and a batch flow's runs (`batch 0` spans), as PocketFlow's indices do.
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
@@ -89,4 +93,25 @@ impl ExecContext {
     pub fn item_index(&self) -> Option<usize> {
         self.item
     }
+}
+
+/// Builds [`Params`] from `key => value` pairs; each value is anything `serde_json::Value`
+/// converts from (strings, numbers, booleans, `json!(..)` values).
+///
+/// ```
+/// use flowtrace::prelude::*;
+/// let p: Params = params! { "user" => "ada", "limit" => 3 };
+/// assert_eq!(p["user"], "ada");
+/// assert_eq!(p["limit"], 3);
+/// ```
+///
+/// `Params` is also a map from pairs: `Params::from_iter([("user".to_owned(), "ada".into())])`.
+#[macro_export]
+macro_rules! params {
+    () => { $crate::Params::new() };
+    ($($key:expr => $value:expr),+ $(,)?) => {{
+        let mut p = $crate::Params::new();
+        $( p.insert(::std::string::String::from($key), ::core::convert::Into::into($value)); )+
+        p
+    }};
 }

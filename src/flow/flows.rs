@@ -14,21 +14,19 @@ pub(crate) type FlowPrepFn = dyn Fn(&Context<'_>) -> NodeResult<Value> + Send + 
 pub(crate) type FlowPostFn = dyn Fn(&Context<'_>, Value, Action) -> NodeResult<Action> + Send + Sync;
 
 /// A flow's own hooks and graph.
+///
+/// The start node is wiring (PocketFlow's `flow.start(a)` may come after the flow is made);
+/// the hooks and the step limit are settings, fixed once the flow is shared.
 pub(crate) struct FlowDef {
     pub(crate) start: RwLock<Option<NodeRef>>,
-    pub(crate) prep: RwLock<Option<Arc<FlowPrepFn>>>,
-    pub(crate) post: RwLock<Option<Arc<FlowPostFn>>>,
-    pub(crate) max_steps: RwLock<Option<u64>>,
+    pub(crate) prep: Option<Arc<FlowPrepFn>>,
+    pub(crate) post: Option<Arc<FlowPostFn>>,
+    pub(crate) max_steps: Option<u64>,
 }
 
 impl FlowDef {
     pub(crate) fn new(start: Option<NodeRef>) -> Self {
-        FlowDef {
-            start: RwLock::new(start),
-            prep: RwLock::new(None),
-            post: RwLock::new(None),
-            max_steps: RwLock::new(None),
-        }
+        FlowDef { start: RwLock::new(start), prep: None, post: None, max_steps: None }
     }
 }
 
@@ -71,17 +69,21 @@ impl std::fmt::Debug for Flow {
 impl Flow {
     /// A flow named `Flow` starting at `start`.
     pub fn new(start: &NodeRef) -> Self {
-        Self::named("Flow", Some(start))
+        Self::build("Flow", Some(start))
     }
 
     /// A flow with no start node yet (set it with [`start`](Self::start)); running it returns
     /// no action.
     pub fn empty() -> Self {
-        Self::named("Flow", None)
+        Self::build("Flow", None)
     }
 
-    /// A flow with a name of its own (used for its span and in errors).
-    pub fn named(name: impl Into<Arc<str>>, start: Option<&NodeRef>) -> Self {
+    /// A flow with a name of its own (used for its span and in errors), starting at `start`.
+    pub fn named(name: impl Into<Arc<str>>, start: &NodeRef) -> Self {
+        Self::build(name, Some(start))
+    }
+
+    fn build(name: impl Into<Arc<str>>, start: Option<&NodeRef>) -> Self {
         let def = FlowDef::new(start.cloned());
         Flow { node: NodeRef::from_kind(name, "Flow", NodeKind::Flow(def)) }
     }
@@ -93,6 +95,15 @@ impl Flow {
         }
     }
 
+    /// Changes a setting of a flow nothing else holds yet (see [`NodeRef::max_retries`]).
+    fn configure(self, setting: &str, f: impl FnOnce(&mut FlowDef)) -> Self {
+        let node = self.node.configure(setting, |d| match &mut d.kind {
+            NodeKind::Flow(def) => f(def),
+            _ => unreachable!("a Flow handle always wraps a flow node"),
+        });
+        Flow { node }
+    }
+
     /// Sets the start node and returns it, so `flow.start(&a).next(&b)` chains.
     pub fn start(&self, node: &NodeRef) -> NodeRef {
         *self.def().start.write() = Some(node.clone());
@@ -100,26 +111,35 @@ impl Flow {
     }
 
     /// Sets the flow's own `prep`, run before its graph; its result goes to the flow's `post`.
+    ///
+    /// # Panics
+    ///
+    /// When the flow was cloned or wired first: a flow's settings are fixed once it is shared.
     pub fn with_prep(self, f: impl Fn(&Context<'_>) -> NodeResult<Value> + Send + Sync + 'static) -> Self {
-        *self.def().prep.write() = Some(Arc::new(f));
-        self
+        self.configure("with_prep", |d| d.prep = Some(Arc::new(f)))
     }
 
     /// Sets the flow's own `post`: it receives the prep result and the last node's action, and
     /// its return is the flow's result. By default the flow returns the last action.
+    ///
+    /// # Panics
+    ///
+    /// As [`with_prep`](Self::with_prep).
     pub fn with_post(
         self,
         f: impl Fn(&Context<'_>, Value, Action) -> NodeResult<Action> + Send + Sync + 'static,
     ) -> Self {
-        *self.def().post.write() = Some(Arc::new(f));
-        self
+        self.configure("with_post", |d| d.post = Some(Arc::new(f)))
     }
 
-    /// Ends a run with [`Error::MaxSteps`](crate::Error::MaxSteps) after `n` node visits: a guard against loops that
-    /// never end. Unlimited by default, as in PocketFlow.
+    /// Ends a run with [`Error::MaxSteps`](crate::Error::MaxSteps) after `n` node visits: a
+    /// guard against loops that never end. Unlimited by default, as in PocketFlow.
+    ///
+    /// # Panics
+    ///
+    /// As [`with_prep`](Self::with_prep).
     pub fn max_steps(self, n: u64) -> Self {
-        *self.def().max_steps.write() = Some(n);
-        self
+        self.configure("max_steps", |d| d.max_steps = Some(n))
     }
 
     /// Replaces the flow's params; every node of a run sees them.

@@ -60,7 +60,10 @@ pub(crate) struct NodeDef {
     /// the graph's [`Arena`] owns every node, so a loop is no reference cycle.
     pub(crate) successors: RwLock<Vec<(Arc<str>, Option<Weak<NodeDef>>)>>,
     pub(crate) params: RwLock<Arc<Params>>,
-    pub(crate) config: RwLock<NodeConfig>,
+    /// Fixed once the node is shared (cloned or wired): set only through a unique handle.
+    pub(crate) config: NodeConfig,
+    /// Whether an arena owns this node (it has been wired).
+    owned: std::sync::atomic::AtomicBool,
 }
 
 static LIVE_NODES: AtomicUsize = AtomicUsize::new(0);
@@ -96,8 +99,10 @@ pub(crate) struct Arena {
 static WIRING: Mutex<()> = Mutex::new(());
 
 impl Arena {
-    fn of(node: Arc<NodeDef>) -> Arc<Arena> {
-        Arc::new(Arena { nodes: Mutex::new(vec![node]), merged_into: Mutex::new(None) })
+    /// A node's own arena: empty until the node is wired (so a handle that was never cloned
+    /// or wired is the node's only owner, and can still configure it).
+    fn new() -> Arc<Arena> {
+        Arc::new(Arena { nodes: Mutex::new(Vec::new()), merged_into: Mutex::new(None) })
     }
 
     /// The arena that owns this arena's nodes now.
@@ -112,10 +117,15 @@ impl Arena {
         }
     }
 
-    /// Puts the nodes of `a`'s and `b`'s graphs in one arena.
-    fn merge(a: &Arc<Arena>, b: &Arc<Arena>) {
+    /// Puts the nodes of `a`'s and `b`'s graphs, `a` and `b` included, in one arena.
+    fn merge(a: &NodeRef, b: &NodeRef) {
         let _wiring = WIRING.lock();
-        let (ra, rb) = (a.root(), b.root());
+        let (ra, rb) = (a.1.root(), b.1.root());
+        for (n, root) in [(a, &ra), (b, &rb)] {
+            if !n.0.owned.swap(true, Ordering::SeqCst) {
+                root.nodes.lock().push(Arc::clone(&n.0));
+            }
+        }
         if Arc::ptr_eq(&ra, &rb) {
             return;
         }
@@ -158,11 +168,34 @@ impl NodeRef {
             kind,
             successors: RwLock::new(Vec::new()),
             params: RwLock::new(Arc::new(Params::new())),
-            config: RwLock::new(NodeConfig::default()),
+            config: NodeConfig::default(),
+            owned: std::sync::atomic::AtomicBool::new(false),
         });
         LIVE_NODES.fetch_add(1, Ordering::SeqCst);
-        let arena = Arena::of(Arc::clone(&def));
-        NodeRef(def, arena)
+        NodeRef(def, Arena::new())
+    }
+
+    /// The node's definition, to set what is fixed once it is shared; `None` when this handle
+    /// is not its only one (it was cloned, or wired).
+    pub(crate) fn unique_def(&mut self) -> Option<&mut NodeDef> {
+        Arc::get_mut(&mut self.0)
+    }
+
+    /// Changes a setting of a node nothing else holds yet.
+    ///
+    /// # Panics
+    ///
+    /// When the node was cloned or wired first: its settings are fixed once it is shared.
+    pub(crate) fn configure(mut self, setting: &str, f: impl FnOnce(&mut NodeDef)) -> Self {
+        match self.unique_def() {
+            Some(def) => f(def),
+            None => panic!(
+                "{setting} on node '{}' after it was cloned or wired: a node's settings are fixed once it is \
+                 shared; set them where the node is made (`X.into_node().{setting}(..)`), then wire it",
+                self.0.name
+            ),
+        }
+        self
     }
 
     /// A handle to `def`, a node of this handle's graph.
@@ -210,7 +243,7 @@ impl NodeRef {
 
     fn set_successor(&self, action: &str, target: Option<NodeRef>) {
         if let Some(t) = &target {
-            Arena::merge(&self.1, &t.1);
+            Arena::merge(self, t);
         }
         let target = target.map(|t| Arc::downgrade(&t.0));
         let mut succ = self.0.successors.write();
@@ -249,39 +282,58 @@ impl NodeRef {
         (**self.0.params.read()).clone()
     }
 
+    // The settings below are fixed once the node is shared: each takes the node's only
+    // handle, as `X.into_node().max_retries(3)` has it, and panics on a handle that was
+    // cloned or wired (where a change would reach every holder of the node at once).
+
     /// Sets how many times `exec` is attempted (default 1, a single attempt).
+    ///
+    /// # Panics
+    ///
+    /// When the handle was cloned or wired first: set a node's settings where it is made.
     pub fn max_retries(self, n: u32) -> Self {
-        self.0.config.write().max_retries = n;
-        self
+        self.configure("max_retries", |d| d.config.max_retries = n)
     }
 
     /// Sets the pause between attempts (default none). It is never taken after the last one.
+    ///
+    /// # Panics
+    ///
+    /// As [`max_retries`](Self::max_retries).
     pub fn wait(self, wait: Duration) -> Self {
-        self.0.config.write().wait = wait;
-        self
+        self.configure("wait", |d| d.config.wait = wait)
     }
 
     /// Limits each `exec` attempt to `timeout`; a timed-out attempt fails (and is retried
     /// like any failure), ending with [`crate::Error::Timeout`] if none succeeds.
+    ///
+    /// # Panics
+    ///
+    /// As [`max_retries`](Self::max_retries).
     pub fn timeout(self, timeout: Duration) -> Self {
-        self.0.config.write().timeout = Some(timeout);
-        self
+        self.configure("timeout", |d| d.config.timeout = Some(timeout))
     }
 
     /// Runs `exec` on tokio's blocking pool, for CPU-bound work that would stall the runtime.
+    ///
+    /// # Panics
+    ///
+    /// As [`max_retries`](Self::max_retries).
     pub fn blocking(self) -> Self {
-        self.0.config.write().blocking = true;
-        self
+        self.configure("blocking", |d| d.config.blocking = true)
     }
 
     /// For parallel batches: at most `n` items at once (default: all, as PocketFlow).
+    ///
+    /// # Panics
+    ///
+    /// As [`max_retries`](Self::max_retries).
     pub fn max_concurrency(self, n: usize) -> Self {
-        self.0.config.write().max_concurrency = Some(n.max(1));
-        self
+        self.configure("max_concurrency", |d| d.config.max_concurrency = Some(n.max(1)))
     }
 
     pub(crate) fn config(&self) -> NodeConfig {
-        *self.0.config.read()
+        self.0.config
     }
 
     /// Looks up the next node for `action`, warning as PocketFlow does when the flow ends
@@ -389,4 +441,37 @@ impl<R: AsRef<NodeRef>> Shr<R> for Transition {
     fn shr(self, rhs: R) -> NodeRef {
         self.to(rhs.as_ref())
     }
+}
+
+/// Wires edges, PocketFlow style, without a `let _ =` per edge or a moved handle.
+///
+/// Each statement is a chain of node (or flow) handles joined by `>>` (the `default` action)
+/// or `- "action" >>`; statements are separated by `;`. Handles are borrowed, never moved.
+///
+/// ```
+/// use flowtrace::prelude::*;
+/// let (think, act, answer) = (FnNode::new("Think").into_node(), FnNode::new("Act").into_node(), FnNode::new("Answer").into_node());
+/// wire! {
+///     think - "act" >> act >> think;
+///     think - "answer" >> answer;
+/// }
+/// assert_eq!(think.successor_actions(), vec!["act", "answer"]);
+/// assert_eq!(act.successor("default").unwrap().name(), "Think");
+/// ```
+#[macro_export]
+macro_rules! wire {
+    () => {};
+    (@chain $from:ident) => {};
+    (@chain $from:ident ; $($rest:tt)*) => { $crate::wire!($($rest)*); };
+    (@chain $from:ident >> $to:ident $($rest:tt)*) => {
+        ::core::convert::AsRef::<$crate::NodeRef>::as_ref(&$from)
+            .next(::core::convert::AsRef::<$crate::NodeRef>::as_ref(&$to));
+        $crate::wire!(@chain $to $($rest)*);
+    };
+    (@chain $from:ident - $action:literal >> $to:ident $($rest:tt)*) => {
+        ::core::convert::AsRef::<$crate::NodeRef>::as_ref(&$from)
+            .next_on($action, ::core::convert::AsRef::<$crate::NodeRef>::as_ref(&$to));
+        $crate::wire!(@chain $to $($rest)*);
+    };
+    ($from:ident $($rest:tt)*) => { $crate::wire!(@chain $from $($rest)*); };
 }

@@ -151,7 +151,7 @@ pub struct SpanRecord {
     pub parent_id: Option<SpanId>,
     /// What the span stands for.
     pub kind: SpanKind,
-    /// Its name: the flow or node name, `<Node>.prep`, `attempt 2`, `item 3`, …
+    /// Its name: the flow or node name, `<Node>.prep`, `attempt 0` (every count is 0-based), `item 3`, …
     pub name: std::sync::Arc<str>,
     /// Start, in nanoseconds since the Unix epoch (UTC).
     pub start_unix_nanos: u64,

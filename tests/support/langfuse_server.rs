@@ -494,7 +494,7 @@ pub async fn run_sample(
         })
         .into_node();
     let _ = &load >> &shout;
-    let flow = Flow::named("Greet", Some(&load));
+    let flow = Flow::named("Greet", &load);
     let shared = SharedStore::new();
     shared.insert("name", format!("user{n}"));
     shared.insert("api_key", "sk-very-secret");
