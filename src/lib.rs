@@ -152,7 +152,7 @@ pub mod export;
 mod flow;
 pub mod trace;
 
-pub use actors::supervisor::RunOptions;
+pub use actors::supervisor::{RunOptions, RunReport};
 pub use actors::traced::TracedFlow;
 pub use actors::tracer::{flush, global, set_global_tracer, shutdown, Tracer, TracerBuilder, TracerError};
 pub use error::{BoxError, Error, NodeResult, Phase};

@@ -71,3 +71,24 @@ async fn wire_params_and_one_spawn() {
     rt.spawn(&batch, &SharedStore::new()).await.unwrap().await.unwrap();
     rt.spawn(&flow.traced("T"), &SharedStore::new()).await.unwrap().detach();
 }
+
+#[tokio::test]
+async fn warnings_and_the_outcome_are_on_the_result() {
+    let ask = FnNode::new("Ask").post(|_, _, _| Ok("maybe".into())).into_node();
+    let yes = FnNode::new("Yes").into_node();
+    wire!(ask - "yes" >> yes);
+    let report = Flow::new(&ask).run_report(&SharedStore::new()).await;
+    assert_eq!(report.outcome(), flowtrace::runtime::RunStatus::Succeeded);
+    assert_eq!(report.result.unwrap().as_str(), Some("maybe"));
+    assert_eq!(report.warnings, vec!["Flow ends: 'maybe' not found in ['yes']"]);
+
+    // Through the runtime: a node run alone warns that it won't run its successors.
+    let rt = Runtime::builder().build().unwrap();
+    let report = rt.spawn(&ask, &SharedStore::new()).await.unwrap().report().await;
+    assert_eq!(report.warnings, vec!["Node won't run successors. Use Flow."]);
+
+    let failing = Flow::new(&failing_exec().into_node());
+    let report = rt.spawn(&failing, &SharedStore::new()).await.unwrap().report().await;
+    assert_eq!(report.outcome(), flowtrace::runtime::RunStatus::Failed);
+    assert!(report.warnings.is_empty());
+}

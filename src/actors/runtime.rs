@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::supervisor::{start, RunControl, RunOptions};
+use super::supervisor::{start, RunControl, RunOptions, RunReport};
 use super::traced::{plan_trace, TracedFlow};
 use super::tracer::Tracer;
 use crate::error::Error;
@@ -72,7 +72,7 @@ impl RunStatus {
         }
     }
 
-    fn of(res: &Result<Action, Error>) -> Self {
+    pub(crate) fn of(res: &Result<Action, Error>) -> Self {
         match res {
             Ok(_) => RunStatus::Succeeded,
             Err(Error::Cancelled { .. }) => RunStatus::Cancelled,
@@ -481,9 +481,9 @@ impl Watcher {
         root: NodeRef,
         shared: SharedStore,
         options: RunOptions,
-        tx: oneshot::Sender<Result<Action, Error>>,
+        tx: oneshot::Sender<(Result<Action, Error>, Vec<String>)>,
     ) {
-        let res = self.drive(root, shared, options).await;
+        let (res, warnings) = self.drive(root, shared, options).await;
         let status = RunStatus::of(&res);
         let c = &self.rt.counters;
         match status {
@@ -503,14 +503,22 @@ impl Watcher {
         if rt.counters.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             rt.idle.notify_waiters();
         }
-        let _ = tx.send(res);
+        let _ = tx.send((res, warnings));
     }
 
-    async fn drive(&self, root: NodeRef, shared: SharedStore, options: RunOptions) -> Result<Action, Error> {
+    async fn drive(
+        &self,
+        root: NodeRef,
+        shared: SharedStore,
+        options: RunOptions,
+    ) -> (Result<Action, Error>, Vec<String>) {
         if let Some(reason) = self.state.early_cancel.lock().clone() {
-            return Err(Error::Cancelled { reason });
+            return (Err(Error::Cancelled { reason }), Vec::new());
         }
-        let (control, rx) = start(root, shared, options).await?;
+        let (control, rx) = match start(root, shared, options).await {
+            Ok(started) => started,
+            Err(e) => return (Err(e), Vec::new()),
+        };
         let control = Arc::new(control);
         {
             let mut slot = self.state.control.lock();
@@ -521,10 +529,11 @@ impl Watcher {
         if let Some(reason) = self.state.early_cancel.lock().clone() {
             control.cancel(reason);
         }
-        match rx.await {
+        let res = match rx.await {
             Ok(res) => res,
             Err(_) => Err(control.lost()),
-        }
+        };
+        (res, control.warnings())
     }
 }
 
@@ -586,7 +595,7 @@ impl Runnable for TracedFlow {
 pub struct RunHandle {
     id: u64,
     state: Arc<Shared>,
-    rx: oneshot::Receiver<Result<Action, Error>>,
+    rx: oneshot::Receiver<(Result<Action, Error>, Vec<String>)>,
     /// Whether dropping the handle leaves the run alone: detached, or its result taken.
     released: bool,
 }
@@ -635,6 +644,25 @@ impl RunHandle {
         self.await
     }
 
+    /// Waits for the run's [`RunReport`]: its result, its outcome and PocketFlow's warnings.
+    pub async fn report(mut self) -> RunReport {
+        std::future::poll_fn(|cx| self.poll_report(cx)).await
+    }
+
+    fn poll_report(&mut self, cx: &mut Context<'_>) -> Poll<RunReport> {
+        let res = Pin::new(&mut self.rx).poll(cx).map(|r| match r {
+            Ok((result, warnings)) => RunReport { result, warnings },
+            Err(_) => RunReport {
+                result: Err(Error::Engine("the run's watcher task ended without a result".into())),
+                warnings: Vec::new(),
+            },
+        });
+        if res.is_ready() {
+            self.released = true;
+        }
+        res
+    }
+
     /// Lets the run go on to its end without this handle: dropping a handle otherwise cancels
     /// its run. A [`canceller`](Self::canceller) taken before still works.
     pub fn detach(mut self) {
@@ -646,13 +674,7 @@ impl Future for RunHandle {
     type Output = Result<Action, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let res = Pin::new(&mut self.rx)
-            .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(Error::Engine("the run's watcher task ended without a result".into()))));
-        if res.is_ready() {
-            self.released = true;
-        }
-        res
+        self.poll_report(cx).map(|r| r.result)
     }
 }
 

@@ -73,12 +73,35 @@ pub(crate) enum RunMsg {}
 /// trace and by the caller.
 pub(crate) type CancelReason = Arc<parking_lot::Mutex<Option<String>>>;
 
+/// PocketFlow's warnings of one run, kept for its [`RunReport`] (also when it is cancelled).
+pub(crate) type Warnings = Arc<parking_lot::Mutex<Vec<String>>>;
+
 pub(crate) struct RunArgs {
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
     reply: oneshot::Sender<Result<Action, Error>>,
     reason: CancelReason,
+    warnings: Warnings,
+}
+
+/// A finished run: its result, its outcome, and PocketFlow's warnings (which also go to
+/// `tracing`, target `flowtrace::flow`).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RunReport {
+    /// The last action, or why the run failed.
+    pub result: Result<Action, Error>,
+    /// PocketFlow's warnings, in the order they were given (`Flow ends: 'x' not found in
+    /// ['a', 'b']`, `Node won't run successors. Use Flow.`).
+    pub warnings: Vec<String>,
+}
+
+impl RunReport {
+    /// How the run ended: succeeded, failed or cancelled.
+    pub fn outcome(&self) -> super::runtime::RunStatus {
+        super::runtime::RunStatus::of(&self.result)
+    }
 }
 
 pub(crate) struct RunSupervisor;
@@ -129,11 +152,11 @@ impl Actor for RunSupervisor {
         me: ActorRef<RunMsg>,
         state: &mut (Option<RunArgs>, Live),
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(RunArgs { root, shared, options, reply, reason }) = state.0.take() {
+        if let Some(RunArgs { root, shared, options, reply, reason, warnings }) = state.0.take() {
             let crew = Crew::new(Some(me.get_cell()));
             // Declared before the run's future, so dropped after it when a kill drops both.
             let mut end = RunEnd { finisher: None, reply: Some(reply), alive: Arc::clone(&crew.alive) };
-            let res = AssertUnwindSafe(execute(root, shared, options, reason, crew, &mut end.finisher))
+            let res = AssertUnwindSafe(execute(root, shared, options, reason, crew, warnings, &mut end.finisher))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|p| Err(panic_error("<engine>", Phase::Exec, p)));
@@ -166,6 +189,7 @@ impl Actor for RunSupervisor {
 pub(crate) struct RunControl {
     actor: ActorRef<RunMsg>,
     reason: CancelReason,
+    warnings: Warnings,
 }
 
 impl RunControl {
@@ -178,6 +202,11 @@ impl RunControl {
             }
         }
         self.actor.kill();
+    }
+
+    /// The run's warnings so far.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().clone()
     }
 
     /// The result of a run whose supervisor ended without answering: it was cancelled.
@@ -202,11 +231,19 @@ impl Drop for CancelOnDrop {
 
 /// Runs `root` under a fresh supervisor actor and waits for its result.
 pub(crate) async fn run(root: NodeRef, shared: SharedStore, options: RunOptions) -> Result<Action, Error> {
-    let (control, rx) = start(root, shared, options).await?;
+    run_report(root, shared, options).await.result
+}
+
+/// Runs `root` as [`run`] does, and reports its warnings with its result.
+pub(crate) async fn run_report(root: NodeRef, shared: SharedStore, options: RunOptions) -> RunReport {
+    let (control, rx) = match start(root, shared, options).await {
+        Ok(started) => started,
+        Err(e) => return RunReport { result: Err(e), warnings: Vec::new() },
+    };
     let mut guard = CancelOnDrop(Some(control));
     let res = rx.await;
     let control = guard.0.take().expect("the guard holds the control until here");
-    res.unwrap_or_else(|_| Err(control.lost()))
+    RunReport { result: res.unwrap_or_else(|_| Err(control.lost())), warnings: control.warnings() }
 }
 
 /// Spawns the supervisor; the receiver gets the run's result.
@@ -217,11 +254,13 @@ pub(crate) async fn start(
 ) -> Result<(RunControl, oneshot::Receiver<Result<Action, Error>>), Error> {
     let (tx, rx) = oneshot::channel();
     let reason = CancelReason::default();
-    let args = RunArgs { root, shared, options, reply: tx, reason: Arc::clone(&reason) };
+    let warnings = Warnings::default();
+    let args =
+        RunArgs { root, shared, options, reply: tx, reason: Arc::clone(&reason), warnings: Arc::clone(&warnings) };
     let (actor, _join) = Actor::spawn(None, RunSupervisor, args)
         .await
         .map_err(|e| Error::Engine(format!("could not start the run supervisor: {e}")))?;
-    Ok((RunControl { actor, reason }, rx))
+    Ok((RunControl { actor, reason, warnings }, rx))
 }
 
 /// The end of a run as its supervisor holds it: the trace's end and the caller's answer.
@@ -302,12 +341,10 @@ async fn execute(
     options: RunOptions,
     cancel_reason: CancelReason,
     crew: Crew,
+    warnings: Warnings,
     finisher: &mut Option<TraceFinisher>,
 ) -> Result<Action, Error> {
     install_panic_hook();
-    if root.has_successors() {
-        tracing::warn!(target: "flowtrace::flow", node = %root.name(), "Node won't run successors. Use Flow.");
-    }
     let params = match options.params {
         Some(p) if !p.is_empty() => Arc::new(p),
         _ => Arc::clone(&root.0.params.read()),
@@ -339,7 +376,11 @@ async fn execute(
         parent: None,
         limits: Arc::new(RunLimits { max_steps: options.max_steps }),
         crew: crew.clone(),
+        warnings,
     };
+    if root.has_successors() {
+        cx.warn(root.name(), "Node won't run successors. Use Flow.".into());
+    }
     let res = match options.timeout {
         Some(limit) => match tokio::time::timeout(limit, visit(&root, &cx)).await {
             Ok(r) => r,

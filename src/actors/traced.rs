@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::supervisor::{self, RunOptions};
+use super::supervisor::{self, RunOptions, RunReport};
 use super::tracer::{global, Tracer};
 use crate::error::Error;
 use crate::flow::{Action, BatchFlow, Flow, NodeRef, SharedStore};
@@ -23,6 +23,24 @@ impl Flow {
     /// Runs with options (params, a run timeout, a step limit).
     pub async fn run_with(&self, shared: &SharedStore, options: RunOptions) -> Result<Action, Error> {
         supervisor::run(self.as_node().clone(), shared.clone(), options).await
+    }
+
+    /// Runs as [`run`](Self::run) does and reports the result with its outcome and
+    /// PocketFlow's warnings.
+    ///
+    /// ```
+    /// use flowtrace::prelude::*;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let ask = FnNode::new("Ask").post(|_, _, _| Ok("maybe".into())).into_node();
+    /// let yes = FnNode::new("Yes").into_node();
+    /// wire!(ask - "yes" >> yes);
+    /// let report = Flow::new(&ask).run_report(&SharedStore::new()).await;
+    /// assert_eq!(report.outcome(), flowtrace::runtime::RunStatus::Succeeded);
+    /// assert_eq!(report.warnings, vec!["Flow ends: 'maybe' not found in ['yes']"]);
+    /// # }
+    /// ```
+    pub async fn run_report(&self, shared: &SharedStore) -> RunReport {
+        supervisor::run_report(self.as_node().clone(), shared.clone(), RunOptions::default()).await
     }
 
     /// This flow with tracing on, under the trace name `name`: the one line that makes every
@@ -134,6 +152,12 @@ impl TracedFlow {
     pub async fn run(&self, shared: &SharedStore) -> Result<Action, Error> {
         let (root, options) = self.plan(None);
         supervisor::run(root, shared.clone(), options).await
+    }
+
+    /// Runs traced and reports the result with its outcome and PocketFlow's warnings.
+    pub async fn run_report(&self, shared: &SharedStore) -> RunReport {
+        let (root, options) = self.plan(None);
+        supervisor::run_report(root, shared.clone(), options).await
     }
 
     /// The root and the options of a run of this traced flow, its tracing planned.

@@ -16,6 +16,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::node_actor::{run_concurrently, Crew};
+use super::supervisor::Warnings;
 use crate::error::{BoxError, Error, NodeResult, Phase};
 use crate::flow::batch::BatchFlowDef;
 use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, Prepared};
@@ -43,6 +44,16 @@ pub(crate) struct VisitCx {
     pub(crate) limits: Arc<RunLimits>,
     /// Where the run's concurrent work goes: node actors linked to its supervisor.
     pub(crate) crew: Crew,
+    /// PocketFlow's warnings of this run, for its report.
+    pub(crate) warnings: Warnings,
+}
+
+impl VisitCx {
+    /// Logs PocketFlow's warning `message` about `node` and keeps it for the run's report.
+    pub(crate) fn warn(&self, node: &str, message: String) {
+        tracing::warn!(target: "flowtrace::flow", node = %node, "{message}");
+        self.warnings.lock().push(message);
+    }
 }
 
 impl VisitCx {
@@ -703,7 +714,13 @@ async fn orchestrate(
             }
         }
         last = visit(&node, cx).await?;
-        curr = node.next_for(&last);
+        curr = match node.next_for(&last) {
+            Ok(next) => next,
+            Err(warning) => {
+                cx.warn(node.name(), warning);
+                None
+            }
+        };
     }
     Ok(last)
 }

@@ -336,25 +336,19 @@ impl NodeRef {
         self.0.config
     }
 
-    /// Looks up the next node for `action`, warning as PocketFlow does when the flow ends
+    /// Looks up the next node for `action`: `Err` with PocketFlow's warning when the flow ends
     /// because the action is not wired (only when the node has some successor).
-    pub(crate) fn next_for(&self, action: &Action) -> Option<NodeRef> {
+    pub(crate) fn next_for(&self, action: &Action) -> Result<Option<NodeRef>, String> {
         let succ = self.0.successors.read();
         if succ.is_empty() {
-            return None;
+            return Ok(None);
         }
         let key = action.key();
         match succ.iter().find(|(a, _)| &**a == key) {
-            Some((_, Some(n))) => self.sibling(n),
+            Some((_, Some(n))) => Ok(self.sibling(n)),
             _ => {
                 let keys: Vec<String> = succ.iter().map(|(a, _)| format!("'{a}'")).collect();
-                tracing::warn!(
-                    target: "flowtrace::flow",
-                    node = %self.0.name,
-                    "Flow ends: '{action}' not found in [{}]",
-                    keys.join(", ")
-                );
-                None
+                Err(format!("Flow ends: '{action}' not found in [{}]", keys.join(", ")))
             }
         }
     }
