@@ -1,12 +1,13 @@
 //! Debug output like pocketflow-tracing's (`[TRACING] Starting trace: …`, `… span completed in
 //! 0.12ms`, `Trace flushed …`), through the `tracing` crate, only when debug is on. Nothing
-//! printed here contains a key: spans and trees carry no configuration.
+//! printed here contains a key: spans and trees carry no configuration, and error messages
+//! go through the same privacy rules as every other destination.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Recorder, TraceMeta, TraceRecord, Tracer};
-use crate::export::{ExportReport, Exporter};
+use crate::export::{ExportReport, Exporter, Privacy};
 
 /// Prints the debug line for a trace's start when debug output is on.
 pub(crate) fn debug_start(tracer: &Tracer, meta: &TraceMeta, rec: &Recorder) {
@@ -26,13 +27,21 @@ pub(super) fn announce_trace_file(path: &std::path::Path) {
 }
 
 /// Debug output, as pocketflow-tracing prints it: a line per span, then the trace's tree.
-pub(super) struct DebugExporter;
+pub(super) struct DebugExporter(Privacy);
+
+impl DebugExporter {
+    /// Debug output under these privacy rules.
+    pub(super) fn new(privacy: Privacy) -> Self {
+        DebugExporter(privacy)
+    }
+}
 
 impl Exporter for DebugExporter {
     fn name(&self) -> &str {
         "debug"
     }
     fn export(&self, trace: Arc<TraceRecord>) {
+        let trace = self.0.apply_shared(trace);
         for s in &trace.spans {
             tracing::info!(
                 target: "flowtrace::trace",
