@@ -230,8 +230,9 @@ impl<'de> serde::de::Visitor<'de> for SpanVisitor {
                 "chain" => chain = m.next_value::<Option<Vec<String>>>()?.unwrap_or_default(),
                 "location" => location = m.next_value()?,
                 "reason" => reason = Some(m.next_value()?),
-                "input" => input = m.next_value()?,
-                "output" => output = m.next_value()?,
+                // `null` is a recorded value (a node that returned nothing), not an absent one.
+                "input" => input = Some(m.next_value::<Value>()?),
+                "output" => output = Some(m.next_value::<Value>()?),
                 "attributes" => attributes = m.next_value::<Option<_>>()?.unwrap_or_default(),
                 _ => {
                     m.next_value::<serde::de::IgnoredAny>()?;
