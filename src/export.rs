@@ -13,6 +13,7 @@ pub mod otlp;
 mod privacy;
 mod spool;
 
+pub use crate::trace::model::{depth_marker, drop_deep, MAX_DEPTH};
 pub use delivery::DeliveryOptions;
 pub use file::JsonlFileExporter;
 pub use langfuse::{
@@ -20,7 +21,7 @@ pub use langfuse::{
     OtlpExporterBuilder,
 };
 pub use memory::MemoryExporter;
-pub use privacy::{depth_marker, drop_deep, MaskFn, Privacy, DEFAULT_REDACTED_KEYS, MAX_DEPTH, REDACTED};
+pub use privacy::{MaskFn, Privacy, DEFAULT_REDACTED_KEYS, REDACTED};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::limit_values;
+use crate::trace::model::{depth_marker, drop_deep, MAX_DEPTH};
 use crate::trace::{SpanStatus, TraceId, TraceRecord};
 
 /// The keys redacted by default. Keys are compared case-insensitively with `_`, `-`, `.` and
@@ -31,14 +32,6 @@ pub const DEFAULT_REDACTED_KEYS: &[&str] = &[
 
 /// The value that replaces a redacted one.
 pub const REDACTED: &str = "<redacted>";
-
-/// The deepest nesting recorded; deeper values are replaced by [`depth_marker`].
-pub const MAX_DEPTH: usize = 64;
-
-/// The marker that replaces a value nested deeper than `max` levels.
-pub fn depth_marker(max: usize) -> Value {
-    Value::String(format!("<truncated: nested deeper than {max} levels>"))
-}
 
 /// A user function applied to every input, output and metadata value before export.
 pub type MaskFn = Arc<dyn Fn(Value) -> Value + Send + Sync>;
@@ -252,7 +245,7 @@ impl Privacy {
     }
 
     fn str_dirty(&self, s: &str) -> bool {
-        self.secrets.iter().any(|x| s.contains(x.as_str())) || (self.values && !credential_spans(s).is_empty())
+        self.secrets.iter().any(|x| s.contains(x.as_str())) || (self.values && !credential_spans(s, true).is_empty())
     }
 
     /// Whether `v` needs any change: a secret key not yet redacted, a string to scrub, too
@@ -482,19 +475,6 @@ pub(crate) fn cap_depth(v: &mut Value, max: usize) {
     }
 }
 
-/// Drops a value of any depth without recursion (the drop serde_json derives recurses, and a
-/// value nested 100,000 deep overflows a thread's stack).
-pub fn drop_deep(v: Value) {
-    let mut stack = vec![v];
-    while let Some(mut v) = stack.pop() {
-        match &mut v {
-            Value::Array(a) => stack.append(a),
-            Value::Object(m) => stack.extend(std::mem::take(m).into_iter().map(|(_, v)| v)),
-            _ => {}
-        }
-    }
-}
-
 /// Standard base64 with padding (how HTTP Basic credentials are sent).
 pub(crate) fn base64(input: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -525,16 +505,20 @@ fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle)
 }
 
-/// The byte ranges of credential-shaped tokens in `s`: the credentials after `Bearer ` or
-/// `Basic `, `sk-…` and `pk-lf-…` keys, and JWTs.
-fn credential_spans(s: &str) -> Vec<(usize, usize)> {
+/// The byte ranges of credential-shaped tokens in `s` (only the first when `first`): the
+/// credentials after `Bearer ` or `Basic `, `sk-…` and `pk-lf-…` keys, and JWTs.
+fn credential_spans(s: &str, first: bool) -> Vec<(usize, usize)> {
     let b = s.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if i > 0 && is_word_byte(b[i - 1]) {
+        // Every pattern starts a word with one of these letters: the rest is skipped cheaply.
+        if !matches!(b[i], b'b' | b'B' | b's' | b'p' | b'e') || (i > 0 && is_word_byte(b[i - 1])) {
             i += 1;
             continue;
+        }
+        if first && !out.is_empty() {
+            break;
         }
         let rest = &b[i..];
         // `Bearer <token>` / `Basic <token>`: keep the scheme, hide the credentials.
@@ -602,7 +586,7 @@ fn credential_spans(s: &str) -> Vec<(usize, usize)> {
 
 /// `s` with credential-shaped tokens replaced by [`REDACTED`]; `None` when it has none.
 fn redact_credentials(s: &str) -> Option<String> {
-    let spans = credential_spans(s);
+    let spans = credential_spans(s, false);
     if spans.is_empty() {
         return None;
     }

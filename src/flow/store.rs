@@ -43,7 +43,7 @@ struct JsonValue(Value);
 
 impl Drop for JsonValue {
     fn drop(&mut self) {
-        crate::export::drop_deep(std::mem::take(&mut self.0));
+        crate::trace::model::drop_deep(std::mem::take(&mut self.0));
     }
 }
 
@@ -295,7 +295,7 @@ pub struct StoreSnapshot {
 impl StoreSnapshot {
     /// The snapshot as a JSON object, as a trace records it. A value that fails to serialise
     /// becomes a visible `<unserialisable …>` marker rather than failing the whole snapshot,
-    /// and nesting deeper than [`MAX_DEPTH`](crate::export::MAX_DEPTH) levels a
+    /// and nesting deeper than 64 levels (`flowtrace::export::MAX_DEPTH`) a
     /// `<truncated: nested deeper than …>` marker.
     pub fn to_json(&self) -> Value {
         let mut map = serde_json::Map::with_capacity(self.entries.len());

@@ -342,6 +342,27 @@ impl TraceRecord {
     }
 }
 
+/// The deepest nesting recorded; deeper values are replaced by [`depth_marker`].
+pub const MAX_DEPTH: usize = 64;
+
+/// The marker that replaces a value nested deeper than `max` levels.
+pub fn depth_marker(max: usize) -> Value {
+    Value::String(format!("<truncated: nested deeper than {max} levels>"))
+}
+
+/// Drops a value of any depth without recursion (the drop serde_json derives recurses, and a
+/// value nested 100,000 deep overflows a thread's stack).
+pub fn drop_deep(v: Value) {
+    let mut stack = vec![v];
+    while let Some(mut v) = stack.pop() {
+        match &mut v {
+            Value::Array(a) => stack.append(a),
+            Value::Object(m) => stack.extend(std::mem::take(m).into_iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+}
+
 /// Formats Unix nanoseconds as ISO-8601 UTC with microseconds: `2026-11-28T19:00:13.638615Z`.
 pub fn format_timestamp(unix_nanos: u64) -> String {
     let secs = (unix_nanos / 1_000_000_000) as i64;

@@ -17,10 +17,9 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::model::{SpanId, SpanKind, SpanRecord, SpanStatus, TraceId};
+use super::model::{depth_marker, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId, MAX_DEPTH};
 use super::TraceSink;
 use crate::error::Error;
-use crate::export::MAX_DEPTH;
 
 /// Which parts of a run are recorded (the `FLOWTRACE_TRACE_*` switches).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +195,7 @@ impl Compound {
                     Value::Array(Vec::new())
                 }
             }
-            (None, None) => crate::export::depth_marker(MAX_DEPTH),
+            (None, None) => depth_marker(MAX_DEPTH),
         };
         Ok(match self.variant {
             Some(v) => {
