@@ -155,7 +155,7 @@ pub mod trace;
 pub use actors::supervisor::{RunOptions, RunReport};
 pub use actors::traced::TracedFlow;
 pub use actors::tracer::{flush, global, set_global_tracer, shutdown, Tracer, TracerBuilder, TracerError};
-pub use error::{BoxError, Error, NodeResult, Phase};
+pub use error::{BoxError, ConfigError, Error, NodeResult, Phase};
 pub use flow::{
     live_nodes, Action, ActionError, BatchFlow, BatchNode, Context, ExecContext, Flow, FnBatchNode, FnNode, Node,
     NodeRef, Params, SharedStore, StoreError, StoreSnapshot, Transition, DEFAULT_ACTION,

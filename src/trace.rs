@@ -11,7 +11,7 @@ pub(crate) mod model;
 pub(crate) mod recorder;
 mod tree;
 
-pub use config::{ConfigError, TracingConfig, DEFAULT_LANGFUSE_HOST, DEFAULT_TRACE_FILE};
+pub use config::{TracingConfig, DEFAULT_LANGFUSE_HOST, DEFAULT_TRACE_FILE};
 pub use model::{format_timestamp, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId, TraceRecord};
 
 use std::sync::Arc;
