@@ -8,9 +8,11 @@ use flowtrace::prelude::*;
 fn looping_flow(i: usize) -> Flow {
     let think = FnNode::new(format!("Think{i}")).into_node();
     let act = FnNode::new("Act").into_node();
-    let _ = &think - "act" >> &act;
-    let _ = &act - "think" >> &think;
-    let _ = &think - "done" >> &FnNode::new("Answer").into_node();
+    let answer = FnNode::new("Answer").into_node();
+    wire! {
+        think - "act" >> act - "think" >> think;
+        think - "done" >> answer;
+    }
     Flow::new(&think)
 }
 
@@ -28,8 +30,7 @@ async fn looping_graphs_are_freed_and_a_held_node_keeps_its_graph() {
 
     // A handle to any one node keeps its whole graph: wiring survives the other handles.
     let (a, b, c) = (FnNode::new("A").into_node(), FnNode::new("B").into_node(), FnNode::new("C").into_node());
-    let _ = &a >> &b >> &c;
-    let _ = &c - "again" >> &a;
+    wire!(a >> b >> c - "again" >> a);
     drop((a, c));
     assert_eq!(flowtrace::live_nodes(), before + 3);
     let c = b.successor("default").expect("B's successor is alive while B is held");
@@ -46,7 +47,7 @@ async fn looping_graphs_are_freed_and_a_held_node_keeps_its_graph() {
             Ok(if n < 5 { "again".into() } else { Action::none() })
         })
         .into_node();
-    let _ = &counter - "again" >> &counter;
+    wire!(counter - "again" >> counter);
     let flow = Flow::new(&counter);
     drop(counter);
     let shared = SharedStore::new();

@@ -51,6 +51,9 @@ pub(crate) struct SpanNames {
     pub(crate) post: Arc<str>,
 }
 
+/// An edge: the action, and its target (`None`: the action ends the flow).
+pub(crate) type Edge = (Arc<str>, Option<Weak<NodeDef>>);
+
 pub(crate) struct NodeDef {
     pub(crate) name: Arc<str>,
     pub(crate) type_name: &'static str,
@@ -58,7 +61,7 @@ pub(crate) struct NodeDef {
     pub(crate) kind: NodeKind,
     /// Successors in insertion order (PocketFlow lists them in that order in warnings). Weak:
     /// the graph's [`Arena`] owns every node, so a loop is no reference cycle.
-    pub(crate) successors: RwLock<Vec<(Arc<str>, Option<Weak<NodeDef>>)>>,
+    pub(crate) successors: RwLock<Vec<Edge>>,
     pub(crate) params: RwLock<Arc<Params>>,
     /// Fixed once the node is shared (cloned or wired): set only through a unique handle.
     pub(crate) config: NodeConfig,
