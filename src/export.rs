@@ -9,6 +9,7 @@ mod file;
 mod langfuse;
 pub mod legacy;
 mod memory;
+mod observation;
 pub mod otlp;
 mod privacy;
 mod spool;
