@@ -4,6 +4,7 @@
 //! [`Exporter::export`], which must only queue it: delivery (batching, retries, spooling)
 //! happens in the exporter's own task, never on a run's path.
 
+mod debug;
 mod delivery;
 mod file;
 mod langfuse;
@@ -14,6 +15,7 @@ pub mod otlp;
 mod privacy;
 mod spool;
 
+pub(crate) use debug::DebugExporter;
 pub use delivery::DeliveryOptions;
 pub use file::JsonlFileExporter;
 pub use langfuse::{

@@ -34,13 +34,15 @@ pub use actors::runtime::{
     Admission, RunCanceller, RunHandle, RunStatus, Runtime, RuntimeBuilder, RuntimeStats, ShutdownReport,
 };
 pub use actors::supervisor::{live_runs, RunOptions};
+pub use actors::traced::TracedFlow;
+pub use actors::tracer::{flush, global, set_global_tracer, shutdown, Tracer, TracerBuilder, TracerError};
 pub use error::{BoxError, Error, NodeResult, Phase};
 pub use export::{ExportReport, Exporter, MemoryExporter};
 pub use flow::{
     Action, BatchFlow, BatchNode, Context, ExecContext, Flow, FnBatchNode, FnNode, Node, NodeRef, Params, SharedStore,
     StoreError,
 };
-pub use trace::{flush, shutdown, TraceRecord, TracedFlow, Tracer, TracingConfig};
+pub use trace::{TraceRecord, TracingConfig};
 
 /// What a program using flowtrace usually needs, in one import.
 pub mod prelude {

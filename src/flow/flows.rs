@@ -2,20 +2,13 @@
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use parking_lot::RwLock;
 use serde_json::Value;
-use tracing::Instrument;
 
 use super::action::Action;
-use super::batch::visit_batch_flow;
 use super::context::{Context, Params};
 use super::graph::{wiring_ops, NodeKind, NodeRef};
-use super::store::SharedStore;
-use super::visit::{contain, hook_error, VisitCx};
-use crate::error::{Error, NodeResult, Phase};
-use crate::trace::model::SpanKind;
-use crate::trace::recorder::capture;
+use crate::error::NodeResult;
 
 pub(crate) type FlowPrepFn = dyn Fn(&Context<'_>) -> NodeResult<Value> + Send + Sync;
 pub(crate) type FlowPostFn = dyn Fn(&Context<'_>, Value, Action) -> NodeResult<Action> + Send + Sync;
@@ -143,19 +136,6 @@ impl Flow {
     pub fn name(&self) -> &str {
         self.node.name()
     }
-
-    /// Runs the flow on `shared` in a supervised run and returns the last action.
-    ///
-    /// A panic in a node ends the run with [`Error::Panic`] naming the node; the caller's task
-    /// and the process go on. Dropping the returned future cancels the run.
-    pub async fn run(&self, shared: &SharedStore) -> Result<Action, Error> {
-        crate::actors::supervisor::run(self.node.clone(), shared.clone(), Default::default()).await
-    }
-
-    /// Runs with options (params, a run timeout, a step limit).
-    pub async fn run_with(&self, shared: &SharedStore, options: crate::RunOptions) -> Result<Action, Error> {
-        crate::actors::supervisor::run(self.node.clone(), shared.clone(), options).await
-    }
 }
 
 impl AsRef<NodeRef> for Flow {
@@ -171,83 +151,3 @@ impl From<Flow> for NodeRef {
 }
 
 wiring_ops!(Flow);
-
-/// Dispatches one visit by node kind. Boxed because flows recurse.
-pub(crate) fn visit<'a>(node: &'a NodeRef, cx: &'a VisitCx) -> BoxFuture<'a, Result<Action, Error>> {
-    match &node.0.kind {
-        NodeKind::Leaf(n) => n.visit(node, cx),
-        NodeKind::Flow(f) => Box::pin(
-            visit_flow(node, f, cx)
-                .instrument(tracing::info_span!(target: "flowtrace::flow", "flow", flow = %node.name())),
-        ),
-        NodeKind::BatchFlow(b) => Box::pin(
-            visit_batch_flow(node, b, cx)
-                .instrument(tracing::info_span!(target: "flowtrace::flow", "batch_flow", flow = %node.name())),
-        ),
-    }
-}
-
-async fn visit_flow(node: &NodeRef, flow: &FlowDef, cx: &VisitCx) -> Result<Action, Error> {
-    let name = node.name();
-    let mut span = cx.span(SpanKind::Flow, &node.0.name);
-    if let Some(s) = span.as_mut() {
-        s.attr("node_type", node.type_name());
-        if !cx.params.is_empty() {
-            let p = cx.params.clone();
-            s.input(|| serde_json::json!({ "params": *p }));
-        }
-    }
-    let inner = cx.with_parent(span.as_ref().map(|s| s.id()));
-    let ctx = Context { shared: &cx.shared, params: &cx.params, node: name };
-    let res = async {
-        let prep_fn = flow.prep.read().clone();
-        let prep = match prep_fn {
-            Some(f) => {
-                contain(name, Phase::Prep, async { f(&ctx) }).await?.map_err(|e| hook_error(name, Phase::Prep, e))?
-            }
-            None => Value::Null,
-        };
-        let start = flow.start.read().clone();
-        let max_steps = (*flow.max_steps.read()).or(cx.limits.max_steps);
-        let last = orchestrate(name, start, max_steps, &inner).await?;
-        let post_fn = flow.post.read().clone();
-        match post_fn {
-            Some(f) => contain(name, Phase::Post, async { f(&ctx, prep, last) })
-                .await?
-                .map_err(|e| hook_error(name, Phase::Post, e)),
-            None => Ok(last),
-        }
-    }
-    .await;
-    if let Some(mut s) = span {
-        if let Ok(a) = &res {
-            s.output(|| capture(a));
-        }
-        s.end_with(res.as_ref().map(|_| ()));
-    }
-    res
-}
-
-/// PocketFlow's orchestration loop (spec §4): visit, then follow the action, until a node
-/// has no edge for it.
-pub(crate) async fn orchestrate(
-    flow_name: &str,
-    start: Option<NodeRef>,
-    max_steps: Option<u64>,
-    cx: &VisitCx,
-) -> Result<Action, Error> {
-    let mut curr = start;
-    let mut last = Action::none();
-    let mut steps = 0_u64;
-    while let Some(node) = curr {
-        steps += 1;
-        if let Some(limit) = max_steps {
-            if steps > limit {
-                return Err(Error::MaxSteps { flow: flow_name.to_owned(), limit });
-            }
-        }
-        last = visit(&node, cx).await?;
-        curr = node.next_for(&last);
-    }
-    Ok(last)
-}
