@@ -39,15 +39,15 @@ pub use actors::tracer::{flush, global, set_global_tracer, shutdown, Tracer, Tra
 pub use error::{BoxError, Error, NodeResult, Phase};
 pub use export::{ExportReport, Exporter, MemoryExporter};
 pub use flow::{
-    Action, BatchFlow, BatchNode, Context, ExecContext, Flow, FnBatchNode, FnNode, Node, NodeRef, Params, SharedStore,
-    StoreError,
+    Action, BatchFlow, BatchNode, Context, ExecContext, Flow, FnBatchNode, FnNode, Generation, Node, NodeRef,
+    ObservationType, Params, SharedStore, StoreError,
 };
 pub use trace::{TraceRecord, TracingConfig};
 
 /// What a program using flowtrace usually needs, in one import.
 pub mod prelude {
     pub use crate::{
-        Action, BatchFlow, BatchNode, Context, Error, ExecContext, Flow, FnBatchNode, FnNode, MemoryExporter, Node,
-        NodeRef, NodeResult, Params, RunOptions, SharedStore, Tracer,
+        Action, BatchFlow, BatchNode, Context, Error, ExecContext, Flow, FnBatchNode, FnNode, Generation,
+        MemoryExporter, Node, NodeRef, NodeResult, ObservationType, Params, RunOptions, SharedStore, Tracer,
     };
 }

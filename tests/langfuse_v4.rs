@@ -22,6 +22,7 @@ use flowtrace::export::{DeliveryOptions, Ingestion, LangfuseExporter};
 use flowtrace::prelude::*;
 use flowtrace::trace::{SpanKind, TraceRecord, TracingConfig};
 use flowtrace::Runtime;
+use flowtrace::{Generation, ObservationType};
 use langfuse_server::{attr, attr_str, LangfuseServer, PK, SK};
 use opentelemetry_proto::tonic::common::v1::any_value;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -224,7 +225,9 @@ fn check_legacy(t: &TraceRecord, events: &[Value], otlp_levels: &Levels) {
     for (k, v) in &t.metadata {
         assert_eq!(&tb["metadata"][k], v);
     }
-    let spans: Vec<_> = events.iter().filter(|e| e["type"] == "span-create").map(|e| &e["body"]).collect();
+    let observation =
+        |e: &&Value| matches!(e["type"].as_str(), Some("span-create" | "generation-create" | "event-create"));
+    let spans: Vec<_> = events.iter().filter(observation).map(|e| &e["body"]).collect();
     assert_eq!(spans.len(), t.spans.len());
     for b in spans.iter() {
         assert_eq!(b["environment"], ENV, "{b}");
@@ -531,4 +534,129 @@ async fn environment_comes_from_langfuse_and_otel_variables() {
     let cfg = TracingConfig::from_vars(vars(vec![("LANGFUSE_TRACING_ENVIRONMENT", "Prod Env")]).into_iter()).unwrap();
     let err = LangfuseExporter::from_config(&cfg).unwrap_err();
     assert!(err.to_string().contains("LANGFUSE_TRACING_ENVIRONMENT"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_calls_are_generations_on_both_protocols() {
+    let rig = Rig::new("gen").await;
+    let agent = FnNode::new("Agent")
+        .prep(|ctx| Ok(ctx.shared().get_json("question").unwrap_or(Value::Null)))
+        .exec(|q, cx| async move {
+            let messages = json!([{"role": "user", "content": q}]);
+            cx.generation(
+                Generation::new("plan")
+                    .model("gpt-4o-mini")
+                    .model_parameter("temperature", 0.2)
+                    .input(&messages)
+                    .completion_started()
+                    .output(json!({"role": "assistant", "content": "search"}))
+                    .usage(12, 3)
+                    .usage_detail("input_cached_tokens", 4)
+                    .cost(0.000_012, 0.000_006)
+                    .prompt("plan-prompt", 3),
+            );
+            cx.generation(Generation::new("answer").model("gpt-4o-mini").input(&messages).output("42").usage(20, 5));
+            Ok(json!("42"))
+        })
+        .post(|ctx, _, e| {
+            ctx.shared().insert("answer", e);
+            Ok(Action::none())
+        })
+        .into_node()
+        .observation_type(ObservationType::Agent);
+    let flow = Flow::named("GenFlow", Some(&agent));
+    let shared = SharedStore::new();
+    shared.insert("question", "what is 6*7?");
+    traced(&flow, &rig.tracer).run(&shared).await.unwrap();
+    let got = rig.delivered().await;
+    let (t, spans, events) = &got[0];
+    let levels = check_otlp(t, spans);
+    check_legacy(t, events, &levels);
+    // The trace record sums them (the local file and `flowtrace show` carry the same).
+    let totals = t.usage_totals();
+    assert_eq!((totals.generations, totals.total_tokens), (2, 40));
+    assert_eq!(totals.tokens.get("input_cached_tokens"), Some(&4));
+    assert!((totals.cost.unwrap() - 0.000_018).abs() < 1e-12);
+    let tree = t.render_tree();
+    assert!(tree.contains("2 generations, 40 tokens, $0.000018"), "{tree}");
+    assert!(tree.contains("plan  ") && tree.contains("[gpt-4o-mini 12+3 tokens $0.000018]"), "{tree}");
+
+    // OTLP: two generation observations under the attempt, with Langfuse's fields.
+    let attempt = spans.iter().find(|s| s.name == "attempt 1").unwrap();
+    let gens: Vec<_> =
+        spans.iter().filter(|s| attr_str(s, "langfuse.observation.type") == Some("generation")).collect();
+    assert_eq!(gens.len(), 2);
+    assert!(gens.iter().all(|g| g.parent_span_id == attempt.span_id), "under the attempt");
+    let plan = gens.iter().find(|s| s.name == "plan").unwrap();
+    assert_eq!(attr_str(plan, "langfuse.observation.model.name"), Some("gpt-4o-mini"));
+    assert_eq!(json_attr(plan, "langfuse.observation.model.parameters"), json!({"temperature": 0.2}));
+    assert_eq!(
+        json_attr(plan, "langfuse.observation.usage_details"),
+        json!({"input": 12, "output": 3, "total": 15, "input_cached_tokens": 4})
+    );
+    assert_eq!(json_attr(plan, "langfuse.observation.cost_details")["input"], json!(0.000_012));
+    assert_eq!(json_attr(plan, "langfuse.observation.input"), json!([{"role": "user", "content": "what is 6*7?"}]));
+    assert_eq!(json_attr(plan, "langfuse.observation.output")["content"], "search");
+    let cst = attr_str(plan, "langfuse.observation.completion_start_time").unwrap();
+    assert!(langfuse_server::is_iso8601(cst), "{cst}");
+    assert_eq!(attr_str(plan, "langfuse.observation.prompt.name"), Some("plan-prompt"));
+    assert!(matches!(attr(plan, "langfuse.observation.prompt.version"), Some(any_value::Value::IntValue(3))));
+    assert!(matches!(attr(plan, "gen_ai.usage.input_tokens"), Some(any_value::Value::IntValue(12))));
+    // The node declared as an agent.
+    let node = spans.iter().find(|s| s.name == "Agent").unwrap();
+    assert_eq!(attr_str(node, "langfuse.observation.type"), Some("agent"));
+
+    // Legacy: generation-create events with the same fields, valid for the schema.
+    let gens: Vec<_> = events.iter().filter(|e| e["type"] == "generation-create").map(|e| &e["body"]).collect();
+    assert_eq!(gens.len(), 2);
+    let plan = gens.iter().find(|b| b["name"] == "plan").unwrap();
+    assert_eq!(plan["model"], "gpt-4o-mini");
+    assert_eq!(plan["modelParameters"], json!({"temperature": 0.2}));
+    assert_eq!(plan["usageDetails"]["input_cached_tokens"], 4);
+    assert_eq!(
+        plan["usage"],
+        json!({"input": 12, "output": 3, "total": 15, "unit": "TOKENS",
+        "inputCost": 0.000_012, "outputCost": 0.000_006, "totalCost": 0.000_018})
+    );
+    assert_eq!(plan["costDetails"]["total"], json!(0.000_018));
+    assert_eq!((plan["promptName"].as_str(), plan["promptVersion"].as_u64()), (Some("plan-prompt"), Some(3)));
+    assert!(plan["completionStartTime"].is_string());
+    assert_eq!(plan["parentObservationId"], t.span("attempt 1").unwrap().span_id.to_string());
+    let agent_ev = events.iter().find(|e| e["body"]["name"] == "Agent").unwrap();
+    assert_eq!(agent_ev["body"]["metadata"]["observation_type"], "agent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pocketflow_warnings_are_warning_events_where_they_happen() {
+    let rig = Rig::new("warn").await;
+    let first = FnNode::new("First").post(|_, _, _| Ok(Action::new("unwired"))).into_node();
+    let a = FnNode::new("A").into_node();
+    let b = FnNode::new("B").into_node();
+    let _ = first.on("go") >> &a;
+    let _ = first.on("go") >> &b; // overwrites: PocketFlow warns
+    let flow = Flow::named("WarnFlow", Some(&first));
+    traced(&flow, &rig.tracer).run(&SharedStore::new()).await.unwrap();
+    let got = rig.delivered().await;
+    let (t, spans, events) = &got[0];
+    let levels = check_otlp(t, spans);
+    check_legacy(t, events, &levels);
+    let evs: Vec<_> = spans.iter().filter(|s| attr_str(s, "langfuse.observation.type") == Some("event")).collect();
+    assert_eq!(evs.len(), 2, "{:?}", evs.iter().map(|s| &s.name).collect::<Vec<_>>());
+    let ends = evs.iter().find(|s| s.name.starts_with("Flow ends")).unwrap();
+    assert_eq!(ends.name, "Flow ends: 'unwired' not found in ['go']");
+    assert_eq!(level(ends), "WARNING");
+    assert_eq!(attr_str(ends, "langfuse.observation.status_message"), Some(ends.name.as_str()));
+    let flow_span = spans.iter().find(|s| s.name == "WarnFlow").unwrap();
+    assert_eq!(ends.parent_span_id, flow_span.span_id, "on the flow that ended");
+    let over = evs.iter().find(|s| s.name.starts_with("Overwriting")).unwrap();
+    assert_eq!(over.name, "Overwriting successor for action 'go'");
+    let node = spans.iter().find(|s| s.name == "First").unwrap();
+    assert_eq!(over.parent_span_id, node.span_id, "on the node whose wiring was overwritten");
+    assert_eq!(ends.start_time_unix_nano, ends.end_time_unix_nano, "a point in time");
+    // Legacy: event-create, without an end time.
+    let e: Vec<_> = events.iter().filter(|e| e["type"] == "event-create").collect();
+    assert_eq!(e.len(), 2);
+    assert!(e.iter().all(|e| e["body"]["level"] == "WARNING" && e["body"].get("endTime").is_none()));
+    // A warning does not make the run fail.
+    assert!(levels.values().all(|(_, l)| l != "ERROR"));
 }

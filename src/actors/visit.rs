@@ -236,18 +236,19 @@ async fn run_exec(
     let name = &*def.name;
     let mut attempt = 0;
     loop {
+        let mut span = trace.map(|(r, p)| {
+            let mut s = r.start(Some(p), SpanKind::Attempt, attempt_name(attempt + 1));
+            s.attr("attempt", attempt + 1);
+            s
+        });
         let cx = ExecContext {
             params: Arc::clone(params),
             attempt,
             max_retries: cfg.max_retries,
             node: Arc::clone(&def.name),
             item,
+            generations: trace.zip(span.as_ref()).map(|((r, _), s)| r.generations(s.id())),
         };
-        let mut span = trace.map(|(r, p)| {
-            let mut s = r.start(Some(p), SpanKind::Attempt, attempt_name(attempt + 1));
-            s.attr("attempt", attempt + 1);
-            s
-        });
         let run = target.attempt(cx.clone(), cfg.blocking);
         let outcome = match cfg.timeout {
             Some(limit) => match tokio::time::timeout(limit, contain(name, Phase::Exec, run)).await {
@@ -332,6 +333,7 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     let mut node_span = cx.span_at(SpanKind::Node, &def.name, t0);
     if let Some(s) = node_span.as_mut() {
         s.attr("node_type", def.type_name);
+        node_span_extras(s, def, &cfg, cx);
     }
     let switches = cx.trace.as_ref().map(|r| r.switches()).unwrap_or_default();
     let inner = cx.with_parent(node_span.as_ref().map(|s| s.id()));
@@ -398,6 +400,22 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     Ok(action)
 }
 
+/// A node span's declared observation type, and the node's wiring warnings as WARNING
+/// events under it (both almost always absent: one branch each).
+fn node_span_extras(s: &mut OpenSpan, def: &NodeDef, cfg: &NodeConfig, cx: &VisitCx) {
+    if let Some(t) = cfg.observation {
+        s.attr("observation_type", t.as_str());
+    }
+    let warnings = def.wiring_warnings.read();
+    if !warnings.is_empty() {
+        if let Some(r) = &cx.trace {
+            for w in warnings.iter() {
+                r.event(Some(s.id()), Arc::clone(w), "WARNING");
+            }
+        }
+    }
+}
+
 fn skipped_error(name: &str) -> Error {
     Error::Node {
         node: name.to_owned(),
@@ -425,6 +443,7 @@ async fn visit_batch(
     if let Some(s) = node_span.as_mut() {
         s.attr("node_type", def.type_name);
         s.attr("batch", if parallel { "parallel" } else { "sequential" });
+        node_span_extras(s, def, &cfg, cx);
     }
     let switches = cx.trace.as_ref().map(|r| r.switches()).unwrap_or_default();
     let inner = cx.with_parent(node_span.as_ref().map(|s| s.id()));
@@ -636,7 +655,11 @@ async fn orchestrate(
             }
         }
         last = visit(&node, cx).await?;
-        curr = node.next_for(&last);
+        let (next, warning) = node.next_for(&last);
+        if let (Some(w), Some(r)) = (warning, &cx.trace) {
+            r.event(cx.parent, w, "WARNING");
+        }
+        curr = next;
     }
     Ok(last)
 }

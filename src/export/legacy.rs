@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{json, Map, Value};
 
 use super::observation::{self, Levels};
-use crate::trace::{format_timestamp, SpanRecord, TraceRecord};
+use crate::trace::{format_timestamp, SpanKind, SpanRecord, TraceRecord};
 
 /// A fresh envelope id (UUID-shaped, unique within and across processes in practice).
 pub fn envelope_id() -> String {
@@ -62,7 +62,8 @@ struct SpanBody<'a> {
     trace_id: &'a str,
     name: &'a str,
     start_time: String,
-    end_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parent_observation_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -77,6 +78,53 @@ struct SpanBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     environment: Option<&'a str>,
     metadata: Map<String, Value>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    generation: Option<GenerationFields<'a>>,
+}
+
+/// The fields `generation-create` adds to a span's.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationFields<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    model_parameters: &'a Map<String, Value>,
+    /// v2's form (`input`, `output`, `total`, `unit`, `*Cost`); v2 ignores `usageDetails`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    usage_details: &'a std::collections::BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    cost_details: &'a std::collections::BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completion_start_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_version: Option<u32>,
+}
+
+/// Usage in the form v2 servers read: tokens, and the cost when given.
+fn v2_usage(g: &crate::trace::GenerationRecord) -> Option<Map<String, Value>> {
+    if g.usage.is_empty() && g.cost.is_empty() {
+        return None;
+    }
+    let mut m = Map::new();
+    for (k, v2) in [("input", "input"), ("output", "output"), ("total", "total")] {
+        if let Some(n) = g.usage.get(k) {
+            m.insert(v2.into(), (*n).into());
+        }
+    }
+    if !g.usage.is_empty() {
+        m.insert("unit".into(), "TOKENS".into());
+    }
+    for (k, v2) in [("input", "inputCost"), ("output", "outputCost"), ("total", "totalCost")] {
+        if let Some(c) = g.cost.get(k) {
+            m.insert(v2.into(), (*c).into());
+        }
+    }
+    Some(m)
 }
 
 /// The events for one trace, serialised, each with its envelope id, appended to `out`;
@@ -134,17 +182,36 @@ pub fn encode_trace_bytes_in(t: &TraceRecord, environment: Option<&str>, out: &m
             trace_id: &trace_id,
             name: &s.name,
             start_time: format_timestamp(s.start_unix_nanos),
-            end_time: format_timestamp(s.end_unix_nanos),
+            end_time: (s.kind != SpanKind::Event).then(|| format_timestamp(s.end_unix_nanos)),
             parent_observation_id: s.parent_id.map(|p| p.to_string()),
             input: input.filter(|v| !v.is_null()),
             output: output.filter(|v| !v.is_null()),
             level: level.as_str(),
-            status_message: if is_root && t.status.is_error() { t.status.message() } else { s.status.message() },
+            status_message: if is_root && t.status.is_error() { t.status.message() } else { s.status.message() }
+                .or_else(|| (s.kind == SpanKind::Event).then_some(&*s.name)),
             version: t.version.as_deref(),
             environment,
             metadata: observation::metadata(s),
+            generation: s.generation.as_deref().map(|g| GenerationFields {
+                model: g.model.as_deref(),
+                model_parameters: &g.model_parameters,
+                usage: v2_usage(g),
+                usage_details: &g.usage,
+                cost_details: &g.cost,
+                completion_start_time: g.completion_start_unix_nanos.map(format_timestamp),
+                // Langfuse takes both or neither.
+                prompt_name: g.prompt_version.and(g.prompt_name.as_deref()),
+                prompt_version: g.prompt_name.as_ref().and(g.prompt_version),
+            }),
         };
-        push("span-create", format_timestamp(s.end_unix_nanos), &body);
+        // Observation types beyond these (agent, tool, …) are refused by v2 servers: they
+        // travel as `metadata.observation_type` on a span.
+        let ty = match s.kind {
+            SpanKind::Generation => "generation-create",
+            SpanKind::Event => "event-create",
+            _ => "span-create",
+        };
+        push(ty, format_timestamp(s.end_unix_nanos), &body);
     }
     out.len() - before
 }

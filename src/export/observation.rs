@@ -62,6 +62,13 @@ impl<'a> Levels<'a> {
         Levels { trace, by_id: trace.spans.iter().map(|s| (s.span_id, s)).collect(), last_attempt }
     }
 
+    fn retried(&self, s: &SpanRecord) -> bool {
+        match (s.parent_id, attempt_of(s)) {
+            (Some(p), Some(n)) => self.last_attempt.get(&p).is_some_and(|last| *last > n),
+            _ => false,
+        }
+    }
+
     pub(crate) fn of(&self, s: &SpanRecord) -> Level {
         // The root of a failed run is ERROR whatever its own status (it may have been cut
         // short by the run's deadline).
@@ -69,20 +76,23 @@ impl<'a> Levels<'a> {
             return Level::Error;
         }
         match &s.status {
-            SpanStatus::Ok => Level::Default,
+            SpanStatus::Ok => match s.attributes.get("level").and_then(Value::as_str) {
+                Some("WARNING") => Level::Warning,
+                Some("ERROR") => Level::Error,
+                _ => Level::Default,
+            },
             SpanStatus::Cancelled { .. } => Level::Warning,
             SpanStatus::Error { .. } => {
-                // A later attempt ran: this failure did not end the node.
-                if let (Some(p), Some(n)) = (s.parent_id, attempt_of(s)) {
-                    if self.last_attempt.get(&p).is_some_and(|last| *last > n) {
-                        return Level::Warning;
-                    }
-                }
-                let mut parent = s.parent_id;
+                // Up the chain of failed spans: an attempt on the way that was retried, or a
+                // span that survived the failure, means this failure did not end the run.
+                let mut cur = s;
                 // Bounded by the span count, in case a broken record has a cycle.
                 for _ in 0..=self.by_id.len() {
-                    match parent.and_then(|p| self.by_id.get(&p)) {
-                        Some(p) if matches!(p.status, SpanStatus::Error { .. }) => parent = p.parent_id,
+                    if self.retried(cur) {
+                        return Level::Warning;
+                    }
+                    match cur.parent_id.and_then(|p| self.by_id.get(&p)) {
+                        Some(p) if matches!(p.status, SpanStatus::Error { .. }) => cur = p,
                         Some(_) => return Level::Warning,
                         // The top (or a parent that was not recorded): the run decides.
                         None => break,
@@ -95,6 +105,16 @@ impl<'a> Levels<'a> {
                 }
             }
         }
+    }
+}
+
+/// Langfuse's observation type of a span: `generation` for a recorded LLM call, `event` for
+/// a warning, the type a node was declared as, else `span`.
+pub(crate) fn observation_type(s: &SpanRecord) -> &str {
+    match s.kind {
+        SpanKind::Generation => "generation",
+        SpanKind::Event => "event",
+        _ => s.attributes.get("observation_type").and_then(Value::as_str).unwrap_or("span"),
     }
 }
 
@@ -111,6 +131,8 @@ pub(crate) fn kind_name(k: SpanKind) -> &'static str {
         SpanKind::Wait => "wait",
         SpanKind::Fallback => "fallback",
         SpanKind::Post => "post",
+        SpanKind::Generation => "generation",
+        SpanKind::Event => "event",
         #[allow(unreachable_patterns)]
         _ => "span",
     }

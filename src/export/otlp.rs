@@ -10,7 +10,7 @@ use prost::Message;
 use serde_json::Value;
 
 use super::observation::{self, Level, Levels};
-use crate::trace::{SpanRecord, SpanStatus, TraceRecord};
+use crate::trace::{format_timestamp, GenerationRecord, SpanRecord, SpanStatus, TraceRecord};
 
 fn kv(key: &str, v: any_value::Value) -> KeyValue {
     KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
@@ -100,6 +100,8 @@ fn span_of(trace: &TraceRecord, ctx: &TraceContext, levels: &Levels<'_>, s: &Spa
     if level != Level::Default {
         attrs.push(kv_str("langfuse.observation.level", level.as_str()));
         let msg = if is_root && trace.status.is_error() { trace.status.message() } else { s.status.message() };
+        // An event (a PocketFlow warning) is its own message.
+        let msg = msg.or_else(|| (s.kind == crate::trace::SpanKind::Event).then_some(&*s.name));
         attrs.push(kv_str("langfuse.observation.status_message", msg.unwrap_or("")));
     }
     if let SpanStatus::Error { kind, location, .. } = &s.status {
@@ -107,6 +109,13 @@ fn span_of(trace: &TraceRecord, ctx: &TraceContext, levels: &Levels<'_>, s: &Spa
         if let Some(l) = location {
             attrs.push(kv_str("code.location", l.clone()));
         }
+    }
+    let ty = observation::observation_type(s);
+    if ty != "span" {
+        attrs.push(kv_str("langfuse.observation.type", ty));
+    }
+    if let Some(g) = &s.generation {
+        generation_attributes(g, &mut attrs);
     }
     let meta = observation::metadata(s);
     attrs.push(kv_str("langfuse.observation.metadata", Value::Object(meta).to_string()));
@@ -126,6 +135,40 @@ fn span_of(trace: &TraceRecord, ctx: &TraceContext, levels: &Levels<'_>, s: &Spa
         attributes: attrs,
         status: Some(otlp_status(&s.status)),
         ..Default::default()
+    }
+}
+
+/// An LLM call's fields, as Langfuse reads them (§10), plus OpenTelemetry's `gen_ai.*` for
+/// other backends.
+fn generation_attributes(g: &GenerationRecord, attrs: &mut Vec<KeyValue>) {
+    if let Some(m) = &g.model {
+        attrs.push(kv_str("langfuse.observation.model.name", m.clone()));
+        attrs.push(kv_str("gen_ai.request.model", m.clone()));
+    }
+    if !g.model_parameters.is_empty() {
+        attrs.push(kv_str(
+            "langfuse.observation.model.parameters",
+            Value::Object(g.model_parameters.clone()).to_string(),
+        ));
+    }
+    if !g.usage.is_empty() {
+        let usage = serde_json::to_string(&g.usage).unwrap_or_default();
+        attrs.push(kv_str("langfuse.observation.usage_details", usage));
+        for (k, otel) in [("input", "gen_ai.usage.input_tokens"), ("output", "gen_ai.usage.output_tokens")] {
+            if let Some(n) = g.usage.get(k) {
+                attrs.push(kv(otel, any_value::Value::IntValue(*n as i64)));
+            }
+        }
+    }
+    if !g.cost.is_empty() {
+        attrs.push(kv_str("langfuse.observation.cost_details", serde_json::to_string(&g.cost).unwrap_or_default()));
+    }
+    if let Some(t) = g.completion_start_unix_nanos {
+        attrs.push(kv_str("langfuse.observation.completion_start_time", format_timestamp(t)));
+    }
+    if let (Some(n), Some(v)) = (&g.prompt_name, g.prompt_version) {
+        attrs.push(kv_str("langfuse.observation.prompt.name", n.clone()));
+        attrs.push(kv("langfuse.observation.prompt.version", any_value::Value::IntValue(v as i64)));
     }
 }
 
@@ -153,6 +196,7 @@ pub fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, out: &mut
             input: None,
             output: None,
             attributes: Default::default(),
+            generation: None,
         };
         out.push(span_of(trace, &ctx, &levels, &synthetic, true));
     }
