@@ -1,9 +1,9 @@
 //! What a run leaves behind: span and trace records, the recorder a run writes into, the
 //! tree and the viewer's formatting, and the tracing configuration read from the environment.
 //!
-//! A run records spans into its own buffer ([`recorder`]) and hands them in chunks to a
-//! [`SpanSink`] (the tracer actor, in `crate::actors`), which assembles each finished run
-//! into a [`TraceRecord`] for the exporters. Nothing here runs anything.
+//! A run records spans into its own buffer and hands them in chunks to the tracer (an actor
+//! of its own), which assembles each finished run into a [`TraceRecord`] for the exporters.
+//! Nothing here runs anything.
 
 mod config;
 mod debug;

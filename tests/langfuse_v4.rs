@@ -21,7 +21,7 @@ use std::time::Duration;
 use flowtrace::export::{DeliveryOptions, Ingestion, LangfuseExporter};
 use flowtrace::prelude::*;
 use flowtrace::trace::{SpanKind, TraceRecord, TracingConfig};
-use flowtrace::Runtime;
+use flowtrace::runtime::Runtime;
 use flowtrace::{Generation, ObservationType};
 use langfuse_server::{attr, attr_str, LangfuseServer, PK, SK};
 use opentelemetry_proto::tonic::common::v1::any_value;

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flowtrace::prelude::*;
+use flowtrace::trace::TraceRecord;
 use flowtrace::trace::{TracingConfig, DEFAULT_LANGFUSE_HOST, DEFAULT_TRACE_FILE};
-use flowtrace::TraceRecord;
 use serde_json::Value;
 use support::*;
 

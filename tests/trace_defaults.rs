@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use flowtrace::prelude::*;
-use flowtrace::{Runtime, TraceRecord};
+use flowtrace::runtime::Runtime;
+use flowtrace::trace::TraceRecord;
 
 fn tracer() -> (Tracer, MemoryExporter) {
     let memory = MemoryExporter::new();

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use flowtrace::export::{ExportReport, Exporter};
 use flowtrace::prelude::*;
+use flowtrace::trace::TraceRecord;
 use flowtrace::trace::{SpanKind, TracingConfig};
-use flowtrace::TraceRecord;
 use serde_json::{json, Value};
 use support::*;
 

@@ -4,7 +4,7 @@
 //! ```
 //! use std::time::Duration;
 //! use flowtrace::prelude::*;
-//! use flowtrace::{Admission, Runtime};
+//! use flowtrace::runtime::{Admission, Runtime};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), flowtrace::Error> {
 //! let rt = Runtime::builder().max_in_flight(64).admission(Admission::Wait).build()?;

@@ -402,7 +402,7 @@ fn global_slot() -> &'static parking_lot::RwLock<Option<Tracer>> {
     GLOBAL.get_or_init(|| parking_lot::RwLock::new(None))
 }
 
-/// Installs `tracer` as the one [`TracedFlow`]s use when given none.
+/// Installs `tracer` as the one [`TracedFlow`](crate::TracedFlow)s use when given none.
 pub fn set_global_tracer(tracer: Tracer) {
     *global_slot().write() = Some(tracer);
 }

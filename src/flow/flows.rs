@@ -115,7 +115,7 @@ impl Flow {
         self
     }
 
-    /// Ends a run with [`Error::MaxSteps`] after `n` node visits: a guard against loops that
+    /// Ends a run with [`Error::MaxSteps`](crate::Error::MaxSteps) after `n` node visits: a guard against loops that
     /// never end. Unlimited by default, as in PocketFlow.
     pub fn max_steps(self, n: u64) -> Self {
         *self.def().max_steps.write() = Some(n);
