@@ -10,6 +10,10 @@
 #[path = "support/langfuse_server.rs"]
 mod langfuse_server;
 
+#[path = "../examples/llm_agent.rs"]
+#[allow(dead_code)]
+mod llm_agent;
+
 #[path = "../examples/shared/customer_support_flow.rs"]
 #[allow(dead_code)]
 mod customer_support_flow;
@@ -20,8 +24,8 @@ use std::time::Duration;
 
 use flowtrace::export::{DeliveryOptions, Ingestion, LangfuseExporter};
 use flowtrace::prelude::*;
-use flowtrace::trace::{SpanKind, TraceRecord, TracingConfig};
 use flowtrace::runtime::Runtime;
+use flowtrace::trace::{SpanKind, TraceRecord, TracingConfig};
 use flowtrace::{Generation, ObservationType};
 use langfuse_server::{attr, attr_str, LangfuseServer, PK, SK};
 use opentelemetry_proto::tonic::common::v1::any_value;
@@ -659,4 +663,190 @@ async fn pocketflow_warnings_are_warning_events_where_they_happen() {
     assert!(e.iter().all(|e| e["body"]["level"] == "WARNING" && e["body"].get("endTime").is_none()));
     // A warning does not make the run fail.
     assert!(levels.values().all(|(_, l)| l != "ERROR"));
+}
+
+/// A scripted OpenAI-compatible chat-completions server on 127.0.0.1: a 429 with
+/// `Retry-After: 1`, a decision to search, a 500, a decision to answer, the answer.
+struct LlmStub {
+    addr: std::net::SocketAddr,
+    seen: Arc<parking_lot::Mutex<Vec<(std::time::Instant, String, Value)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LlmStub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn completion(content: &str, prompt: u64, completion: u64, extra: Value) -> Value {
+    let mut usage =
+        json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+    if let (Some(u), Some(e)) = (usage.as_object_mut(), extra.as_object()) {
+        u.extend(e.clone());
+    }
+    json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "test-model-2026",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}],
+        "usage": usage,
+    })
+}
+
+impl LlmStub {
+    async fn start() -> LlmStub {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        let seen: Arc<parking_lot::Mutex<Vec<(std::time::Instant, String, Value)>>> = Arc::default();
+        let state = Arc::clone(&seen);
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move |h: HeaderMap, axum::Json(body): axum::Json<Value>| {
+                let state = Arc::clone(&state);
+                async move {
+                    let auth = h.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                    let n = {
+                        let mut s = state.lock();
+                        s.push((std::time::Instant::now(), auth, body));
+                        s.len()
+                    };
+                    match n {
+                        1 => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "slow down").into_response(),
+                        2 => axum::Json(completion(
+                            r#"Sure: {"action": "search", "query": "nobel physics 2024", "reason": "need facts"}"#,
+                            50,
+                            10,
+                            json!({"prompt_tokens_details": {"cached_tokens": 8}}),
+                        ))
+                        .into_response(),
+                        3 => (StatusCode::INTERNAL_SERVER_ERROR, "upstream exploded").into_response(),
+                        4 => axum::Json(completion(
+                            r#"{"action": "answer", "reason": "the context names the winners"}"#,
+                            80,
+                            8,
+                            json!({}),
+                        ))
+                        .into_response(),
+                        _ => axum::Json(completion(
+                            "John Hopfield and Geoffrey Hinton, for neural-network machine learning.",
+                            120,
+                            12,
+                            json!({"completion_tokens_details": {"reasoning_tokens": 3}}),
+                        ))
+                        .into_response(),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        LlmStub { addr, seen, task }
+    }
+}
+
+/// The LLM example's agent against the stub, traced to the fake Langfuse over both
+/// protocols: five calls, five generations under their attempts (the 429 and the 500 as
+/// failed ones, which the node's retries absorbed, so WARNING), the responses' usage, the
+/// node types, and no ERROR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_agent_records_each_call_as_a_generation() {
+    let llm = LlmStub::start().await;
+    let rig = Rig::new("llm").await;
+    let client =
+        llm_agent::Llm::new(&format!("http://{}/v1", llm.addr), Some("sk-test-llm".into()), "test-model".into())
+            .unwrap();
+    let flow = llm_agent::build_flow(Arc::new(client));
+    let shared = SharedStore::new();
+    shared.insert("question", "Who won the 2024 Nobel Prize in Physics?");
+    traced(&flow, &rig.tracer).run(&shared).await.unwrap();
+    assert!(shared.get::<String>("answer").unwrap().unwrap().starts_with("John Hopfield and Geoffrey Hinton"));
+    // The stub saw five calls, with the key and model; the 429's Retry-After was honoured.
+    let seen = llm.seen.lock().clone();
+    assert_eq!(seen.len(), 5);
+    assert!(seen.iter().all(|(_, auth, body)| auth == "Bearer sk-test-llm" && body["model"] == "test-model"));
+    assert!(seen[1].0.duration_since(seen[0].0) >= Duration::from_secs(1), "waited for Retry-After");
+
+    let got = rig.delivered().await;
+    let (t, spans, events) = &got[0];
+    let levels = check_otlp(t, spans);
+    check_legacy(t, events, &levels);
+    assert!(levels.values().all(|(_, l)| l != "ERROR"), "{levels:?}");
+    let totals = t.usage_totals();
+    assert_eq!((totals.generations, totals.total_tokens), (5, 60 + 88 + 132));
+    assert_eq!(totals.tokens.get("input_cached_tokens"), Some(&8));
+    assert_eq!(totals.tokens.get("output_reasoning_tokens"), Some(&3));
+    assert!(t.render_tree().contains("5 generations, 280 tokens"), "{}", t.render_tree());
+
+    // OTLP.
+    let gens: Vec<_> =
+        spans.iter().filter(|s| attr_str(s, "langfuse.observation.type") == Some("generation")).collect();
+    assert_eq!(gens.len(), 5);
+    let failed: Vec<_> = gens.iter().filter(|g| level(g) == "WARNING").collect();
+    assert_eq!(failed.len(), 2, "failed calls the retries absorbed are warnings");
+    let msg = |g: &Span| attr_str(g, "langfuse.observation.status_message").unwrap_or("").to_owned();
+    assert!(failed.iter().any(|g| msg(g).contains("HTTP 429")) && failed.iter().any(|g| msg(g).contains("HTTP 500")));
+    let first = gens
+        .iter()
+        .find(|g| attr_str(g, "langfuse.observation.usage_details").is_some_and(|u| u.contains("\"input\":50")))
+        .expect("the first decision");
+    assert_eq!(
+        json_attr(first, "langfuse.observation.usage_details"),
+        json!({"input": 50, "output": 10, "total": 60, "input_cached_tokens": 8})
+    );
+    assert_eq!(attr_str(first, "langfuse.observation.model.name"), Some("test-model-2026"));
+    assert_eq!(json_attr(first, "langfuse.observation.model.parameters"), json!({"temperature": 0.0}));
+    assert_eq!(json_attr(first, "langfuse.observation.input")[0]["role"], "system");
+    for g in &gens {
+        let parent = spans.iter().find(|s| s.span_id == g.parent_span_id).unwrap();
+        assert!(parent.name.starts_with("attempt "), "{}", parent.name);
+    }
+    for (node, ty) in [("DecideAction", "agent"), ("SearchWeb", "tool"), ("AnswerQuestion", "chain")] {
+        let of: Vec<_> = spans.iter().filter(|s| s.name == node).collect();
+        assert!(!of.is_empty() && of.iter().all(|s| attr_str(s, "langfuse.observation.type") == Some(ty)), "{node}");
+    }
+    // Legacy.
+    let lgens: Vec<_> = events.iter().filter(|e| e["type"] == "generation-create").map(|e| &e["body"]).collect();
+    assert_eq!(lgens.len(), 5);
+    assert_eq!(lgens.iter().filter(|g| g["level"] == "WARNING").count(), 2);
+    assert_eq!(lgens.iter().filter_map(|g| g["usage"]["total"].as_u64()).sum::<u64>(), 280);
+    assert_eq!(lgens.iter().filter_map(|g| g["usageDetails"]["input"].as_u64()).sum::<u64>(), 250);
+}
+
+/// The example program itself, against the stub, tracing to a local file: it prints the
+/// answer, sends the key only to the LLM, and the file carries the generations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_agent_example_runs_against_a_local_stub() {
+    let example = langfuse_server::example_binary_named("llm_agent");
+    let llm = LlmStub::start().await;
+    let dir = tempdir("llm-example");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("traces.jsonl");
+    let out = tokio::process::Command::new(&example)
+        .current_dir(&dir)
+        .env("OPENAI_BASE_URL", format!("http://{}/v1", llm.addr))
+        .env("OPENAI_API_KEY", "sk-test-llm")
+        .env("OPENAI_MODEL", "test-model")
+        .env("FLOWTRACE_TRACE_FILE", &file)
+        .env_remove("LANGFUSE_PUBLIC_KEY")
+        .env_remove("LANGFUSE_SECRET_KEY")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("🔎 searches: 1"), "{stdout}");
+    assert!(stdout.contains("💬 John Hopfield and Geoffrey Hinton"), "{stdout}");
+    assert_eq!(llm.seen.lock().len(), 5);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains("sk-test-llm"), "the API key never reaches the trace");
+    let line: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let gens: Vec<_> = line["spans"].as_array().unwrap().iter().filter(|s| s.get("generation").is_some()).collect();
+    assert_eq!(gens.len(), 5);
+    let tokens: u64 = gens.iter().filter_map(|g| g["generation"]["usage"]["total"].as_u64()).sum();
+    assert_eq!(tokens, 280);
 }

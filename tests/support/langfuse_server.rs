@@ -534,18 +534,23 @@ pub async fn run_sample(
 /// The `customer_support` example binary next to this test binary, built first if needed
 /// (`cargo test` builds examples; `cargo test --test x` does not).
 pub fn example_binary() -> std::path::PathBuf {
+    example_binary_named("customer_support")
+}
+
+/// An example's binary next to this test binary, built first if needed.
+pub fn example_binary_named(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf();
-    let bin = profile_dir.join("examples").join("customer_support");
+    let bin = profile_dir.join("examples").join(name);
     if !bin.exists() {
         let target_dir = profile_dir.parent().expect("target dir");
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--example", "customer_support", "--target-dir"])
+            .args(["build", "--example", name, "--target-dir"])
             .arg(target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
-            .expect("run cargo build --example customer_support");
-        assert!(status.success(), "cargo build --example customer_support failed");
+            .unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
+        assert!(status.success(), "cargo build --example {name} failed");
     }
     bin
 }
