@@ -850,3 +850,41 @@ async fn the_llm_agent_example_runs_against_a_local_stub() {
     let tokens: u64 = gens.iter().filter_map(|g| g["generation"]["usage"]["total"].as_u64()).sum();
     assert_eq!(tokens, 280);
 }
+
+/// What each phase saw and changed, as Langfuse shows it: prep's input is the store entries
+/// it read, post's input prep's and exec's results, post's output the action and the entries
+/// it changed with their new values; the node shows the same summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_phase_shows_what_it_saw_and_changed() {
+    let rig = Rig::new("phases").await;
+    let node = FnNode::new("Bump")
+        .prep(|ctx| {
+            let n: i64 = ctx.shared().require("count")?;
+            let _ = ctx.shared().get_json("label");
+            Ok(json!(n))
+        })
+        .exec(|n, _| async move { Ok(json!(n.as_i64().unwrap_or(0) + 1)) })
+        .post(|ctx, _, e| {
+            ctx.shared().insert("count", e);
+            ctx.shared().insert("bumped", true);
+            Ok(Action::new("done"))
+        })
+        .into_node();
+    let flow = Flow::named("PhaseFlow", Some(&node));
+    let shared = SharedStore::from_json(json!({"count": 41, "label": "x", "untouched": [1, 2, 3]}));
+    traced(&flow, &rig.tracer).run(&shared).await.unwrap();
+    let got = rig.delivered().await;
+    let (t, spans, events) = &got[0];
+    let levels = check_otlp(t, spans);
+    check_legacy(t, events, &levels);
+    let io = |name: &str| {
+        let s = spans.iter().find(|s| s.name == name).unwrap();
+        (json_attr(s, "langfuse.observation.input"), json_attr(s, "langfuse.observation.output"))
+    };
+    let saw = json!({"count": 41, "label": "x"});
+    let did = json!({"action": "done", "changed": {"count": 42, "bumped": true}});
+    assert_eq!(io("Bump.prep"), (saw.clone(), json!(41)));
+    assert_eq!(io("Bump.exec"), (json!(41), json!(42)));
+    assert_eq!(io("Bump.post"), (json!({"prep": 41, "exec": 42}), did.clone()));
+    assert_eq!(io("Bump"), (saw, did));
+}

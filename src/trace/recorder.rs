@@ -20,6 +20,7 @@ use serde_json::Value;
 use super::model::{SpanId, SpanKind, SpanRecord, SpanStatus, TraceId};
 use super::TraceSink;
 use crate::error::Error;
+use crate::flow::StoreSnapshot;
 
 /// Which parts of a run are recorded (the `FLOWTRACE_TRACE_*` switches).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +219,18 @@ pub(crate) struct RawSpan {
     extra: Vec<(&'static str, AttrVal)>,
     /// The LLM call of a generation span (its clock readings are converted with the rest).
     generation: Option<Box<crate::flow::Generation>>,
+    /// Store entries behind the input/output, serialised on the tracer's thread.
+    lazy: Option<Box<LazyIo>>,
+}
+
+/// A phase's input and output as store entries, held by reference count while the run goes
+/// on and serialised only when the span becomes a record.
+#[derive(Debug, Default)]
+pub(crate) struct LazyIo {
+    /// The entries read (the input).
+    reads: Option<Arc<StoreSnapshot>>,
+    /// The action and the entries changed, with their new values (the output).
+    changes: Option<(Value, Arc<StoreSnapshot>)>,
 }
 
 impl RawSpan {
@@ -242,6 +255,15 @@ impl RawSpan {
                 prompt_version: g.prompt.map(|p| p.1),
             })
         });
+        let (mut input, mut output) = (self.input.take(), self.output.take());
+        if let Some(lazy) = self.lazy.take() {
+            if let Some(r) = lazy.reads {
+                input = Some(r.to_json());
+            }
+            if let Some((action, changed)) = lazy.changes {
+                output = Some(serde_json::json!({ "action": action, "changed": changed.to_json() }));
+            }
+        }
         SpanRecord {
             generation,
             span_id: self.span_id,
@@ -251,8 +273,8 @@ impl RawSpan {
             start_unix_nanos: clock.unix_nanos(self.start),
             end_unix_nanos: clock.unix_nanos(self.end),
             status: self.status.take().map(|s| *s).unwrap_or_default(),
-            input: self.input.take(),
-            output: self.output.take(),
+            input,
+            output,
             attributes,
         }
     }
@@ -316,6 +338,7 @@ impl crate::flow::generation::GenerationSink for RunTrace {
             attrs: EMPTY_ATTRS,
             extra: Vec::new(),
             generation: Some(Box::new(g)),
+            lazy: None,
         });
         self.push(rec);
     }
@@ -396,6 +419,7 @@ impl Recorder {
             attrs: EMPTY_ATTRS,
             extra: Vec::new(),
             generation: None,
+            lazy: None,
         };
         let record = match self.spare_box() {
             Some(mut b) => {
@@ -497,6 +521,24 @@ impl OpenSpan {
         if self.rec.0.switches.outputs {
             if let Some(r) = self.record.as_mut() {
                 r.output = Some(v());
+            }
+        }
+    }
+
+    /// The input: the store entries the phase read (serialised later, off the run's path).
+    pub(crate) fn input_reads(&mut self, reads: &Arc<StoreSnapshot>) {
+        if self.rec.0.switches.inputs {
+            if let Some(r) = self.record.as_mut() {
+                r.lazy.get_or_insert_with(Default::default).reads = Some(Arc::clone(reads));
+            }
+        }
+    }
+
+    /// The output: the action and the entries changed, with their new values.
+    pub(crate) fn output_changes(&mut self, action: impl FnOnce() -> Value, changed: &Arc<StoreSnapshot>) {
+        if self.rec.0.switches.outputs {
+            if let Some(r) = self.record.as_mut() {
+                r.lazy.get_or_insert_with(Default::default).changes = Some((action(), Arc::clone(changed)));
             }
         }
     }
