@@ -888,3 +888,57 @@ async fn each_phase_shows_what_it_saw_and_changed() {
     assert_eq!(io("Bump.post"), (json!({"prep": 41, "exec": 42}), did.clone()));
     assert_eq!(io("Bump"), (saw, did));
 }
+
+/// A node declared a generation is the LLM call: the call its exec recorded is folded into
+/// it, so Langfuse shows one generation with the model and usage, counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_declared_a_generation_carries_its_call() {
+    let rig = Rig::new("gen-node").await;
+    let node = FnNode::new("Summarise")
+        .exec(|_, cx| async move {
+            if cx.attempt() == 0 {
+                cx.generation(Generation::new("call").model("m-1").failed("HTTP 503"));
+                return Err("HTTP 503".into());
+            }
+            cx.generation(
+                Generation::new("call")
+                    .model("m-1")
+                    .input(json!([{"role": "user", "content": "sum up"}]))
+                    .output("short")
+                    .usage(7, 2)
+                    .cost(0.001, 0.002),
+            );
+            Ok(json!("short"))
+        })
+        .into_node()
+        .max_retries(2)
+        .observation_type(ObservationType::Generation);
+    let flow = Flow::named("GenNodeFlow", Some(&node));
+    traced(&flow, &rig.tracer).run(&SharedStore::new()).await.unwrap();
+    let got = rig.delivered().await;
+    let (t, spans, events) = &got[0];
+    // The record keeps the call as it happened; what Langfuse gets has it folded into the node.
+    assert_eq!(t.spans.iter().filter(|s| s.kind == SpanKind::Generation).count(), 2);
+    assert_eq!(spans.len(), t.spans.len() - 1, "the successful call is the node itself");
+    let gens: Vec<_> =
+        spans.iter().filter(|s| attr_str(s, "langfuse.observation.type") == Some("generation")).collect();
+    assert_eq!(gens.len(), 2, "the node, and the failed call under attempt 1");
+    let n = gens.iter().find(|s| s.name == "Summarise").unwrap();
+    assert_eq!(attr_str(n, "langfuse.observation.model.name"), Some("m-1"));
+    assert_eq!(json_attr(n, "langfuse.observation.usage_details"), json!({"input": 7, "output": 2, "total": 9}));
+    assert_eq!(json_attr(n, "langfuse.observation.input"), json!([{"role": "user", "content": "sum up"}]));
+    assert_eq!(json_attr(n, "langfuse.observation.output"), json!("short"));
+    let failed = gens.iter().find(|s| s.name == "call").unwrap();
+    assert_eq!(level(failed), "WARNING");
+    assert!(attr_str(failed, "langfuse.observation.usage_details").is_none());
+    let lg: Vec<_> = events.iter().filter(|e| e["type"] == "generation-create").collect();
+    assert_eq!(lg.len(), 2);
+    let ln = lg.iter().find(|e| e["body"]["name"] == "Summarise").unwrap();
+    assert_eq!(ln["body"]["usageDetails"]["total"], 9);
+    assert_eq!(ln["body"]["costDetails"]["total"], json!(0.003));
+    assert_eq!(server_invalid(&rig), Vec::<String>::new());
+}
+
+fn server_invalid(rig: &Rig) -> Vec<String> {
+    rig.legacy.received(|r| r.invalid.clone())
+}

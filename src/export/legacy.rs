@@ -137,6 +137,8 @@ pub fn encode_trace_bytes(t: &TraceRecord, out: &mut Vec<(String, Vec<u8>)>) -> 
 /// observation.
 pub fn encode_trace_bytes_in(t: &TraceRecord, environment: Option<&str>, out: &mut Vec<(String, Vec<u8>)>) -> usize {
     let before = out.len();
+    let folded = observation::fold_generation_nodes(t);
+    let t = folded.as_ref().unwrap_or(t);
     let trace_id = t.trace_id.to_uuid();
     let metadata = observation::trace_metadata(t);
     let levels = Levels::new(t);
@@ -207,8 +209,8 @@ pub fn encode_trace_bytes_in(t: &TraceRecord, environment: Option<&str>, out: &m
         // Observation types beyond these (agent, tool, …) are refused by v2 servers: they
         // travel as `metadata.observation_type` on a span.
         let ty = match s.kind {
-            SpanKind::Generation => "generation-create",
             SpanKind::Event => "event-create",
+            _ if s.generation.is_some() => "generation-create",
             _ => "span-create",
         };
         push(ty, format_timestamp(s.end_unix_nanos), &body);

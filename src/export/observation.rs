@@ -118,6 +118,83 @@ pub(crate) fn observation_type(s: &SpanRecord) -> &str {
     }
 }
 
+/// A node declared [`ObservationType::Generation`](crate::ObservationType) *is* the LLM call:
+/// the generations its exec recorded are folded into it (model, parameters and prompt of the
+/// last call, usage and cost summed, the first completion start, the last call's messages
+/// and output), so Langfuse shows one generation and counts its tokens once. Failed calls
+/// stay as their own (usage-less) generations under their attempts. `None` when the trace
+/// has no such node (the usual case: nothing is copied).
+pub(crate) fn fold_generation_nodes(trace: &TraceRecord) -> Option<TraceRecord> {
+    let is_gen_node = |s: &SpanRecord| {
+        s.kind == SpanKind::Node && s.attributes.get("observation_type").and_then(Value::as_str) == Some("generation")
+    };
+    if !trace.spans.iter().any(is_gen_node) {
+        return None;
+    }
+    let by_id: HashMap<SpanId, &SpanRecord> = trace.spans.iter().map(|s| (s.span_id, s)).collect();
+    let node_of = |s: &SpanRecord| {
+        let mut cur = s.parent_id;
+        for _ in 0..=by_id.len() {
+            let p = by_id.get(&cur?)?;
+            if p.kind == SpanKind::Node {
+                return Some(p.span_id);
+            }
+            cur = p.parent_id;
+        }
+        None
+    };
+    let mut folded: HashMap<SpanId, (crate::trace::GenerationRecord, Option<Value>, Option<Value>)> = HashMap::new();
+    let mut gone = std::collections::HashSet::new();
+    // Spans are in the order they ended, so "last" is the last call to finish.
+    for s in &trace.spans {
+        let (Some(g), SpanStatus::Ok) = (&s.generation, &s.status) else { continue };
+        let Some(node) = node_of(s).filter(|n| by_id.get(n).is_some_and(|n| is_gen_node(n))) else { continue };
+        let e = folded.entry(node).or_default();
+        let m = &mut e.0;
+        if g.model.is_some() {
+            m.model = g.model.clone();
+        }
+        if !g.model_parameters.is_empty() {
+            m.model_parameters = g.model_parameters.clone();
+        }
+        if g.prompt_name.is_some() {
+            m.prompt_name = g.prompt_name.clone();
+            m.prompt_version = g.prompt_version;
+        }
+        for (k, v) in &g.usage {
+            *m.usage.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &g.cost {
+            *m.cost.entry(k.clone()).or_default() += v;
+        }
+        m.completion_start_unix_nanos = match (m.completion_start_unix_nanos, g.completion_start_unix_nanos) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if s.input.is_some() {
+            e.1 = s.input.clone();
+        }
+        if s.output.is_some() {
+            e.2 = s.output.clone();
+        }
+        gone.insert(s.span_id);
+    }
+    let mut t = trace.clone();
+    t.spans.retain(|s| !gone.contains(&s.span_id));
+    for s in &mut t.spans {
+        if let Some((g, input, output)) = folded.remove(&s.span_id) {
+            s.generation = Some(Box::new(g));
+            if input.is_some() {
+                s.input = input;
+            }
+            if output.is_some() {
+                s.output = output;
+            }
+        }
+    }
+    Some(t)
+}
+
 /// The name a span kind has in metadata (`span_kind`).
 pub(crate) fn kind_name(k: SpanKind) -> &'static str {
     match k {

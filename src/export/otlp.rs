@@ -181,6 +181,8 @@ pub fn encode_trace(trace: &TraceRecord, out: &mut Vec<Span>) -> usize {
 /// Like [`encode_trace`], with the Langfuse environment (`langfuse.environment`) on every span.
 pub fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, out: &mut Vec<Span>) -> usize {
     let before = out.len();
+    let folded = observation::fold_generation_nodes(trace);
+    let trace = folded.as_ref().unwrap_or(trace);
     let ctx = TraceContext::new(trace, environment);
     let levels = Levels::new(trace);
     let root = trace.root().map(|r| r.span_id);
