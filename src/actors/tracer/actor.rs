@@ -30,7 +30,6 @@ pub(crate) struct TracerState {
     /// Spans cast by runs and not yet taken in (shared with the runs' sink).
     backlog: Arc<std::sync::atomic::AtomicU64>,
     partial: HashMap<TraceId, Vec<SpanRecord>>,
-    traces_exported: u64,
 }
 
 impl Actor for TracerActor {
@@ -43,7 +42,7 @@ impl Actor for TracerActor {
         _myself: ActorRef<TracerMsg>,
         (exporters, backlog): (Vec<Arc<dyn Exporter>>, Arc<std::sync::atomic::AtomicU64>),
     ) -> Result<TracerState, ActorProcessingErr> {
-        Ok(TracerState { exporters, backlog, partial: HashMap::new(), traces_exported: 0 })
+        Ok(TracerState { exporters, backlog, partial: HashMap::new() })
     }
 
     async fn handle(
@@ -63,7 +62,6 @@ impl Actor for TracerActor {
                 let mut spans = state.partial.remove(&end.trace_id).unwrap_or_default();
                 let record = end.into_record(&mut spans);
                 let record = Arc::new(record);
-                state.traces_exported += 1;
                 for e in &state.exporters {
                     e.export(Arc::clone(&record));
                 }
