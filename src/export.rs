@@ -10,6 +10,7 @@ mod file;
 mod langfuse;
 mod legacy;
 mod memory;
+mod observation;
 mod otlp;
 mod privacy;
 mod spool;

@@ -100,6 +100,8 @@ pub(crate) struct Target {
     pub mode: AtomicU8,
     pub resource: Resource,
     pub public_key: String,
+    /// The Langfuse environment put on every trace and observation.
+    pub environment: Option<String>,
 }
 
 impl Target {
@@ -142,6 +144,7 @@ impl Target {
             mode: AtomicU8::new(MODE_OTLP),
             resource: otlp::resource(service),
             public_key: String::new(),
+            environment: None,
         }
     }
 }
@@ -181,13 +184,13 @@ impl Batch {
     }
 }
 
-fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8) {
+fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8, environment: Option<&str>) {
     let idx = batch.traces.len();
     let total = spans_of(&t);
     let before = batch.units.len();
     if mode == MODE_LEGACY {
         let mut events = Vec::new();
-        legacy::encode_trace_bytes(&t, &mut events);
+        legacy::encode_trace_bytes_in(&t, environment, &mut events);
         for (id, json) in events {
             batch.units.push(Unit {
                 trace: idx,
@@ -198,7 +201,7 @@ fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8) {
         }
     } else {
         let mut spans = Vec::new();
-        otlp::encode_trace(&t, &mut spans);
+        otlp::encode_trace_in(&t, environment, &mut spans);
         for s in spans {
             let size = s.encoded_len() + 4;
             batch.units.push(Unit { trace: idx, weight: 1, size, payload: Payload::Otlp(s) });
@@ -500,7 +503,7 @@ impl Worker {
 
     async fn add(&mut self, batch: &mut Batch, t: Arc<TraceRecord>, deadline: Option<Instant>) {
         let t = self.privacy.apply_shared(t);
-        encode_into(batch, t, self.mode());
+        encode_into(batch, t, self.mode(), self.target.environment.as_deref());
         if batch.weight as usize >= self.opts.max_batch_spans || batch.bytes >= self.opts.max_request_bytes {
             let b = std::mem::replace(batch, Batch::new());
             self.send_batch(b, deadline).await;
@@ -675,7 +678,12 @@ impl Worker {
                     idx.dedup();
                     let mut b = Batch::new();
                     for i in idx {
-                        encode_into(&mut b, Arc::clone(&batch.traces[i]), MODE_LEGACY);
+                        encode_into(
+                            &mut b,
+                            Arc::clone(&batch.traces[i]),
+                            MODE_LEGACY,
+                            self.target.environment.as_deref(),
+                        );
                     }
                     units = b
                         .units
@@ -851,7 +859,7 @@ impl Worker {
             let mut batch = Batch::new();
             batch.from_spool = true;
             for t in &claim.traces {
-                encode_into(&mut batch, Arc::clone(t), self.mode());
+                encode_into(&mut batch, Arc::clone(t), self.mode(), self.target.environment.as_deref());
             }
             let was_down = self.down;
             self.down = false;

@@ -22,11 +22,20 @@ pub(crate) struct NodeConfig {
     pub(crate) timeout: Option<Duration>,
     pub(crate) blocking: bool,
     pub(crate) max_concurrency: Option<usize>,
+    /// How the node shows in Langfuse (`None`: a plain span).
+    pub(crate) observation: Option<super::generation::ObservationType>,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { max_retries: 1, wait: Duration::ZERO, timeout: None, blocking: false, max_concurrency: None }
+        NodeConfig {
+            max_retries: 1,
+            wait: Duration::ZERO,
+            timeout: None,
+            blocking: false,
+            max_concurrency: None,
+            observation: None,
+        }
     }
 }
 
@@ -67,6 +76,8 @@ pub(crate) struct NodeDef {
     pub(crate) config: NodeConfig,
     /// Whether an arena owns this node (it has been wired).
     owned: std::sync::atomic::AtomicBool,
+    /// PocketFlow's wiring warnings (`Overwriting successor …`), shown on the node's spans.
+    pub(crate) wiring_warnings: RwLock<Vec<Arc<str>>>,
 }
 
 static LIVE_NODES: AtomicUsize = AtomicUsize::new(0);
@@ -173,6 +184,7 @@ impl NodeRef {
             params: RwLock::new(Arc::new(Params::new())),
             config: NodeConfig::default(),
             owned: std::sync::atomic::AtomicBool::new(false),
+            wiring_warnings: RwLock::new(Vec::new()),
         });
         LIVE_NODES.fetch_add(1, Ordering::SeqCst);
         NodeRef(def, Arena::new())
@@ -251,8 +263,14 @@ impl NodeRef {
         let target = target.map(|t| Arc::downgrade(&t.0));
         let mut succ = self.0.successors.write();
         if let Some(slot) = succ.iter_mut().find(|(a, _)| &**a == action) {
-            tracing::warn!(target: "flowtrace::flow", node = %self.0.name, "Overwriting successor for action '{action}'");
+            let warning = format!("Overwriting successor for action '{action}'");
+            tracing::warn!(target: "flowtrace::flow", node = %self.0.name, "{warning}");
             slot.1 = target;
+            // Kept (a few) so that every traced visit of the node shows it as a warning event.
+            let mut kept = self.0.wiring_warnings.write();
+            if kept.len() < 8 {
+                kept.push(warning.into());
+            }
         } else {
             succ.push((Arc::from(action), target));
         }
@@ -324,6 +342,16 @@ impl NodeRef {
     /// As [`max_retries`](Self::max_retries).
     pub fn blocking(self) -> Self {
         self.configure("blocking", |d| d.config.blocking = true)
+    }
+
+    /// How the node shows in Langfuse: an agent, a tool, a retriever, … or a generation
+    /// (`langfuse.observation.type`; on the legacy API, `metadata.observation_type`).
+    ///
+    /// # Panics
+    ///
+    /// As [`max_retries`](Self::max_retries).
+    pub fn observation_type(self, t: super::generation::ObservationType) -> Self {
+        self.configure("observation_type", |d| d.config.observation = Some(t))
     }
 
     /// For parallel batches: at most `n` items at once (default: all, as PocketFlow).

@@ -30,6 +30,11 @@ pub const DEFAULT_TRACE_FILE: &str = ".flowtrace/traces.jsonl";
 /// | `FLOWTRACE_REDACT_KEYS` (comma-separated key names, added to the defaults) | | unset |
 /// | `FLOWTRACE_REDACT_VALUES` (redact credential-shaped values whatever their key) | | `true` |
 ///
+/// The exporters read theirs from the same variables ([`var`](Self::var)):
+/// `LANGFUSE_INGESTION`, `LANGFUSE_TRACING_ENVIRONMENT`, `FLOWTRACE_SPOOL_DIR`,
+/// `OTEL_EXPORTER_OTLP_*`, `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` (the README's
+/// table lists them all).
+///
 /// Booleans accept `true/false`, `1/0`, `yes/no`, `on/off` (any case); anything else is an
 /// error naming the variable, as is a rate outside 0..=1 or a size that is not a number.
 ///
