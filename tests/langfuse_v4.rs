@@ -120,7 +120,7 @@ fn reparse(v: &Value) -> Value {
     serde_json::from_str(&v.to_string()).unwrap()
 }
 
-/// A span's path of names from the root, `Outer/Node/Node.exec/attempt 1`.
+/// A span's path of names from the root, `Outer/Node/Node.exec/attempt 0`.
 fn path_of(spans: &[Span], s: &Span) -> String {
     let mut names = vec![s.name.clone()];
     let mut parent = s.parent_span_id.clone();
@@ -310,13 +310,13 @@ async fn a_retry_that_succeeds_is_a_warning_not_an_error() {
     let got = rig.delivered().await;
     let (t, spans, events) = &got[0];
     let levels = check_otlp(t, spans);
+    assert_eq!(levels_named(&levels, "attempt 0"), ["WARNING"]);
     assert_eq!(levels_named(&levels, "attempt 1"), ["WARNING"]);
-    assert_eq!(levels_named(&levels, "attempt 2"), ["WARNING"]);
-    assert_eq!(levels_named(&levels, "attempt 3"), ["DEFAULT"]);
-    let a1 = spans.iter().find(|s| s.name == "attempt 1").unwrap();
+    assert_eq!(levels_named(&levels, "attempt 2"), ["DEFAULT"]);
+    let a1 = spans.iter().find(|s| s.name == "attempt 0").unwrap();
     assert_eq!(attr_str(a1, "langfuse.observation.status_message"), Some("transient failure 0"));
     let meta = json_attr(a1, "langfuse.observation.metadata");
-    assert_eq!((meta["attempt"].as_u64(), meta["error_kind"].as_str()), (Some(1), Some("node_error")));
+    assert_eq!((meta["attempt"].as_u64(), meta["error_kind"].as_str()), (Some(0), Some("node_error")));
     check_legacy(t, events, &levels);
 }
 
@@ -337,8 +337,8 @@ async fn a_failing_run_is_error_only_where_the_failure_ended_it() {
     let levels = check_otlp(t, spans);
     // The first attempt was retried: WARNING. The last one, the fallback that re-raised it,
     // the exec, the node and the flow ended the run: ERROR. The node that worked: DEFAULT.
-    assert_eq!(levels_named(&levels, "Broken.exec/attempt 1"), ["WARNING"]);
-    for name in ["Broken.exec/attempt 2", "Broken.exec/Broken.exec_fallback", "Broken.exec", "Broken", "FailFlow"] {
+    assert_eq!(levels_named(&levels, "Broken.exec/attempt 0"), ["WARNING"]);
+    for name in ["Broken.exec/attempt 1", "Broken.exec/Broken.exec_fallback", "Broken.exec", "Broken", "FailFlow"] {
         assert_eq!(levels_named(&levels, name), ["ERROR"], "{name}");
     }
     assert_eq!(levels_named(&levels, "Fine"), ["DEFAULT"]);
@@ -366,7 +366,7 @@ async fn a_panic_names_its_location_in_metadata() {
     let got = rig.delivered().await;
     let (t, spans, events) = &got[0];
     let levels = check_otlp(t, spans);
-    let attempt = spans.iter().find(|s| s.name == "attempt 1").unwrap();
+    let attempt = spans.iter().find(|s| s.name == "attempt 0").unwrap();
     let meta = json_attr(attempt, "langfuse.observation.metadata");
     assert_eq!(meta["error_kind"], "panic");
     assert!(meta["panic_location"].as_str().is_some_and(|l| l.contains("langfuse_v4.rs")), "{meta}");
@@ -401,7 +401,7 @@ async fn a_cancelled_run_is_warning_with_the_reason() {
     let got = rig.delivered().await;
     let (t, spans, events) = &got[0];
     let levels = check_otlp(t, spans);
-    for name in ["CancelFlow", "Stuck", "Stuck.exec", "attempt 1"] {
+    for name in ["CancelFlow", "Stuck", "Stuck.exec", "attempt 0"] {
         assert_eq!(levels_named(&levels, name), ["WARNING"], "{name}");
     }
     assert!(levels.values().all(|(_, l)| l != "ERROR"), "{levels:?}");
@@ -427,7 +427,7 @@ async fn a_run_past_its_deadline_warns_on_cut_spans_and_fails_at_the_root() {
     let levels = check_otlp(t, spans);
     // The spans the deadline cut short: WARNING with the reason. The run failed: its root is
     // ERROR with the run's error, so Langfuse shows the trace as failed.
-    for name in ["Slow", "Slow.exec", "attempt 1"] {
+    for name in ["Slow", "Slow.exec", "attempt 0"] {
         assert_eq!(levels_named(&levels, name), ["WARNING"], "{name}");
     }
     assert_eq!(levels_named(&levels, "DeadlineFlow"), ["ERROR"]);
@@ -586,7 +586,7 @@ async fn llm_calls_are_generations_on_both_protocols() {
     assert!(tree.contains("plan  ") && tree.contains("[gpt-4o-mini 12+3 tokens $0.000018]"), "{tree}");
 
     // OTLP: two generation observations under the attempt, with Langfuse's fields.
-    let attempt = spans.iter().find(|s| s.name == "attempt 1").unwrap();
+    let attempt = spans.iter().find(|s| s.name == "attempt 0").unwrap();
     let gens: Vec<_> =
         spans.iter().filter(|s| attr_str(s, "langfuse.observation.type") == Some("generation")).collect();
     assert_eq!(gens.len(), 2);
@@ -625,7 +625,7 @@ async fn llm_calls_are_generations_on_both_protocols() {
     assert_eq!(plan["costDetails"]["total"], json!(0.000_018));
     assert_eq!((plan["promptName"].as_str(), plan["promptVersion"].as_u64()), (Some("plan-prompt"), Some(3)));
     assert!(plan["completionStartTime"].is_string());
-    assert_eq!(plan["parentObservationId"], t.span("attempt 1").unwrap().span_id.to_string());
+    assert_eq!(plan["parentObservationId"], t.span("attempt 0").unwrap().span_id.to_string());
     let agent_ev = events.iter().find(|e| e["body"]["name"] == "Agent").unwrap();
     assert_eq!(agent_ev["body"]["metadata"]["observation_type"], "agent");
 }
@@ -922,7 +922,7 @@ async fn a_node_declared_a_generation_carries_its_call() {
     assert_eq!(spans.len(), t.spans.len() - 1, "the successful call is the node itself");
     let gens: Vec<_> =
         spans.iter().filter(|s| attr_str(s, "langfuse.observation.type") == Some("generation")).collect();
-    assert_eq!(gens.len(), 2, "the node, and the failed call under attempt 1");
+    assert_eq!(gens.len(), 2, "the node, and the failed call under attempt 0");
     let n = gens.iter().find(|s| s.name == "Summarise").unwrap();
     assert_eq!(attr_str(n, "langfuse.observation.model.name"), Some("m-1"));
     assert_eq!(json_attr(n, "langfuse.observation.usage_details"), json!({"input": 7, "output": 2, "total": 9}));
