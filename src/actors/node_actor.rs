@@ -15,16 +15,17 @@
 //! run's trace waits for them (see [`Crew::alive`]) so that their open spans end as cancelled
 //! inside the trace.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::error::Error;
 
@@ -102,14 +103,20 @@ impl<T: Send + 'static> Drop for StopGuard<T> {
     }
 }
 
-/// One task of a share: its index in the batch and its future.
-type Task<T> = (usize, BoxFuture<'static, Result<T, Error>>);
+/// Builds task `i`'s future. A node actor builds each of its tasks only when it starts it, in
+/// its own task: a batch's futures are neither stored nor moved between threads in advance.
+type Make<F> = Arc<dyn Fn(usize) -> F + Send + Sync>;
 
-/// A node actor's start: its share of the work and how many of its tasks may run at once.
-struct Share<T: Send + 'static> {
+/// A node actor's start: its share of the work (tasks `first`, `first + step`, … below
+/// `count`), how many of them may run at once, and the visit's `tracing` span.
+struct Share<T: Send + 'static, F> {
     guard: StopGuard<T>,
-    tasks: Vec<Task<T>>,
+    make: Make<F>,
+    first: usize,
+    step: usize,
+    count: usize,
     limit: usize,
+    span: tracing::Span,
 }
 
 /// Results not yet reported; reported when dropped too, so that a node actor that dies (a
@@ -133,59 +140,95 @@ impl<T: Send + 'static> Drop for Ready<'_, T> {
     }
 }
 
-struct NodeState<T: Send + 'static> {
-    share: Option<(Vec<Task<T>>, usize)>,
+struct NodeState<T: Send + 'static, F> {
+    share: Option<(Make<F>, std::iter::StepBy<std::ops::Range<usize>>, usize, tracing::Span)>,
     guard: StopGuard<T>,
 }
 
 /// A node actor: runs its share of a batch concurrently, reports each result, then stops.
-struct NodeActor<T>(std::marker::PhantomData<fn() -> T>);
+struct NodeActor<T, F>(std::marker::PhantomData<fn() -> (T, F)>);
 
 /// A node actor takes no messages: its share runs in `post_start`, under its kill signal.
 enum NodeMsg {}
 
-impl<T: Send + 'static> Actor for NodeActor<T> {
+impl<T, F> Actor for NodeActor<T, F>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+{
     type Msg = NodeMsg;
-    type State = NodeState<T>;
-    type Arguments = Share<T>;
+    type State = NodeState<T, F>;
+    type Arguments = Share<T, F>;
 
-    async fn pre_start(&self, _me: ActorRef<NodeMsg>, share: Share<T>) -> Result<NodeState<T>, ActorProcessingErr> {
-        Ok(NodeState { share: Some((share.tasks, share.limit)), guard: share.guard })
+    async fn pre_start(
+        &self,
+        _me: ActorRef<NodeMsg>,
+        share: Share<T, F>,
+    ) -> Result<NodeState<T, F>, ActorProcessingErr> {
+        let indices = (share.first..share.count).step_by(share.step);
+        Ok(NodeState { share: Some((share.make, indices, share.limit, share.span)), guard: share.guard })
     }
 
-    async fn post_start(&self, me: ActorRef<NodeMsg>, state: &mut NodeState<T>) -> Result<(), ActorProcessingErr> {
-        if let Some((tasks, limit)) = state.share.take() {
+    async fn post_start(&self, me: ActorRef<NodeMsg>, state: &mut NodeState<T, F>) -> Result<(), ActorProcessingErr> {
+        if let Some((make, indices, limit, span)) = state.share.take() {
             let tx = &state.guard.tx;
-            let mut pending = tasks.into_iter();
-            let mut running = FuturesUnordered::new();
-            let start = |(i, fut): Task<T>| async move { (i, fut.await) };
-            for t in pending.by_ref().take(limit.max(1)) {
-                running.push(start(t));
-            }
-            let mut ready = Ready { results: Vec::new(), tx };
-            loop {
-                // Collect every result ready now; report them when the next one must be waited for.
-                let next = match running.next().now_or_never() {
-                    Some(next) => next,
-                    None => {
-                        ready.flush();
-                        running.next().await
-                    }
-                };
-                let Some((i, res)) = next else { break };
-                let failed = res.is_err();
-                ready.results.push((i, res));
-                if failed {
-                    // The first error ends the batch: report it at once.
-                    ready.flush();
-                }
-                if let Some(t) = pending.next() {
-                    running.push(start(t));
-                }
-            }
+            run_share(tx, make, indices, limit).instrument(span).await;
         }
         me.stop(None);
         Ok(())
+    }
+}
+
+/// Runs a node actor's share, at most `limit` tasks at once, reporting results in batches.
+async fn run_share<T, F>(
+    tx: &UnboundedSender<Report<T>>,
+    make: Make<F>,
+    mut pending: impl Iterator<Item = usize>,
+    limit: usize,
+) where
+    T: Send + 'static,
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+{
+    let mut running = FuturesUnordered::new();
+    // What `make` holds (the batch's items, among others) must be let go before the last
+    // result is reported: the visit's `post` takes the items back by value.
+    let mut make = Some(make);
+    // Boxed once where it is made: an item's future is large (its whole retry loop), and
+    // FuturesUnordered would otherwise copy it several times on the way in.
+    let start = |make: &Make<F>, i: usize| {
+        let fut = Box::pin(make(i));
+        async move { (i, fut.await) }
+    };
+    if let Some(m) = &make {
+        for i in pending.by_ref().take(limit.max(1)) {
+            running.push(start(m, i));
+        }
+    }
+    let mut pending = pending.peekable();
+    if pending.peek().is_none() {
+        make = None;
+    }
+    let mut ready = Ready { results: Vec::new(), tx };
+    loop {
+        // Collect every result ready now; report them when the next one must be waited for.
+        let next = match running.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                ready.flush();
+                running.next().await
+            }
+        };
+        let Some((i, res)) = next else { break };
+        let failed = res.is_err();
+        ready.results.push((i, res));
+        if failed {
+            // The first error ends the batch: report it at once.
+            ready.flush();
+        }
+        match (&make, pending.next()) {
+            (Some(m), Some(i)) => running.push(start(m, i)),
+            _ => make = None,
+        }
     }
 }
 
@@ -213,14 +256,18 @@ fn crew_size(count: usize, limit: usize) -> usize {
 /// Runs `count` tasks (`make(i)` builds task `i`) in node actors linked to the run's
 /// supervisor, at most `limit` at once, and returns their results in input order. The first
 /// error ends the batch: the other tasks are cancelled, and awaited, before it returns.
-pub(crate) async fn run_concurrently<T: Send + 'static>(
+pub(crate) async fn run_concurrently<T, F>(
     crew: &Crew,
     node: &str,
     what: &str,
     count: usize,
     limit: Option<usize>,
-    make: impl Fn(usize) -> BoxFuture<'static, Result<T, Error>>,
-) -> Result<Vec<T>, Error> {
+    make: impl Fn(usize) -> F + Send + Sync + 'static,
+) -> Result<Vec<T>, Error>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, Error>> + Send + 'static,
+{
     if count == 0 {
         return Ok(Vec::new());
     }
@@ -229,16 +276,21 @@ pub(crate) async fn run_concurrently<T: Send + 'static>(
     let (tx, mut rx) = unbounded_channel::<Report<T>>();
     // Item i goes to node actor i % k: each actor's share is spread over the whole batch, so
     // with a limit the items still start roughly in input order.
-    let mut shares: Vec<Vec<Task<T>>> = (0..k).map(|_| Vec::with_capacity(count / k + 1)).collect();
-    for i in 0..count {
-        shares[i % k].push((i, make(i)));
-    }
-    let mut outstanding: Vec<usize> = shares.iter().map(Vec::len).collect();
+    let make: Make<F> = Arc::new(make);
+    let mut outstanding: Vec<usize> = (0..k).map(|slot| (slot..count).step_by(k).len()).collect();
     let mut guard = CrewGuard { actors: Vec::with_capacity(k) };
     let mut joins = Vec::with_capacity(k);
-    for (slot, tasks) in shares.into_iter().enumerate() {
+    for slot in 0..k {
         let per_actor = limit / k + usize::from(slot < limit % k);
-        let share = Share { guard: StopGuard::new(slot, tx.clone(), Arc::clone(&crew.alive)), tasks, limit: per_actor };
+        let share = Share {
+            guard: StopGuard::new(slot, tx.clone(), Arc::clone(&crew.alive)),
+            make: Arc::clone(&make),
+            first: slot,
+            step: k,
+            count,
+            limit: per_actor,
+            span: tracing::Span::current(),
+        };
         let spawned = match &crew.supervisor {
             Some(sup) => Actor::spawn_linked(None, NodeActor(std::marker::PhantomData), share, sup.clone()).await,
             None => Actor::spawn(None, NodeActor(std::marker::PhantomData), share).await,
@@ -309,6 +361,7 @@ pub(crate) async fn run_concurrently<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::future::BoxFuture;
 
     fn boxed<T: Send + 'static>(
         f: impl std::future::Future<Output = Result<T, Error>> + Send + 'static,

@@ -721,16 +721,12 @@ async fn run_parallel_items(
     }
     let work =
         Arc::new(Work { node: Arc::clone(node), items: Arc::clone(items), def: nref.clone(), cfg, cx: cx.clone() });
-    let span = tracing::Span::current();
-    run_concurrently(&cx.crew, nref.name(), "item", count, cfg.max_concurrency, |i| {
+    run_concurrently(&cx.crew, nref.name(), "item", count, cfg.max_concurrency, move |i| {
         let w = Arc::clone(&work);
-        Box::pin(
-            async move {
-                let batch = Batch { node: &w.node, items: &w.items, def: &w.def, cfg: w.cfg, cx: &w.cx };
-                batch.run_item(i).await
-            }
-            .instrument(span.clone()),
-        )
+        async move {
+            let batch = Batch { node: &w.node, items: &w.items, def: &w.def, cfg: w.cfg, cx: &w.cx };
+            batch.run_item(i).await
+        }
     })
     .await
 }
@@ -838,13 +834,13 @@ async fn visit_batch_flow(node: &NodeRef, def: &BatchFlowDef, cx: &VisitCx) -> R
             // error cancels the others, and a cancel of the run kills their actors.
             let flow_name: Arc<str> = Arc::clone(&node.0.name);
             let merged = Arc::new(merged);
-            let tspan = tracing::Span::current();
-            run_concurrently(&inner.crew, name, "batch", merged.len(), None, |i| {
+            let (run_start, run_cx, runs) = (start.clone(), inner.clone(), Arc::clone(&merged));
+            run_concurrently(&inner.crew, name, "batch", merged.len(), None, move |i| {
                 let (flow_name, start, params, cx) =
-                    (Arc::clone(&flow_name), start.clone(), Arc::clone(&merged[i]), inner.clone());
-                Box::pin(
-                    async move { run_param_set(&flow_name, i, start, params, &cx).await }.instrument(tspan.clone()),
-                )
+                    (Arc::clone(&flow_name), run_start.clone(), Arc::clone(&runs[i]), run_cx.clone());
+                // Boxed: a batch flow's run nests visits, and its future's size must be known.
+                Box::pin(async move { run_param_set(&flow_name, i, start, params, &cx).await })
+                    as futures::future::BoxFuture<'static, Result<(), Error>>
             })
             .await?;
         } else {
