@@ -106,6 +106,7 @@ fn kind_name(k: crate::trace::SpanKind) -> &'static str {
         Wait => "wait",
         Fallback => "fallback",
         Post => "post",
+        Resume => "resume",
     }
 }
 

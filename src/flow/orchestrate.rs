@@ -236,6 +236,9 @@ pub(crate) async fn orchestrate(
     max_steps: Option<u64>,
     cx: &VisitCx,
 ) -> Result<Action, Error> {
+    if let Some(hook) = &cx.hook {
+        return orchestrate_durable(flow_name, start, max_steps, cx, hook).await;
+    }
     let mut curr = start;
     let mut last = Action::none();
     let mut steps = 0_u64;
@@ -248,6 +251,61 @@ pub(crate) async fn orchestrate(
         }
         last = visit(&node, cx).await?;
         curr = node.next_for(&last);
+    }
+    Ok(last)
+}
+
+/// The same loop for a durable run's root flow: it may start part-way (at a checkpoint), and
+/// the hook checkpoints after each visit and when a node suspends the run. Nested flows and
+/// the visits themselves run without the hook.
+async fn orchestrate_durable(
+    flow_name: &str,
+    start: Option<NodeRef>,
+    max_steps: Option<u64>,
+    cx: &VisitCx,
+    hook: &Arc<dyn super::visit::RunHook>,
+) -> Result<Action, Error> {
+    let node_cx = VisitCx { hook: None, ..cx.clone() };
+    let (mut curr, mut steps) = match hook.resume_at(start.as_ref())? {
+        Some((node, steps)) => (Some(node), steps),
+        None => (start, 0),
+    };
+    let mut last = Action::none();
+    while let Some(node) = curr {
+        steps += 1;
+        if let Some(limit) = max_steps {
+            if steps > limit {
+                return Err(Error::MaxSteps { flow: flow_name.to_owned(), limit });
+            }
+        }
+        match visit(&node, &node_cx).await {
+            Ok(action) => {
+                let next = node.next_for(&action);
+                let v = super::visit::Visited {
+                    node: &node,
+                    action: Some(&action),
+                    next: next.as_ref(),
+                    steps,
+                    shared: &cx.shared,
+                };
+                hook.visited(v).await?;
+                last = action;
+                curr = next;
+            }
+            Err(e @ Error::Suspended { .. }) => {
+                // The waiting node is visited again on resume, so its step is not counted.
+                let v = super::visit::Visited {
+                    node: &node,
+                    action: None,
+                    next: Some(&node),
+                    steps: steps - 1,
+                    shared: &cx.shared,
+                };
+                hook.visited(v).await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(last)
 }

@@ -25,6 +25,26 @@ pub(crate) struct RunLimits {
     pub(crate) max_steps: Option<u64>,
 }
 
+/// How a durable run sees its root flow: where it starts, and a checkpoint after each visit.
+/// The engine knows nothing more of durability (`crate::actors::durable` does the rest).
+pub(crate) trait RunHook: Send + Sync + 'static {
+    /// The node to start at and the steps already taken, instead of the flow's start node
+    /// (`None`: start at `start`, from step 0).
+    fn resume_at(&self, start: Option<&NodeRef>) -> Result<Option<(NodeRef, u64)>, Error>;
+    /// After each visit of the root flow that ended in an action, or suspended the run
+    /// (`action` is `None`, `next` is the node that waits). An error ends the run.
+    fn visited<'a>(&'a self, visit: Visited<'a>) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// One finished visit of a durable run's root flow.
+pub(crate) struct Visited<'a> {
+    pub(crate) node: &'a NodeRef,
+    pub(crate) action: Option<&'a Action>,
+    pub(crate) next: Option<&'a NodeRef>,
+    pub(crate) steps: u64,
+    pub(crate) shared: &'a SharedStore,
+}
+
 /// What a visit needs from its run: the store, the run's params, and where to record spans.
 #[derive(Clone)]
 pub(crate) struct VisitCx {
@@ -33,6 +53,8 @@ pub(crate) struct VisitCx {
     pub(crate) trace: Option<Recorder>,
     pub(crate) parent: Option<SpanId>,
     pub(crate) limits: Arc<RunLimits>,
+    /// A durable run's hook, for the root flow's loop only (it is not passed to the visits).
+    pub(crate) hook: Option<Arc<dyn RunHook>>,
 }
 
 impl VisitCx {

@@ -95,6 +95,8 @@ pub enum SpanKind {
     Fallback,
     /// A node's `post`.
     Post,
+    /// A durable run continuing from its checkpoint on a worker (the worker is in its input).
+    Resume,
 }
 
 /// How a span (or trace) ended.
