@@ -30,6 +30,8 @@ pub mod export;
 pub mod flow;
 pub mod trace;
 
+#[cfg(feature = "durable")]
+pub use actors::durable;
 pub use actors::runtime::{
     Admission, RunCanceller, RunHandle, RunStatus, Runtime, RuntimeBuilder, RuntimeStats, ShutdownReport,
 };

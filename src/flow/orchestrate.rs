@@ -139,6 +139,12 @@ impl Flow {
         &self.node
     }
 
+    /// The start node, if set (durable runs index the graph from it).
+    #[cfg_attr(not(feature = "durable"), allow(dead_code))]
+    pub(crate) fn start_node(&self) -> Option<NodeRef> {
+        self.def().start.read().clone()
+    }
+
     /// The flow's name.
     pub fn name(&self) -> &str {
         self.node.name()
@@ -285,6 +291,7 @@ async fn orchestrate_durable(
                     node: &node,
                     action: Some(&action),
                     next: next.as_ref(),
+                    waiting_for: None,
                     steps,
                     shared: &cx.shared,
                 };
@@ -292,17 +299,18 @@ async fn orchestrate_durable(
                 last = action;
                 curr = next;
             }
-            Err(e @ Error::Suspended { .. }) => {
+            Err(Error::Suspended { node: waiting, key }) => {
                 // The waiting node is visited again on resume, so its step is not counted.
                 let v = super::visit::Visited {
                     node: &node,
                     action: None,
                     next: Some(&node),
+                    waiting_for: Some(&key),
                     steps: steps - 1,
                     shared: &cx.shared,
                 };
                 hook.visited(v).await?;
-                return Err(e);
+                return Err(Error::Suspended { node: waiting, key });
             }
             Err(e) => return Err(e),
         }

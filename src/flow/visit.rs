@@ -37,10 +37,13 @@ pub(crate) trait RunHook: Send + Sync + 'static {
 }
 
 /// One finished visit of a durable run's root flow.
+#[cfg_attr(not(feature = "durable"), allow(dead_code))]
 pub(crate) struct Visited<'a> {
     pub(crate) node: &'a NodeRef,
     pub(crate) action: Option<&'a Action>,
     pub(crate) next: Option<&'a NodeRef>,
+    /// The store key the run waits for, when the visit suspended it.
+    pub(crate) waiting_for: Option<&'a str>,
     pub(crate) steps: u64,
     pub(crate) shared: &'a SharedStore,
 }
