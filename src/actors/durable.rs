@@ -276,6 +276,10 @@ pub struct RunState {
     pub last_action: Option<String>,
     /// Where the run stands.
     pub phase: RunPhase,
+    /// Executions started (a worker that dies mid-run counts too); bounded by a worker's
+    /// `max_deliveries`.
+    #[serde(default)]
+    pub attempts: u64,
     /// The last error of a failed execution (kept for a dead-lettered result).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -310,6 +314,7 @@ impl RunState {
             last_node: None,
             last_action: None,
             phase: RunPhase::Running,
+            attempts: 0,
             last_error: None,
             updated_unix_ms: now_ms(),
         })
@@ -449,6 +454,8 @@ impl Registry {
 /// and writes a checkpoint after every visit.
 struct CheckpointHook {
     store: Arc<dyn CheckpointStore>,
+    /// Set when a checkpoint could not be written: the run failed for the store, not itself.
+    save_failed: std::sync::atomic::AtomicBool,
     nodes: Arc<HashMap<String, NodeRef>>,
     state: parking_lot::Mutex<RunState>,
     resumed: bool,
@@ -493,7 +500,10 @@ impl RunHook for CheckpointHook {
             s.clone()
         };
         Box::pin(async move {
-            self.store.save(&snapshot).await.map_err(|e| Error::Engine(format!("checkpoint failed: {e}")))
+            self.store.save(&snapshot).await.map_err(|e| {
+                self.save_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                Error::Engine(format!("checkpoint failed: {e}"))
+            })
         })
     }
 }
@@ -507,11 +517,18 @@ pub(crate) enum Outcome {
     Suspended { node: String, key: String },
     /// The run was refused before any node ran (unknown flow, bad store, version); final.
     Rejected(DurableError),
-    /// The flow failed (a node error, a panic, a failed checkpoint); may be retried.
-    Failed(Error),
+    /// The flow failed (a node error, a panic); may be retried. `attempts` counts executions
+    /// so far.
+    Failed { error: Error, attempts: u64 },
+    /// The checkpoint store failed (read or write): not the run's fault, retry later.
+    Unavailable(Error),
+    /// The run has used up its attempts (its workers died or it failed each time).
+    Exhausted { attempts: u64, last_error: Option<String> },
 }
 
-/// Executes (or continues) one durable run on this process.
+/// Executes (or continues) one durable run on this process. With `max_attempts`, the
+/// attempt is counted in the checkpoint before any node runs, so a run whose workers keep
+/// dying stops after that many.
 pub(crate) async fn execute(
     registry: &Registry,
     store: &Arc<dyn CheckpointStore>,
@@ -519,6 +536,7 @@ pub(crate) async fn execute(
     tracer: Option<&Tracer>,
     worker: &str,
     delivery: u64,
+    max_attempts: Option<u64>,
 ) -> Outcome {
     if request.format != FORMAT_VERSION {
         return Outcome::Rejected(DurableError::Version(format!(
@@ -538,15 +556,16 @@ pub(crate) async fn execute(
             )));
         }
     }
-    let (state, resumed) = match store.load(&request.run_id).await {
-        Ok(Some(s)) => (s, true),
+    let mut state = match store.load(&request.run_id).await {
+        Ok(Some(s)) => s,
         Ok(None) => match RunState::initial(request) {
-            Ok(s) => (s, false),
+            Ok(s) => s,
             Err(e) => return Outcome::Rejected(e),
         },
         Err(e @ DurableError::Version(_)) => return Outcome::Rejected(e),
-        Err(e) => return Outcome::Failed(Error::Engine(format!("cannot load the checkpoint: {e}"))),
+        Err(e) => return Outcome::Unavailable(Error::Engine(format!("cannot load the checkpoint: {e}"))),
     };
+    let resumed = state.checkpoints > 0;
     match &state.phase {
         RunPhase::Finished => {
             return Outcome::Completed { action: state.last_action.clone(), store: Value::Object(state.store) }
@@ -554,6 +573,16 @@ pub(crate) async fn execute(
         RunPhase::Suspended { node, key } => return Outcome::Suspended { node: node.clone(), key: key.clone() },
         RunPhase::Running => {}
     }
+    if let Some(max) = max_attempts {
+        if state.attempts >= max {
+            return Outcome::Exhausted { attempts: state.attempts, last_error: state.last_error.clone() };
+        }
+        state.attempts += 1;
+        if let Err(e) = store.save(&state).await {
+            return Outcome::Unavailable(Error::Engine(format!("cannot write the checkpoint: {e}")));
+        }
+    }
+    let attempts = state.attempts;
     let shared = SharedStore::from_json(Value::Object(state.store.clone()));
     let mut options = RunOptions::new();
     if !state.params.is_empty() {
@@ -584,13 +613,20 @@ pub(crate) async fn execute(
         })
     });
     let trace_id = state.trace_id;
-    let hook = Arc::new(CheckpointHook { store: Arc::clone(store), nodes: Arc::clone(&reg.nodes), state: parking_lot::Mutex::new(state), resumed });
+    let hook = Arc::new(CheckpointHook {
+        store: Arc::clone(store),
+        save_failed: Default::default(),
+        nodes: Arc::clone(&reg.nodes),
+        state: parking_lot::Mutex::new(state),
+        resumed,
+    });
     options.durable = Some(DurableParts { hook: hook.clone(), trace_id, resume });
     let res = run_root(reg.flow.as_node().clone(), shared.clone(), options).await;
     match res {
         Ok(action) => Outcome::Completed { action: action.as_str().map(str::to_owned), store: shared.to_json() },
         Err(Error::Suspended { node, key }) => Outcome::Suspended { node, key },
-        Err(e) => Outcome::Failed(e),
+        Err(e) if hook.save_failed.load(std::sync::atomic::Ordering::Relaxed) => Outcome::Unavailable(e),
+        Err(error) => Outcome::Failed { error, attempts },
     }
 }
 
@@ -676,10 +712,15 @@ impl RunResult {
                 ..RunResult::new(request, ResultStatus::Suspended, worker, deliveries)
             },
             Outcome::Rejected(e) => RunResult::failed(request, ResultStatus::Failed, &e, worker, deliveries),
-            Outcome::Failed(e) => RunResult {
+            Outcome::Failed { error: e, .. } | Outcome::Unavailable(e) => RunResult {
                 error: Some(e.to_string()),
                 error_kind: Some(e.kind().to_owned()),
                 ..RunResult::new(request, ResultStatus::Failed, worker, deliveries)
+            },
+            Outcome::Exhausted { attempts, last_error } => RunResult {
+                error: Some(last_error.unwrap_or_else(|| format!("no attempt finished ({attempts} attempts)"))),
+                error_kind: Some("dead_lettered".into()),
+                ..RunResult::new(request, ResultStatus::DeadLettered, worker, deliveries)
             },
         }
     }
@@ -846,7 +887,7 @@ impl DurableRuns {
     /// (`Suspended` when a node waits for input).
     pub async fn run(&self, submission: Submission) -> Result<RunResult, DurableError> {
         let request = submission.into_request();
-        let outcome = execute(&self.registry, &self.store, &request, self.tracer.as_ref(), &self.worker, 1).await;
+        let outcome = execute(&self.registry, &self.store, &request, self.tracer.as_ref(), &self.worker, 1, None).await;
         Ok(RunResult::from_outcome(&request, outcome, &self.worker, 1))
     }
 
@@ -863,7 +904,7 @@ impl DurableRuns {
             None => state,
         };
         let request = RunRequest::continuing(&state);
-        let outcome = execute(&self.registry, &self.store, &request, self.tracer.as_ref(), &self.worker, 1).await;
+        let outcome = execute(&self.registry, &self.store, &request, self.tracer.as_ref(), &self.worker, 1, None).await;
         Ok(RunResult::from_outcome(&request, outcome, &self.worker, 1))
     }
 
