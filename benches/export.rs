@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use flowtrace::export::{legacy, otlp, Exporter, Ingestion, LangfuseExporter};
+use flowtrace::export::__bench as wire;
+use flowtrace::export::{Exporter, Ingestion, LangfuseExporter};
 use flowtrace::prelude::*;
-use flowtrace::TraceRecord;
+use flowtrace::trace::TraceRecord;
 
 /// One real trace of the seed flow (11 spans and the trace itself).
 fn seed_trace(rt: &tokio::runtime::Runtime) -> Arc<TraceRecord> {
@@ -34,23 +35,23 @@ fn encode(c: &mut Criterion) {
     let spans_per_trace = trace.spans.len() as u64 + 1;
     let mut g = c.benchmark_group("export_encode");
     g.throughput(Throughput::Elements(100 * spans_per_trace));
-    let resource = otlp::resource("bench");
+    let resource = wire::resource("bench");
     g.bench_function("otlp_protobuf_100_traces", |b| {
         b.iter(|| {
             let mut spans = Vec::new();
             for _ in 0..100 {
-                otlp::encode_trace(&trace, &mut spans);
+                wire::otlp_encode_trace(&trace, &mut spans);
             }
-            otlp::encode_request(&resource, spans)
+            wire::otlp_encode_request(&resource, spans)
         })
     });
     g.bench_function("legacy_json_100_traces", |b| {
         b.iter(|| {
             let mut events = Vec::new();
             for _ in 0..100 {
-                legacy::encode_trace(&trace, &mut events);
+                wire::legacy_encode_trace(&trace, &mut events);
             }
-            legacy::batch_body(&events, "pk-lf-bench")
+            wire::legacy_batch_body(&events, "pk-lf-bench")
         })
     });
     g.finish();

@@ -1,4 +1,4 @@
-//! The customer-support flow as an HTTP service, run through a [`flowtrace::Runtime`].
+//! The customer-support flow as an HTTP service, run through a [`flowtrace::runtime::Runtime`].
 //!
 //! `PORT=3000 cargo run --example service`, then
 //! `curl -s localhost:3000/tickets -H 'content-type: application/json' -d '{"id":"T-1","subject":"URGENT: down","description":"error 500","customer_tier":"premium"}'`
@@ -26,9 +26,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use flowtrace::export::{ExportReport, Exporter};
 use flowtrace::export::{JsonlFileExporter, LangfuseExporter};
 use flowtrace::prelude::*;
-use flowtrace::{Admission, ExportReport, Exporter, Runtime, TraceRecord};
+use flowtrace::runtime::{Admission, Runtime};
+use flowtrace::trace::TraceRecord;
 use futures::future::BoxFuture;
 use serde_json::json;
 

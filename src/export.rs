@@ -4,15 +4,17 @@
 //! [`Exporter::export`], which must only queue it: delivery (batching, retries, spooling)
 //! happens in the exporter's own task, never on a run's path.
 
+mod debug;
 mod delivery;
 mod file;
 mod langfuse;
-pub mod legacy;
+mod legacy;
 mod memory;
-pub mod otlp;
+mod otlp;
 mod privacy;
 mod spool;
 
+pub(crate) use debug::DebugExporter;
 pub use delivery::DeliveryOptions;
 pub use file::JsonlFileExporter;
 pub use langfuse::{
@@ -21,6 +23,13 @@ pub use langfuse::{
 };
 pub use memory::MemoryExporter;
 pub use privacy::{MaskFn, Privacy, DEFAULT_REDACTED_KEYS, REDACTED};
+
+/// The wire encoders, for the criterion benches only: not part of the API, and free to change.
+#[doc(hidden)]
+pub mod __bench {
+    pub use super::legacy::{batch_body as legacy_batch_body, encode_trace as legacy_encode_trace};
+    pub use super::otlp::{encode_request as otlp_encode_request, encode_trace as otlp_encode_trace, resource};
+}
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,13 +97,13 @@ impl ExportReport {
 }
 
 /// The marker that replaces a value too large to record.
-pub fn truncation_marker(size: usize, max: usize) -> serde_json::Value {
+pub(crate) fn truncation_marker(size: usize, max: usize) -> serde_json::Value {
     serde_json::Value::String(format!("<truncated: {size} bytes, over the {max}-byte limit>"))
 }
 
 /// A copy of `trace` with every input, output and metadata value larger than `max` bytes
 /// (serialised) replaced by a visible marker; `None` when nothing is that large.
-pub fn limit_values(trace: &TraceRecord, max: usize) -> Option<TraceRecord> {
+pub(crate) fn limit_values(trace: &TraceRecord, max: usize) -> Option<TraceRecord> {
     let size = |v: &serde_json::Value| serde_json::to_vec(v).map(|b| b.len()).unwrap_or(0);
     let too_big = |v: &Option<serde_json::Value>| v.as_ref().is_some_and(|v| size(v) > max);
     let any = size(&trace.input) > max

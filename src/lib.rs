@@ -24,30 +24,42 @@
 //! # Ok(()) }
 //! ```
 
+// The four rooms. Each imports only the rooms below it: `flow` (what users write) names
+// nothing but `error`; `trace` (what a run leaves behind) reads `flow`'s values; `export`
+// (where traces go) reads `trace`'s records; `actors` (how it runs) sits on top. Users reach
+// them through the re-exports below, each item at one path.
 mod actors;
 mod error;
 pub mod export;
-pub mod flow;
+mod flow;
 pub mod trace;
 
 #[cfg(feature = "durable")]
 pub use actors::durable;
-pub use actors::runtime::{
-    Admission, RunCanceller, RunHandle, RunStatus, Runtime, RuntimeBuilder, RuntimeStats, ShutdownReport,
-};
-pub use actors::supervisor::{live_runs, RunOptions};
+pub use actors::supervisor::RunOptions;
+pub use actors::traced::TracedFlow;
+pub use actors::tracer::{flush, global, set_global_tracer, shutdown, Tracer, TracerBuilder, TracerError};
 pub use error::{BoxError, Error, NodeResult, Phase};
-pub use export::{ExportReport, Exporter, MemoryExporter};
 pub use flow::{
-    Action, BatchFlow, BatchNode, Context, ExecContext, Flow, FnBatchNode, FnNode, Node, NodeRef, Params, SharedStore,
-    StoreError,
+    Action, ActionError, BatchFlow, BatchNode, Context, ExecContext, Flow, FnBatchNode, FnNode, Node, NodeRef, Params,
+    SharedStore, StoreError, StoreSnapshot, Transition, DEFAULT_ACTION,
 };
-pub use trace::{flush, shutdown, TraceRecord, TracedFlow, Tracer, TracingConfig};
+
+/// Running many flows from a service: the [`Runtime`](runtime::Runtime) handle, its admission
+/// policy, run handles, counters and the shutdown report.
+pub mod runtime {
+    pub use crate::actors::runtime::{
+        Admission, RunCanceller, RunHandle, RunStatus, Runtime, RuntimeBuilder, RuntimeStats, ShutdownReport,
+    };
+    pub use crate::actors::supervisor::live_runs;
+}
 
 /// What a program using flowtrace usually needs, in one import.
 pub mod prelude {
+    pub use crate::export::MemoryExporter;
+    pub use crate::runtime::Runtime;
     pub use crate::{
-        Action, BatchFlow, BatchNode, Context, Error, ExecContext, Flow, FnBatchNode, FnNode, MemoryExporter, Node,
-        NodeRef, NodeResult, Params, RunOptions, SharedStore, Tracer,
+        Action, BatchFlow, BatchNode, Context, Error, ExecContext, Flow, FnBatchNode, FnNode, Node, NodeRef,
+        NodeResult, Params, RunOptions, SharedStore, Tracer,
     };
 }

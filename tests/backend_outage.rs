@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use flowtrace::export::{DeliveryOptions, Exporter, Ingestion, LangfuseExporter};
 use flowtrace::prelude::*;
-use flowtrace::Runtime;
+use flowtrace::runtime::Runtime;
 use langfuse_server::{LangfuseServer, PK, SK};
 use serde_json::Value;
 

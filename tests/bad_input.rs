@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use flowtrace::export::JsonlFileExporter;
 use flowtrace::prelude::*;
+use flowtrace::runtime::Runtime;
 use flowtrace::trace::SpanKind;
-use flowtrace::{Runtime, TracingConfig};
+use flowtrace::trace::TracingConfig;
 use serde_json::Value;
 
 #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowtrace::prelude::*;
+use flowtrace::runtime::{RunHandle, Runtime};
 use flowtrace::trace::{SpanKind, SpanStatus, TraceRecord};
-use flowtrace::{RunHandle, Runtime};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 

@@ -2,7 +2,7 @@
 //! attributes), the mask hook, and the 1 MB value limit with a visible marker.
 
 use flowtrace::export::{Privacy, REDACTED};
-use flowtrace::TraceRecord;
+use flowtrace::trace::TraceRecord;
 use serde_json::json;
 
 fn trace(big: usize) -> TraceRecord {

@@ -9,8 +9,9 @@ mod support;
 use std::time::Duration;
 
 use flowtrace::prelude::*;
+use flowtrace::runtime::{Admission, Runtime};
 use flowtrace::trace::{SpanKind, SpanStatus};
-use flowtrace::{Admission, Phase, Runtime};
+use flowtrace::Phase;
 use serde_json::{json, Value};
 use support::{eventually, silence_panics};
 
@@ -44,7 +45,7 @@ async fn ten_thousand_mixed_fault_runs() {
     let memory = MemoryExporter::new();
     let tracer = Tracer::builder().exporter(memory.clone()).build().unwrap();
     let tasks_before = metrics.num_alive_tasks();
-    let runs_before = flowtrace::live_runs();
+    let runs_before = flowtrace::runtime::live_runs();
     let rt = Runtime::builder().max_in_flight(500).admission(Admission::Wait).tracer(&tracer).build().unwrap();
     let flow = mixed_flow();
 
@@ -118,9 +119,9 @@ async fn ten_thousand_mixed_fault_runs() {
     // No leak: supervisors and tasks back to where they were.
     drop(rt);
     assert!(
-        eventually(Duration::from_secs(10), || flowtrace::live_runs() == runs_before).await,
+        eventually(Duration::from_secs(10), || flowtrace::runtime::live_runs() == runs_before).await,
         "run supervisors still alive: {} (before: {runs_before})",
-        flowtrace::live_runs()
+        flowtrace::runtime::live_runs()
     );
     assert!(
         eventually(Duration::from_secs(10), || metrics.num_alive_tasks() <= tasks_before).await,

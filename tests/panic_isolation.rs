@@ -32,7 +32,7 @@ async fn a_thousand_panicking_runs_leak_no_actor_or_task() {
     silence_panics("kaboom");
     let metrics = tokio::runtime::Handle::current().metrics();
     let tasks_before = metrics.num_alive_tasks();
-    let runs_before = flowtrace::live_runs();
+    let runs_before = flowtrace::runtime::live_runs();
 
     let flow = panicking_flow();
     let mut panics = 0;
@@ -54,9 +54,9 @@ async fn a_thousand_panicking_runs_leak_no_actor_or_task() {
     }
     assert_eq!(panics, 500);
     assert!(
-        eventually(Duration::from_secs(10), || flowtrace::live_runs() == runs_before).await,
+        eventually(Duration::from_secs(10), || flowtrace::runtime::live_runs() == runs_before).await,
         "run supervisors still alive: {}",
-        flowtrace::live_runs()
+        flowtrace::runtime::live_runs()
     );
     assert!(
         eventually(Duration::from_secs(10), || metrics.num_alive_tasks() <= tasks_before).await,

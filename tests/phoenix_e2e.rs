@@ -66,7 +66,7 @@ async fn customer_support_traces_round_trip_through_phoenix() {
     assert!(!stderr.contains("not delivered"), "{stderr}");
 
     // Our own record of what was sent: the local JSON Lines file written alongside.
-    let sent: Vec<flowtrace::TraceRecord> = std::fs::read_to_string(dir.join("traces.jsonl"))
+    let sent: Vec<flowtrace::trace::TraceRecord> = std::fs::read_to_string(dir.join("traces.jsonl"))
         .expect("the local trace file")
         .lines()
         .map(|l| serde_json::from_str(l).expect("a trace line"))

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowtrace::prelude::*;
+use flowtrace::runtime::{Admission, RunStatus, Runtime};
 use flowtrace::trace::{SpanKind, SpanStatus};
-use flowtrace::{Admission, RunStatus, Runtime};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 

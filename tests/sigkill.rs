@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use flowtrace::TraceRecord;
+use flowtrace::trace::TraceRecord;
 use langfuse_server::{LangfuseServer, PK, SK};
 use serde_json::{json, Value};
 

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use flowtrace::prelude::*;
+use flowtrace::runtime::Runtime;
 use flowtrace::trace::{SpanKind, SpanStatus, TraceRecord};
-use flowtrace::Runtime;
 use serde_json::Value;
 
 fn tracer() -> (Tracer, MemoryExporter) {

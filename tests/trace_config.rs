@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use flowtrace::prelude::*;
+use flowtrace::trace::TraceRecord;
 use flowtrace::trace::{TracingConfig, DEFAULT_LANGFUSE_HOST, DEFAULT_TRACE_FILE};
-use flowtrace::TraceRecord;
 use serde_json::Value;
 use support::*;
 
@@ -279,7 +279,7 @@ async fn the_global_tracer_is_built_from_the_environment_on_first_use() {
         let _lock = ENV.lock();
         std::env::set_var("FLOWTRACE_TRACE_FILE", &path);
         std::env::set_var("FLOWTRACE_USER_ID", "global-user");
-        let tracer = flowtrace::trace::global();
+        let tracer = flowtrace::global();
         std::env::remove_var("FLOWTRACE_TRACE_FILE");
         std::env::remove_var("FLOWTRACE_USER_ID");
         assert!(tracer.is_some());

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use flowtrace::export::JsonlFileExporter;
 use flowtrace::prelude::*;
+use flowtrace::trace::TraceRecord;
 use flowtrace::trace::TracingConfig;
-use flowtrace::TraceRecord;
 use serde_json::json;
 use support::*;
 

@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use flowtrace::prelude::*;
+use flowtrace::trace::TraceRecord;
 use flowtrace::trace::{SpanKind, SpanRecord, SpanStatus};
-use flowtrace::TraceRecord;
 use serde_json::{json, Value};
 use support::*;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use flowtrace::export::{ExportReport, Exporter};
 use flowtrace::prelude::*;
-use flowtrace::TraceRecord;
+use flowtrace::trace::TraceRecord;
 use futures::future::BoxFuture;
 
 /// One chain step: prep reads `x`, exec adds one, post writes `x` (bench_chain.py's `Step`).

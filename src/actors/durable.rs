@@ -44,9 +44,10 @@ use serde_json::{Map, Value};
 pub use embedded::EmbeddedStore;
 
 use crate::actors::supervisor::DurableParts;
-use crate::flow::visit::{RunHook, Visited};
+use crate::actors::visit::{RunHook, Visited};
 use crate::flow::{Flow, NodeRef, Params, SharedStore};
-use crate::trace::{TraceId, TraceMeta, Tracer};
+use crate::actors::tracer::Tracer;
+use crate::trace::{TraceId, TraceMeta};
 use crate::{Error, RunOptions};
 
 /// The version of [`RunState`] and [`RunRequest`] this build writes and reads.
@@ -588,13 +589,13 @@ pub(crate) async fn execute(
     if !state.params.is_empty() {
         options = options.params(state.params.clone());
     }
-    let tracer = tracer.cloned().or_else(crate::trace::global);
+    let tracer = tracer.cloned().or_else(crate::actors::tracer::global);
     if let Some(t) = tracer {
         let f = &state.trace;
         let meta = TraceMeta {
             name: f.name.clone().unwrap_or_else(|| state.flow.clone()),
-            session_id: f.session_id.clone(),
-            user_id: f.user_id.clone(),
+            session_id: f.session_id.clone().or_else(|| t.default_session_id().map(str::to_owned)),
+            user_id: f.user_id.clone().or_else(|| t.default_user_id().map(str::to_owned)),
             tags: f.tags.clone(),
             release: None,
             version: state.flow_version.clone(),

@@ -4,7 +4,7 @@
 //! ```
 //! use std::time::Duration;
 //! use flowtrace::prelude::*;
-//! use flowtrace::{Admission, Runtime};
+//! use flowtrace::runtime::{Admission, Runtime};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), flowtrace::Error> {
 //! let rt = Runtime::builder().max_in_flight(64).admission(Admission::Wait).build()?;
@@ -27,10 +27,11 @@ use dashmap::DashMap;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::supervisor::{start, RunControl, RunOptions};
+use super::traced::{plan_trace, TracedFlow};
+use super::tracer::Tracer;
 use crate::error::Error;
 use crate::export::ExportReport;
 use crate::flow::{Action, BatchFlow, Flow, NodeRef, SharedStore};
-use crate::trace::{TraceMeta, TracedFlow, Tracer};
 
 /// What a full runtime does with a new run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -349,10 +350,7 @@ impl Runtime {
         mut options: RunOptions,
     ) -> Result<RunHandle, Error> {
         if options.trace.is_none() {
-            if let Some(t) = &self.inner.tracer {
-                let meta = TraceMeta { name: root.name().to_owned(), ..Default::default() };
-                options.trace = Some((t.clone(), Arc::new(meta)));
-            }
+            options.trace = plan_trace(root, None, self.inner.tracer.as_ref());
         }
         self.admit(root.clone(), shared.clone(), options).await
     }
@@ -360,7 +358,7 @@ impl Runtime {
     /// Starts a traced run: the trace's name, session, tags and options are the traced
     /// flow's; its tracer, else the runtime's.
     pub async fn spawn_traced(&self, flow: &TracedFlow, shared: &SharedStore) -> Result<RunHandle, Error> {
-        let (root, options) = flow.run_parts(self.inner.tracer.as_ref());
+        let (root, options) = flow.plan(self.inner.tracer.as_ref());
         self.admit(root, shared.clone(), options).await
     }
 

@@ -20,14 +20,14 @@ use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::oneshot;
 
+use super::tracer::Tracer;
+use super::visit::{install_panic_hook, panic_error, visit, RunLimits, VisitCx};
 use crate::error::{Error, Phase};
 use crate::flow::graph::NodeRef;
-use crate::flow::orchestrate::visit;
 use crate::flow::store::SharedStore;
-use crate::flow::visit::{install_panic_hook, panic_error, RunLimits, VisitCx};
 use crate::flow::{Action, Params};
 use crate::trace::recorder::error_status;
-use crate::trace::{Recorder, SpanStatus, TraceEnd, TraceMeta, Tracer};
+use crate::trace::{Recorder, SpanStatus, TraceEnd, TraceMeta};
 
 /// Options for one run.
 #[derive(Debug, Clone, Default)]
@@ -48,7 +48,7 @@ pub struct RunOptions {
 /// What a durable run adds to a run's options.
 #[derive(Clone)]
 pub(crate) struct DurableParts {
-    pub(crate) hook: Arc<dyn crate::flow::visit::RunHook>,
+    pub(crate) hook: Arc<dyn super::visit::RunHook>,
     pub(crate) trace_id: crate::trace::TraceId,
     /// `Some` when the run continues from a checkpoint: the span's input (worker, node, …).
     pub(crate) resume: Option<serde_json::Value>,
@@ -295,7 +295,7 @@ pub(crate) async fn execute(
         .filter(|r| options.trace.as_ref().is_some_and(|(t, _)| t.samples(r.trace_id())));
     let mut finisher = match (&recorder, &options.trace) {
         (Some(rec), Some((tracer, meta))) => {
-            crate::trace::debug_start(tracer, meta, rec);
+            crate::trace::debug_start(tracer.debug(), meta, rec);
             Some(TraceFinisher {
                 rec: rec.clone(),
                 meta: Arc::clone(meta),

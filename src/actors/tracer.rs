@@ -1,138 +1,459 @@
-//! The tracer actor: collects each run's span chunks, assembles the finished trace, and hands
-//! it to the exporters. It runs on its own thread and runtime, so neither assembly nor export
-//! ever competes with a run for the application's worker threads.
+//! The tracer: the handle runs and users hold, and the actor behind it that assembles span
+//! trees and feeds the exporters (in [`actor`]). Also the global tracer built from the
+//! environment.
 
-use std::collections::HashMap;
+mod actor;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorRef};
 
-use crate::export::{ExportReport, Exporter};
-use crate::trace::recorder::recycle_spans;
-use crate::trace::{Clock, SpanBuf, SpanRecord, TraceEnd, TraceId, TraceRecord};
+use crate::export::{DebugExporter, ExportReport, Exporter};
+use crate::trace::recorder::{self, Clock, Recorder, SpanBuf, Switches};
+use crate::trace::{
+    announce_trace_file, SpanSink, TraceEnd, TraceId, TracingConfig, DEFAULT_LANGFUSE_HOST, DEFAULT_TRACE_FILE,
+};
+use actor::{TracerActor, TracerMsg};
 
-pub(crate) enum TracerMsg {
-    /// A chunk of finished spans of a run still in progress.
-    Spans(TraceId, Clock, SpanBuf),
-    /// The run ended: its last spans and the trace's own record.
-    End(Box<TraceEnd>),
-    /// Deliver what was handed over so far, within the timeout.
-    Flush(Duration, RpcReplyPort<ExportReport>),
-    /// Flush, then stop.
-    Shutdown(Duration, RpcReplyPort<ExportReport>),
+/// Where runs send their spans: the tracer actor, with a count of what could not be sent.
+pub(crate) struct ActorSink {
+    actor: ActorRef<TracerMsg>,
+    lost: Arc<AtomicU64>,
+    /// Spans cast to the tracer and not yet taken in by it.
+    pub(crate) backlog: Arc<AtomicU64>,
+    /// Spans shed because the backlog was over [`MAX_BACKLOG`].
+    shed: Arc<AtomicU64>,
 }
 
-pub(crate) struct TracerActor;
+/// The most spans waiting for the tracer (about 100 MB). Past it, runs shed their spans
+/// (counted, and said in their trace) rather than let memory grow without bound while the
+/// exporters cannot keep up.
+pub(crate) const MAX_BACKLOG: u64 = 200_000;
 
-pub(crate) struct TracerState {
+impl ActorSink {
+    fn over(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed) > MAX_BACKLOG
+    }
+}
+
+impl SpanSink for ActorSink {
+    fn spans(&self, id: TraceId, clock: Clock, spans: SpanBuf) -> u64 {
+        let n = spans.len() as u64;
+        if self.over() {
+            warn_shedding();
+            self.shed.fetch_add(n, Ordering::Relaxed);
+            recorder::recycle_spans(spans);
+            return n;
+        }
+        self.backlog.fetch_add(n, Ordering::Relaxed);
+        if self.actor.cast(TracerMsg::Spans(id, clock, spans)).is_err() {
+            self.backlog.fetch_sub(n, Ordering::Relaxed);
+            self.lost.fetch_add(n, Ordering::Relaxed);
+        }
+        0
+    }
+
+    fn end(&self, mut end: TraceEnd) {
+        if self.over() {
+            warn_shedding();
+            // Keep the trace's own record (it says what was lost) and shed its spans.
+            let n = end.spans.len() as u64;
+            end.spans_dropped += n;
+            self.shed.fetch_add(n, Ordering::Relaxed);
+            recorder::recycle_spans(std::mem::take(&mut end.spans));
+        }
+        let n = end.spans.len() as u64 + 1;
+        self.backlog.fetch_add(n, Ordering::Relaxed);
+        if self.actor.cast(TracerMsg::End(Box::new(end))).is_err() {
+            self.backlog.fetch_sub(n, Ordering::Relaxed);
+            self.lost.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+fn warn_shedding() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing::warn!(
+            target: "flowtrace::trace",
+            "more than {MAX_BACKLOG} spans are waiting for the tracer: the exporters cannot keep up, so runs now shed spans (counted; each trace says how many in spans_dropped)"
+        )
+    });
+}
+
+struct TracerInner {
+    sink: Arc<ActorSink>,
+    switches: Switches,
+    sample_rate: f64,
+    debug: bool,
+    session_id: Option<String>,
+    user_id: Option<String>,
+}
+
+impl Drop for TracerInner {
+    fn drop(&mut self) {
+        // The last handle is gone: stop the actor so the tracer thread ends.
+        self.sink.actor.stop(None);
+    }
+}
+
+/// A tracer: the actor that assembles span trees, and the exporters it feeds.
+///
+/// Cheap to clone. It runs on a thread of its own with its own single-threaded runtime, so it
+/// works from any runtime (and from many test runtimes in one process).
+#[derive(Clone)]
+pub struct Tracer {
+    inner: Arc<TracerInner>,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer").field("switches", &self.inner.switches).finish()
+    }
+}
+
+impl Tracer {
+    /// A builder for a tracer with explicit exporters.
+    pub fn builder() -> TracerBuilder {
+        TracerBuilder::default()
+    }
+
+    /// Waits until every trace finished so far is delivered, spooled or dropped by each
+    /// exporter, or `timeout` passes; reports which.
+    pub async fn flush(&self, timeout: Duration) -> ExportReport {
+        self.call(|reply| TracerMsg::Flush(timeout, reply)).await
+    }
+
+    /// Flushes and stops the tracer; later runs traced with it are counted as lost.
+    pub async fn shutdown(&self, timeout: Duration) -> ExportReport {
+        self.call(|reply| TracerMsg::Shutdown(timeout, reply)).await
+    }
+
+    async fn call(&self, msg: impl FnOnce(ractor::RpcReplyPort<ExportReport>) -> TracerMsg) -> ExportReport {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        // The deadline is kept by the tracer, on its own runtime's clock: timing out here on the
+        // caller's clock would give up at once under a paused test clock. A stopped tracer
+        // drops the reply port, so this cannot hang.
+        let mut report = if self.inner.sink.actor.cast(msg(tx.into())).is_err() {
+            ExportReport { reasons: vec!["the tracer has stopped".into()], ..Default::default() }
+        } else {
+            match rx.await {
+                Ok(r) => r,
+                Err(_) => {
+                    ExportReport { reasons: vec!["the tracer stopped before answering".into()], ..Default::default() }
+                }
+            }
+        };
+        let shed = self.inner.sink.shed.load(Ordering::Relaxed);
+        if shed > 0 {
+            report.dropped += shed;
+            report.reasons.push(format!(
+                "{shed} spans were shed because more than {MAX_BACKLOG} were waiting for the tracer (the exporters could not keep up); their traces say so in spans_dropped"
+            ));
+        }
+        let lost = self.inner.sink.lost.load(Ordering::Relaxed);
+        if lost > 0 {
+            report.dropped += lost;
+            report.reasons.push(format!("{lost} spans could not reach the tracer (it had stopped)"));
+        }
+        report
+    }
+
+    /// A tracer configured by `config`: Langfuse when its keys are set, the local JSON Lines
+    /// file when they are not (or when a trace file is configured), and debug output when on.
+    pub fn from_config(config: &TracingConfig) -> Result<Tracer, TracerError> {
+        let mut b = Tracer::builder()
+            .trace_inputs(config.trace_inputs())
+            .trace_outputs(config.trace_outputs())
+            .trace_prep(config.trace_prep())
+            .trace_exec(config.trace_exec())
+            .trace_post(config.trace_post())
+            .trace_errors(config.trace_errors())
+            .sample_rate(config.sample_rate())
+            .debug(config.debug());
+        if let Some(id) = config.session_id() {
+            b = b.session_id(id);
+        }
+        if let Some(id) = config.user_id() {
+            b = b.user_id(id);
+        }
+        let mut trace_file = config.trace_file();
+        if config.langfuse_enabled() {
+            if config.var("LANGFUSE_HOST").is_none() && config.host() == Some(DEFAULT_LANGFUSE_HOST) {
+                tracing::info!(target: "flowtrace::trace", "LANGFUSE_HOST is not set: sending traces to {DEFAULT_LANGFUSE_HOST}");
+            }
+            match crate::export::langfuse_exporter(config) {
+                Ok(Some(e)) => b = b.exporter_arc(e),
+                Ok(None) => {
+                    // Never silently untraced: with no Langfuse exporter, the local file.
+                    let path = trace_file.get_or_insert_with(|| DEFAULT_TRACE_FILE.into());
+                    tracing::warn!(target: "flowtrace::trace", "no Langfuse exporter in this build: traces go to {}", path.display());
+                }
+                Err(e) => return Err(TracerError::Invalid(e.to_string())),
+            }
+        }
+        match crate::export::otlp_exporter(config) {
+            Ok(Some(e)) => b = b.exporter_arc(e),
+            Ok(None) => {}
+            Err(e) => return Err(TracerError::Invalid(e.to_string())),
+        }
+        if let Some(path) = trace_file {
+            let file = crate::export::JsonlFileExporter::with_max_value_bytes(&path, config.max_value_bytes())
+                .map_err(|e| TracerError::Invalid(format!("cannot open the trace file {}: {e}", path.display())))?;
+            announce_trace_file(file.path());
+            b = b.exporter(file);
+        }
+        if config.debug() {
+            b = b.exporter(DebugExporter);
+        }
+        b.build()
+    }
+
+    /// [`from_config`](Self::from_config) with [`TracingConfig::from_env`].
+    pub fn from_env() -> Result<Tracer, TracerError> {
+        let config = TracingConfig::from_env().map_err(|e| TracerError::Invalid(e.to_string()))?;
+        Self::from_config(&config)
+    }
+
+    /// Whether debug output is on.
+    pub fn debug(&self) -> bool {
+        self.inner.debug
+    }
+
+    /// The session id given to runs that set none (`FLOWTRACE_SESSION_ID`).
+    pub(crate) fn default_session_id(&self) -> Option<&str> {
+        self.inner.session_id.as_deref()
+    }
+
+    /// The user id given to runs that set none (`FLOWTRACE_USER_ID`).
+    pub(crate) fn default_user_id(&self) -> Option<&str> {
+        self.inner.user_id.as_deref()
+    }
+
+    pub(crate) fn recorder(&self) -> Recorder {
+        Recorder::new(recorder::new_trace_id(), self.inner.switches, Arc::clone(&self.inner.sink) as Arc<dyn SpanSink>)
+    }
+
+    /// A recorder for a run whose trace id is given (a durable run keeps one id everywhere).
+    pub(crate) fn recorder_for(&self, id: TraceId) -> Recorder {
+        Recorder::new(id, self.inner.switches, Arc::clone(&self.inner.sink) as Arc<dyn SpanSink>)
+    }
+
+    /// Whether a run with this trace id is recorded (deterministic sampling by id).
+    pub(crate) fn samples(&self, id: TraceId) -> bool {
+        let rate = self.inner.sample_rate;
+        if rate >= 1.0 {
+            return true;
+        }
+        ((id.0 >> 64) as u64 as f64 / u64::MAX as f64) < rate
+    }
+}
+
+/// Builds a [`Tracer`].
+#[derive(Default)]
+pub struct TracerBuilder {
     exporters: Vec<Arc<dyn Exporter>>,
-    /// Spans cast by runs and not yet taken in (shared with the runs' sink).
-    backlog: Arc<std::sync::atomic::AtomicU64>,
-    partial: HashMap<TraceId, Vec<SpanRecord>>,
-    traces_exported: u64,
+    switches: Switches,
+    sample_rate: Option<f64>,
+    debug: bool,
+    session_id: Option<String>,
+    user_id: Option<String>,
 }
 
-impl Actor for TracerActor {
-    type Msg = TracerMsg;
-    type State = TracerState;
-    type Arguments = (Vec<Arc<dyn Exporter>>, Arc<std::sync::atomic::AtomicU64>);
+impl std::fmt::Debug for TracerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracerBuilder").field("exporters", &self.exporters.len()).finish()
+    }
+}
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<TracerMsg>,
-        (exporters, backlog): (Vec<Arc<dyn Exporter>>, Arc<std::sync::atomic::AtomicU64>),
-    ) -> Result<TracerState, ActorProcessingErr> {
-        Ok(TracerState { exporters, backlog, partial: HashMap::new(), traces_exported: 0 })
+/// Why a tracer could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TracerError {
+    /// A setting is out of range.
+    #[error("invalid tracer setting: {0}")]
+    Invalid(String),
+    /// The tracer thread or actor could not start.
+    #[error("the tracer could not start: {0}")]
+    Start(String),
+}
+
+impl TracerBuilder {
+    /// Adds an exporter; traces go to every exporter added.
+    pub fn exporter(mut self, e: impl Exporter) -> Self {
+        self.exporters.push(Arc::new(e));
+        self
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<TracerMsg>,
-        msg: TracerMsg,
-        state: &mut TracerState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            TracerMsg::Spans(id, clock, mut spans) => {
-                state.backlog.fetch_sub(spans.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                state.partial.entry(id).or_default().extend(spans.iter_mut().map(|s| s.take_record(clock)));
-                recycle_spans(spans);
-            }
-            TracerMsg::End(end) => {
-                state.backlog.fetch_sub(end.spans.len() as u64 + 1, std::sync::atomic::Ordering::Relaxed);
-                let mut spans = state.partial.remove(&end.trace_id).unwrap_or_default();
-                let record = end.into_record(&mut spans);
-                let record = Arc::new(record);
-                state.traces_exported += 1;
-                for e in &state.exporters {
-                    e.export(Arc::clone(&record));
-                }
-            }
-            TracerMsg::Flush(timeout, reply) => {
-                let _ = reply.send(flush_all(&state.exporters, timeout, false).await);
-            }
-            TracerMsg::Shutdown(timeout, reply) => {
-                let mut report = flush_all(&state.exporters, timeout, true).await;
-                let open = state.partial.len();
-                if open > 0 {
-                    let spans: u64 = state.partial.values().map(|v| v.len() as u64).sum();
-                    report.dropped += spans;
-                    report.reasons.push(format!(
-                        "{open} runs were still in progress at shutdown; their {spans} spans were not exported"
-                    ));
-                }
-                let _ = reply.send(report);
-                myself.stop(None);
+    /// Adds an exporter already behind an `Arc`.
+    pub fn exporter_arc(mut self, e: Arc<dyn Exporter>) -> Self {
+        self.exporters.push(e);
+        self
+    }
+
+    /// Records span inputs (default on).
+    pub fn trace_inputs(mut self, on: bool) -> Self {
+        self.switches.inputs = on;
+        self
+    }
+    /// Records span outputs (default on).
+    pub fn trace_outputs(mut self, on: bool) -> Self {
+        self.switches.outputs = on;
+        self
+    }
+    /// Records `prep` spans (default on).
+    pub fn trace_prep(mut self, on: bool) -> Self {
+        self.switches.prep = on;
+        self
+    }
+    /// Records `exec` spans, with their attempts and items (default on).
+    pub fn trace_exec(mut self, on: bool) -> Self {
+        self.switches.exec = on;
+        self
+    }
+    /// Records `post` spans (default on).
+    pub fn trace_post(mut self, on: bool) -> Self {
+        self.switches.post = on;
+        self
+    }
+    /// Records error messages and chains (default on); off keeps only the error kind.
+    pub fn trace_errors(mut self, on: bool) -> Self {
+        self.switches.errors = on;
+        self
+    }
+    /// Prints debug output (`[TRACING] …` lines and each trace's tree) through `tracing`.
+    pub fn debug(mut self, on: bool) -> Self {
+        self.debug = on;
+        self
+    }
+
+    /// The session id of runs that set none (what `FLOWTRACE_SESSION_ID` sets).
+    pub fn session_id(mut self, id: impl Into<String>) -> Self {
+        self.session_id = Some(id.into());
+        self
+    }
+
+    /// The user id of runs that set none (what `FLOWTRACE_USER_ID` sets).
+    pub fn user_id(mut self, id: impl Into<String>) -> Self {
+        self.user_id = Some(id.into());
+        self
+    }
+
+    /// Traces this fraction of runs, chosen deterministically by trace id (default 1.0).
+    pub fn sample_rate(mut self, rate: f64) -> Self {
+        self.sample_rate = Some(rate);
+        self
+    }
+
+    /// Starts the tracer's thread and actor.
+    pub fn build(self) -> Result<Tracer, TracerError> {
+        let sample_rate = self.sample_rate.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&sample_rate) || sample_rate.is_nan() {
+            return Err(TracerError::Invalid(format!("sample rate must be within 0..=1, got {sample_rate}")));
+        }
+        let exporters = self.exporters;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let backlog = Arc::new(AtomicU64::new(0));
+        let thread_backlog = Arc::clone(&backlog);
+        // The thread ends when its actor stops (when the last handle is dropped, or at
+        // shutdown); nothing joins it, so dropping a tracer never blocks.
+        std::thread::Builder::new()
+            .name("flowtrace-tracer".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match Actor::spawn(None, TracerActor, (exporters, thread_backlog)).await {
+                        Ok((actor, handle)) => {
+                            let _ = tx.send(Ok(actor));
+                            let _ = handle.await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e.to_string()));
+                        }
+                    }
+                });
+            })
+            .map_err(|e| TracerError::Start(e.to_string()))?;
+        let actor = rx.recv().map_err(|e| TracerError::Start(e.to_string()))?.map_err(TracerError::Start)?;
+        Ok(Tracer {
+            inner: Arc::new(TracerInner {
+                sink: Arc::new(ActorSink {
+                    actor,
+                    lost: Arc::new(AtomicU64::new(0)),
+                    backlog,
+                    shed: Arc::new(AtomicU64::new(0)),
+                }),
+                switches: self.switches,
+                sample_rate,
+                debug: self.debug,
+                session_id: self.session_id,
+                user_id: self.user_id,
+            }),
+        })
+    }
+}
+
+static GLOBAL: std::sync::OnceLock<parking_lot::RwLock<Option<Tracer>>> = std::sync::OnceLock::new();
+
+fn global_slot() -> &'static parking_lot::RwLock<Option<Tracer>> {
+    GLOBAL.get_or_init(|| parking_lot::RwLock::new(None))
+}
+
+/// Installs `tracer` as the one [`TracedFlow`](crate::TracedFlow)s use when given none.
+pub fn set_global_tracer(tracer: Tracer) {
+    *global_slot().write() = Some(tracer);
+}
+
+/// The global tracer: the one installed with [`set_global_tracer`], or else one built once
+/// from the environment ([`Tracer::from_env`]). If the environment is invalid, the error is
+/// logged once and traced runs run untraced: tracing never fails a run.
+pub fn global() -> Option<Tracer> {
+    if let Some(t) = global_slot().read().clone() {
+        return Some(t);
+    }
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| match Tracer::from_env() {
+        Ok(t) => {
+            let mut slot = global_slot().write();
+            if slot.is_none() {
+                *slot = Some(t);
             }
         }
-        Ok(())
-    }
-}
-
-async fn flush_all(exporters: &[Arc<dyn Exporter>], timeout: Duration, shutdown: bool) -> ExportReport {
-    let futs = exporters.iter().map(|e| if shutdown { e.shutdown(timeout) } else { e.flush(timeout) });
-    let mut total = ExportReport::default();
-    for r in futures::future::join_all(futs).await {
-        total.merge(r);
-    }
-    total
-}
-
-impl TraceEnd {
-    fn into_record(self, earlier: &mut Vec<SpanRecord>) -> TraceRecord {
-        let TraceEnd {
-            trace_id,
-            meta,
-            start_unix_nanos,
-            end_unix_nanos,
-            input,
-            output,
-            status,
-            action,
-            mut spans,
-            clock,
-            spans_dropped,
-        } = self;
-        earlier.reserve(spans.len());
-        earlier.extend(spans.iter_mut().map(|s| s.take_record(clock)));
-        recycle_spans(spans);
-        TraceRecord {
-            trace_id,
-            name: meta.name.clone(),
-            session_id: meta.session_id.clone(),
-            user_id: meta.user_id.clone(),
-            tags: meta.tags.clone(),
-            release: meta.release.clone(),
-            version: meta.version.clone(),
-            metadata: meta.metadata.clone(),
-            start_unix_nanos,
-            end_unix_nanos,
-            input: input.to_json(),
-            output: output.to_json(),
-            status,
-            action,
-            spans_dropped,
-            spans: std::mem::take(earlier),
+        Err(e) => {
+            tracing::error!(target: "flowtrace::trace", "tracing is off: {e}");
+            eprintln!("flowtrace: tracing is off: {e}");
         }
+    });
+    global_slot().read().clone()
+}
+
+/// Flushes the global tracer (if any): waits up to `timeout` for every finished trace to be
+/// delivered, spooled or dropped, and reports which.
+pub async fn flush(timeout: Duration) -> ExportReport {
+    let tracer = global_slot().read().clone();
+    let report = match tracer {
+        Some(t) => t.flush(timeout).await,
+        None => ExportReport::default(),
+    };
+    if global_slot().read().as_ref().is_some_and(Tracer::debug) {
+        tracing::info!(target: "flowtrace::trace", "[TRACING] Trace flushed: {} spans delivered, {} spooled, {} dropped", report.delivered, report.spooled, report.dropped);
+    }
+    report
+}
+
+/// Flushes and stops the global tracer.
+pub async fn shutdown(timeout: Duration) -> ExportReport {
+    let tracer = global_slot().write().take();
+    match tracer {
+        Some(t) => t.shutdown(timeout).await,
+        None => ExportReport::default(),
     }
 }

@@ -9,7 +9,7 @@
 use std::io::BufRead;
 use std::process::ExitCode;
 
-use flowtrace::TraceRecord;
+use flowtrace::trace::TraceRecord;
 
 const USAGE: &str = "usage: flowtrace show [FILE] [--last N] [--trace ID] [--width W]
 

@@ -37,7 +37,7 @@ pub struct DeliveryOptions {
     pub queue_capacity: usize,
     /// Attempts per request before the batch goes to the spool (default 5).
     pub max_attempts: u32,
-    /// The first retry delay, doubled each attempt, with full jitter (default 250 ms).
+    /// The first retry delay, doubled each attempt, with equal jitter (default 250 ms).
     pub initial_backoff: Duration,
     /// The largest retry delay, also the cap on `Retry-After` (default 30 s).
     pub max_backoff: Duration,
@@ -670,7 +670,7 @@ impl Worker {
     fn backoff(&self, attempt: u32) -> Duration {
         let base = self.opts.initial_backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
         let cap = base.min(self.opts.max_backoff);
-        // Full jitter in [cap/2, cap].
+        // Equal jitter: uniform in [cap/2, cap].
         let r = legacy_random() % 1000;
         cap / 2 + cap.mul_f64(r as f64 / 2000.0)
     }

@@ -12,13 +12,10 @@ use serde_json::Value;
 
 use super::action::Action;
 use super::context::{Context, ExecContext, Params};
-use super::graph::{wiring_ops, NodeDef, NodeKind, NodeRef};
+use super::erased::{exec_owned, mismatch, prep_owned, prep_ref, ErasedBatch, Executed, PrepValue, Prepared};
+use super::graph::{wiring_ops, NodeKind, NodeRef};
 use super::node::short_type_name;
-use super::orchestrate::orchestrate;
-use super::visit::{contain, hook_error, run_exec, ErasedNode, ExecOps, VisitCx};
-use crate::error::{BoxError, Error, NodeResult, Phase};
-use crate::trace::model::SpanKind;
-use crate::trace::recorder::capture;
+use crate::error::{BoxError, NodeResult};
 
 /// A node whose `exec` runs once per item (PocketFlow's `BatchNode`).
 ///
@@ -98,7 +95,7 @@ pub trait BatchNode: Send + Sync + Sized + 'static {
         NodeRef::from_kind(
             name,
             short_type_name::<Self>(),
-            NodeKind::Leaf(Box::new(BatchAdapter { node: Arc::new(self), parallel: false })),
+            NodeKind::Batch { node: Arc::new(BatchAdapter(self)), parallel: false },
         )
     }
 
@@ -109,214 +106,79 @@ pub trait BatchNode: Send + Sync + Sized + 'static {
         NodeRef::from_kind(
             name,
             short_type_name::<Self>(),
-            NodeKind::Leaf(Box::new(BatchAdapter { node: Arc::new(self), parallel: true })),
+            NodeKind::Batch { node: Arc::new(BatchAdapter(self)), parallel: true },
         )
     }
 }
 
-struct BatchAdapter<B> {
-    node: Arc<B>,
-    parallel: bool,
-}
+pub(crate) struct BatchAdapter<B>(pub(crate) B);
 
-struct ItemOps<'a, B: BatchNode> {
-    node: &'a B,
-    item: &'a B::Item,
-}
+impl<B: BatchNode> ErasedBatch for BatchAdapter<B> {
+    fn prep<'a>(&'a self, ctx: &'a Context<'a>) -> BoxFuture<'a, NodeResult<Prepared>> {
+        Box::pin(async move { Ok(Arc::new(self.0.prep(ctx).await?) as Prepared) })
+    }
 
-impl<B: BatchNode> ExecOps for ItemOps<'_, B> {
-    type Out = B::Output;
-    async fn attempt(&self, cx: ExecContext) -> NodeResult<B::Output> {
-        self.node.exec(self.item, &cx).await
+    fn len(&self, items: &dyn PrepValue) -> usize {
+        prep_ref::<Vec<B::Item>>(items).map_or(0, Vec::len)
     }
-    async fn fallback(&self, err: BoxError, cx: ExecContext) -> NodeResult<B::Output> {
-        self.node.exec_fallback(self.item, err, &cx).await
-    }
-}
 
-impl<B: BatchNode> ErasedNode for BatchAdapter<B> {
-    fn visit<'a>(&'a self, node: &'a NodeRef, cx: &'a VisitCx) -> BoxFuture<'a, Result<Action, Error>> {
-        let span = tracing::info_span!(target: "flowtrace::node", "node", node = %node.name());
-        Box::pin(tracing::Instrument::instrument(visit_batch(&self.node, self.parallel, node, cx), span))
+    fn item<'a>(&self, items: &'a dyn PrepValue, i: usize) -> Option<&'a dyn erased_serde::Serialize> {
+        let items = prep_ref::<Vec<B::Item>>(items).ok()?;
+        items.get(i).map(|v| v as &dyn erased_serde::Serialize)
     }
-}
 
-/// One item's exec, with its own span under the exec span.
-async fn run_item<B: BatchNode>(
-    node: &B,
-    item: &B::Item,
-    index: usize,
-    def: &NodeRef,
-    cx: &VisitCx,
-) -> Result<B::Output, Error> {
-    let cfg = def.config();
-    let mut span = cx.trace.as_ref().map(|r| r.start(cx.parent, SpanKind::Item, format!("item {index}")));
-    if let Some(s) = span.as_mut() {
-        s.attr("item_index", index);
-        s.input(|| capture(item));
-    }
-    let trace = match (&cx.trace, &span) {
-        (Some(r), Some(s)) => Some((r, s.id())),
-        _ => None,
-    };
-    let ops = ItemOps { node, item };
-    let res = if cfg.max_retries == 0 {
-        ops.node.exec_skipped().ok_or_else(|| Error::Batch {
-            node: def.name().to_owned(),
-            message: "max_retries is 0: no item can be processed".into(),
+    fn exec<'a>(&'a self, items: &'a dyn PrepValue, i: usize, cx: ExecContext) -> BoxFuture<'a, NodeResult<Executed>> {
+        Box::pin(async move {
+            let item = item_at::<B>(items, i)?;
+            Ok(Box::new(self.0.exec(item, &cx).await?) as Executed)
         })
-    } else {
-        run_exec(&ops, &def.0, &cfg, &cx.params, Some(index), trace).await
-    };
-    if let Some(mut s) = span {
-        if let Ok(v) = &res {
-            s.output(|| capture(v));
-        }
-        s.end_with(res.as_ref().map(|_| ()));
     }
-    res
+
+    fn exec_detached(
+        self: Arc<Self>,
+        items: Prepared,
+        i: usize,
+        cx: ExecContext,
+    ) -> BoxFuture<'static, NodeResult<Executed>> {
+        Box::pin(async move {
+            let item = item_at::<B>(&*items, i)?;
+            Ok(Box::new(self.0.exec(item, &cx).await?) as Executed)
+        })
+    }
+
+    fn fallback<'a>(
+        &'a self,
+        items: &'a dyn PrepValue,
+        i: usize,
+        error: BoxError,
+        cx: ExecContext,
+    ) -> BoxFuture<'a, NodeResult<Executed>> {
+        Box::pin(async move {
+            let item = item_at::<B>(items, i)?;
+            Ok(Box::new(self.0.exec_fallback(item, error, &cx).await?) as Executed)
+        })
+    }
+
+    fn skipped(&self) -> Option<Executed> {
+        self.0.exec_skipped().map(|v| Box::new(v) as Executed)
+    }
+
+    fn post<'a>(
+        &'a self,
+        ctx: &'a Context<'a>,
+        items: Prepared,
+        outputs: Vec<Executed>,
+    ) -> BoxFuture<'a, NodeResult<Action>> {
+        Box::pin(async move {
+            let items = prep_owned::<Vec<B::Item>>(items)?;
+            let outputs = outputs.into_iter().map(exec_owned::<B::Output>).collect::<NodeResult<Vec<_>>>()?;
+            self.0.post(ctx, items, outputs).await
+        })
+    }
 }
 
-async fn visit_batch<B: BatchNode>(
-    node: &Arc<B>,
-    parallel: bool,
-    nref: &NodeRef,
-    cx: &VisitCx,
-) -> Result<Action, Error> {
-    let def: &NodeDef = &nref.0;
-    let name = &*def.name;
-    let cfg = nref.config();
-    let mut node_span = cx.span(SpanKind::Node, &def.name);
-    if let Some(s) = node_span.as_mut() {
-        s.attr("node_type", def.type_name);
-        s.attr("batch", if parallel { "parallel" } else { "sequential" });
-    }
-    let switches = cx.trace.as_ref().map(|r| r.switches()).unwrap_or_default();
-    let inner = cx.with_parent(node_span.as_ref().map(|s| s.id()));
-    let ctx = Context { shared: &cx.shared, params: &cx.params, node: name };
-
-    let span = if switches.prep { inner.span(SpanKind::Prep, &def.names.prep) } else { None };
-    let items = match contain(name, Phase::Prep, node.prep(&ctx)).await {
-        Ok(Ok(items)) => items,
-        Ok(Err(e)) => return fail(hook_error(name, Phase::Prep, e), span, node_span),
-        Err(e) => return fail(e, span, node_span),
-    };
-    if let Some(mut s) = span {
-        s.output(|| capture(&items));
-        s.end();
-    }
-
-    let mut span = if switches.exec { inner.span(SpanKind::Exec, &def.names.exec) } else { None };
-    if let Some(s) = span.as_mut() {
-        s.attr("items", items.len());
-        s.attr("max_retries", cfg.max_retries);
-        if let Some(n) = cfg.max_concurrency.filter(|_| parallel) {
-            s.attr("max_concurrency", n);
-        }
-    }
-    let item_cx = inner.with_parent(span.as_ref().map(|s| s.id()).or(inner.parent));
-    let outputs = if parallel {
-        run_parallel(&**node, &items, nref, &item_cx, cfg.max_concurrency).await
-    } else {
-        let mut out = Vec::with_capacity(items.len());
-        let mut failed = None;
-        for (i, item) in items.iter().enumerate() {
-            match run_item(&**node, item, i, nref, &item_cx).await {
-                Ok(v) => out.push(v),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
-    };
-    let outputs = match outputs {
-        Ok(o) => o,
-        Err(e) => return fail(e, span, node_span),
-    };
-    if let Some(mut s) = span {
-        s.output(|| capture(&outputs));
-        s.end();
-    }
-    let mut span = if switches.post { inner.span(SpanKind::Post, &def.names.post) } else { None };
-    if let Some(s) = span.as_mut() {
-        s.input(|| capture(&outputs));
-    }
-    let post = node.post(&ctx, items, outputs);
-    let (res, changed) = if span.is_some() {
-        super::store::record_writes(contain(name, Phase::Post, post)).await
-    } else {
-        (contain(name, Phase::Post, post).await, Vec::new())
-    };
-    let action = match res {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => return fail(hook_error(name, Phase::Post, e), span, node_span),
-        Err(e) => return fail(e, span, node_span),
-    };
-    if let Some(mut s) = span {
-        s.attr("changed_keys", changed);
-        s.output(|| capture(&action));
-        s.end();
-    }
-    if let Some(mut s) = node_span {
-        s.output(|| capture(&action));
-        s.end();
-    }
-    Ok(action)
-}
-
-/// Runs the items concurrently, at most `limit` at once, keeping results in input order.
-///
-/// Items run as futures of the run's own task (as PocketFlow's `gather` runs coroutines):
-/// spawning a task per item cost more than a trivial item's whole budget (measured with
-/// `examples/bench.rs parallel`). CPU-bound items belong on the blocking pool
-/// ([`NodeRef::blocking`]). The first error ends the batch: the other items are dropped
-/// (cancelled) at once, so none keeps running after the node has failed, and their spans
-/// end as cancelled.
-async fn run_parallel<B: BatchNode>(
-    node: &B,
-    items: &[B::Item],
-    nref: &NodeRef,
-    cx: &VisitCx,
-    limit: Option<usize>,
-) -> Result<Vec<B::Output>, Error> {
-    use futures::stream::{FuturesUnordered, StreamExt};
-    let limit = limit.unwrap_or(usize::MAX).max(1);
-    let mut results: Vec<Option<B::Output>> = Vec::with_capacity(items.len());
-    results.resize_with(items.len(), || None);
-    let start = |i: usize| async move { (i, run_item(node, &items[i], i, nref, cx).await) };
-    let mut running = FuturesUnordered::new();
-    let mut next = 0;
-    while next < items.len() && running.len() < limit {
-        running.push(start(next));
-        next += 1;
-    }
-    while let Some((i, res)) = running.next().await {
-        results[i] = Some(res?);
-        if next < items.len() {
-            running.push(start(next));
-            next += 1;
-        }
-    }
-    Ok(results.into_iter().map(|r| r.expect("every item finished")).collect())
-}
-
-fn fail(
-    e: Error,
-    phase_span: Option<crate::trace::recorder::OpenSpan>,
-    node_span: Option<crate::trace::recorder::OpenSpan>,
-) -> Result<Action, Error> {
-    if let Some(s) = phase_span {
-        s.end_with(Err(&e));
-    }
-    if let Some(s) = node_span {
-        s.end_with(Err(&e));
-    }
-    Err(e)
+fn item_at<B: BatchNode>(items: &dyn PrepValue, i: usize) -> NodeResult<&B::Item> {
+    prep_ref::<Vec<B::Item>>(items)?.get(i).ok_or_else(|| mismatch("item index"))
 }
 
 /// Items from a JSON value, by PocketFlow's rules: an array's elements, a string's characters,
@@ -457,8 +319,8 @@ impl BatchNode for FnBatchNode {
     }
 }
 
-type ParamsFn = dyn Fn(&Context<'_>) -> NodeResult<Vec<Params>> + Send + Sync;
-type BatchFlowPostFn = dyn Fn(&Context<'_>, Value) -> NodeResult<Action> + Send + Sync;
+pub(crate) type ParamsFn = dyn Fn(&Context<'_>) -> NodeResult<Vec<Params>> + Send + Sync;
+pub(crate) type BatchFlowPostFn = dyn Fn(&Context<'_>, Value) -> NodeResult<Action> + Send + Sync;
 
 impl BatchFlowDef {
     pub(crate) fn start(&self) -> Option<NodeRef> {
@@ -467,10 +329,10 @@ impl BatchFlowDef {
 }
 
 pub(crate) struct BatchFlowDef {
-    start: RwLock<Option<NodeRef>>,
-    params: RwLock<Option<Arc<ParamsFn>>>,
-    post: RwLock<Option<Arc<BatchFlowPostFn>>>,
-    parallel: bool,
+    pub(crate) start: RwLock<Option<NodeRef>>,
+    pub(crate) params: RwLock<Option<Arc<ParamsFn>>>,
+    pub(crate) post: RwLock<Option<Arc<BatchFlowPostFn>>>,
+    pub(crate) parallel: bool,
 }
 
 /// A flow run once per param set (PocketFlow's `BatchFlow`, or `AsyncParallelBatchFlow` when
@@ -573,11 +435,6 @@ impl BatchFlow {
     pub fn as_node(&self) -> &NodeRef {
         &self.node
     }
-
-    /// Runs the batch flow on `shared` in a supervised run.
-    pub async fn run(&self, shared: &super::store::SharedStore) -> Result<Action, Error> {
-        crate::actors::supervisor::run(self.node.clone(), shared.clone(), Default::default()).await
-    }
 }
 
 impl AsRef<NodeRef> for BatchFlow {
@@ -593,88 +450,3 @@ impl From<BatchFlow> for NodeRef {
 }
 
 wiring_ops!(BatchFlow);
-
-pub(crate) async fn visit_batch_flow(node: &NodeRef, def: &BatchFlowDef, cx: &VisitCx) -> Result<Action, Error> {
-    let name = node.name();
-    let mut span = cx.span(SpanKind::Flow, &node.0.name);
-    if let Some(s) = span.as_mut() {
-        s.attr("node_type", node.type_name());
-        s.attr("batch", if def.parallel { "parallel" } else { "sequential" });
-    }
-    let inner = cx.with_parent(span.as_ref().map(|s| s.id()));
-    let ctx = Context { shared: &cx.shared, params: &cx.params, node: name };
-    let res = async {
-        let params_fn = def.params.read().clone();
-        let sets = match params_fn {
-            Some(f) => {
-                contain(name, Phase::Prep, async { f(&ctx) }).await?.map_err(|e| hook_error(name, Phase::Prep, e))?
-            }
-            None => Vec::new(),
-        };
-        let start = def.start.read().clone();
-        let merged: Vec<Arc<Params>> = sets
-            .iter()
-            .map(|bp| {
-                let mut p = (*cx.params).clone();
-                p.extend(bp.iter().map(|(k, v)| (k.clone(), v.clone())));
-                Arc::new(p)
-            })
-            .collect();
-        if def.parallel {
-            // The runs are futures of this task (not spawned tasks): dropping this visit (a
-            // cancel, a run timeout) drops them at once, so their open spans end as cancelled
-            // before the trace's end is sent. Spawned tasks were aborted only later, and
-            // their spans arrived after the trace had ended and were lost.
-            use futures::stream::{FuturesUnordered, StreamExt};
-            let mut set: FuturesUnordered<_> =
-                merged.into_iter().enumerate().map(|(i, p)| run_param_set(name, i, start.clone(), p, &inner)).collect();
-            while let Some(res) = set.next().await {
-                res?;
-            }
-        } else {
-            for (i, p) in merged.into_iter().enumerate() {
-                run_param_set(name, i, start.clone(), p, &inner).await?;
-            }
-        }
-        let prep_value = Value::Array(sets.into_iter().map(Value::Object).collect());
-        let post_fn = def.post.read().clone();
-        match post_fn {
-            Some(f) => contain(name, Phase::Post, async { f(&ctx, prep_value) })
-                .await?
-                .map_err(|e| hook_error(name, Phase::Post, e)),
-            None => Ok(Action::none()),
-        }
-    }
-    .await;
-    if let Some(mut s) = span {
-        if let Ok(a) = &res {
-            s.output(|| capture(a));
-        }
-        s.end_with(res.as_ref().map(|_| ()));
-    }
-    res
-}
-
-async fn run_param_set(
-    flow_name: &str,
-    index: usize,
-    start: Option<NodeRef>,
-    params: Arc<Params>,
-    cx: &VisitCx,
-) -> Result<(), Error> {
-    let mut span = cx.trace.as_ref().map(|r| r.start(cx.parent, SpanKind::BatchRun, format!("batch {index}")));
-    if let Some(s) = span.as_mut() {
-        s.attr("batch_index", index);
-        let p = Arc::clone(&params);
-        s.input(|| serde_json::json!({ "params": *p }));
-    }
-    let run_cx = VisitCx { params, parent: span.as_ref().map(|s| s.id()).or(cx.parent), ..cx.clone() };
-    let res = orchestrate(flow_name, start, cx.limits.max_steps, &run_cx).await;
-    if let Some(mut s) = span {
-        if let Ok(a) = &res {
-            s.output(|| capture(a));
-        }
-        s.end_with(res.as_ref().map(|_| ()));
-    }
-    res.map(|_| ())
-}

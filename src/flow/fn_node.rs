@@ -134,10 +134,6 @@ impl Node for FnNode {
 
     fn into_node(self) -> NodeRef {
         let name = Arc::clone(&self.name);
-        NodeRef::from_kind(
-            name,
-            "FnNode",
-            super::graph::NodeKind::Leaf(Box::new(super::node::NodeAdapter(Arc::new(self)))),
-        )
+        NodeRef::from_kind(name, "FnNode", super::graph::NodeKind::Node(Arc::new(super::node::NodeAdapter(self))))
     }
 }

@@ -10,8 +10,8 @@ use parking_lot::RwLock;
 use super::action::{Action, DEFAULT_ACTION};
 use super::batch::BatchFlowDef;
 use super::context::Params;
-use super::orchestrate::FlowDef;
-use super::visit::ErasedNode;
+use super::erased::{ErasedBatch, ErasedNode};
+use super::flows::FlowDef;
 
 /// How a node's `exec` runs: attempts, the wait between them, a time limit, where it runs.
 #[derive(Debug, Clone, Copy)]
@@ -29,8 +29,15 @@ impl Default for NodeConfig {
     }
 }
 
+/// What a node is, for the runtime that visits it.
 pub(crate) enum NodeKind {
-    Leaf(Box<dyn ErasedNode>),
+    /// A plain node (the `Node` trait or an `FnNode`).
+    Node(Arc<dyn ErasedNode>),
+    /// A batch node: exec once per item, one after another or concurrently.
+    Batch {
+        node: Arc<dyn ErasedBatch>,
+        parallel: bool,
+    },
     Flow(FlowDef),
     BatchFlow(BatchFlowDef),
 }

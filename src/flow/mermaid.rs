@@ -4,8 +4,8 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write;
 use std::sync::Arc;
 
+use super::flows::Flow;
 use super::graph::{NodeDef, NodeKind, NodeRef};
-use super::orchestrate::Flow;
 
 struct Renderer {
     ids: HashMap<*const NodeDef, String>,
@@ -46,7 +46,7 @@ impl Renderer {
             let inner = match &n.0.kind {
                 NodeKind::Flow(f) => Some(f.start.read().clone()),
                 NodeKind::BatchFlow(b) => Some(b.start()),
-                NodeKind::Leaf(_) => None,
+                NodeKind::Node(_) | NodeKind::Batch { .. } => None,
             };
             match inner {
                 Some(inner_start) => {

@@ -1,22 +1,17 @@
-//! The `Node` trait users implement, and how one visit of it runs.
+//! The `Node` trait users implement, and its erased form the runtime drives.
 
 use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::future::BoxFuture;
 use serde::Serialize;
-use tracing::Instrument;
 
 use super::action::Action;
 use super::context::{Context, ExecContext};
-use super::graph::{NodeDef, NodeKind, NodeRef};
-use super::store::record_writes;
-use super::visit::{contain, hook_error, run_exec, ErasedNode, ExecOps, VisitCx};
-use crate::error::{BoxError, Error, NodeResult, Phase};
-use crate::trace::model::SpanKind;
-use crate::trace::recorder::capture;
+use super::erased::{exec_owned, prep_owned, prep_ref, ErasedNode, Executed, PrepValue, Prepared};
+use super::graph::{NodeKind, NodeRef};
+use crate::error::{BoxError, NodeResult};
 
 /// A step of a flow, with PocketFlow's three phases.
 ///
@@ -103,7 +98,7 @@ pub trait Node: Send + Sync + Sized + 'static {
     /// Wraps the node in a graph handle, ready to wire and configure.
     fn into_node(self) -> NodeRef {
         let name = self.name();
-        NodeRef::from_kind(name, short_type_name::<Self>(), NodeKind::Leaf(Box::new(NodeAdapter(Arc::new(self)))))
+        NodeRef::from_kind(name, short_type_name::<Self>(), NodeKind::Node(Arc::new(NodeAdapter(self))))
     }
 }
 
@@ -114,196 +109,48 @@ pub(crate) fn short_type_name<T: ?Sized>() -> &'static str {
     base.rsplit("::").next().unwrap_or(base)
 }
 
-pub(crate) struct NodeAdapter<N>(pub(crate) Arc<N>);
-
-struct Inline<'a, N: Node> {
-    node: &'a N,
-    prep: &'a N::Prep,
-}
-
-impl<N: Node> ExecOps for Inline<'_, N> {
-    type Out = N::Exec;
-    async fn attempt(&self, cx: ExecContext) -> NodeResult<N::Exec> {
-        self.node.exec(self.prep, &cx).await
-    }
-    async fn fallback(&self, err: BoxError, cx: ExecContext) -> NodeResult<N::Exec> {
-        self.node.exec_fallback(self.prep, err, &cx).await
-    }
-}
-
-/// Exec on the blocking pool: the node and its prep result are shared with the pool thread.
-struct Blocking<N: Node> {
-    node: Arc<N>,
-    prep: Arc<N::Prep>,
-}
-
-impl<N: Node> ExecOps for Blocking<N> {
-    type Out = N::Exec;
-    fn attempt(&self, cx: ExecContext) -> impl Future<Output = NodeResult<N::Exec>> + Send {
-        let (node, prep) = (Arc::clone(&self.node), Arc::clone(&self.prep));
-        on_blocking_pool(move || async move { node.exec(&prep, &cx).await })
-    }
-    async fn fallback(&self, err: BoxError, cx: ExecContext) -> NodeResult<N::Exec> {
-        self.node.exec_fallback(&self.prep, err, &cx).await
-    }
-}
-
-/// Runs an async closure to completion on a blocking-pool thread; a panic there is resumed
-/// here, where the visit's panic containment turns it into an error.
-pub(crate) async fn on_blocking_pool<F, Fut, T>(f: F) -> T
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T>,
-    T: Send + 'static,
-{
-    let handle = tokio::runtime::Handle::current();
-    match tokio::task::spawn_blocking(move || handle.block_on(f())).await {
-        Ok(v) => v,
-        Err(e) => match e.try_into_panic() {
-            Ok(payload) => std::panic::resume_unwind(payload),
-            Err(e) => panic!("blocking exec was cancelled: {e}"),
-        },
-    }
-}
+pub(crate) struct NodeAdapter<N>(pub(crate) N);
 
 impl<N: Node> ErasedNode for NodeAdapter<N> {
-    fn visit<'a>(&'a self, node: &'a NodeRef, cx: &'a VisitCx) -> BoxFuture<'a, Result<Action, Error>> {
-        // Also a `tracing` span, so applications' own subscribers see each visit (a disabled
-        // span costs a few nanoseconds).
-        let span = tracing::info_span!(target: "flowtrace::node", "node", node = %node.name());
-        Box::pin(visit_node(&self.0, &node.0, cx).instrument(span))
-    }
-}
-
-async fn visit_node<N: Node>(node: &Arc<N>, def: &NodeDef, cx: &VisitCx) -> Result<Action, Error> {
-    let name = &*def.name;
-    let cfg = *def.config.read();
-    // One clock reading ends a phase and starts the next: the node's spans share 4 readings.
-    let t0 = cx.trace.as_ref().map(|_| Instant::now());
-    let mut node_span = cx.span_at(SpanKind::Node, &def.name, t0);
-    if let Some(s) = node_span.as_mut() {
-        s.attr("node_type", def.type_name);
-    }
-    let switches = cx.trace.as_ref().map(|r| r.switches()).unwrap_or_default();
-    let inner = cx.with_parent(node_span.as_ref().map(|s| s.id()));
-    let ctx = Context { shared: &cx.shared, params: &cx.params, node: name };
-
-    // prep
-    let span = if switches.prep { inner.span_at(SpanKind::Prep, &def.names.prep, t0) } else { None };
-    let prep = match contain(name, Phase::Prep, node.prep(&ctx).instrument(phase_span("prep"))).await {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return fail(hook_error(name, Phase::Prep, e), span, node_span),
-        Err(e) => return fail(e, span, node_span),
-    };
-    let t1 = t0.map(|_| Instant::now());
-    if let (Some(mut s), Some(t)) = (span, t1) {
-        s.output(|| capture(&prep));
-        s.end_at(t);
+    fn prep<'a>(&'a self, ctx: &'a Context<'a>) -> BoxFuture<'a, NodeResult<Prepared>> {
+        Box::pin(async move { Ok(Arc::new(self.0.prep(ctx).await?) as Prepared) })
     }
 
-    // exec
-    let mut span = if switches.exec { inner.span_at(SpanKind::Exec, &def.names.exec, t1) } else { None };
-    if let Some(s) = span.as_mut() {
-        s.input(|| capture(&prep));
-        s.attr("max_retries", cfg.max_retries);
-    }
-    let trace = match (&cx.trace, &span) {
-        (Some(r), Some(s)) => Some((r, s.id())),
-        _ => None,
-    };
-    let (exec, prep) = if cfg.max_retries == 0 {
-        match node.exec_skipped() {
-            Some(v) => (Ok(v), prep),
-            None => (Err(skipped_error(name)), prep),
-        }
-    } else if cfg.blocking {
-        let ops = Blocking { node: Arc::clone(node), prep: Arc::new(prep) };
-        let r = run_exec(&ops, def, &cfg, &cx.params, None, trace).await;
-        let Blocking { prep, .. } = ops;
-        // Every pool thread has normally finished with its clone, so the prep result is ours
-        // again; only an attempt abandoned by its timeout can still hold it.
-        match Arc::try_unwrap(prep) {
-            Ok(prep) => (r, prep),
-            Err(_) => {
-                let e = Error::Node {
-                    node: name.to_owned(),
-                    phase: Phase::Exec,
-                    source: "a timed-out exec attempt is still running on the blocking pool and holds \
-                             the prep result, so post cannot take it"
-                        .into(),
-                };
-                return fail(e, span, node_span);
-            }
-        }
-    } else {
-        let r = run_exec(&Inline { node: &**node, prep: &prep }, def, &cfg, &cx.params, None, trace).await;
-        (r, prep)
-    };
-    let exec = match exec {
-        Ok(v) => v,
-        Err(e) => return fail(e, span, node_span),
-    };
-    let t2 = t0.map(|_| Instant::now());
-    if let (Some(mut s), Some(t)) = (span, t2) {
-        s.output(|| capture(&exec));
-        s.end_at(t);
+    fn exec<'a>(&'a self, prep: &'a dyn PrepValue, cx: ExecContext) -> BoxFuture<'a, NodeResult<Executed>> {
+        Box::pin(async move {
+            let prep = prep_ref::<N::Prep>(prep)?;
+            Ok(Box::new(self.0.exec(prep, &cx).await?) as Executed)
+        })
     }
 
-    // post
-    let mut span = if switches.post { inner.span_at(SpanKind::Post, &def.names.post, t2) } else { None };
-    if let Some(s) = span.as_mut() {
-        s.input(|| capture(&exec));
+    fn exec_detached(self: Arc<Self>, prep: Prepared, cx: ExecContext) -> BoxFuture<'static, NodeResult<Executed>> {
+        Box::pin(async move {
+            let p = prep_ref::<N::Prep>(&*prep)?;
+            Ok(Box::new(self.0.exec(p, &cx).await?) as Executed)
+        })
     }
-    let post = node.post(&ctx, prep, exec).instrument(phase_span("post"));
-    let (res, changed) = if span.is_some() {
-        record_writes(contain(name, Phase::Post, post)).await
-    } else {
-        (contain(name, Phase::Post, post).await, Vec::new())
-    };
-    let action = match res {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => return fail(hook_error(name, Phase::Post, e), span, node_span),
-        Err(e) => return fail(e, span, node_span),
-    };
-    let t3 = Instant::now();
-    if let Some(mut s) = span {
-        s.attr("changed_keys", changed);
-        s.output(|| capture(&action));
-        s.end_at(t3);
-    }
-    if let Some(mut s) = node_span {
-        s.output(|| capture(&action));
-        s.end_at(t3);
-    }
-    Ok(action)
-}
 
-/// The `tracing` span of one phase (a child of the visit's `node` span).
-pub(crate) fn phase_span(phase: &'static str) -> tracing::Span {
-    tracing::info_span!(target: "flowtrace::node", "phase", phase)
-}
+    fn fallback<'a>(
+        &'a self,
+        prep: &'a dyn PrepValue,
+        error: BoxError,
+        cx: ExecContext,
+    ) -> BoxFuture<'a, NodeResult<Executed>> {
+        Box::pin(async move {
+            let prep = prep_ref::<N::Prep>(prep)?;
+            Ok(Box::new(self.0.exec_fallback(prep, error, &cx).await?) as Executed)
+        })
+    }
 
-fn skipped_error(name: &str) -> Error {
-    Error::Node {
-        node: name.to_owned(),
-        phase: Phase::Exec,
-        source: "max_retries is 0, so exec never ran and there is no result to hand to post \
-                 (PocketFlow passes None here; a typed node cannot receive it: use max_retries >= 1, \
-                 or an FnNode, whose exec result is JSON)"
-            .into(),
+    fn skipped(&self) -> Option<Executed> {
+        self.0.exec_skipped().map(|v| Box::new(v) as Executed)
     }
-}
 
-fn fail(
-    e: Error,
-    phase_span: Option<crate::trace::recorder::OpenSpan>,
-    node_span: Option<crate::trace::recorder::OpenSpan>,
-) -> Result<Action, Error> {
-    if let Some(s) = phase_span {
-        s.end_with(Err(&e));
+    fn post<'a>(&'a self, ctx: &'a Context<'a>, prep: Prepared, exec: Executed) -> BoxFuture<'a, NodeResult<Action>> {
+        Box::pin(async move {
+            let prep = prep_owned::<N::Prep>(prep)?;
+            let exec = exec_owned::<N::Exec>(exec)?;
+            self.0.post(ctx, prep, exec).await
+        })
     }
-    if let Some(s) = node_span {
-        s.end_with(Err(&e));
-    }
-    Err(e)
 }

@@ -293,13 +293,6 @@ impl TracingConfig {
         self
     }
 
-    /// Builds the tracer this configuration describes: the Langfuse exporter when keys are set,
-    /// the local JSON Lines file when they are not (or when a trace file is set), debug output
-    /// when on. Same as [`Tracer::from_config`](super::Tracer::from_config).
-    pub fn build_tracer(&self) -> Result<super::Tracer, super::TracerError> {
-        super::Tracer::from_config(self)
-    }
-
     /// Whether Langfuse keys are set.
     pub fn langfuse_enabled(&self) -> bool {
         self.public_key.is_some() && self.secret_key.is_some()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flowtrace::prelude::*;
-use flowtrace::TraceRecord;
+use flowtrace::trace::TraceRecord;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tracing_subscriber::layer::{Context as LayerContext, SubscriberExt};

@@ -1,5 +1,10 @@
-//! One test per failure of the Python reference tracer (`pocketflow-tracing-impl.md` §5),
-//! each proving flowtrace does not have it.
+//! What tracing guarantees about the trees it records: every flow and phase has its span,
+//! trees nest and end, concurrent and nested runs keep their own traces, values are JSON and
+//! inputs are snapshots, switches work, no signal handler is installed, slow exporters never
+//! slow a run, and an overloaded pipeline says what it shed.
+//!
+//! Each `bug_NN` test is the guarantee that the Python reference tracer breaks as its bug NN
+//! (`pocketflow-tracing-impl.md` §5).
 
 mod support;
 
@@ -8,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use flowtrace::export::{ExportReport, Exporter};
 use flowtrace::prelude::*;
+use flowtrace::trace::TraceRecord;
 use flowtrace::trace::{SpanKind, TracingConfig};
-use flowtrace::TraceRecord;
 use serde_json::{json, Value};
 use support::*;
 

@@ -1,6 +1,8 @@
-//! PocketFlow conformance, async variants (spec §13 cases 31–40, 79–81, 85, 87–89). Every
-//! flowtrace node is async, so PocketFlow's `AsyncNode`/`AsyncFlow` cases run on the same
-//! API as the sync ones; typed `Node` implementations here await real sleeps.
+//! PocketFlow conformance for nodes whose hooks await real work: retries, fallbacks, flows,
+//! branching, composition and direct calls behave as the spec says when `prep`, `exec` and
+//! `post` suspend (spec §13 cases 31–40, 79–81, 85, 87–89: PocketFlow's `AsyncNode` and
+//! `AsyncFlow` cases; every flowtrace node is async, so they run on the same API as the sync
+//! ones, and the typed `Node` implementations here await real sleeps).
 
 mod support;
 

@@ -1,0 +1,798 @@
+//! How a node visit runs: panic containment, PocketFlow's retry loop, batches, the
+//! orchestration loop of flows and batch flows, and the spans each of them records.
+//!
+//! Nodes reach this module only through their erased phases (`crate::flow::erased`), so
+//! what users write knows nothing of how it is run or recorded.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Once, OnceLock};
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::error::{BoxError, Error, NodeResult, Phase};
+use crate::flow::batch::BatchFlowDef;
+use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, Prepared};
+use crate::flow::flows::FlowDef;
+use crate::flow::graph::{NodeConfig, NodeDef, NodeKind, NodeRef};
+use crate::flow::store::{record_writes, SharedStore};
+use crate::flow::{Action, Context, ExecContext, Params};
+use crate::trace::model::{SpanId, SpanKind};
+use crate::trace::recorder::{capture, error_status, OpenSpan};
+use crate::trace::Recorder;
+
+/// Limits that hold for a whole run.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RunLimits {
+    pub(crate) max_steps: Option<u64>,
+}
+
+/// What a visit needs from its run: the store, the run's params, and where to record spans.
+#[derive(Clone)]
+pub(crate) struct VisitCx {
+    pub(crate) shared: SharedStore,
+    pub(crate) params: Arc<Params>,
+    pub(crate) trace: Option<Recorder>,
+    pub(crate) parent: Option<SpanId>,
+    pub(crate) limits: Arc<RunLimits>,
+    /// A durable run's hook, for the root flow's loop only (it is not passed to the visits).
+    pub(crate) hook: Option<Arc<dyn RunHook>>,
+}
+
+/// How a durable run sees its root flow: where it starts, and a checkpoint after each visit.
+/// The loop knows nothing more of durability (`crate::actors::durable` does the rest).
+pub(crate) trait RunHook: Send + Sync + 'static {
+    /// The node to start at and the steps already taken, instead of the flow's start node
+    /// (`None`: start at `start`, from step 0).
+    fn resume_at(&self, start: Option<&NodeRef>) -> Result<Option<(NodeRef, u64)>, Error>;
+    /// After each visit of the root flow that ended in an action, or suspended the run
+    /// (`waiting_for` is set, `next` is the node that waits). An error ends the run.
+    fn visited<'a>(&'a self, visit: Visited<'a>) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// One finished visit of a durable run's root flow.
+#[cfg_attr(not(feature = "durable"), allow(dead_code))]
+pub(crate) struct Visited<'a> {
+    pub(crate) node: &'a NodeRef,
+    pub(crate) action: Option<&'a Action>,
+    pub(crate) next: Option<&'a NodeRef>,
+    /// The store key the run waits for, when the visit suspended it.
+    pub(crate) waiting_for: Option<&'a str>,
+    pub(crate) steps: u64,
+    pub(crate) shared: &'a SharedStore,
+}
+
+impl VisitCx {
+    fn with_parent(&self, parent: Option<SpanId>) -> VisitCx {
+        VisitCx { parent, ..self.clone() }
+    }
+
+    fn span(&self, kind: SpanKind, name: &Arc<str>) -> Option<OpenSpan> {
+        self.trace.as_ref().map(|r| r.start(self.parent, kind, Arc::clone(name)))
+    }
+
+    /// A span starting at a clock reading taken by the caller (`None` when untraced).
+    fn span_at(&self, kind: SpanKind, name: &Arc<str>, at: Option<Instant>) -> Option<OpenSpan> {
+        match (&self.trace, at) {
+            (Some(r), Some(at)) => Some(r.start_at(self.parent, kind, Arc::clone(name), at)),
+            _ => None,
+        }
+    }
+
+    fn context<'a>(&'a self, node: &'a str) -> Context<'a> {
+        Context { shared: &self.shared, params: &self.params, node }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Panics and errors
+
+thread_local! {
+    static PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs, once, a panic hook that notes where a panic happened (for the error and the span)
+/// and then calls the hook that was there before, so the application's own hook still runs.
+pub(crate) fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let loc = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            PANIC_LOCATION.with(|p| *p.borrow_mut() = loc);
+            previous(info);
+        }));
+    });
+}
+
+/// Runs a hook's future, turning a panic into [`Error::Panic`] naming the node and phase.
+pub(crate) async fn contain<F: Future>(node: &str, phase: Phase, fut: F) -> Result<F::Output, Error> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(v) => Ok(v),
+        Err(payload) => Err(panic_error(node, phase, payload)),
+    }
+}
+
+pub(crate) fn panic_error(node: &str, phase: Phase, payload: Box<dyn std::any::Any + Send>) -> Error {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "<non-string panic payload>".to_owned()
+    };
+    let location = PANIC_LOCATION.with(|p| p.borrow_mut().take());
+    Error::Panic { node: node.to_owned(), phase, message, location }
+}
+
+/// A hook's error, named by node and phase. A flowtrace error raised inside a hook (a timeout,
+/// a nested run's failure) passes through as it is.
+fn hook_error(node: &str, phase: Phase, e: BoxError) -> Error {
+    match e.downcast::<Error>() {
+        Ok(inner) => *inner,
+        Err(e) => Error::Node { node: node.to_owned(), phase, source: e },
+    }
+}
+
+/// A hook run under panic containment, its error named by node and phase.
+async fn guarded<T>(node: &str, phase: Phase, fut: impl Future<Output = NodeResult<T>>) -> Result<T, Error> {
+    contain(node, phase, fut).await?.map_err(|e| hook_error(node, phase, e))
+}
+
+/// Ends the open phase and node spans with `e` and returns it.
+fn fail<T>(e: Error, phase_span: Option<OpenSpan>, node_span: Option<OpenSpan>) -> Result<T, Error> {
+    if let Some(s) = phase_span {
+        s.end_with(Err(&e));
+    }
+    if let Some(s) = node_span {
+        s.end_with(Err(&e));
+    }
+    Err(e)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch
+
+/// Dispatches one visit by node kind. Boxed because flows recurse.
+pub(crate) fn visit<'a>(node: &'a NodeRef, cx: &'a VisitCx) -> BoxFuture<'a, Result<Action, Error>> {
+    // Each visit is also a `tracing` span, so applications' own subscribers see it (a disabled
+    // span costs a few nanoseconds).
+    match &node.0.kind {
+        NodeKind::Node(n) => Box::pin(
+            visit_node(n, &node.0, cx)
+                .instrument(tracing::info_span!(target: "flowtrace::node", "node", node = %node.name())),
+        ),
+        NodeKind::Batch { node: b, parallel } => Box::pin(
+            visit_batch(b, *parallel, node, cx)
+                .instrument(tracing::info_span!(target: "flowtrace::node", "node", node = %node.name())),
+        ),
+        NodeKind::Flow(f) => Box::pin(
+            visit_flow(node, f, cx)
+                .instrument(tracing::info_span!(target: "flowtrace::flow", "flow", flow = %node.name())),
+        ),
+        NodeKind::BatchFlow(b) => Box::pin(
+            visit_batch_flow(node, b, cx)
+                .instrument(tracing::info_span!(target: "flowtrace::flow", "batch_flow", flow = %node.name())),
+        ),
+    }
+}
+
+/// The `tracing` span of one phase (a child of the visit's `node` span).
+fn phase_span(phase: &'static str) -> tracing::Span {
+    tracing::info_span!(target: "flowtrace::node", "phase", phase)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exec: one attempt at a time, with retries and the fallback
+
+/// The exec side of a visit: a plain node's exec on its prep result, or a batch node's on
+/// one item; inline or on the blocking pool.
+enum ExecTarget<'a> {
+    Node { node: &'a Arc<dyn ErasedNode>, prep: &'a Prepared },
+    Item { node: &'a Arc<dyn ErasedBatch>, items: &'a Prepared, index: usize },
+}
+
+impl ExecTarget<'_> {
+    async fn attempt(&self, cx: ExecContext, blocking: bool) -> NodeResult<Executed> {
+        match (self, blocking) {
+            (ExecTarget::Node { node, prep }, false) => node.exec(&***prep, cx).await,
+            (ExecTarget::Node { node, prep }, true) => {
+                let (node, prep) = (Arc::clone(node), Arc::clone(prep));
+                on_blocking_pool(move || node.exec_detached(prep, cx)).await
+            }
+            (ExecTarget::Item { node, items, index }, false) => node.exec(&***items, *index, cx).await,
+            (ExecTarget::Item { node, items, index }, true) => {
+                let (node, items, index) = (Arc::clone(node), Arc::clone(items), *index);
+                on_blocking_pool(move || node.exec_detached(items, index, cx)).await
+            }
+        }
+    }
+
+    async fn fallback(&self, err: BoxError, cx: ExecContext) -> NodeResult<Executed> {
+        match self {
+            ExecTarget::Node { node, prep } => node.fallback(&***prep, err, cx).await,
+            ExecTarget::Item { node, items, index } => node.fallback(&***items, *index, err, cx).await,
+        }
+    }
+}
+
+/// Runs an async closure to completion on a blocking-pool thread; a panic there is resumed
+/// here, where the visit's panic containment turns it into an error.
+async fn on_blocking_pool<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let handle = tokio::runtime::Handle::current();
+    match tokio::task::spawn_blocking(move || handle.block_on(f())).await {
+        Ok(v) => v,
+        Err(e) => match e.try_into_panic() {
+            Ok(payload) => std::panic::resume_unwind(payload),
+            Err(e) => panic!("blocking exec was cancelled: {e}"),
+        },
+    }
+}
+
+fn attempt_name(n: u32) -> Arc<str> {
+    static NAMES: OnceLock<Vec<Arc<str>>> = OnceLock::new();
+    let names = NAMES.get_or_init(|| (1..=16).map(|i| Arc::from(format!("attempt {i}"))).collect());
+    names.get(n as usize - 1).cloned().unwrap_or_else(|| Arc::from(format!("attempt {n}")))
+}
+
+static WAIT_NAME: OnceLock<Arc<str>> = OnceLock::new();
+
+/// PocketFlow's retry loop (spec §2): attempts `0..max_retries`, a wait between attempts and
+/// never after the last, then `exec_fallback` with the last error. Each attempt, wait and the
+/// fallback is a span under `parent`.
+async fn run_exec(
+    target: &ExecTarget<'_>,
+    def: &NodeDef,
+    cfg: &NodeConfig,
+    params: &Arc<Params>,
+    item: Option<usize>,
+    trace: Option<(&Recorder, SpanId)>,
+) -> Result<Executed, Error> {
+    let name = &*def.name;
+    let mut attempt = 0;
+    loop {
+        let cx = ExecContext {
+            params: Arc::clone(params),
+            attempt,
+            max_retries: cfg.max_retries,
+            node: Arc::clone(&def.name),
+            item,
+        };
+        let mut span = trace.map(|(r, p)| {
+            let mut s = r.start(Some(p), SpanKind::Attempt, attempt_name(attempt + 1));
+            s.attr("attempt", attempt + 1);
+            s
+        });
+        let run = target.attempt(cx.clone(), cfg.blocking);
+        let outcome = match cfg.timeout {
+            Some(limit) => match tokio::time::timeout(limit, contain(name, Phase::Exec, run)).await {
+                Ok(r) => r,
+                Err(_) => Ok(Err(Box::new(Error::Timeout { node: Some(name.to_owned()), after: limit }) as BoxError)),
+            },
+            None => contain(name, Phase::Exec, run.instrument(exec_span(attempt))).await,
+        };
+        let err = match outcome {
+            Ok(Ok(v)) => {
+                if let Some(s) = span.take() {
+                    s.end();
+                }
+                return Ok(v);
+            }
+            // A panic is not retried: it is a bug, not a transient failure.
+            Err(panic) => {
+                if let Some(s) = span.take() {
+                    s.end_with(Err(&panic));
+                }
+                return Err(panic);
+            }
+            Ok(Err(e)) => e,
+        };
+        if let Some(s) = span.take() {
+            let detailed = trace.map(|(r, _)| r.switches().errors).unwrap_or(true);
+            let status = match err.downcast_ref::<Error>() {
+                Some(inner) => error_status(inner, detailed),
+                None => {
+                    let as_error =
+                        Error::Node { node: name.to_owned(), phase: Phase::Exec, source: err.to_string().into() };
+                    error_status(&as_error, detailed)
+                }
+            };
+            s.fail(status);
+        }
+        if attempt + 1 >= cfg.max_retries {
+            let mut fspan = trace.map(|(r, p)| r.start(Some(p), SpanKind::Fallback, Arc::clone(&def.names.fallback)));
+            if let Some(s) = fspan.as_mut() {
+                let msg = err.to_string();
+                s.input(|| serde_json::json!({ "error": msg }));
+            }
+            let res = contain(name, Phase::Fallback, target.fallback(err, cx)).await;
+            let res = match res {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(hook_error(name, Phase::Exec, e)),
+                Err(panic) => Err(panic),
+            };
+            if let Some(s) = fspan {
+                s.end_with(res.as_ref().map(|_| ()));
+            }
+            return res;
+        }
+        if !cfg.wait.is_zero() {
+            let wspan = trace.map(|(r, p)| {
+                let name = WAIT_NAME.get_or_init(|| Arc::from("wait"));
+                let mut s = r.start(Some(p), SpanKind::Wait, Arc::clone(name));
+                s.attr("wait_ms", cfg.wait.as_secs_f64() * 1e3);
+                s
+            });
+            tokio::time::sleep(cfg.wait).await;
+            if let Some(s) = wspan {
+                s.end();
+            }
+        }
+        attempt += 1;
+    }
+}
+
+fn exec_span(attempt: u32) -> tracing::Span {
+    tracing::info_span!(target: "flowtrace::node", "phase", phase = "exec", attempt = attempt + 1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain nodes
+
+async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> Result<Action, Error> {
+    let name = &*def.name;
+    let cfg = *def.config.read();
+    // One clock reading ends a phase and starts the next: the node's spans share 4 readings.
+    let t0 = cx.trace.as_ref().map(|_| Instant::now());
+    let mut node_span = cx.span_at(SpanKind::Node, &def.name, t0);
+    if let Some(s) = node_span.as_mut() {
+        s.attr("node_type", def.type_name);
+    }
+    let switches = cx.trace.as_ref().map(|r| r.switches()).unwrap_or_default();
+    let inner = cx.with_parent(node_span.as_ref().map(|s| s.id()));
+    let ctx = cx.context(name);
+
+    // prep
+    let span = if switches.prep { inner.span_at(SpanKind::Prep, &def.names.prep, t0) } else { None };
+    let prep = match guarded(name, Phase::Prep, node.prep(&ctx).instrument(phase_span("prep"))).await {
+        Ok(p) => p,
+        Err(e) => return fail(e, span, node_span),
+    };
+    let t1 = t0.map(|_| Instant::now());
+    if let (Some(mut s), Some(t)) = (span, t1) {
+        s.output(|| capture(&*prep));
+        s.end_at(t);
+    }
+
+    // exec
+    let mut span = if switches.exec { inner.span_at(SpanKind::Exec, &def.names.exec, t1) } else { None };
+    if let Some(s) = span.as_mut() {
+        s.input(|| capture(&*prep));
+        s.attr("max_retries", cfg.max_retries);
+    }
+    let trace = match (&cx.trace, &span) {
+        (Some(r), Some(s)) => Some((r, s.id())),
+        _ => None,
+    };
+    let exec = if cfg.max_retries == 0 {
+        node.skipped().ok_or_else(|| skipped_error(name))
+    } else {
+        run_exec(&ExecTarget::Node { node, prep: &prep }, def, &cfg, &cx.params, None, trace).await
+    };
+    let exec = match exec {
+        Ok(v) => v,
+        Err(e) => return fail(e, span, node_span),
+    };
+    let t2 = t0.map(|_| Instant::now());
+    if let (Some(mut s), Some(t)) = (span, t2) {
+        s.output(|| capture(&*exec));
+        s.end_at(t);
+    }
+
+    // post
+    let mut span = if switches.post { inner.span_at(SpanKind::Post, &def.names.post, t2) } else { None };
+    if let Some(s) = span.as_mut() {
+        s.input(|| capture(&*exec));
+    }
+    let post = guarded(name, Phase::Post, node.post(&ctx, prep, exec).instrument(phase_span("post")));
+    let (res, changed) = if span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };
+    let action = match res {
+        Ok(a) => a,
+        Err(e) => return fail(e, span, node_span),
+    };
+    let t3 = Instant::now();
+    if let Some(mut s) = span {
+        s.attr("changed_keys", changed);
+        s.output(|| capture(&action));
+        s.end_at(t3);
+    }
+    if let Some(mut s) = node_span {
+        s.output(|| capture(&action));
+        s.end_at(t3);
+    }
+    Ok(action)
+}
+
+fn skipped_error(name: &str) -> Error {
+    Error::Node {
+        node: name.to_owned(),
+        phase: Phase::Exec,
+        source: "max_retries is 0, so exec never ran and there is no result to hand to post \
+                 (PocketFlow passes None here; a typed node cannot receive it: use max_retries >= 1, \
+                 or an FnNode, whose exec result is JSON)"
+            .into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batch nodes
+
+async fn visit_batch(
+    node: &Arc<dyn ErasedBatch>,
+    parallel: bool,
+    nref: &NodeRef,
+    cx: &VisitCx,
+) -> Result<Action, Error> {
+    let def: &NodeDef = &nref.0;
+    let name = &*def.name;
+    let cfg = nref.config();
+    let mut node_span = cx.span(SpanKind::Node, &def.name);
+    if let Some(s) = node_span.as_mut() {
+        s.attr("node_type", def.type_name);
+        s.attr("batch", if parallel { "parallel" } else { "sequential" });
+    }
+    let switches = cx.trace.as_ref().map(|r| r.switches()).unwrap_or_default();
+    let inner = cx.with_parent(node_span.as_ref().map(|s| s.id()));
+    let ctx = cx.context(name);
+
+    let span = if switches.prep { inner.span(SpanKind::Prep, &def.names.prep) } else { None };
+    let items = match guarded(name, Phase::Prep, node.prep(&ctx)).await {
+        Ok(items) => items,
+        Err(e) => return fail(e, span, node_span),
+    };
+    if let Some(mut s) = span {
+        s.output(|| capture(&*items));
+        s.end();
+    }
+    let count = node.len(&*items);
+
+    let mut span = if switches.exec { inner.span(SpanKind::Exec, &def.names.exec) } else { None };
+    if let Some(s) = span.as_mut() {
+        s.attr("items", count);
+        s.attr("max_retries", cfg.max_retries);
+        if let Some(n) = cfg.max_concurrency.filter(|_| parallel) {
+            s.attr("max_concurrency", n);
+        }
+    }
+    let item_cx = inner.with_parent(span.as_ref().map(|s| s.id()).or(inner.parent));
+    let batch = Batch { node, items: &items, def: nref, cfg, cx: &item_cx };
+    let outputs = if parallel {
+        batch.run_parallel(count, cfg.max_concurrency).await
+    } else {
+        let mut out = Vec::with_capacity(count);
+        let mut failed = None;
+        for i in 0..count {
+            match batch.run_item(i).await {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    };
+    let outputs = match outputs {
+        Ok(o) => o,
+        Err(e) => return fail(e, span, node_span),
+    };
+    if let Some(mut s) = span {
+        s.output(|| capture(&outputs));
+        s.end();
+    }
+    let mut span = if switches.post { inner.span(SpanKind::Post, &def.names.post) } else { None };
+    if let Some(s) = span.as_mut() {
+        s.input(|| capture(&outputs));
+    }
+    let post = guarded(name, Phase::Post, node.post(&ctx, items, outputs));
+    let (res, changed) = if span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };
+    let action = match res {
+        Ok(a) => a,
+        Err(e) => return fail(e, span, node_span),
+    };
+    if let Some(mut s) = span {
+        s.attr("changed_keys", changed);
+        s.output(|| capture(&action));
+        s.end();
+    }
+    if let Some(mut s) = node_span {
+        s.output(|| capture(&action));
+        s.end();
+    }
+    Ok(action)
+}
+
+/// One batch visit's items, and what each item's exec needs.
+struct Batch<'a> {
+    node: &'a Arc<dyn ErasedBatch>,
+    items: &'a Prepared,
+    def: &'a NodeRef,
+    cfg: NodeConfig,
+    cx: &'a VisitCx,
+}
+
+impl Batch<'_> {
+    /// One item's exec, with its own span under the exec span.
+    async fn run_item(&self, index: usize) -> Result<Executed, Error> {
+        let cx = self.cx;
+        let mut span = cx.trace.as_ref().map(|r| r.start(cx.parent, SpanKind::Item, format!("item {index}")));
+        if let Some(s) = span.as_mut() {
+            s.attr("item_index", index);
+            if let Some(item) = self.node.item(&**self.items, index) {
+                s.input(|| capture(item));
+            }
+        }
+        let trace = match (&cx.trace, &span) {
+            (Some(r), Some(s)) => Some((r, s.id())),
+            _ => None,
+        };
+        let res = if self.cfg.max_retries == 0 {
+            self.node.skipped().ok_or_else(|| Error::Batch {
+                node: self.def.name().to_owned(),
+                message: "max_retries is 0: no item can be processed".into(),
+            })
+        } else {
+            let target = ExecTarget::Item { node: self.node, items: self.items, index };
+            run_exec(&target, &self.def.0, &self.cfg, &cx.params, Some(index), trace).await
+        };
+        if let Some(mut s) = span {
+            if let Ok(v) = &res {
+                s.output(|| capture(&**v));
+            }
+            s.end_with(res.as_ref().map(|_| ()));
+        }
+        res
+    }
+
+    /// Runs the items concurrently, at most `limit` at once, keeping results in input order.
+    ///
+    /// Items run as futures of the run's own task (as PocketFlow's `gather` runs coroutines):
+    /// spawning a task per item cost more than a trivial item's whole budget (measured with
+    /// `examples/bench.rs parallel`). CPU-bound items belong on the blocking pool
+    /// ([`NodeRef::blocking`]). The first error ends the batch: the other items are dropped
+    /// (cancelled) at once, so none keeps running after the node has failed, and their spans
+    /// end as cancelled.
+    async fn run_parallel(&self, count: usize, limit: Option<usize>) -> Result<Vec<Executed>, Error> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let limit = limit.unwrap_or(usize::MAX).max(1);
+        let mut results: Vec<Option<Executed>> = Vec::with_capacity(count);
+        results.resize_with(count, || None);
+        let start = |i: usize| async move { (i, self.run_item(i).await) };
+        let mut running = FuturesUnordered::new();
+        let mut next = 0;
+        while next < count && running.len() < limit {
+            running.push(start(next));
+            next += 1;
+        }
+        while let Some((i, res)) = running.next().await {
+            results[i] = Some(res?);
+            if next < count {
+                running.push(start(next));
+                next += 1;
+            }
+        }
+        results.into_iter().map(|r| r.ok_or_else(|| Error::Engine("a batch item never finished".into()))).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flows and batch flows
+
+async fn visit_flow(node: &NodeRef, flow: &FlowDef, cx: &VisitCx) -> Result<Action, Error> {
+    let name = node.name();
+    let mut span = cx.span(SpanKind::Flow, &node.0.name);
+    if let Some(s) = span.as_mut() {
+        s.attr("node_type", node.type_name());
+        if !cx.params.is_empty() {
+            let p = cx.params.clone();
+            s.input(|| serde_json::json!({ "params": *p }));
+        }
+    }
+    let inner = cx.with_parent(span.as_ref().map(|s| s.id()));
+    let ctx = cx.context(name);
+    let res = async {
+        let prep_fn = flow.prep.read().clone();
+        let prep = match prep_fn {
+            Some(f) => guarded(name, Phase::Prep, async { f(&ctx) }).await?,
+            None => Value::Null,
+        };
+        let start = flow.start.read().clone();
+        let max_steps = (*flow.max_steps.read()).or(cx.limits.max_steps);
+        let last = orchestrate(name, start, max_steps, &inner).await?;
+        let post_fn = flow.post.read().clone();
+        match post_fn {
+            Some(f) => guarded(name, Phase::Post, async { f(&ctx, prep, last) }).await,
+            None => Ok(last),
+        }
+    }
+    .await;
+    end_flow_span(span, &res);
+    res
+}
+
+fn end_flow_span(span: Option<OpenSpan>, res: &Result<Action, Error>) {
+    if let Some(mut s) = span {
+        if let Ok(a) = res {
+            s.output(|| capture(a));
+        }
+        s.end_with(res.as_ref().map(|_| ()));
+    }
+}
+
+/// PocketFlow's orchestration loop (spec §4): visit, then follow the action, until a node
+/// has no edge for it.
+async fn orchestrate(
+    flow_name: &str,
+    start: Option<NodeRef>,
+    max_steps: Option<u64>,
+    cx: &VisitCx,
+) -> Result<Action, Error> {
+    if let Some(hook) = &cx.hook {
+        return orchestrate_durable(flow_name, start, max_steps, cx, hook).await;
+    }
+    let mut curr = start;
+    let mut last = Action::none();
+    let mut steps = 0_u64;
+    while let Some(node) = curr {
+        steps += 1;
+        if let Some(limit) = max_steps {
+            if steps > limit {
+                return Err(Error::MaxSteps { flow: flow_name.to_owned(), limit });
+            }
+        }
+        last = visit(&node, cx).await?;
+        curr = node.next_for(&last);
+    }
+    Ok(last)
+}
+
+/// The same loop for a durable run's root flow: it may start part-way (at a checkpoint), and
+/// the hook checkpoints after each visit and when a node suspends the run. Nested flows and
+/// the visits themselves run without the hook.
+async fn orchestrate_durable(
+    flow_name: &str,
+    start: Option<NodeRef>,
+    max_steps: Option<u64>,
+    cx: &VisitCx,
+    hook: &Arc<dyn RunHook>,
+) -> Result<Action, Error> {
+    let node_cx = VisitCx { hook: None, ..cx.clone() };
+    let (mut curr, mut steps) = match hook.resume_at(start.as_ref())? {
+        Some((node, steps)) => (Some(node), steps),
+        None => (start, 0),
+    };
+    let mut last = Action::none();
+    while let Some(node) = curr {
+        steps += 1;
+        if let Some(limit) = max_steps {
+            if steps > limit {
+                return Err(Error::MaxSteps { flow: flow_name.to_owned(), limit });
+            }
+        }
+        match visit(&node, &node_cx).await {
+            Ok(action) => {
+                let next = node.next_for(&action);
+                let v = Visited {
+                    node: &node,
+                    action: Some(&action),
+                    next: next.as_ref(),
+                    waiting_for: None,
+                    steps,
+                    shared: &cx.shared,
+                };
+                hook.visited(v).await?;
+                last = action;
+                curr = next;
+            }
+            Err(Error::Suspended { node: waiting, key }) => {
+                // The waiting node is visited again on resume, so its step is not counted.
+                let v = Visited {
+                    node: &node,
+                    action: None,
+                    next: Some(&node),
+                    waiting_for: Some(&key),
+                    steps: steps - 1,
+                    shared: &cx.shared,
+                };
+                hook.visited(v).await?;
+                return Err(Error::Suspended { node: waiting, key });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(last)
+}
+
+async fn visit_batch_flow(node: &NodeRef, def: &BatchFlowDef, cx: &VisitCx) -> Result<Action, Error> {
+    let name = node.name();
+    let mut span = cx.span(SpanKind::Flow, &node.0.name);
+    if let Some(s) = span.as_mut() {
+        s.attr("node_type", node.type_name());
+        s.attr("batch", if def.parallel { "parallel" } else { "sequential" });
+    }
+    let inner = cx.with_parent(span.as_ref().map(|s| s.id()));
+    let ctx = cx.context(name);
+    let res = async {
+        let params_fn = def.params.read().clone();
+        let sets = match params_fn {
+            Some(f) => guarded(name, Phase::Prep, async { f(&ctx) }).await?,
+            None => Vec::new(),
+        };
+        let start = def.start.read().clone();
+        let merged: Vec<Arc<Params>> = sets
+            .iter()
+            .map(|bp| {
+                let mut p = (*cx.params).clone();
+                p.extend(bp.iter().map(|(k, v)| (k.clone(), v.clone())));
+                Arc::new(p)
+            })
+            .collect();
+        if def.parallel {
+            // The runs are futures of this task (not spawned tasks): dropping this visit (a
+            // cancel, a run timeout) drops them at once, so their open spans end as cancelled
+            // before the trace's end is sent. Spawned tasks were aborted only later, and
+            // their spans arrived after the trace had ended and were lost.
+            use futures::stream::{FuturesUnordered, StreamExt};
+            let mut set: FuturesUnordered<_> =
+                merged.into_iter().enumerate().map(|(i, p)| run_param_set(name, i, start.clone(), p, &inner)).collect();
+            while let Some(res) = set.next().await {
+                res?;
+            }
+        } else {
+            for (i, p) in merged.into_iter().enumerate() {
+                run_param_set(name, i, start.clone(), p, &inner).await?;
+            }
+        }
+        let prep_value = Value::Array(sets.into_iter().map(Value::Object).collect());
+        let post_fn = def.post.read().clone();
+        match post_fn {
+            Some(f) => guarded(name, Phase::Post, async { f(&ctx, prep_value) }).await,
+            None => Ok(Action::none()),
+        }
+    }
+    .await;
+    end_flow_span(span, &res);
+    res
+}
+
+async fn run_param_set(
+    flow_name: &str,
+    index: usize,
+    start: Option<NodeRef>,
+    params: Arc<Params>,
+    cx: &VisitCx,
+) -> Result<(), Error> {
+    let mut span = cx.trace.as_ref().map(|r| r.start(cx.parent, SpanKind::BatchRun, format!("batch {index}")));
+    if let Some(s) = span.as_mut() {
+        s.attr("batch_index", index);
+        let p = Arc::clone(&params);
+        s.input(|| serde_json::json!({ "params": *p }));
+    }
+    let run_cx = VisitCx { params, parent: span.as_ref().map(|s| s.id()).or(cx.parent), ..cx.clone() };
+    let res = orchestrate(flow_name, start, cx.limits.max_steps, &run_cx).await;
+    end_flow_span(span, &res);
+    res.map(|_| ())
+}
