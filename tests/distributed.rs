@@ -39,7 +39,7 @@ fn example_binary() -> PathBuf {
         }
     }
     let status = build
-        .args(["build", "--features", "nats", "--example", "distributed"])
+        .args(["build", "--all-features", "--example", "distributed"])
         .env("CARGO_TARGET_DIR", target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()

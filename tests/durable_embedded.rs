@@ -31,7 +31,7 @@ fn example_binary() -> PathBuf {
         }
     }
     let status = build
-        .args(["build", "--features", "durable", "--example", "durable_local"])
+        .args(["build", "--all-features", "--example", "durable_local"])
         .env("CARGO_TARGET_DIR", target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()

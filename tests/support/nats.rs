@@ -19,9 +19,11 @@ pub fn nats_server_binary(test: &str) -> Option<PathBuf> {
     let candidates = std::env::var_os("NATS_SERVER_BIN")
         .map(PathBuf::from)
         .into_iter()
-        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| {
-            std::env::split_paths(&p).map(|d| d.join("nats-server")).collect::<Vec<_>>()
-        }))
+        .chain(
+            std::env::var_os("PATH")
+                .into_iter()
+                .flat_map(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).collect::<Vec<_>>()),
+        )
         .chain(std::iter::once(Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-nats/bin/nats-server")));
     for c in candidates {
         if c.is_file() {
