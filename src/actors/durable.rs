@@ -44,9 +44,9 @@ use serde_json::{Map, Value};
 pub use embedded::EmbeddedStore;
 
 use crate::actors::supervisor::DurableParts;
+use crate::actors::tracer::Tracer;
 use crate::actors::visit::{RunHook, Visited};
 use crate::flow::{Flow, NodeRef, Params, SharedStore};
-use crate::actors::tracer::Tracer;
 use crate::trace::{TraceId, TraceMeta};
 use crate::{Error, RunOptions};
 

@@ -110,12 +110,11 @@ impl NatsConfig {
             if host.is_empty() {
                 return Err(DurableError::Config("a NATS URL without a host".into()));
             }
-            match userinfo {
-                Some(u) => match u.split_once(':') {
+            if let Some(u) = userinfo {
+                match u.split_once(':') {
                     Some((user, pass)) => cfg.user = Some((user.to_owned(), pass.to_owned())),
                     None => cfg.token = Some(u.to_owned()),
-                },
-                None => {}
+                }
             }
             cfg.servers.push(format!("{scheme}://{host}"));
         }
