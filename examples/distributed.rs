@@ -17,6 +17,9 @@
 //! waits for all their results (at most `--timeout-s`, default 300) and prints
 //! `{"submitted":N,"completed":..,"failed":..,"elapsed_s":..}`.
 //!
+//! `bench-checkpoint` measures one checkpoint write (median and p99 of `--n` sequential
+//! saves) to JetStream KV, or with `--embedded PATH` to the embedded store.
+//!
 //! The demo flow has five nodes; each exec takes `STEP_MS` (default 20) milliseconds and
 //! publishes `{"run","node","worker"}` to `flowtrace.demo.witness`, so an outside observer can
 //! count executions. Workers also register `approval` (waits for input `approved`) and
@@ -137,13 +140,14 @@ async fn worker(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         let _ = tokio::signal::ctrl_c().await;
     };
     let report = worker.run(shutdown).await?;
-    flowtrace::flush(Duration::from_secs(10)).await;
+    let spans = flowtrace::flush(Duration::from_secs(10)).await;
     println!(
         "{}",
         json!({
             "worker": name, "completed": report.completed, "failed": report.failed,
             "dead_lettered": report.dead_lettered, "suspended": report.suspended,
             "retried": report.retried, "handed_back": report.handed_back,
+            "spans_delivered": spans.delivered, "spans_dropped": spans.dropped,
         })
     );
     Ok(())
@@ -200,12 +204,54 @@ async fn submit(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The cost of one checkpoint: `--n` sequential saves of a demo run's state (after a warm-up),
+/// to JetStream KV (`--nats`) or to the embedded store (`--embedded PATH`); prints the median
+/// and p99 in microseconds.
+async fn bench_checkpoint(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
+    use flowtrace::durable::{CheckpointStore, EmbeddedStore, RunState};
+    let n: usize = num(args, "--n", 5000);
+    let (store, target): (Box<dyn CheckpointStore>, String) = match arg(args, "--embedded") {
+        Some(path) => (Box::new(EmbeddedStore::open(&path)?), format!("embedded redb at {path}")),
+        None => {
+            let queue = Queue::connect(&config(args)?).await?;
+            (Box::new(queue.checkpoints().clone()), "JetStream KV".to_owned())
+        }
+    };
+    let sub = Submission::new("demo");
+    let id = sub.id().to_owned();
+    let mut state = RunState::initial(&sub.store(json!({ "run_id": id, "n": 7 })).into_request())?;
+    let mut micros = Vec::with_capacity(n);
+    for i in 0..(n + 200) {
+        state.steps = i as u64;
+        state.next = Some(["fetch", "classify", "draft", "review", "send"][i % 5].to_owned());
+        state.store.insert("steps".into(), json!(i % 5));
+        let t = Instant::now();
+        store.save(&state).await?;
+        if i >= 200 {
+            micros.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    micros.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| micros[((micros.len() as f64 * p) as usize).min(micros.len() - 1)];
+    println!(
+        "{}",
+        json!({
+            "target": target, "checkpoints": n,
+            "bytes": state.to_bytes()?.len(),
+            "median_us": (pct(0.5) * 10.0).round() / 10.0,
+            "p99_us": (pct(0.99) * 10.0).round() / 10.0,
+        })
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("worker") => worker(&args).await,
         Some("submit") => submit(&args).await,
+        Some("bench-checkpoint") => bench_checkpoint(&args).await,
         _ => {
             eprintln!("usage: distributed worker --nats URL [--name N] [--concurrency N]\n       distributed submit --nats URL --runs N");
             std::process::exit(2);
