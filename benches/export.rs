@@ -45,6 +45,17 @@ fn encode(c: &mut Criterion) {
             wire::otlp_encode_request(&resource, spans)
         })
     });
+    // The privacy scan every destination runs before writing: for a trace with nothing to
+    // redact it is a scan (keys, strings, depth, size) and no copy.
+    let privacy = flowtrace::export::Privacy::default().with_secret_values(["sk-lf-bench-0000-secret"]);
+    assert!(Arc::ptr_eq(&privacy.apply_shared(Arc::clone(&trace)), &trace), "the seed trace has nothing to redact");
+    g.bench_function("privacy_scan_100_traces", |b| {
+        b.iter(|| {
+            for _ in 0..100 {
+                std::hint::black_box(privacy.apply_shared(Arc::clone(&trace)));
+            }
+        })
+    });
     g.bench_function("legacy_json_100_traces", |b| {
         b.iter(|| {
             let mut events = Vec::new();

@@ -14,6 +14,7 @@ mod otlp;
 mod privacy;
 mod spool;
 
+pub use crate::trace::model::MAX_DEPTH;
 pub(crate) use debug::DebugExporter;
 pub use delivery::DeliveryOptions;
 pub use file::JsonlFileExporter;
@@ -131,16 +132,24 @@ pub(crate) fn limit_values(trace: &TraceRecord, max: usize) -> Option<TraceRecor
 
 /// The Langfuse exporter for a configuration with Langfuse keys, or `None` when this build
 /// has none to offer (the trace then goes to the local file only, with a warning).
+///
+/// An error names the variable it is about (`LANGFUSE_HOST`, `LANGFUSE_INGESTION`, …), never
+/// showing a key's value. A spool folder that cannot be created is not an error: the exporter
+/// then runs without a spool and says so.
 pub(crate) fn langfuse_exporter(
     config: &crate::trace::TracingConfig,
 ) -> Result<Option<Arc<dyn Exporter>>, crate::trace::ConfigError> {
     match LangfuseExporter::from_config(config) {
         Ok(e) => Ok(Some(Arc::new(e))),
-        Err(e) => Err(crate::trace::ConfigError {
-            variable: "LANGFUSE_HOST".into(),
-            value: config.host().unwrap_or("").into(),
-            reason: e.to_string(),
-        }),
+        Err(e) => {
+            let variable = e.variable().unwrap_or("LANGFUSE_HOST").to_owned();
+            let value = match variable.as_str() {
+                "LANGFUSE_HOST" => config.host().unwrap_or("").to_owned(),
+                "LANGFUSE_PUBLIC_KEY" | "LANGFUSE_SECRET_KEY" => "<redacted>".to_owned(),
+                v => config.var(v).unwrap_or("").to_owned(),
+            };
+            Err(crate::trace::ConfigError { variable, value, reason: e.to_string() })
+        }
     }
 }
 
@@ -149,7 +158,7 @@ pub(crate) fn langfuse_exporter(
 pub(crate) fn otlp_exporter(
     config: &crate::trace::TracingConfig,
 ) -> Result<Option<Arc<dyn Exporter>>, crate::trace::ConfigError> {
-    match OtlpExporter::from_lookup(|k| config.var(k).map(str::to_owned)) {
+    match OtlpExporter::from_lookup_with(|k| config.var(k).map(str::to_owned), Privacy::from_config(config)) {
         Ok(Some(e)) => Ok(Some(Arc::new(e))),
         Ok(None) => Ok(None),
         Err(e) => Err(crate::trace::ConfigError {

@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "support/langfuse_server.rs"]
+mod langfuse_server;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -294,4 +297,36 @@ async fn the_global_tracer_is_built_from_the_environment_on_first_use() {
     assert_eq!((traces[0].name.as_str(), traces[0].user_id.as_deref()), ("Global", Some("global-user")));
     let report = flowtrace::shutdown(Duration::from_secs(5)).await;
     assert!(report.is_complete(), "{report:?}");
+}
+
+/// A spool folder that cannot be created is not a `LANGFUSE_HOST` error and does not turn
+/// tracing off: the warning and the report name `FLOWTRACE_SPOOL_DIR`, once, and traces are
+/// still delivered (without a spool to fall back on).
+#[tokio::test]
+async fn a_spool_folder_that_cannot_be_created_leaves_tracing_on() {
+    let server = langfuse_server::LangfuseServer::start().await;
+    let warnings = Warnings::capture();
+    let cfg = TracingConfig::from_vars([
+        ("LANGFUSE_HOST", server.url()),
+        ("LANGFUSE_PUBLIC_KEY", langfuse_server::PK.into()),
+        ("LANGFUSE_SECRET_KEY", langfuse_server::SK.into()),
+        ("LANGFUSE_INGESTION", "otel".into()),
+        ("FLOWTRACE_SPOOL_DIR", "/proc/flowtrace-spool".into()),
+    ])
+    .unwrap();
+    let tracer = Tracer::from_config(&cfg).expect("tracing stays on without a spool");
+    assert_eq!(warnings.containing("FLOWTRACE_SPOOL_DIR"), 1, "{:?}", warnings.all());
+    assert_eq!(warnings.containing("LANGFUSE_HOST"), 0, "{:?}", warnings.all());
+    drop(warnings);
+    for _ in 0..2 {
+        Flow::new(&number(1)).traced("NoSpool").tracer(&tracer).run(&SharedStore::new()).await.unwrap();
+    }
+    let report = tracer.flush(Duration::from_secs(10)).await;
+    // Per trace: the flow span, one node of 5 spans, and the trace itself.
+    assert_eq!((report.delivered, report.dropped), (14, 0), "{report:?}");
+    assert_eq!(server.otlp_span_ids().len(), 12, "the spans reached the backend");
+    let about: Vec<&String> = report.reasons.iter().filter(|r| r.contains("FLOWTRACE_SPOOL_DIR")).collect();
+    assert_eq!(about.len(), 1, "said once: {report:?}");
+    assert!(about[0].contains("/proc/flowtrace-spool") && about[0].contains("without a spool"), "{}", about[0]);
+    assert!(!report.reasons.iter().any(|r| r.contains("LANGFUSE_HOST")), "{report:?}");
 }

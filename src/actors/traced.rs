@@ -9,6 +9,8 @@ use super::supervisor::{self, RunOptions};
 use super::tracer::{global, Tracer};
 use crate::error::Error;
 use crate::flow::{Action, BatchFlow, Flow, NodeRef, SharedStore};
+use crate::trace::model::drop_deep;
+use crate::trace::recorder::capture;
 use crate::trace::TraceMeta;
 
 impl Flow {
@@ -110,8 +112,15 @@ impl TracedFlow {
         self
     }
     /// Adds a metadata entry.
+    ///
+    /// Nesting deeper than [`MAX_DEPTH`](crate::export::MAX_DEPTH) levels is replaced by a marker
+    /// here, once: the trace fields are copied for every run, and a copy of a deeper value
+    /// could overflow a thread's stack.
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.meta.metadata.insert(key.into(), value.into());
+        let value = value.into();
+        let capped = capture(&value);
+        drop_deep(value);
+        self.meta.metadata.insert(key.into(), capped);
         self
     }
     /// Sends traces to this tracer instead of the global one.

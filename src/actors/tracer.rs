@@ -200,13 +200,14 @@ impl Tracer {
             Err(e) => return Err(TracerError::Invalid(e.to_string())),
         }
         if let Some(path) = trace_file {
-            let file = crate::export::JsonlFileExporter::with_max_value_bytes(&path, config.max_value_bytes())
-                .map_err(|e| TracerError::Invalid(format!("cannot open the trace file {}: {e}", path.display())))?;
+            let file =
+                crate::export::JsonlFileExporter::with_privacy(&path, crate::export::Privacy::from_config(config))
+                    .map_err(|e| TracerError::Invalid(format!("cannot open the trace file {}: {e}", path.display())))?;
             announce_trace_file(file.path());
             b = b.exporter(file);
         }
         if config.debug() {
-            b = b.exporter(DebugExporter);
+            b = b.exporter(DebugExporter::new(crate::export::Privacy::from_config(config)));
         }
         b.build()
     }

@@ -23,7 +23,7 @@ use crate::flow::graph::{NodeConfig, NodeDef, NodeKind, NodeRef};
 use crate::flow::store::{record_writes, SharedStore};
 use crate::flow::{Action, Context, ExecContext, Params};
 use crate::trace::model::{SpanId, SpanKind};
-use crate::trace::recorder::{capture, error_status, OpenSpan};
+use crate::trace::recorder::{capture, capture_as, error_status, OpenSpan};
 use crate::trace::Recorder;
 
 /// Limits that hold for a whole run.
@@ -370,14 +370,14 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     };
     let t1 = t0.map(|_| Instant::now());
     if let (Some(mut s), Some(t)) = (span, t1) {
-        s.output(|| capture(&*prep));
+        s.output(|| capture_as(&*prep, prep.type_name()));
         s.end_at(t);
     }
 
     // exec
     let mut span = if switches.exec { inner.span_at(SpanKind::Exec, &def.names.exec, t1) } else { None };
     if let Some(s) = span.as_mut() {
-        s.input(|| capture(&*prep));
+        s.input(|| capture_as(&*prep, prep.type_name()));
         s.attr("max_retries", cfg.max_retries);
     }
     let trace = match (&cx.trace, &span) {
@@ -395,14 +395,14 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     };
     let t2 = t0.map(|_| Instant::now());
     if let (Some(mut s), Some(t)) = (span, t2) {
-        s.output(|| capture(&*exec));
+        s.output(|| capture_as(&*exec, exec.type_name()));
         s.end_at(t);
     }
 
     // post
     let mut span = if switches.post { inner.span_at(SpanKind::Post, &def.names.post, t2) } else { None };
     if let Some(s) = span.as_mut() {
-        s.input(|| capture(&*exec));
+        s.input(|| capture_as(&*exec, exec.type_name()));
     }
     let post = guarded(name, Phase::Post, node.post(&ctx, prep, exec).instrument(phase_span("post")));
     let (res, changed) = if span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };
@@ -461,7 +461,7 @@ async fn visit_batch(
         Err(e) => return fail(e, span, node_span),
     };
     if let Some(mut s) = span {
-        s.output(|| capture(&*items));
+        s.output(|| capture_as(&*items, items.type_name()));
         s.end();
     }
     let count = node.len(&*items);
@@ -560,7 +560,7 @@ impl Batch<'_> {
         };
         if let Some(mut s) = span {
             if let Ok(v) = &res {
-                s.output(|| capture(&**v));
+                s.output(|| capture_as(&**v, v.type_name()));
             }
             s.end_with(res.as_ref().map(|_| ()));
         }

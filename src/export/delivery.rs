@@ -84,6 +84,9 @@ impl fmt::Debug for Endpoint {
     }
 }
 
+/// The most of a backend's answer quoted in a log line or report (after scrubbing).
+const MAX_LOGGED_CHARS: usize = 200;
+
 const MODE_OTLP: u8 = 0;
 const MODE_LEGACY: u8 = 1;
 
@@ -100,6 +103,37 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    /// Every credential this target sends: Basic user, password and their encoded pair, and
+    /// the value of every header that is not one of flowtrace's own descriptive ones.
+    pub(crate) fn secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for ep in self.otlp.iter().chain(self.legacy.iter()) {
+            if let Some((user, pass)) = &ep.basic {
+                out.push(user.clone());
+                out.push(pass.clone());
+                out.push(super::privacy::base64(format!("{user}:{pass}").as_bytes()));
+            }
+            for (name, value) in &ep.headers {
+                let n = name.to_ascii_lowercase();
+                if matches!(
+                    n.as_str(),
+                    "x-langfuse-sdk-name" | "x-langfuse-sdk-version" | "x-langfuse-ingestion-version"
+                ) {
+                    continue;
+                }
+                out.push(value.clone());
+                // `Bearer abc…`: the credential alone, too.
+                if let Some((_, cred)) = value.split_once(' ') {
+                    out.push(cred.trim().to_owned());
+                }
+            }
+        }
+        if !self.public_key.is_empty() {
+            out.push(self.public_key.clone());
+        }
+        out
+    }
+
     pub(crate) fn otlp(ep: Endpoint, service: &str) -> Self {
         Target {
             otlp: Some(ep),
@@ -255,11 +289,24 @@ impl HttpExporter {
         opts: DeliveryOptions,
         privacy: Privacy,
     ) -> Result<HttpExporter, String> {
+        // The exporter's own credentials are never let out: not in traces, logs or reports.
+        let privacy = privacy.with_secret_values(target.secrets());
+        let stats = Arc::new(Stats::default());
         let spool = match &opts.spool_dir {
-            Some(dir) => Some(Arc::new(
-                Spool::open(dir, opts.spool_max_bytes)
-                    .map_err(|e| format!("cannot open the spool folder {}: {e}", dir.display()))?,
-            )),
+            Some(dir) => match Spool::open(dir, opts.spool_max_bytes) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    // Tracing goes on without a spool: what cannot be delivered is dropped
+                    // and counted, and the report says why, once.
+                    let why = format!(
+                        "{name}: cannot create the spool folder {} (FLOWTRACE_SPOOL_DIR): {e}; tracing goes on without a spool, so traces that cannot be delivered are dropped",
+                        dir.display()
+                    );
+                    tracing::warn!(target: "flowtrace::export", "{why}");
+                    stats.reason(why, 0);
+                    None
+                }
+            },
             None => None,
         };
         let client = reqwest::Client::builder()
@@ -268,7 +315,6 @@ impl HttpExporter {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(Stats::default());
         let worker = Worker {
             name: name.to_owned(),
             target,
@@ -464,17 +510,20 @@ impl Worker {
     fn spool_or_drop(&self, traces: &[Arc<TraceRecord>], why: &str) -> bool {
         let n: u64 = traces.iter().map(|t| spans_of(t)).sum();
         match &self.spool {
-            Some(s) => match s.write(traces) {
-                Ok(w) => {
-                    self.stats.spooled.fetch_add(w, Ordering::Relaxed);
-                    tracing::info!(target: "flowtrace::export", "{}: spooled {w} spans to {} ({why})", self.name, s.dir().display());
-                    true
+            // Scrubbed like everything that leaves (a no-op scan for traces already scrubbed).
+            Some(s) => {
+                match s.write(&traces.iter().map(|t| self.privacy.apply_shared(Arc::clone(t))).collect::<Vec<_>>()) {
+                    Ok(w) => {
+                        self.stats.spooled.fetch_add(w, Ordering::Relaxed);
+                        tracing::info!(target: "flowtrace::export", "{}: spooled {w} spans to {} ({why})", self.name, s.dir().display());
+                        true
+                    }
+                    Err(e) => {
+                        self.stats.drop_spans(n, format!("{}: {why}, and {e}", self.name));
+                        false
+                    }
                 }
-                Err(e) => {
-                    self.stats.drop_spans(n, format!("{}: {why}, and {e}", self.name));
-                    false
-                }
-            },
+            }
             None => {
                 self.stats.drop_spans(n, format!("{}: {why}, and no spool is configured", self.name));
                 false
@@ -733,7 +782,8 @@ impl Worker {
                 } else {
                     "request failed"
                 };
-                return Sent::Retry { after: None, why: format!("{kind}: {} ({e})", ep.url) };
+                let why = self.privacy.scrub_text(&format!("{kind}: {} ({e})", ep.url), MAX_LOGGED_CHARS);
+                return Sent::Retry { after: None, why };
             }
         };
         let status = resp.status().as_u16();
@@ -745,10 +795,11 @@ impl Worker {
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(Duration::from_secs_f64);
         let body = resp.bytes().await.unwrap_or_default();
+        // A backend or proxy may echo the request (its Authorization header among it) in an
+        // error page: the body is scrubbed before it goes into any log line or report.
         let text = || {
-            let s = String::from_utf8_lossy(&body);
-            let s: String = s.chars().take(300).collect();
-            format!("{status} from {}: {}", ep.url, s.trim())
+            let s = self.privacy.scrub_text(&String::from_utf8_lossy(&body), MAX_LOGGED_CHARS);
+            self.privacy.scrub_text(&format!("{status} from {}: {s}", ep.url), 4 * MAX_LOGGED_CHARS)
         };
         match status {
             207 if legacy => {
@@ -771,7 +822,10 @@ impl Worker {
                     if e.status >= 500 || e.status == 429 {
                         retry.push(i);
                     } else {
-                        rejected.push((i, format!("{} {}", e.status, e.message)));
+                        rejected.push((
+                            i,
+                            format!("{} {}", e.status, self.privacy.scrub_text(&e.message, MAX_LOGGED_CHARS)),
+                        ));
                     }
                 }
                 Sent::Partial { retry, rejected }

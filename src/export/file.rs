@@ -10,12 +10,17 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 
-use super::{limit_values, ExportReport, Exporter};
+use super::privacy::Privacy;
+use super::{ExportReport, Exporter};
 use crate::trace::TraceRecord;
 
 /// Appends every finished trace as one JSON line to a file (`flowtrace show FILE` reads it).
 ///
-/// [`export`](Exporter::export) only queues: the writing (value truncation, serialisation,
+/// Every trace is written as the [`Privacy`] rules let it leave: secret keys and
+/// credential-shaped values redacted, values too deep or too large replaced by a marker (so
+/// every line reads back). [`new`](Self::new) applies the default rules.
+///
+/// [`export`](Exporter::export) only queues: the writing (privacy rules, serialisation,
 /// the write itself) happens on the exporter's own writer thread, so neither a run nor the
 /// tracer actor ever waits on the disk. An I/O failure is logged once and counted as dropped
 /// spans in the next [`flush`](Exporter::flush) report.
@@ -39,7 +44,7 @@ struct Inner {
 #[derive(Debug)]
 struct State {
     path: PathBuf,
-    max_value_bytes: usize,
+    privacy: Privacy,
     queued: AtomicU64,
     delivered: AtomicU64,
     dropped: AtomicU64,
@@ -48,9 +53,9 @@ struct State {
 }
 
 impl State {
-    fn write(&self, out: &mut BufWriter<File>, trace: &TraceRecord) -> std::io::Result<()> {
-        let limited = limit_values(trace, self.max_value_bytes);
-        let line = serde_json::to_vec(limited.as_ref().unwrap_or(trace))?;
+    fn write(&self, out: &mut BufWriter<File>, trace: Arc<TraceRecord>) -> std::io::Result<()> {
+        let trace = self.privacy.apply_shared(trace);
+        let line = serde_json::to_vec(&*trace)?;
         out.write_all(&line)?;
         out.write_all(b"\n")?;
         // One flush per trace: a crash loses at most the trace being written.
@@ -83,6 +88,11 @@ impl JsonlFileExporter {
 
     /// Like [`new`](Self::new), truncating recorded values larger than `max` bytes.
     pub fn with_max_value_bytes(path: impl AsRef<Path>, max: usize) -> std::io::Result<Self> {
+        Self::with_privacy(path, Privacy::default().with_max_value_bytes(max))
+    }
+
+    /// Like [`new`](Self::new), with these privacy rules (sampling is left to the tracer).
+    pub fn with_privacy(path: impl AsRef<Path>, privacy: Privacy) -> std::io::Result<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
@@ -90,7 +100,7 @@ impl JsonlFileExporter {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let state = Arc::new(State {
             path: path.clone(),
-            max_value_bytes: max,
+            privacy,
             queued: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -106,7 +116,7 @@ impl JsonlFileExporter {
                 match msg {
                     Msg::Trace(trace) => {
                         let spans = trace.spans.len() as u64 + 1;
-                        let result = writer.write(&mut out, &trace);
+                        let result = writer.write(&mut out, trace);
                         writer.record(spans, result);
                     }
                     Msg::Flush(done) => {

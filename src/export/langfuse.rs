@@ -18,6 +18,17 @@ use crate::trace::TraceRecord;
 #[error("{0}")]
 pub struct ExporterError(pub String);
 
+impl ExporterError {
+    /// The variable the error is about, when its message starts with one
+    /// (`LANGFUSE_INGESTION="grpc": …` → `LANGFUSE_INGESTION`).
+    pub fn variable(&self) -> Option<&str> {
+        let end =
+            self.0.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')).unwrap_or(self.0.len());
+        let name = &self.0[..end];
+        (name.len() > 3 && name.contains('_')).then_some(name)
+    }
+}
+
 /// Which Langfuse ingestion protocol to use (`LANGFUSE_INGESTION`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Ingestion {
@@ -193,11 +204,7 @@ impl LangfuseExporter {
             return Err(ExporterError("LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY are not set".into()));
         };
         let ingestion = Ingestion::parse(cfg.var("LANGFUSE_INGESTION").unwrap_or(""))?;
-        let mut b = Self::builder()
-            .host(host)
-            .keys(pk, sk)
-            .ingestion(ingestion)
-            .privacy(Privacy::default().with_max_value_bytes(cfg.max_value_bytes()));
+        let mut b = Self::builder().host(host).keys(pk, sk).ingestion(ingestion).privacy(Privacy::from_config(cfg));
         if let Some(dir) = cfg.var("FLOWTRACE_SPOOL_DIR") {
             b = b.spool_dir(PathBuf::from(dir).join("langfuse"));
         }
@@ -372,6 +379,13 @@ impl OtlpExporter {
     }
 
     pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<OtlpExporter>, ExporterError> {
+        Self::from_lookup_with(get, Privacy::default())
+    }
+
+    pub(crate) fn from_lookup_with(
+        get: impl Fn(&str) -> Option<String>,
+        privacy: Privacy,
+    ) -> Result<Option<OtlpExporter>, ExporterError> {
         let traces = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
         let base = get("OTEL_EXPORTER_OTLP_ENDPOINT");
         if traces.is_none() && base.is_none() {
@@ -385,7 +399,7 @@ impl OtlpExporter {
                 break;
             }
         }
-        let mut b = OtlpExporter::builder();
+        let mut b = OtlpExporter::builder().privacy(privacy);
         if let Some(t) = traces {
             b = b.traces_endpoint(t);
         } else if let Some(e) = base {
@@ -443,6 +457,9 @@ mod tests {
     fn ingestion_values() {
         assert_eq!(Ingestion::parse("LEGACY").unwrap(), Ingestion::Legacy);
         assert_eq!(Ingestion::parse("").unwrap(), Ingestion::Auto);
-        assert!(Ingestion::parse("grpc").unwrap_err().0.contains("LANGFUSE_INGESTION"));
+        let err = Ingestion::parse("grpc").unwrap_err();
+        assert!(err.0.contains("LANGFUSE_INGESTION"));
+        assert_eq!(err.variable(), Some("LANGFUSE_INGESTION"));
+        assert_eq!(ExporterError("cannot build the HTTP client".into()).variable(), None);
     }
 }

@@ -1,5 +1,8 @@
-//! What leaves the process: masking, redaction of secret-looking keys, value size limits and
-//! deterministic sampling by trace id.
+//! What leaves the process: masking, redaction of secret-looking keys and credential-shaped
+//! values, a depth and a size limit on values, and deterministic sampling by trace id.
+//!
+//! One rule set, applied by every destination (the trace file, Langfuse, OTLP, the spool and
+//! the debug output); the same rules scrub the backend answers that go into logs and reports.
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,10 +10,25 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::limit_values;
-use crate::trace::{TraceId, TraceRecord};
+use crate::trace::model::{depth_marker, drop_deep, MAX_DEPTH};
+use crate::trace::{SpanStatus, TraceId, TraceRecord};
 
-/// The keys redacted by default (matched case-insensitively as substrings of object keys).
-pub const DEFAULT_REDACTED_KEYS: &[&str] = &["password", "secret", "token", "api_key", "authorization"];
+/// The keys redacted by default. Keys are compared case-insensitively with `_`, `-`, `.` and
+/// spaces removed (`apiKey` = `api_key` = `API-KEY`), and a key is secret when it contains
+/// one of these: `client_secret`, `x-api-key`, `set-cookie` and `refresh_token` all are.
+pub const DEFAULT_REDACTED_KEYS: &[&str] = &[
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "token",
+    "api_key",
+    "private_key",
+    "authorization",
+    "cookie",
+    "bearer",
+    "credential",
+];
 
 /// The value that replaces a redacted one.
 pub const REDACTED: &str = "<redacted>";
@@ -18,20 +36,28 @@ pub const REDACTED: &str = "<redacted>";
 /// A user function applied to every input, output and metadata value before export.
 pub type MaskFn = Arc<dyn Fn(Value) -> Value + Send + Sync>;
 
-/// The privacy rules of an exporter: a masking hook, redacted keys, a value size limit and a
-/// sample rate.
+/// The privacy rules of an exporter: a masking hook, redacted keys, credential-shaped values,
+/// known secret values, depth and size limits, and a sample rate.
 ///
 /// ```
 /// use flowtrace::export::Privacy;
 /// let p = Privacy::default();
-/// let v = p.scrub(serde_json::json!({"user": "ann", "api_key": "k-1", "nested": {"Password": "x"}}));
-/// assert_eq!(v, serde_json::json!({"user": "ann", "api_key": "<redacted>", "nested": {"Password": "<redacted>"}}));
+/// let v = p.scrub(serde_json::json!({"user": "ann", "apiKey": "k-1", "nested": {"Password": "x"},
+///     "header": "Bearer abcdefgh12345678"}));
+/// assert_eq!(v, serde_json::json!({"user": "ann", "apiKey": "<redacted>",
+///     "nested": {"Password": "<redacted>"}, "header": "Bearer <redacted>"}));
 /// ```
 #[derive(Clone)]
 pub struct Privacy {
     mask: Option<MaskFn>,
+    /// Normalised key fragments (see [`normalise`]).
     redact: Vec<String>,
+    /// Whether credential-shaped strings are redacted whatever their key.
+    values: bool,
+    /// Exact values never to let out (the exporter's own keys, for one).
+    secrets: Vec<String>,
     max_value_bytes: usize,
+    max_depth: usize,
     sample_rate: f64,
 }
 
@@ -40,7 +66,10 @@ impl fmt::Debug for Privacy {
         f.debug_struct("Privacy")
             .field("mask", &self.mask.as_ref().map(|_| "<fn>"))
             .field("redact", &self.redact)
+            .field("values", &self.values)
+            .field("secrets", &self.secrets.len())
             .field("max_value_bytes", &self.max_value_bytes)
+            .field("max_depth", &self.max_depth)
             .field("sample_rate", &self.sample_rate)
             .finish()
     }
@@ -50,27 +79,80 @@ impl Default for Privacy {
     fn default() -> Self {
         Privacy {
             mask: None,
-            redact: DEFAULT_REDACTED_KEYS.iter().map(|s| s.to_string()).collect(),
+            redact: DEFAULT_REDACTED_KEYS.iter().map(|s| normalise(s)).collect(),
+            values: true,
+            secrets: Vec::new(),
             max_value_bytes: 1_000_000,
+            max_depth: MAX_DEPTH,
             sample_rate: 1.0,
         }
     }
 }
 
 impl Privacy {
+    /// The rules a tracing configuration asks for: the default keys plus
+    /// `FLOWTRACE_REDACT_KEYS`, value redaction unless `FLOWTRACE_REDACT_VALUES=false`, the
+    /// value size limit, and the configured Langfuse keys (and their Basic form) as known
+    /// secrets. Sampling stays with the tracer.
+    pub fn from_config(cfg: &crate::trace::TracingConfig) -> Privacy {
+        let mut p = Privacy::default()
+            .with_extra_redacted_keys(cfg.redact_keys().iter().cloned())
+            .with_value_redaction(cfg.redact_values())
+            .with_max_value_bytes(cfg.max_value_bytes());
+        if let (Some(pk), Some(sk)) = (cfg.public_key(), cfg.secret_key()) {
+            p = p.with_secret_values([pk.to_owned(), sk.to_owned(), base64(format!("{pk}:{sk}").as_bytes())]);
+        }
+        p
+    }
+
     /// Sets the masking hook (applied after redaction).
     pub fn with_mask(mut self, mask: impl Fn(Value) -> Value + Send + Sync + 'static) -> Self {
         self.mask = Some(Arc::new(mask));
         self
     }
-    /// Replaces the redacted key fragments (an empty list redacts nothing).
+    /// Replaces the redacted key fragments (an empty list redacts no key).
     pub fn with_redacted_keys<S: Into<String>>(mut self, keys: impl IntoIterator<Item = S>) -> Self {
-        self.redact = keys.into_iter().map(|k| k.into().to_ascii_lowercase()).collect();
+        self.redact = keys.into_iter().map(|k| normalise(&k.into())).filter(|k| !k.is_empty()).collect();
+        self
+    }
+    /// Adds key fragments to the redacted ones.
+    pub fn with_extra_redacted_keys<S: Into<String>>(mut self, keys: impl IntoIterator<Item = S>) -> Self {
+        for k in keys {
+            let k = normalise(&k.into());
+            if !k.is_empty() && !self.redact.contains(&k) {
+                self.redact.push(k);
+            }
+        }
+        self
+    }
+    /// Whether credential-shaped strings (`Bearer …`, `Basic …`, `sk-…`, `pk-lf-…`, JWTs) are
+    /// redacted whatever their key (default on).
+    pub fn with_value_redaction(mut self, on: bool) -> Self {
+        self.values = on;
+        self
+    }
+    /// Exact values replaced wherever they appear in a string (values shorter than 6
+    /// characters are ignored: they would match ordinary text).
+    pub fn with_secret_values<S: Into<String>>(mut self, values: impl IntoIterator<Item = S>) -> Self {
+        for v in values {
+            let v = v.into();
+            if v.chars().count() >= 6 && !self.secrets.contains(&v) {
+                self.secrets.push(v);
+            }
+        }
+        // Longest first, so a value containing another is replaced whole.
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         self
     }
     /// Values larger than this (serialised) are replaced by a visible truncation marker.
     pub fn with_max_value_bytes(mut self, max: usize) -> Self {
         self.max_value_bytes = max;
+        self
+    }
+    /// Values nested deeper than this are replaced by a visible marker (default
+    /// [`MAX_DEPTH`]; at least 1).
+    pub fn with_max_depth(mut self, max: usize) -> Self {
+        self.max_depth = max.max(1);
         self
     }
     /// The fraction of traces kept, 0..=1 (clamped), chosen deterministically by trace id.
@@ -93,142 +175,559 @@ impl Privacy {
         ((z >> 11) as f64 / (1u64 << 53) as f64) < self.sample_rate
     }
 
-    /// Redacts configured keys, then applies the mask hook, to one value.
-    pub fn scrub(&self, v: Value) -> Value {
-        let v = if self.redact.is_empty() { v } else { self.redact_value(v) };
+    /// Caps the depth, redacts secret keys and credential-shaped values, then applies the
+    /// mask hook, to one value.
+    pub fn scrub(&self, mut v: Value) -> Value {
+        cap_depth(&mut v, self.max_depth);
+        self.redact_in_place(&mut v);
         match &self.mask {
             Some(mask) => {
                 let m = Arc::clone(mask);
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || m(v)))
-                    .unwrap_or_else(|_| Value::String("<fully masked: the mask function panicked>".into()))
+                let mut v = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || m(v)))
+                    .unwrap_or_else(|_| Value::String("<fully masked: the mask function panicked>".into()));
+                cap_depth(&mut v, self.max_depth);
+                v
             }
             None => v,
         }
     }
 
-    fn is_secret(&self, key: &str) -> bool {
-        self.redact.iter().any(|r| contains_ci(key, r))
+    /// `text` as it may go into a log line or a report: values after secret-looking names
+    /// (`Authorization: …`, `"x-api-key": "…"`, `password=…`), known secrets and
+    /// credential-shaped tokens redacted, whitespace collapsed, at most `max_chars` long.
+    pub fn scrub_text(&self, text: &str, max_chars: usize) -> String {
+        let mut s = redact_fields(text, &self.redact);
+        s = self.scrub_str(&s, true).unwrap_or(s);
+        let mut out = String::with_capacity(s.len().min(max_chars + 4));
+        let mut n = 0;
+        let mut space = false;
+        for c in s.chars() {
+            if c.is_whitespace() || c.is_control() {
+                space = !out.is_empty();
+                continue;
+            }
+            if n >= max_chars {
+                out.push('…');
+                break;
+            }
+            if space {
+                out.push(' ');
+                n += 1;
+                space = false;
+            }
+            out.push(c);
+            n += 1;
+        }
+        out
     }
 
-    /// Whether any key inside `v` would be redacted, or `v` might be over the size limit.
+    fn is_secret(&self, key: &str) -> bool {
+        !self.redact.is_empty() && contains_normalised(key, &self.redact)
+    }
+
+    /// The string with known secrets and (when on, or `force`d) credential-shaped tokens
+    /// redacted; `None` when nothing needed redacting.
+    fn scrub_str(&self, s: &str, force: bool) -> Option<String> {
+        let mut out: Option<String> = None;
+        for secret in &self.secrets {
+            let cur = out.as_deref().unwrap_or(s);
+            if cur.contains(secret.as_str()) {
+                out = Some(cur.replace(secret.as_str(), REDACTED));
+            }
+        }
+        if self.values || force {
+            let cur = out.as_deref().unwrap_or(s);
+            if let Some(r) = redact_credentials(cur) {
+                out = Some(r);
+            }
+        }
+        out
+    }
+
+    fn str_dirty(&self, s: &str) -> bool {
+        self.secrets.iter().any(|x| s.contains(x.as_str())) || (self.values && !credential_spans(s, true).is_empty())
+    }
+
+    /// Whether `v` needs any change: a secret key not yet redacted, a string to scrub, too
+    /// deep, or perhaps over the size limit. Iterative: any depth is safe to look at.
     fn needs_work(&self, v: &Value) -> bool {
         let mut budget = self.max_value_bytes;
-        self.has_secret(v) || !fits(v, &mut budget)
+        let mut take = |n: usize| match budget.checked_sub(n) {
+            Some(rest) => {
+                budget = rest;
+                true
+            }
+            None => false,
+        };
+        let mut stack: Vec<(&Value, usize)> = vec![(v, 1)];
+        while let Some((v, depth)) = stack.pop() {
+            match v {
+                Value::Null | Value::Bool(_) => {
+                    if !take(5) {
+                        return true;
+                    }
+                }
+                Value::Number(_) => {
+                    if !take(24) {
+                        return true;
+                    }
+                }
+                // 6 bytes per string byte covers any escape.
+                Value::String(s) => {
+                    if !take(2 + 6 * s.len()) || self.str_dirty(s) {
+                        return true;
+                    }
+                }
+                Value::Array(a) => {
+                    if (depth > self.max_depth && !a.is_empty()) || !take(2 + a.len()) {
+                        return true;
+                    }
+                    stack.extend(a.iter().map(|v| (v, depth + 1)));
+                }
+                Value::Object(m) => {
+                    if (depth > self.max_depth && !m.is_empty()) || !take(2) {
+                        return true;
+                    }
+                    for (k, v) in m {
+                        if !take(4 + 6 * k.len()) || (self.is_secret(k) && !is_redacted(v)) {
+                            return true;
+                        }
+                        stack.push((v, depth + 1));
+                    }
+                }
+            }
+        }
+        false
     }
 
-    fn has_secret(&self, v: &Value) -> bool {
-        match v {
-            Value::Object(m) => m.iter().any(|(k, v)| self.is_secret(k) || self.has_secret(v)),
-            Value::Array(a) => a.iter().any(|v| self.has_secret(v)),
+    fn map_dirty(&self, m: &serde_json::Map<String, Value>) -> bool {
+        m.iter().any(|(k, v)| (self.is_secret(k) && !is_redacted(v)) || self.needs_work(v))
+    }
+
+    fn status_dirty(&self, s: &SpanStatus) -> bool {
+        match s {
+            SpanStatus::Ok => false,
+            SpanStatus::Error { message, chain, location, .. } => {
+                self.str_dirty(message)
+                    || chain.iter().any(|c| self.str_dirty(c))
+                    || location.as_deref().is_some_and(|l| self.str_dirty(l))
+            }
+            SpanStatus::Cancelled { reason } => self.str_dirty(reason),
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
 
+    fn scrub_status(&self, s: &mut SpanStatus) {
+        let fix = |x: &mut String| {
+            if let Some(r) = self.scrub_str(x, false) {
+                *x = r;
+            }
+        };
+        match s {
+            SpanStatus::Ok => {}
+            SpanStatus::Error { message, chain, location, .. } => {
+                fix(message);
+                chain.iter_mut().for_each(fix);
+                if let Some(l) = location.as_mut() {
+                    fix(l);
+                }
+            }
+            SpanStatus::Cancelled { reason } => fix(reason),
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+    }
+
     /// The trace as it may leave the process, sharing `trace` when nothing needs changing
-    /// (no mask hook, no secret-looking key, no oversized value): the common case costs a
-    /// scan, not a copy.
-    pub fn apply_shared(&self, trace: std::sync::Arc<TraceRecord>) -> std::sync::Arc<TraceRecord> {
+    /// (no mask hook, no secret-looking key or value, nothing too deep or too large): the
+    /// common case costs a scan, not a copy. Applying it twice changes nothing the second time.
+    pub fn apply_shared(&self, trace: Arc<TraceRecord>) -> Arc<TraceRecord> {
         let t = &*trace;
         let dirty = self.mask.is_some()
             || self.needs_work(&t.input)
             || self.needs_work(&t.output)
-            || t.metadata.iter().any(|(k, v)| self.is_secret(k) || self.needs_work(v))
+            || self.map_dirty(&t.metadata)
+            || self.status_dirty(&t.status)
             || t.spans.iter().any(|s| {
                 s.input.as_ref().is_some_and(|v| self.needs_work(v))
                     || s.output.as_ref().is_some_and(|v| self.needs_work(v))
-                    || s.attributes.iter().any(|(k, v)| self.is_secret(k) || self.has_secret(v))
+                    || self.map_dirty(&s.attributes)
+                    || self.status_dirty(&s.status)
             });
         if dirty {
-            std::sync::Arc::new(self.apply(t))
+            Arc::new(self.apply(t))
         } else {
             trace
         }
     }
 
-    fn redact_value(&self, v: Value) -> Value {
+    /// Redacts in place; `v` is already within the depth limit, so recursion is bounded.
+    fn redact_in_place(&self, v: &mut Value) {
         match v {
-            Value::Object(m) => Value::Object(
-                m.into_iter()
-                    .map(|(k, v)| {
-                        if self.is_secret(&k) {
-                            (k, Value::String(REDACTED.into()))
-                        } else {
-                            let v = self.redact_value(v);
-                            (k, v)
+            Value::Object(m) => {
+                for (k, v) in m.iter_mut() {
+                    if self.is_secret(k) {
+                        if !is_redacted(v) {
+                            *v = Value::String(REDACTED.into());
                         }
-                    })
-                    .collect(),
-            ),
-            Value::Array(a) => Value::Array(a.into_iter().map(|v| self.redact_value(v)).collect()),
-            other => other,
+                    } else {
+                        self.redact_in_place(v);
+                    }
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(|v| self.redact_in_place(v)),
+            Value::String(s) => {
+                if let Some(r) = self.scrub_str(s, false) {
+                    *s = r;
+                }
+            }
+            _ => {}
         }
     }
 
     fn scrub_map(&self, m: &mut serde_json::Map<String, Value>) {
-        let taken = std::mem::take(m);
-        for (k, v) in taken {
-            let v = if self.is_secret(&k) { Value::String(REDACTED.into()) } else { self.scrub(v) };
-            m.insert(k, v);
+        for (k, v) in m.iter_mut() {
+            if self.is_secret(k) {
+                *v = Value::String(REDACTED.into());
+            } else {
+                *v = self.scrub(std::mem::take(v));
+            }
         }
     }
 
     /// The trace as it may leave the process: every input, output, metadata and attribute
-    /// value scrubbed, values over the size limit truncated with a marker.
+    /// value scrubbed, error messages scrubbed, values too deep or over the size limit
+    /// replaced by a marker.
     pub fn apply(&self, trace: &TraceRecord) -> TraceRecord {
         let mut t = trace.clone();
-        let plain = self.mask.is_none() && self.redact.is_empty();
-        if !plain {
-            t.input = self.scrub(std::mem::take(&mut t.input));
-            t.output = self.scrub(std::mem::take(&mut t.output));
-            self.scrub_map(&mut t.metadata);
-            for s in &mut t.spans {
-                if let Some(v) = s.input.take() {
-                    s.input = Some(self.scrub(v));
-                }
-                if let Some(v) = s.output.take() {
-                    s.output = Some(self.scrub(v));
-                }
-                self.scrub_map(&mut s.attributes);
+        t.input = self.scrub(std::mem::take(&mut t.input));
+        t.output = self.scrub(std::mem::take(&mut t.output));
+        self.scrub_map(&mut t.metadata);
+        self.scrub_status(&mut t.status);
+        for s in &mut t.spans {
+            if let Some(v) = s.input.take() {
+                s.input = Some(self.scrub(v));
             }
+            if let Some(v) = s.output.take() {
+                s.output = Some(self.scrub(v));
+            }
+            self.scrub_map(&mut s.attributes);
+            self.scrub_status(&mut s.status);
         }
         limit_values(&t, self.max_value_bytes).unwrap_or(t)
     }
 }
 
-/// ASCII case-insensitive substring test; `needle` is lowercase.
-fn contains_ci(hay: &str, needle: &str) -> bool {
-    let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.iter().zip(n).all(|(a, b)| a.to_ascii_lowercase() == *b))
+fn is_redacted(v: &Value) -> bool {
+    v.as_str() == Some(REDACTED)
 }
 
-/// Whether `v` serialises to at most `budget` bytes, by an upper bound (6 bytes per string
-/// byte covers any escape); consumes the budget as it goes.
-fn fits(v: &Value, budget: &mut usize) -> bool {
-    let mut take = |n: usize| match budget.checked_sub(n) {
-        Some(rest) => {
-            *budget = rest;
-            true
+/// A key as compared with the redaction list: ASCII lowercase, without `_ - . ` and spaces.
+fn normalise(key: &str) -> String {
+    key.bytes().filter(|b| !matches!(b, b'_' | b'-' | b'.' | b' ')).map(|b| b.to_ascii_lowercase() as char).collect()
+}
+
+/// Whether `key`, normalised, contains one of `fragments` (already normalised). Allocates
+/// nothing for keys up to 128 bytes.
+fn contains_normalised(key: &str, fragments: &[String]) -> bool {
+    let mut buf = [0u8; 128];
+    let mut heap = Vec::new();
+    let mut n = 0;
+    for b in key.bytes().filter(|b| !matches!(b, b'_' | b'-' | b'.' | b' ')) {
+        let b = b.to_ascii_lowercase();
+        if n < buf.len() {
+            buf[n] = b;
+        } else {
+            if heap.is_empty() {
+                heap.extend_from_slice(&buf);
+            }
+            heap.push(b);
         }
-        None => false,
-    };
-    match v {
-        Value::Null | Value::Bool(_) => take(5),
-        Value::Number(_) => take(24),
-        Value::String(s) => take(2 + 6 * s.len()),
-        Value::Array(a) => take(2 + a.len()) && a.iter().all(|v| fits(v, budget)),
-        Value::Object(m) => {
-            take(2)
-                && m.iter().all(|(k, v)| {
-                    let mut b = budget.checked_sub(4 + 6 * k.len());
-                    match b.as_mut() {
-                        Some(rest) => {
-                            let ok = fits(v, rest);
-                            *budget = *rest;
-                            ok
-                        }
-                        None => false,
-                    }
-                })
+        n += 1;
+    }
+    let hay: &[u8] = if heap.is_empty() { &buf[..n] } else { &heap };
+    fragments.iter().any(|f| {
+        let f = f.as_bytes();
+        !f.is_empty() && hay.len() >= f.len() && hay.windows(f.len()).any(|w| w == f)
+    })
+}
+
+/// Replaces nested values deeper than `max` levels by a marker, in place and without
+/// recursion; what is cut off is dropped without recursion too.
+pub(crate) fn cap_depth(v: &mut Value, max: usize) {
+    let mut stack: Vec<(&mut Value, usize)> = vec![(v, 1)];
+    while let Some((v, depth)) = stack.pop() {
+        let nonempty = match &*v {
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(m) => !m.is_empty(),
+            _ => false,
+        };
+        if nonempty && depth > max {
+            drop_deep(std::mem::replace(v, depth_marker(max)));
+            continue;
         }
+        match v {
+            Value::Array(a) => stack.extend(a.iter_mut().map(|v| (v, depth + 1))),
+            Value::Object(m) => stack.extend(m.iter_mut().map(|(_, v)| (v, depth + 1))),
+            _ => {}
+        }
+    }
+}
+
+/// Standard base64 with padding (how HTTP Basic credentials are sent).
+pub(crate) fn base64(input: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(input)
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'/' | b'=')
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_')
+}
+
+fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle)
+}
+
+/// The byte ranges of credential-shaped tokens in `s` (only the first when `first`): the
+/// credentials after `Bearer ` or `Basic `, `sk-…` and `pk-lf-…` keys, and JWTs.
+fn credential_spans(s: &str, first: bool) -> Vec<(usize, usize)> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        // Every pattern starts a word with one of these letters: the rest is skipped cheaply.
+        if !matches!(b[i], b'b' | b'B' | b's' | b'p' | b'e') || (i > 0 && is_word_byte(b[i - 1])) {
+            i += 1;
+            continue;
+        }
+        if first && !out.is_empty() {
+            break;
+        }
+        let rest = &b[i..];
+        // `Bearer <token>` / `Basic <token>`: keep the scheme, hide the credentials.
+        let scheme = [&b"bearer"[..], &b"basic"[..]].into_iter().find(|w| starts_with_ci(rest, w));
+        if let Some(w) = scheme {
+            let mut j = i + w.len();
+            let sep = j;
+            while j < b.len() && (b[j] == b' ' || b[j] == b'\t') {
+                j += 1;
+            }
+            let from = j;
+            while j < b.len() && is_token_byte(b[j]) {
+                j += 1;
+            }
+            if j > sep && from > sep && j - from >= 8 {
+                out.push((from, j));
+                i = j;
+                continue;
+            }
+        }
+        // API keys: `sk-…` (OpenAI, Anthropic, Langfuse secret keys) and `pk-lf-…`.
+        let prefix = if rest.starts_with(b"pk-lf-") {
+            Some((6, 8))
+        } else if rest.starts_with(b"sk-") {
+            Some((3, 16))
+        } else {
+            None
+        };
+        if let Some((len, min)) = prefix {
+            let mut j = i + len;
+            while j < b.len() && is_word_byte(b[j]) {
+                j += 1;
+            }
+            if j - i - len >= min {
+                out.push((i, j));
+                i = j;
+                continue;
+            }
+        }
+        // JWT: three base64url segments, the first a JSON object (`eyJ`).
+        if rest.starts_with(b"eyJ") {
+            let mut j = i;
+            let mut segs = [0usize; 3];
+            let mut seg = 0;
+            while j < b.len() && seg < 3 {
+                if b[j].is_ascii_alphanumeric() || b[j] == b'-' || b[j] == b'_' {
+                    segs[seg] += 1;
+                } else if b[j] == b'.' && seg < 2 {
+                    seg += 1;
+                } else {
+                    break;
+                }
+                j += 1;
+            }
+            if seg == 2 && segs[0] >= 10 && segs[1] >= 10 {
+                out.push((i, j));
+                i = j;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `s` with credential-shaped tokens replaced by [`REDACTED`]; `None` when it has none.
+fn redact_credentials(s: &str) -> Option<String> {
+    let spans = credential_spans(s, false);
+    if spans.is_empty() {
+        return None;
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut at = 0;
+    for (from, to) in spans {
+        out.push_str(&s[at..from]);
+        out.push_str(REDACTED);
+        at = to;
+    }
+    out.push_str(&s[at..]);
+    Some(out)
+}
+
+/// Header names whose values are always credentials, whatever the redaction list says.
+const CREDENTIAL_FIELDS: &[&str] = &["authorization", "cookie", "apikey", "token", "secret", "password"];
+
+/// `text` with the value after every secret-looking name redacted: `Authorization: Basic …`
+/// up to the end of the line, `"x-api-key": "…"` up to the closing quote, `token=…` up to
+/// the next separator.
+fn redact_fields(text: &str, fragments: &[String]) -> String {
+    let fixed: Vec<String> = CREDENTIAL_FIELDS.iter().map(|s| s.to_string()).collect();
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if !is_word_byte(b[i]) || (i > 0 && is_word_byte(b[i - 1])) {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j < b.len() && is_word_byte(b[j]) {
+            j += 1;
+        }
+        let word = &text[i..j];
+        if !(contains_normalised(word, fragments) || contains_normalised(word, &fixed)) {
+            i = j;
+            continue;
+        }
+        // name, optional closing quote, spaces, `:` or `=`, spaces, optional opening quote
+        let mut k = j;
+        if k < b.len() && (b[k] == b'"' || b[k] == b'\'') {
+            k += 1;
+        }
+        while k < b.len() && b[k] == b' ' {
+            k += 1;
+        }
+        if k >= b.len() || !(b[k] == b':' || b[k] == b'=') {
+            i = j;
+            continue;
+        }
+        k += 1;
+        while k < b.len() && b[k] == b' ' {
+            k += 1;
+        }
+        let quote = (k < b.len() && (b[k] == b'"' || b[k] == b'\'')).then(|| b[k]);
+        if quote.is_some() {
+            k += 1;
+        }
+        let from = k;
+        while k < b.len() {
+            let c = b[k];
+            let stop = match quote {
+                Some(q) => c == q && b[k - 1] != b'\\',
+                None => matches!(c, b'\r' | b'\n' | b'<' | b'&' | b'"' | b',' | b'}'),
+            };
+            if stop {
+                break;
+            }
+            k += 1;
+        }
+        if k > from {
+            out.push_str(&text[at..from]);
+            out.push_str(REDACTED);
+            at = k;
+        }
+        i = k.max(j);
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_whatever_their_spelling() {
+        let p = Privacy::default();
+        for k in [
+            "apiKey",
+            "x-api-key",
+            "API_KEY",
+            "private_key",
+            "passwd",
+            "pwd",
+            "client_secret",
+            "access_token",
+            "refresh_token",
+            "cookie",
+            "Set-Cookie",
+            "session_token",
+            "bearer",
+            "Authorization",
+        ] {
+            assert!(p.is_secret(k), "{k}");
+        }
+        for k in ["user", "name", "query", "answer"] {
+            assert!(!p.is_secret(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn credential_shaped_values_are_found_inside_text() {
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U";
+        for (s, want) in [
+            ("Authorization: Bearer abcdefgh12345678", "Authorization: Bearer <redacted>"),
+            ("key sk-proj-0123456789abcdef0123 ok", "key <redacted> ok"),
+            ("pk-lf-1234abcd-5678", "<redacted>"),
+            (&format!("token={jwt};"), "token=<redacted>;"),
+        ] {
+            assert_eq!(redact_credentials(s).as_deref(), Some(want), "{s}");
+        }
+        for s in ["scikit sk-learn", "Bearer x", "basic facts", "desk-lamp-0123456789abcdefgh"] {
+            assert_eq!(redact_credentials(s), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn echoed_headers_are_redacted_in_text() {
+        let p = Privacy::default();
+        let body = "{\"headers\":{\"authorization\":\"Basic cGs6c2s=\",\"x-api-key\":\"k123\"}}\nCookie: a=1; b=2\nok";
+        let s = p.scrub_text(body, 300);
+        assert!(!s.contains("cGs6c2s") && !s.contains("k123") && !s.contains("a=1"), "{s}");
+        assert!(s.ends_with("ok"), "{s}");
+        assert_eq!(p.scrub_text(&"x".repeat(500), 10), format!("{}…", "x".repeat(10)));
+    }
+
+    #[test]
+    fn base64_matches_the_rfc() {
+        assert_eq!(base64(b"pk:sk"), "cGs6c2s=");
+        assert_eq!(base64(b"foob"), "Zm9vYg==");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn depth_is_capped_without_recursion() {
+        let mut v = Value::Null;
+        for _ in 0..100_000 {
+            v = Value::Array(vec![v]);
+        }
+        cap_depth(&mut v, 3);
+        assert_eq!(v, serde_json::json!([[[depth_marker(3)]]]));
     }
 }

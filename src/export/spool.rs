@@ -103,7 +103,8 @@ impl Spool {
     }
 
     /// Takes the oldest file for sending: renames it so no other process sends it too, and
-    /// reads its traces. Lines that do not parse are counted in the second value.
+    /// reads its traces. Lines that do not parse are counted, by the spans they held, in
+    /// [`Claim::unreadable`].
     pub fn claim(&self) -> Option<Claim> {
         for p in self.files() {
             let claimed = PathBuf::from(format!("{}{CLAIMED}", p.display()));
@@ -114,9 +115,14 @@ impl Spool {
             let mut traces = Vec::new();
             let mut bad = 0;
             for line in BufReader::new(f).lines() {
-                match line.map(|l| serde_json::from_str::<TraceRecord>(&l)) {
-                    Ok(Ok(t)) => traces.push(Arc::new(t)),
-                    _ => bad += 1,
+                match line {
+                    Ok(l) => match serde_json::from_str::<TraceRecord>(&l) {
+                        Ok(t) => traces.push(Arc::new(t)),
+                        // Counted as the spans it held (each has a `span_id`) plus the trace,
+                        // as it was counted when spooled, not as one.
+                        Err(_) => bad += l.matches("\"span_id\":").count() as u64 + 1,
+                    },
+                    Err(_) => bad += 1,
                 }
             }
             let bytes = fs::metadata(&claimed).map(|m| m.len()).unwrap_or(0);
@@ -154,7 +160,26 @@ pub struct Claim {
     original: PathBuf,
     /// The traces it holds.
     pub traces: Vec<Arc<TraceRecord>>,
-    /// Lines that could not be read back.
+    /// Spans of the lines that could not be read back.
     pub unreadable: u64,
     bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_line_counts_the_spans_it_held() {
+        let dir = std::env::temp_dir().join(format!("flowtrace-spool-unit-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let spool = Spool::open(&dir, 1 << 20).unwrap();
+        // A trace with two spans, cut short: it cannot be read, but it held 3 spans.
+        let line = r#"{"trace_id":"0123","spans":[{"span_id":"01"},{"span_id":"02"}"#;
+        fs::write(dir.join(format!("0001{SUFFIX}")), format!("{line}\n")).unwrap();
+        let claim = spool.claim().unwrap();
+        assert_eq!((claim.traces.len(), claim.unreadable), (0, 3));
+        spool.done(claim);
+        let _ = fs::remove_dir_all(&dir);
+    }
 }

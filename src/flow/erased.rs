@@ -20,6 +20,7 @@ use crate::error::{BoxError, NodeResult};
 /// handed to `post`.
 pub(crate) trait PrepValue: Send + Sync + 'static {
     fn value(&self) -> &dyn erased_serde::Serialize;
+    fn type_name(&self) -> &'static str;
     fn as_any(&self) -> &(dyn Any + Send + Sync);
     fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
@@ -27,6 +28,9 @@ pub(crate) trait PrepValue: Send + Sync + 'static {
 impl<T: Serialize + Send + Sync + 'static> PrepValue for T {
     fn value(&self) -> &dyn erased_serde::Serialize {
         self
+    }
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
     }
     fn as_any(&self) -> &(dyn Any + Send + Sync) {
         self
@@ -39,12 +43,16 @@ impl<T: Serialize + Send + Sync + 'static> PrepValue for T {
 /// What `exec` (or the fallback) produced, for `post`.
 pub(crate) trait ExecValue: Send + 'static {
     fn value(&self) -> &dyn erased_serde::Serialize;
+    fn type_name(&self) -> &'static str;
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }
 
 impl<T: Serialize + Send + 'static> ExecValue for T {
     fn value(&self) -> &dyn erased_serde::Serialize {
         self
+    }
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<T>()
     }
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
         self

@@ -14,6 +14,8 @@ use serde_json::Value;
 /// back as its own type is a downcast and a snapshot is a list of reference-count bumps.
 pub(crate) trait StoreValue: Any + Send + Sync {
     fn to_json(&self) -> Result<Value, serde_json::Error>;
+    /// The value to serialise, for a trace (which records it with its own depth limit).
+    fn value(&self) -> &dyn erased_serde::Serialize;
     fn as_any(&self) -> &dyn Any;
     fn type_name(&self) -> &'static str;
 }
@@ -22,11 +24,65 @@ impl<T: Serialize + Any + Send + Sync> StoreValue for T {
     fn to_json(&self) -> Result<Value, serde_json::Error> {
         serde_json::to_value(self)
     }
+    fn value(&self) -> &dyn erased_serde::Serialize {
+        self
+    }
     fn as_any(&self) -> &dyn Any {
         self
     }
     fn type_name(&self) -> &'static str {
         std::any::type_name::<T>()
+    }
+}
+
+/// A JSON value in the store. Read back as a `Value` like any other; the difference is its
+/// drop, which does not recurse: the last reference to a store value can be a trace snapshot,
+/// dropped on the tracer's thread, and a value nested 100,000 deep would overflow its stack.
+struct JsonValue(Value);
+
+impl Drop for JsonValue {
+    fn drop(&mut self) {
+        drop_deep(std::mem::take(&mut self.0));
+    }
+}
+
+impl StoreValue for JsonValue {
+    fn to_json(&self) -> Result<Value, serde_json::Error> {
+        Ok(self.0.clone())
+    }
+    fn value(&self) -> &dyn erased_serde::Serialize {
+        &self.0
+    }
+    fn as_any(&self) -> &dyn Any {
+        &self.0
+    }
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<Value>()
+    }
+}
+
+/// Drops a value of any depth without recursion (the drop serde_json derives recurses, and a
+/// value nested 100,000 deep overflows a thread's stack).
+pub(crate) fn drop_deep(v: Value) {
+    let mut stack = vec![v];
+    while let Some(mut v) = stack.pop() {
+        match &mut v {
+            Value::Array(a) => stack.append(a),
+            Value::Object(m) => stack.extend(std::mem::take(m).into_iter().map(|(_, v)| v)),
+            _ => {}
+        }
+    }
+}
+
+/// `value` as the store keeps it (a JSON value in a [`JsonValue`]).
+fn stored<T: Serialize + Any + Send + Sync>(value: T) -> Arc<dyn StoreValue> {
+    let mut slot = Some(value);
+    if let Some(json) = (&mut slot as &mut dyn Any).downcast_mut::<Option<Value>>().and_then(Option::take) {
+        return Arc::new(JsonValue(json));
+    }
+    match slot {
+        Some(v) => Arc::new(v),
+        None => Arc::new(Value::Null), // unreachable: only a `Value` is taken above
     }
 }
 
@@ -116,7 +172,7 @@ impl SharedStore {
         let store = Self::new();
         if let Value::Object(map) = value {
             for (k, v) in map {
-                store.map.insert(k, Arc::new(v));
+                store.map.insert(k, stored(v));
             }
         }
         store
@@ -126,7 +182,7 @@ impl SharedStore {
     pub fn insert<T: Serialize + Any + Send + Sync>(&self, key: impl Into<String>, value: T) {
         let key = key.into();
         note_write(&key);
-        self.map.insert(key, Arc::new(value));
+        self.map.insert(key, stored(value));
     }
 
     /// Removes `key`, returning whether it was present.
@@ -190,10 +246,10 @@ impl SharedStore {
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     {
         note_write(key);
-        let mut entry = self.map.entry(key.to_owned()).or_insert_with(|| Arc::new(init()));
+        let mut entry = self.map.entry(key.to_owned()).or_insert_with(|| stored(init()));
         let mut value: T = convert(key, &**entry.value())?;
         let out = f(&mut value);
-        *entry.value_mut() = Arc::new(value);
+        *entry.value_mut() = stored(value);
         Ok(out)
     }
 
@@ -207,7 +263,11 @@ impl SharedStore {
 
     /// The whole store as a JSON object (keys sorted).
     pub fn to_json(&self) -> Value {
-        self.snapshot().to_json()
+        let mut map = serde_json::Map::new();
+        for (k, v) in self.snapshot().entries {
+            map.insert(k, v.to_json().unwrap_or_else(|e| unserialisable(&*v, &e)));
+        }
+        Value::Object(map)
     }
 }
 
@@ -245,14 +305,9 @@ pub struct StoreSnapshot {
 }
 
 impl StoreSnapshot {
-    /// The snapshot as a JSON object. A value that fails to serialise becomes a visible
-    /// `<unserialisable …>` marker rather than failing the whole snapshot.
-    pub fn to_json(&self) -> Value {
-        let mut map = serde_json::Map::with_capacity(self.entries.len());
-        for (k, v) in &self.entries {
-            map.insert(k.clone(), v.to_json().unwrap_or_else(|e| unserialisable(&**v, &e)));
-        }
-        Value::Object(map)
+    /// The entries, sorted by key, as values to serialise.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &dyn erased_serde::Serialize, &'static str)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.value(), v.type_name()))
     }
 
     /// The number of keys captured.

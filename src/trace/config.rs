@@ -43,6 +43,8 @@ pub const DEFAULT_TRACE_FILE: &str = ".flowtrace/traces.jsonl";
 /// | `FLOWTRACE_MAX_VALUE_BYTES` | `LANGFUSE_MAX_EVENT_SIZE_BYTES` | `1000000` |
 /// | `FLOWTRACE_TRACE_FILE` | | `.flowtrace/traces.jsonl` |
 /// | `FLOWTRACE_SESSION_ID` / `FLOWTRACE_USER_ID` | `POCKETFLOW_SESSION_ID` / `POCKETFLOW_USER_ID` | unset |
+/// | `FLOWTRACE_REDACT_KEYS` (comma-separated key names, added to the defaults) | | unset |
+/// | `FLOWTRACE_REDACT_VALUES` (redact credential-shaped values whatever their key) | | `true` |
 ///
 /// Booleans accept `true/false`, `1/0`, `yes/no`, `on/off` (any case); anything else is an
 /// error naming the variable, as is a rate outside 0..=1 or a size that is not a number.
@@ -72,6 +74,8 @@ pub struct TracingConfig {
     trace_file: Option<PathBuf>,
     session_id: Option<String>,
     user_id: Option<String>,
+    redact_keys: Vec<String>,
+    redact_values: bool,
     vars: HashMap<String, String>,
 }
 
@@ -93,6 +97,8 @@ impl Default for TracingConfig {
             trace_file: None,
             session_id: None,
             user_id: None,
+            redact_keys: Vec::new(),
+            redact_values: true,
             vars: HashMap::new(),
         }
     }
@@ -116,6 +122,8 @@ impl fmt::Debug for TracingConfig {
             .field("trace_file", &self.trace_file)
             .field("session_id", &self.session_id)
             .field("user_id", &self.user_id)
+            .field("redact_keys", &self.redact_keys)
+            .field("redact_values", &self.redact_values)
             .finish()
     }
 }
@@ -179,6 +187,10 @@ impl TracingConfig {
         c.trace_exec = boolean(&["FLOWTRACE_TRACE_EXEC", "POCKETFLOW_TRACE_EXEC"], true)?;
         c.trace_post = boolean(&["FLOWTRACE_TRACE_POST", "POCKETFLOW_TRACE_POST"], true)?;
         c.trace_errors = boolean(&["FLOWTRACE_TRACE_ERRORS", "POCKETFLOW_TRACE_ERRORS"], true)?;
+        c.redact_values = boolean(&["FLOWTRACE_REDACT_VALUES"], true)?;
+        if let Some((_, v)) = get(&["FLOWTRACE_REDACT_KEYS"]) {
+            c.redact_keys = v.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect();
+        }
         if let Some((n, v)) = get(&["FLOWTRACE_SAMPLE_RATE", "LANGFUSE_SAMPLE_RATE"]) {
             c.sample_rate = v
                 .trim()
@@ -287,6 +299,19 @@ impl TracingConfig {
         self.max_value_bytes = bytes.max(64);
         self
     }
+    /// Also redacts values under keys containing these names (compared case-insensitively,
+    /// ignoring `_`, `-`, `.` and spaces), on top of
+    /// [`DEFAULT_REDACTED_KEYS`](crate::export::DEFAULT_REDACTED_KEYS).
+    pub fn with_redact_keys<S: Into<String>>(mut self, keys: impl IntoIterator<Item = S>) -> Self {
+        self.redact_keys.extend(keys.into_iter().map(Into::into));
+        self
+    }
+    /// Redacts credential-shaped values (`Bearer …`, `sk-…`, `pk-lf-…`, JWTs) whatever their
+    /// key, or not (default on).
+    pub fn with_redact_values(mut self, on: bool) -> Self {
+        self.redact_values = on;
+        self
+    }
     /// Writes traces to this JSON Lines file (also when Langfuse is configured).
     pub fn with_trace_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.trace_file = Some(path.into());
@@ -357,6 +382,15 @@ impl TracingConfig {
             None => None,
         }
     }
+    /// Key names redacted on top of the defaults (`FLOWTRACE_REDACT_KEYS`).
+    pub fn redact_keys(&self) -> &[String] {
+        &self.redact_keys
+    }
+    /// Whether credential-shaped values are redacted whatever their key
+    /// (`FLOWTRACE_REDACT_VALUES`).
+    pub fn redact_values(&self) -> bool {
+        self.redact_values
+    }
     /// The default session id for traced runs.
     pub fn session_id(&self) -> Option<&str> {
         self.session_id.as_deref()
@@ -391,8 +425,12 @@ mod tests {
             ("FLOWTRACE_SAMPLE_RATE", "0.25"),
             ("FLOWTRACE_MAX_VALUE_BYTES", "2048"),
             ("FLOWTRACE_TRACE_FILE", "/tmp/t.jsonl"),
+            ("FLOWTRACE_REDACT_KEYS", " ssn, Card-Number ,"),
+            ("FLOWTRACE_REDACT_VALUES", "false"),
         ])
         .unwrap();
+        assert_eq!(c.redact_keys(), ["ssn", "Card-Number"]);
+        assert!(!c.redact_values());
         assert!(c.debug());
         assert!(!c.trace_inputs() && !c.trace_outputs() && !c.trace_prep());
         assert!(!c.trace_exec() && !c.trace_post() && !c.trace_errors());
@@ -416,6 +454,7 @@ mod tests {
             ("FLOWTRACE_SAMPLE_RATE", "1.5"),
             ("FLOWTRACE_SAMPLE_RATE", "abc"),
             ("FLOWTRACE_MAX_VALUE_BYTES", "-1"),
+            ("FLOWTRACE_REDACT_VALUES", "sometimes"),
             ("LANGFUSE_HOST", "localhost:3000"),
         ] {
             let err = TracingConfig::from_vars([(var, val)]).unwrap_err();

@@ -109,7 +109,10 @@ pub enum SpanStatus {
     Ok,
     /// Failed.
     Error {
-        /// A short kind (`node_error`, `panic`, `timeout`, …).
+        /// A short kind (`node_error`, `panic`, `timeout`, …). Written as `error_kind`: the
+        /// status is flattened into spans, whose own `kind` is the span kind. Older files used
+        /// `kind` for both, and still read.
+        #[serde(rename = "error_kind", alias = "kind")]
         kind: String,
         /// The error message.
         message: String,
@@ -143,7 +146,10 @@ impl SpanStatus {
 }
 
 /// One finished span.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// Read by hand rather than derived: files from before `error_kind` hold the key `kind`
+/// twice in error spans (the span kind, then the error kind), which a derived reader rejects.
+#[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct SpanRecord {
     /// The span's id.
@@ -171,6 +177,94 @@ pub struct SpanRecord {
     /// Extra facts: `node_type`, `attempt`, `item_index`, `changed_keys`, `wait_ms`, …
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub attributes: serde_json::Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for SpanRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(SpanVisitor)
+    }
+}
+
+struct SpanVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SpanVisitor {
+    type Value = SpanRecord;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a span object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<SpanRecord, A::Error> {
+        use serde::de::{Error as _, IntoDeserializer};
+        let mut span_id = None;
+        let mut parent_id = None;
+        let mut kind: Option<SpanKind> = None;
+        let mut name: Option<String> = None;
+        let (mut start, mut end) = (None, None);
+        let mut status: Option<String> = None;
+        let mut error_kind: Option<String> = None;
+        let mut message: Option<String> = None;
+        let mut chain: Vec<String> = Vec::new();
+        let mut location: Option<String> = None;
+        let mut reason: Option<String> = None;
+        let (mut input, mut output) = (None, None);
+        let mut attributes = serde_json::Map::new();
+        while let Some(key) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "span_id" => span_id = Some(m.next_value()?),
+                "parent_id" => parent_id = m.next_value()?,
+                "kind" => {
+                    // Old files: the first `kind` is the span's, a second one the error's.
+                    let k: String = m.next_value()?;
+                    let as_span = SpanKind::deserialize(k.as_str().into_deserializer())
+                        .map_err(|e: serde::de::value::Error| e.to_string());
+                    match as_span {
+                        Ok(sk) if kind.is_none() => kind = Some(sk),
+                        _ => error_kind = Some(k),
+                    }
+                }
+                "error_kind" => error_kind = Some(m.next_value()?),
+                "name" => name = Some(m.next_value()?),
+                "start_unix_nanos" => start = Some(m.next_value()?),
+                "end_unix_nanos" => end = Some(m.next_value()?),
+                "status" => status = Some(m.next_value()?),
+                "message" => message = Some(m.next_value()?),
+                "chain" => chain = m.next_value::<Option<Vec<String>>>()?.unwrap_or_default(),
+                "location" => location = m.next_value()?,
+                "reason" => reason = Some(m.next_value()?),
+                // `null` is a recorded value (a node that returned nothing), not an absent one.
+                "input" => input = Some(m.next_value::<Value>()?),
+                "output" => output = Some(m.next_value::<Value>()?),
+                "attributes" => attributes = m.next_value::<Option<_>>()?.unwrap_or_default(),
+                _ => {
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let status = match status.as_deref().unwrap_or("ok") {
+            "ok" => SpanStatus::Ok,
+            "error" => SpanStatus::Error {
+                kind: error_kind.unwrap_or_else(|| "error".into()),
+                message: message.ok_or_else(|| A::Error::missing_field("message"))?,
+                chain,
+                location,
+            },
+            "cancelled" => SpanStatus::Cancelled { reason: reason.ok_or_else(|| A::Error::missing_field("reason"))? },
+            other => return Err(A::Error::unknown_variant(other, &["ok", "error", "cancelled"])),
+        };
+        Ok(SpanRecord {
+            span_id: span_id.ok_or_else(|| A::Error::missing_field("span_id"))?,
+            parent_id,
+            kind: kind.ok_or_else(|| A::Error::missing_field("kind"))?,
+            name: name.ok_or_else(|| A::Error::missing_field("name"))?.into(),
+            start_unix_nanos: start.ok_or_else(|| A::Error::missing_field("start_unix_nanos"))?,
+            end_unix_nanos: end.ok_or_else(|| A::Error::missing_field("end_unix_nanos"))?,
+            status,
+            input,
+            output,
+            attributes,
+        })
+    }
 }
 
 impl SpanRecord {
@@ -248,6 +342,17 @@ impl TraceRecord {
     pub fn span(&self, name: &str) -> Option<&SpanRecord> {
         self.spans.iter().find(|s| &*s.name == name)
     }
+}
+
+/// The deepest nesting recorded; deeper values are replaced by a `<truncated: nested deeper
+/// than 64 levels>` marker.
+pub const MAX_DEPTH: usize = 64;
+
+pub(crate) use crate::flow::store::drop_deep;
+
+/// The marker that replaces a value nested deeper than `max` levels.
+pub(crate) fn depth_marker(max: usize) -> Value {
+    Value::String(format!("<truncated: nested deeper than {max} levels>"))
 }
 
 /// Formats Unix nanoseconds as ISO-8601 UTC with microseconds: `2026-11-28T19:00:13.638615Z`.

@@ -1,7 +1,7 @@
 //! The per-run span recorder: the only tracing code on a run's path.
 //!
 //! A span costs an id from a counter, two clock reads and, when inputs or outputs are recorded,
-//! one `serde_json::to_value`. Finished spans go into the run's buffer, which is cast to the
+//! one serialisation to JSON ([`capture`], depth-capped). Finished spans go into the run's buffer, which is cast to the
 //! tracer actor in chunks, never one message per span (a ractor cast costs 0.3–0.5 µs here,
 //! against a budget of about 1 µs per node for all of tracing).
 
@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::model::{SpanId, SpanKind, SpanRecord, SpanStatus, TraceId};
+use super::model::{depth_marker, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId, MAX_DEPTH};
 use super::TraceSink;
 use crate::error::Error;
 
@@ -119,9 +119,321 @@ pub(crate) fn new_trace_id() -> TraceId {
 }
 
 /// Serialises a value for a span; a failure becomes a visible marker, never a failed run.
+///
+/// Nesting deeper than [`MAX_DEPTH`] levels is replaced by a marker *while* serialising: the
+/// serialiser never descends past it, so a value nested 100,000 deep (which
+/// `serde_json::to_value` would follow until the thread's stack overflows) costs 64 levels of
+/// stack, and the recorded copy is small enough for every reader (serde_json reads 128 levels).
 pub(crate) fn capture<T: Serialize + ?Sized>(v: &T) -> Value {
-    serde_json::to_value(v)
-        .unwrap_or_else(|e| Value::String(format!("<unserialisable {}: {e}>", std::any::type_name::<T>())))
+    capture_as(v, std::any::type_name::<T>())
+}
+
+/// [`capture`] of a value whose type is erased, named `type_name` in the marker of a value
+/// that cannot be serialised.
+pub(crate) fn capture_as<T: Serialize + ?Sized>(v: &T, type_name: &str) -> Value {
+    v.serialize(Capture { depth: 1 }).unwrap_or_else(|e| Value::String(format!("<unserialisable {type_name}: {e}>")))
+}
+
+/// A `serde_json::Value` serialiser that stops at [`MAX_DEPTH`]; `depth` is the nesting
+/// level of the value it is given (the top value is level 1).
+struct Capture {
+    depth: usize,
+}
+
+type CaptureResult = Result<Value, serde_json::Error>;
+
+/// A sequence, map or struct being captured; `items: None` once past the depth limit, where
+/// its elements are counted but never serialised.
+struct Compound {
+    depth: usize,
+    variant: Option<&'static str>,
+    items: Option<Vec<Value>>,
+    map: Option<serde_json::Map<String, Value>>,
+    key: Option<String>,
+    skipped: usize,
+}
+
+impl Compound {
+    fn new(depth: usize, variant: Option<&'static str>, map: bool) -> Self {
+        let deep = depth > MAX_DEPTH;
+        Compound {
+            depth,
+            variant,
+            items: (!deep && !map).then(Vec::new),
+            map: (!deep && map).then(serde_json::Map::new),
+            key: None,
+            skipped: 0,
+        }
+    }
+
+    fn child(&self) -> Capture {
+        Capture { depth: self.depth + 1 }
+    }
+
+    fn push<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), serde_json::Error> {
+        match &mut self.items {
+            Some(items) => items.push(v.serialize(Capture { depth: self.depth + 1 })?),
+            None => self.skipped += 1,
+        }
+        Ok(())
+    }
+
+    fn field<T: Serialize + ?Sized>(&mut self, k: &str, v: &T) -> Result<(), serde_json::Error> {
+        let child = self.child();
+        match &mut self.map {
+            Some(map) => {
+                map.insert(k.to_owned(), v.serialize(child)?);
+            }
+            None => self.skipped += 1,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> CaptureResult {
+        let value = match (self.items, self.map) {
+            (Some(items), _) => Value::Array(items),
+            (_, Some(map)) => Value::Object(map),
+            (None, None) if self.skipped == 0 => {
+                if self.variant.is_some() {
+                    Value::Object(serde_json::Map::new())
+                } else {
+                    Value::Array(Vec::new())
+                }
+            }
+            (None, None) => depth_marker(MAX_DEPTH),
+        };
+        Ok(match self.variant {
+            Some(v) => {
+                let mut m = serde_json::Map::new();
+                m.insert(v.to_owned(), value);
+                Value::Object(m)
+            }
+            None => value,
+        })
+    }
+}
+
+/// A map key as serde_json writes it: strings as they are, numbers and booleans as text.
+fn key_string<T: Serialize + ?Sized>(k: &T) -> Result<String, serde_json::Error> {
+    match k.serialize(Capture { depth: MAX_DEPTH })? {
+        Value::String(s) => Ok(s),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        _ => Err(serde::ser::Error::custom("key must be a string")),
+    }
+}
+
+impl serde::Serializer for Capture {
+    type Ok = Value;
+    type Error = serde_json::Error;
+    type SerializeSeq = Compound;
+    type SerializeTuple = Compound;
+    type SerializeTupleStruct = Compound;
+    type SerializeTupleVariant = Compound;
+    type SerializeMap = Compound;
+    type SerializeStruct = Compound;
+    type SerializeStructVariant = Compound;
+
+    fn serialize_bool(self, v: bool) -> CaptureResult {
+        Ok(Value::Bool(v))
+    }
+    fn serialize_i8(self, v: i8) -> CaptureResult {
+        Ok(v.into())
+    }
+    fn serialize_i16(self, v: i16) -> CaptureResult {
+        Ok(v.into())
+    }
+    fn serialize_i32(self, v: i32) -> CaptureResult {
+        Ok(v.into())
+    }
+    fn serialize_i64(self, v: i64) -> CaptureResult {
+        Ok(v.into())
+    }
+    fn serialize_i128(self, v: i128) -> CaptureResult {
+        serde_json::to_value(v)
+    }
+    fn serialize_u8(self, v: u8) -> CaptureResult {
+        Ok(v.into())
+    }
+    fn serialize_u16(self, v: u16) -> CaptureResult {
+        Ok(v.into())
+    }
+    fn serialize_u32(self, v: u32) -> CaptureResult {
+        Ok(v.into())
+    }
+    fn serialize_u64(self, v: u64) -> CaptureResult {
+        Ok(v.into())
+    }
+    fn serialize_u128(self, v: u128) -> CaptureResult {
+        serde_json::to_value(v)
+    }
+    fn serialize_f32(self, v: f32) -> CaptureResult {
+        Ok(Value::from(v as f64))
+    }
+    fn serialize_f64(self, v: f64) -> CaptureResult {
+        Ok(Value::from(v))
+    }
+    fn serialize_char(self, v: char) -> CaptureResult {
+        Ok(Value::String(v.to_string()))
+    }
+    fn serialize_str(self, v: &str) -> CaptureResult {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn serialize_bytes(self, v: &[u8]) -> CaptureResult {
+        Ok(Value::Array(v.iter().map(|&b| b.into()).collect()))
+    }
+    fn serialize_none(self) -> CaptureResult {
+        Ok(Value::Null)
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, v: &T) -> CaptureResult {
+        v.serialize(self)
+    }
+    fn serialize_unit(self) -> CaptureResult {
+        Ok(Value::Null)
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> CaptureResult {
+        Ok(Value::Null)
+    }
+    fn serialize_unit_variant(self, _name: &'static str, _index: u32, variant: &'static str) -> CaptureResult {
+        Ok(Value::String(variant.to_owned()))
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _name: &'static str, v: &T) -> CaptureResult {
+        v.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        v: &T,
+    ) -> CaptureResult {
+        let mut c = Compound::new(self.depth, None, true);
+        c.field(variant, v)?;
+        c.finish()
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Compound, serde_json::Error> {
+        Ok(Compound::new(self.depth, None, false))
+    }
+    fn serialize_tuple(self, _len: usize) -> Result<Compound, serde_json::Error> {
+        Ok(Compound::new(self.depth, None, false))
+    }
+    fn serialize_tuple_struct(self, _name: &'static str, _len: usize) -> Result<Compound, serde_json::Error> {
+        Ok(Compound::new(self.depth, None, false))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Compound, serde_json::Error> {
+        // The variant's wrapper object is one level, its contents the next.
+        Ok(Compound::new(self.depth + 1, Some(variant), false))
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Compound, serde_json::Error> {
+        Ok(Compound::new(self.depth, None, true))
+    }
+    fn serialize_struct(self, _name: &'static str, _len: usize) -> Result<Compound, serde_json::Error> {
+        Ok(Compound::new(self.depth, None, true))
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Compound, serde_json::Error> {
+        Ok(Compound::new(self.depth + 1, Some(variant), true))
+    }
+}
+
+impl serde::ser::SerializeSeq for Compound {
+    type Ok = Value;
+    type Error = serde_json::Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), serde_json::Error> {
+        self.push(v)
+    }
+    fn end(self) -> CaptureResult {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeTuple for Compound {
+    type Ok = Value;
+    type Error = serde_json::Error;
+    fn serialize_element<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), serde_json::Error> {
+        self.push(v)
+    }
+    fn end(self) -> CaptureResult {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeTupleStruct for Compound {
+    type Ok = Value;
+    type Error = serde_json::Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), serde_json::Error> {
+        self.push(v)
+    }
+    fn end(self) -> CaptureResult {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeTupleVariant for Compound {
+    type Ok = Value;
+    type Error = serde_json::Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), serde_json::Error> {
+        self.push(v)
+    }
+    fn end(self) -> CaptureResult {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeMap for Compound {
+    type Ok = Value;
+    type Error = serde_json::Error;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, k: &T) -> Result<(), serde_json::Error> {
+        if self.map.is_some() {
+            self.key = Some(key_string(k)?);
+        }
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), serde_json::Error> {
+        match self.key.take() {
+            Some(k) => self.field(&k, v),
+            None => {
+                self.skipped += 1;
+                Ok(())
+            }
+        }
+    }
+    fn end(self) -> CaptureResult {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeStruct for Compound {
+    type Ok = Value;
+    type Error = serde_json::Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, k: &'static str, v: &T) -> Result<(), serde_json::Error> {
+        self.field(k, v)
+    }
+    fn end(self) -> CaptureResult {
+        self.finish()
+    }
+}
+
+impl serde::ser::SerializeStructVariant for Compound {
+    type Ok = Value;
+    type Error = serde_json::Error;
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, k: &'static str, v: &T) -> Result<(), serde_json::Error> {
+        self.field(k, v)
+    }
+    fn end(self) -> CaptureResult {
+        self.finish()
+    }
 }
 
 /// An attribute value of a span in flight: no allocation for the common kinds.
@@ -498,5 +810,19 @@ pub(crate) fn error_status(e: &Error, detailed: bool) -> SpanStatus {
             SpanStatus::Error { kind: e.kind().into(), message: source.to_string(), chain: e.chain(), location: None }
         }
         _ => SpanStatus::Error { kind: e.kind().into(), message: e.to_string(), chain: e.chain(), location: None },
+    }
+}
+
+impl crate::flow::StoreSnapshot {
+    /// The snapshot as a JSON object, as a trace records it. A value that fails to serialise
+    /// becomes a visible `<unserialisable …>` marker rather than failing the whole snapshot,
+    /// and nesting deeper than [`MAX_DEPTH`](crate::export::MAX_DEPTH) levels a
+    /// `<truncated: nested deeper than …>` marker.
+    pub fn to_json(&self) -> Value {
+        let mut map = serde_json::Map::with_capacity(self.len());
+        for (k, v, type_name) in self.entries() {
+            map.insert(k.to_owned(), capture_as(v, type_name));
+        }
+        Value::Object(map)
     }
 }

@@ -2,7 +2,9 @@
 //! `/api/public/otel/v1/traces` and legacy batch JSON at `/api/public/ingestion`, validated
 //! against the ingestion OpenAPI schema (`/work/shared/reference/langfuse-openapi-ingestion.yaml`:
 //! envelope and body ids, ISO-8601 timestamps, known fields and types). It can be told to be
-//! down, slow, or to answer 500, 429 with `Retry-After`, 207 with some errors, 413 and 401.
+//! down, slow, or to answer 500, 429 with `Retry-After`, 207 with some errors, 413 and 401;
+//! and, like a careless proxy, to echo every request header (`Authorization` among them) in
+//! its 401, 429 and 500 bodies.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -60,6 +62,8 @@ pub struct Received {
     failed_once: std::collections::HashSet<String>,
     /// Request bodies' sizes.
     pub body_sizes: Vec<usize>,
+    /// Statuses answered with the request headers echoed in the body.
+    pub echoed: Vec<u16>,
 }
 
 struct Inner {
@@ -67,6 +71,8 @@ struct Inner {
     keys: (String, String),
     /// Answer 404 on the OTLP path, like a self-hosted v2.
     no_otel: bool,
+    /// Echo the request headers in error bodies.
+    echo: bool,
     rx: Received,
 }
 
@@ -93,14 +99,20 @@ pub const SK: &str = "sk-lf-test";
 impl LangfuseServer {
     /// Starts on an ephemeral port, accepting keys [`PK`]/[`SK`].
     pub async fn start() -> LangfuseServer {
+        Self::start_with_keys(PK, SK).await
+    }
+
+    /// Starts on an ephemeral port, accepting these keys.
+    pub async fn start_with_keys(pk: &str, sk: &str) -> LangfuseServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let s = LangfuseServer {
             addr,
             state: Arc::new(Mutex::new(Inner {
                 fault: Fault::None,
-                keys: (PK.into(), SK.into()),
+                keys: (pk.into(), sk.into()),
                 no_otel: false,
+                echo: false,
                 rx: Received::default(),
             })),
             conns: Arc::new(Mutex::new(JoinSet::new())),
@@ -166,6 +178,12 @@ impl LangfuseServer {
         self.state.lock().fault = f;
     }
 
+    /// Echoes every request header in the bodies of 401, 429 and 500 answers: as JSON (401),
+    /// as `Name: value` lines (429) and in an HTML page (500).
+    pub fn echo_headers(&self) {
+        self.state.lock().echo = true;
+    }
+
     /// Answers 404 on the OTLP path (a self-hosted v2).
     pub fn without_otel(&self) {
         self.state.lock().no_otel = true;
@@ -223,37 +241,71 @@ fn decode_b64(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The body of an error answer: `plain`, or with `echo` every request header in it, in the
+/// form such pages take (JSON for 401, text lines for 429, HTML for 500).
+fn error_body(code: u16, plain: Value, echo: bool, h: &HeaderMap) -> Response {
+    let st = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if !echo {
+        return (st, axum::Json(plain)).into_response();
+    }
+    let pairs: Vec<(String, String)> =
+        h.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())).collect();
+    match code {
+        429 => {
+            let lines: String = pairs.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+            (st, format!("Too Many Requests\r\nYour request:\r\n{lines}")).into_response()
+        }
+        500..=599 => {
+            let lines: String = pairs.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+            (st, format!("<html><body><h1>Internal Server Error</h1><pre>{lines}</pre></body></html>")).into_response()
+        }
+        _ => {
+            let headers: serde_json::Map<String, Value> =
+                pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+            let mut body = plain;
+            body["request"] = json!({ "headers": headers });
+            (st, axum::Json(body)).into_response()
+        }
+    }
+}
+
 /// Applies the fault common to both paths; `Some(response)` ends the request there.
 async fn common(state: &Arc<Mutex<Inner>>, path: &str, h: &HeaderMap, body: &Bytes) -> Option<Response> {
-    let (fault, keys) = {
+    let (fault, keys, echo) = {
         let s = state.lock();
-        (s.fault.clone(), s.keys.clone())
+        (s.fault.clone(), s.keys.clone(), s.echo)
     };
     let answer = |code: u16, resp: Response| {
-        state.lock().rx.requests.push((path.to_owned(), code));
+        let mut s = state.lock();
+        s.rx.requests.push((path.to_owned(), code));
+        if echo && matches!(code, 401 | 429 | 500..=599) {
+            s.rx.echoed.push(code);
+        }
         Some(resp)
     };
+    let unauthorised = || json!({"error":"UnauthorizedError","message":"Invalid credentials. Confirm that you've configured the correct host."});
     match fault {
         Fault::Slow(d) => tokio::time::sleep(d).await,
         Fault::Status { code, times } if times > 0 => {
             if let Fault::Status { times, .. } = &mut state.lock().fault {
                 *times -= 1;
             }
-            let st = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             let msg = match code {
-                401 => {
-                    json!({"error":"UnauthorizedError","message":"Invalid credentials. Confirm that you've configured the correct host."})
-                }
+                401 => unauthorised(),
                 413 => json!({"message": "Body exceeded 4.5mb limit"}),
                 _ => json!({"message": "Internal Server Error"}),
             };
-            return answer(code, (st, axum::Json(msg)).into_response());
+            return answer(code, error_body(code, msg, echo && code != 413, h));
         }
         Fault::RateLimited { retry_after_secs, times } if times > 0 => {
             if let Fault::RateLimited { times, .. } = &mut state.lock().fault {
                 *times -= 1;
             }
-            let mut r = (StatusCode::TOO_MANY_REQUESTS, "rate limited").into_response();
+            let mut r = if echo {
+                error_body(429, json!("rate limited"), true, h)
+            } else {
+                (StatusCode::TOO_MANY_REQUESTS, "rate limited").into_response()
+            };
             r.headers_mut().insert("retry-after", retry_after_secs.to_string().parse().expect("header"));
             return answer(429, r);
         }
@@ -264,14 +316,7 @@ async fn common(state: &Arc<Mutex<Inner>>, path: &str, h: &HeaderMap, body: &Byt
     }
     state.lock().rx.body_sizes.push(body.len());
     if !authorised(h, &keys) {
-        return answer(
-            401,
-            (
-                StatusCode::UNAUTHORIZED,
-                axum::Json(json!({"error":"UnauthorizedError","message":"Invalid credentials. Confirm that you've configured the correct host."})),
-            )
-                .into_response(),
-        );
+        return answer(401, error_body(401, unauthorised(), echo, h));
     }
     None
 }
