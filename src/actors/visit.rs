@@ -40,6 +40,31 @@ pub(crate) struct VisitCx {
     pub(crate) trace: Option<Recorder>,
     pub(crate) parent: Option<SpanId>,
     pub(crate) limits: Arc<RunLimits>,
+    /// A durable run's hook, for the root flow's loop only (it is not passed to the visits).
+    pub(crate) hook: Option<Arc<dyn RunHook>>,
+}
+
+/// How a durable run sees its root flow: where it starts, and a checkpoint after each visit.
+/// The loop knows nothing more of durability (`crate::actors::durable` does the rest).
+pub(crate) trait RunHook: Send + Sync + 'static {
+    /// The node to start at and the steps already taken, instead of the flow's start node
+    /// (`None`: start at `start`, from step 0).
+    fn resume_at(&self, start: Option<&NodeRef>) -> Result<Option<(NodeRef, u64)>, Error>;
+    /// After each visit of the root flow that ended in an action, or suspended the run
+    /// (`waiting_for` is set, `next` is the node that waits). An error ends the run.
+    fn visited<'a>(&'a self, visit: Visited<'a>) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// One finished visit of a durable run's root flow.
+#[cfg_attr(not(feature = "durable"), allow(dead_code))]
+pub(crate) struct Visited<'a> {
+    pub(crate) node: &'a NodeRef,
+    pub(crate) action: Option<&'a Action>,
+    pub(crate) next: Option<&'a NodeRef>,
+    /// The store key the run waits for, when the visit suspended it.
+    pub(crate) waiting_for: Option<&'a str>,
+    pub(crate) steps: u64,
+    pub(crate) shared: &'a SharedStore,
 }
 
 impl VisitCx {
@@ -707,6 +732,9 @@ async fn orchestrate(
     max_steps: Option<u64>,
     cx: &VisitCx,
 ) -> Result<Action, Error> {
+    if let Some(hook) = &cx.hook {
+        return orchestrate_durable(flow_name, start, max_steps, cx, hook).await;
+    }
     let mut curr = start;
     let mut last = Action::none();
     let mut steps = 0_u64;
@@ -718,11 +746,74 @@ async fn orchestrate(
             }
         }
         last = visit(&node, cx).await?;
-        let (next, warning) = node.next_for(&last);
-        if let (Some(w), Some(r)) = (warning, &cx.trace) {
-            r.event(cx.parent, w, "WARNING");
+        curr = follow(&node, &last, cx);
+    }
+    Ok(last)
+}
+
+/// The node `action` leads to from `node`; PocketFlow's `Flow ends: …` warning, when the flow
+/// ends because the action is not wired, becomes an event on the flow's span.
+fn follow(node: &NodeRef, action: &Action, cx: &VisitCx) -> Option<NodeRef> {
+    let (next, warning) = node.next_for(action);
+    if let (Some(w), Some(r)) = (warning, &cx.trace) {
+        r.event(cx.parent, w, "WARNING");
+    }
+    next
+}
+
+/// The same loop for a durable run's root flow: it may start part-way (at a checkpoint), and
+/// the hook checkpoints after each visit and when a node suspends the run. Nested flows and
+/// the visits themselves run without the hook.
+async fn orchestrate_durable(
+    flow_name: &str,
+    start: Option<NodeRef>,
+    max_steps: Option<u64>,
+    cx: &VisitCx,
+    hook: &Arc<dyn RunHook>,
+) -> Result<Action, Error> {
+    let node_cx = VisitCx { hook: None, ..cx.clone() };
+    let (mut curr, mut steps) = match hook.resume_at(start.as_ref())? {
+        Some((node, steps)) => (Some(node), steps),
+        None => (start, 0),
+    };
+    let mut last = Action::none();
+    while let Some(node) = curr {
+        steps += 1;
+        if let Some(limit) = max_steps {
+            if steps > limit {
+                return Err(Error::MaxSteps { flow: flow_name.to_owned(), limit });
+            }
         }
-        curr = next;
+        match visit(&node, &node_cx).await {
+            Ok(action) => {
+                let next = follow(&node, &action, cx);
+                let v = Visited {
+                    node: &node,
+                    action: Some(&action),
+                    next: next.as_ref(),
+                    waiting_for: None,
+                    steps,
+                    shared: &cx.shared,
+                };
+                hook.visited(v).await?;
+                last = action;
+                curr = next;
+            }
+            Err(Error::Suspended { node: waiting, key }) => {
+                // The waiting node is visited again on resume, so its step is not counted.
+                let v = Visited {
+                    node: &node,
+                    action: None,
+                    next: Some(&node),
+                    waiting_for: Some(&key),
+                    steps: steps - 1,
+                    shared: &cx.shared,
+                };
+                hook.visited(v).await?;
+                return Err(Error::Suspended { node: waiting, key });
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(last)
 }
