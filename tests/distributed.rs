@@ -329,15 +329,13 @@ async fn a_suspended_run_resumes_on_another_worker_process_in_one_trace() {
     assert_eq!(result.store.as_ref().unwrap()["sent"], true);
     b.sigterm_and_wait();
 
-    // Read as JSON: a trace record with an error status does not read back as a TraceRecord
-    // (its status's `kind` collides with the span kind), a defect of the record format.
     let ta = traces(&dir.join("a.jsonl"));
     let tb = traces(&dir.join("b.jsonl"));
     let ta = ta.iter().find(|t| t["trace_id"] == run_id.as_str()).expect("worker A's part of the trace");
     let tb = tb.iter().find(|t| t["trace_id"] == run_id.as_str()).expect("worker B's part of the trace");
     assert_eq!(ta["trace_id"], tb["trace_id"], "one trace across the two workers");
     assert!(span(ta, "draft").is_some(), "worker A ran draft");
-    assert_eq!(ta["kind"], "suspended", "worker A's part ends suspended");
+    assert_eq!(ta["error_kind"], "suspended", "worker A's part ends suspended: {ta}");
     let resume = span(tb, "resume").expect("worker B's part opens with a resume span");
     assert_eq!(resume["kind"], "resume");
     assert_eq!(resume["input"]["worker"], "worker-b");
