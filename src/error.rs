@@ -103,6 +103,16 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// A node suspended the run to wait for outside input ([`crate::Context::wait_for`]). A
+    /// durable run is checkpointed here and continues when the input is given; any other run
+    /// ends with this error.
+    #[error("run suspended at node '{node}': waiting for input '{key}'")]
+    Suspended {
+        /// The node that waits.
+        node: String,
+        /// The store key the input will be written to.
+        key: String,
+    },
     /// The runtime refused the run (shut down, or at its in-flight limit).
     #[error("run refused: {0}")]
     Refused(String),
@@ -118,7 +128,10 @@ impl Error {
     /// The node the error points at, if any.
     pub fn node(&self) -> Option<&str> {
         match self {
-            Error::Node { node, .. } | Error::Panic { node, .. } | Error::Batch { node, .. } => Some(node),
+            Error::Node { node, .. }
+            | Error::Panic { node, .. }
+            | Error::Batch { node, .. }
+            | Error::Suspended { node, .. } => Some(node),
             Error::Timeout { node, .. } => node.as_deref(),
             Error::MaxSteps { flow, .. } => Some(flow),
             _ => None,
@@ -156,6 +169,7 @@ impl Error {
             Error::Cancelled { .. } => "cancelled",
             Error::MaxSteps { .. } => "max_steps",
             Error::Batch { .. } => "batch",
+            Error::Suspended { .. } => "suspended",
             Error::Refused(_) => "refused",
             Error::Config(_) => "config",
             Error::Engine(_) => "engine",

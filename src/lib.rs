@@ -152,6 +152,8 @@ pub mod export;
 mod flow;
 pub mod trace;
 
+#[cfg(feature = "durable")]
+pub use actors::durable;
 pub use actors::supervisor::{RunOptions, RunReport};
 pub use actors::traced::TracedFlow;
 pub use actors::tracer::{flush, global, set_global_tracer, shutdown, Tracer, TracerBuilder, TracerError};

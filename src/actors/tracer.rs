@@ -245,6 +245,11 @@ impl Tracer {
         Recorder::new(recorder::new_trace_id(), self.inner.switches, Arc::clone(&self.inner.sink) as Arc<dyn SpanSink>)
     }
 
+    /// A recorder for a run whose trace id is given (a durable run keeps one id everywhere).
+    pub(crate) fn recorder_for(&self, id: TraceId) -> Recorder {
+        Recorder::new(id, self.inner.switches, Arc::clone(&self.inner.sink) as Arc<dyn SpanSink>)
+    }
+
     /// Whether a run with this trace id is recorded (deterministic sampling by id).
     pub(crate) fn samples(&self, id: TraceId) -> bool {
         let rate = self.inner.sample_rate;

@@ -46,6 +46,8 @@ pub(crate) struct VisitCx {
     pub(crate) crew: Crew,
     /// PocketFlow's warnings of this run, for its report.
     pub(crate) warnings: Warnings,
+    /// A durable run's hook, for the root flow's loop only (it is not passed to the visits).
+    pub(crate) hook: Option<Arc<dyn RunHook>>,
 }
 
 impl VisitCx {
@@ -54,6 +56,29 @@ impl VisitCx {
         tracing::warn!(target: "flowtrace::flow", node = %node, "{message}");
         self.warnings.lock().push(message);
     }
+}
+
+/// How a durable run sees its root flow: where it starts, and a checkpoint after each visit.
+/// The loop knows nothing more of durability (`crate::actors::durable` does the rest).
+pub(crate) trait RunHook: Send + Sync + 'static {
+    /// The node to start at and the steps already taken, instead of the flow's start node
+    /// (`None`: start at `start`, from step 0).
+    fn resume_at(&self, start: Option<&NodeRef>) -> Result<Option<(NodeRef, u64)>, Error>;
+    /// After each visit of the root flow that ended in an action, or suspended the run
+    /// (`waiting_for` is set, `next` is the node that waits). An error ends the run.
+    fn visited<'a>(&'a self, visit: Visited<'a>) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// One finished visit of a durable run's root flow.
+#[cfg_attr(not(feature = "durable"), allow(dead_code))]
+pub(crate) struct Visited<'a> {
+    pub(crate) node: &'a NodeRef,
+    pub(crate) action: Option<&'a Action>,
+    pub(crate) next: Option<&'a NodeRef>,
+    /// The store key the run waits for, when the visit suspended it.
+    pub(crate) waiting_for: Option<&'a str>,
+    pub(crate) steps: u64,
+    pub(crate) shared: &'a SharedStore,
 }
 
 impl VisitCx {
@@ -482,8 +507,8 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     // post: its input is prep's and exec's results; its output the action and the entries it
     // changed, with their new values.
     let mut span = if switches.post { inner.span_at(SpanKind::Post, &def.names.post, t2) } else { None };
-    if let (Some(s), Some(p), Some(e)) = (span.as_mut(), &prep_json, &exec_json) {
-        s.input(|| serde_json::json!({ "prep": p, "exec": e }));
+    if let (Some(s), Some(p), Some(e)) = (span.as_mut(), prep_json, exec_json) {
+        s.input(|| post_input(p, e));
     }
     let post = guarded(name, Phase::Post, node.post(&ctx, prep, exec).instrument(phase_span("post")));
     let (res, changed) = if node_span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };
@@ -510,15 +535,24 @@ fn end_post(
         return;
     }
     let entries = Arc::new(shared.entries(&changed));
+    let action = capture(action);
     if let Some(mut s) = span {
-        s.output_changes(|| capture(action), &entries);
-        s.attr("changed_keys", changed.clone());
+        s.output_changes(|| action.clone(), &entries);
+        s.attr("changed_keys", changed);
         s.end_at(at);
     }
     if let Some(mut s) = node_span {
-        s.output_changes(|| capture(action), &entries);
+        s.output_changes(|| action, &entries);
         s.end_at(at);
     }
+}
+
+/// post's input: prep's and exec's results (moved in: they are not needed after).
+fn post_input(prep: Value, exec: Value) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("prep".into(), prep);
+    m.insert("exec".into(), exec);
+    Value::Object(m)
 }
 
 /// A node span's declared observation type, and the node's wiring warnings as WARNING
@@ -644,8 +678,8 @@ async fn visit_batch(
         s.end();
     }
     let mut span = if switches.post { inner.span(SpanKind::Post, &def.names.post) } else { None };
-    if let (Some(s), Some(p), Some(e)) = (span.as_mut(), &items_json, &outputs_json) {
-        s.input(|| serde_json::json!({ "prep": p, "exec": e }));
+    if let (Some(s), Some(p), Some(e)) = (span.as_mut(), items_json, outputs_json) {
+        s.input(|| post_input(p, e));
     }
     let post = guarded(name, Phase::Post, node.post(&ctx, items, outputs));
     let (res, changed) = if node_span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };
@@ -781,6 +815,9 @@ async fn orchestrate(
     max_steps: Option<u64>,
     cx: &VisitCx,
 ) -> Result<Action, Error> {
+    if let Some(hook) = &cx.hook {
+        return orchestrate_durable(flow_name, start, max_steps, cx, hook).await;
+    }
     let mut curr = start;
     let mut last = Action::none();
     let mut steps = 0_u64;
@@ -792,16 +829,79 @@ async fn orchestrate(
             }
         }
         last = visit(&node, cx).await?;
-        curr = match node.next_for(&last) {
-            Ok(next) => next,
-            Err(warning) => {
-                if let Some(r) = &cx.trace {
-                    r.event(cx.parent, warning.clone(), "WARNING");
-                }
-                cx.warn(node.name(), warning);
-                None
+        curr = follow(&node, &last, cx);
+    }
+    Ok(last)
+}
+
+/// The node `action` leads to from `node`; PocketFlow's `Flow ends: …` warning, when the flow
+/// ends because the action is not wired, becomes an event on the flow's span.
+fn follow(node: &NodeRef, action: &Action, cx: &VisitCx) -> Option<NodeRef> {
+    match node.next_for(action) {
+        Ok(next) => next,
+        Err(warning) => {
+            if let Some(r) = &cx.trace {
+                r.event(cx.parent, warning.clone(), "WARNING");
             }
-        };
+            cx.warn(node.name(), warning);
+            None
+        }
+    }
+}
+
+/// The same loop for a durable run's root flow: it may start part-way (at a checkpoint), and
+/// the hook checkpoints after each visit and when a node suspends the run. Nested flows and
+/// the visits themselves run without the hook.
+async fn orchestrate_durable(
+    flow_name: &str,
+    start: Option<NodeRef>,
+    max_steps: Option<u64>,
+    cx: &VisitCx,
+    hook: &Arc<dyn RunHook>,
+) -> Result<Action, Error> {
+    let node_cx = VisitCx { hook: None, ..cx.clone() };
+    let (mut curr, mut steps) = match hook.resume_at(start.as_ref())? {
+        Some((node, steps)) => (Some(node), steps),
+        None => (start, 0),
+    };
+    let mut last = Action::none();
+    while let Some(node) = curr {
+        steps += 1;
+        if let Some(limit) = max_steps {
+            if steps > limit {
+                return Err(Error::MaxSteps { flow: flow_name.to_owned(), limit });
+            }
+        }
+        match visit(&node, &node_cx).await {
+            Ok(action) => {
+                let next = follow(&node, &action, cx);
+                let v = Visited {
+                    node: &node,
+                    action: Some(&action),
+                    next: next.as_ref(),
+                    waiting_for: None,
+                    steps,
+                    shared: &cx.shared,
+                };
+                hook.visited(v).await?;
+                last = action;
+                curr = next;
+            }
+            Err(Error::Suspended { node: waiting, key }) => {
+                // The waiting node is visited again on resume, so its step is not counted.
+                let v = Visited {
+                    node: &node,
+                    action: None,
+                    next: Some(&node),
+                    waiting_for: Some(&key),
+                    steps: steps - 1,
+                    shared: &cx.shared,
+                };
+                hook.visited(v).await?;
+                return Err(Error::Suspended { node: waiting, key });
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(last)
 }

@@ -39,6 +39,23 @@ impl<'a> Context<'a> {
     pub fn node_name(&self) -> &'a str {
         self.node
     }
+
+    /// Outside input (a person's approval, an edit) under store key `key`: the value once it
+    /// has been given, else [`crate::Error::Suspended`], which suspends the run here. Return
+    /// it with `?` from `prep`.
+    ///
+    /// A durable run (`flowtrace::durable`) is checkpointed when it suspends and holds no
+    /// worker while it waits; `resume(run_id, input)` writes the input to `key` and the run
+    /// visits this node again, from `prep`. A run that is not durable just ends with the error.
+    pub fn wait_for<T: DeserializeOwned + Clone + 'static>(&self, key: &str) -> Result<T, crate::Error> {
+        match self.shared.get::<T>(key) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(crate::Error::Suspended { node: self.node.to_owned(), key: key.to_owned() }),
+            Err(e) => {
+                Err(crate::Error::Node { node: self.node.to_owned(), phase: crate::Phase::Prep, source: Box::new(e) })
+            }
+        }
+    }
 }
 
 /// What `exec` and `exec_fallback` receive: the run's params and the attempt in progress.

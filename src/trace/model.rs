@@ -100,6 +100,8 @@ pub enum SpanKind {
     Generation,
     /// A point in time: a warning such as PocketFlow's `Flow ends: …` (start = end).
     Event,
+    /// A durable run continuing from its checkpoint on a worker (the worker is in its input).
+    Resume,
 }
 
 /// How a span (or trace) ended.
