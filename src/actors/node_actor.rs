@@ -140,8 +140,12 @@ impl<T: Send + 'static> Drop for Ready<'_, T> {
     }
 }
 
+/// A share as its node actor holds it once started: the builder, the indices, the limit and
+/// the span.
+type Started<F> = (Make<F>, std::iter::StepBy<std::ops::Range<usize>>, usize, tracing::Span);
+
 struct NodeState<T: Send + 'static, F> {
-    share: Option<(Make<F>, std::iter::StepBy<std::ops::Range<usize>>, usize, tracing::Span)>,
+    share: Option<Started<F>>,
     guard: StopGuard<T>,
 }
 
