@@ -224,9 +224,13 @@ async fn dropping_a_handle_cancels_its_run_unless_detached() {
     let tracer = Tracer::builder().exporter(memory.clone()).build().unwrap();
     let rt = Runtime::builder().tracer(&tracer).build().unwrap();
 
-    // Dropped: cancelled, with a reason that says why.
-    let h = rt.spawn(&hanging_flow(), &SharedStore::new()).await.unwrap();
-    while h.status() != RunStatus::Running {
+    // Dropped: cancelled, with a reason that says why. (Synchronised on its node having
+    // started, so that the run has a trace to show the reason.)
+    let gate = Arc::new(Semaphore::new(0));
+    let (inside, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let gated = gated_flow(gate.clone(), inside.clone(), peak);
+    let h = rt.spawn(&gated, &SharedStore::new()).await.unwrap();
+    while inside.load(Ordering::SeqCst) < 1 {
         tokio::task::yield_now().await;
     }
     drop(h);
