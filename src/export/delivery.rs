@@ -29,7 +29,7 @@ use crate::trace::TraceRecord;
 /// Batching, retry and spool settings shared by the HTTP exporters.
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {
-    /// Send when a batch holds this many spans (default 64).
+    /// Send when a batch holds this many spans (default 512, as the OpenTelemetry SDKs).
     pub max_batch_spans: usize,
     /// Send when the oldest trace of a batch waited this long (default 1 s).
     pub max_batch_age: Duration,
@@ -59,7 +59,7 @@ pub struct DeliveryOptions {
 impl Default for DeliveryOptions {
     fn default() -> Self {
         DeliveryOptions {
-            max_batch_spans: 64,
+            max_batch_spans: 512,
             max_batch_age: Duration::from_secs(1),
             max_request_bytes: 2_500_000,
             queue_capacity: 4096,
