@@ -4,7 +4,7 @@
 //! `curl -s localhost:3000/tickets -H 'content-type: application/json' -d '{"id":"T-1","subject":"URGENT: down","description":"error 500","customer_tier":"premium"}'`
 //!
 //! - `POST /tickets`: a ticket as JSON (`id`, `subject`, `description`, `customer_tier`); runs the
-//!   flow traced and answers `{"run_id", "classification", "routing"}` as the flow wrote them
+//!   flow traced and answers `{"run_id", "ticket_id", "classification", "routing"}` as the flow wrote them
 //!   to the store. Malformed JSON gets 400 with a message; a full or stopping runtime 503.
 //! - `GET /stats`: runs in flight and the runtime's counters, and the exporter's counters.
 //!
@@ -121,6 +121,7 @@ async fn create_ticket(State(app): State<App>, body: Bytes) -> Response {
     }
     Json(json!({
         "run_id": run_id,
+        "ticket_id": ticket.id,
         "classification": shared.get_json("classification"),
         "routing": shared.get_json("routing"),
     }))

@@ -5,6 +5,8 @@
 //! ractor stays inside this module: users see [`crate::Flow::run`], run handles and
 //! [`crate::Tracer`], never an `ActorRef`.
 
+#[cfg(feature = "durable")]
+pub mod durable;
 pub(crate) mod runtime;
 pub(crate) mod supervisor;
 pub(crate) mod traced;

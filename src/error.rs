@@ -103,12 +103,22 @@ pub enum Error {
         /// What was wrong.
         message: String,
     },
+    /// A node suspended the run to wait for outside input ([`crate::Context::wait_for`]). A
+    /// durable run is checkpointed here and continues when the input is given; any other run
+    /// ends with this error.
+    #[error("run suspended at node '{node}': waiting for input '{key}'")]
+    Suspended {
+        /// The node that waits.
+        node: String,
+        /// The store key the input will be written to.
+        key: String,
+    },
     /// The runtime refused the run (shut down, or at its in-flight limit).
     #[error("run refused: {0}")]
     Refused(String),
-    /// A setting is invalid (a runtime or tracer built with an out-of-range value).
+    /// A setting is invalid (a runtime built with an out-of-range value).
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     /// The engine itself failed (an actor could not start): a bug or resource exhaustion.
     #[error("engine error: {0}")]
     Engine(String),
@@ -118,7 +128,10 @@ impl Error {
     /// The node the error points at, if any.
     pub fn node(&self) -> Option<&str> {
         match self {
-            Error::Node { node, .. } | Error::Panic { node, .. } | Error::Batch { node, .. } => Some(node),
+            Error::Node { node, .. }
+            | Error::Panic { node, .. }
+            | Error::Batch { node, .. }
+            | Error::Suspended { node, .. } => Some(node),
             Error::Timeout { node, .. } => node.as_deref(),
             Error::MaxSteps { flow, .. } => Some(flow),
             _ => None,
@@ -156,6 +169,7 @@ impl Error {
             Error::Cancelled { .. } => "cancelled",
             Error::MaxSteps { .. } => "max_steps",
             Error::Batch { .. } => "batch",
+            Error::Suspended { .. } => "suspended",
             Error::Refused(_) => "refused",
             Error::Config(_) => "config",
             Error::Engine(_) => "engine",
@@ -171,5 +185,36 @@ impl Error {
             cur = e.source();
         }
         out
+    }
+}
+
+/// A setting that cannot be used, from the environment or a builder: names it, shows the value
+/// given, and says what was expected.
+///
+/// The one configuration error of the crate: [`Error::Config`], [`TracerError::Config`](crate::TracerError)
+/// and the exporter builders all carry it. The value of a secret setting (a key, a token) is
+/// never kept: it shows as `<redacted>`.
+///
+/// ```
+/// let e = flowtrace::trace::TracingConfig::new().with_sample_rate(1.5).unwrap_err();
+/// assert_eq!(e.variable, "sample_rate");
+/// assert_eq!(e.to_string(), "sample_rate=\"1.5\": expected a number from 0 to 1");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}={value:?}: {reason}")]
+#[non_exhaustive]
+pub struct ConfigError {
+    /// The environment variable (`LANGFUSE_HOST`) or builder setting (`max_in_flight`).
+    pub variable: String,
+    /// The value given (`<redacted>` for a secret).
+    pub value: String,
+    /// What was expected.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// An error about `variable`, given `value`, for `reason`.
+    pub fn new(variable: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError { variable: variable.into(), value: value.into(), reason: reason.into() }
     }
 }

@@ -10,6 +10,7 @@ mod file;
 mod langfuse;
 mod legacy;
 mod memory;
+mod observation;
 mod otlp;
 mod privacy;
 mod spool;
@@ -145,7 +146,7 @@ pub(crate) fn limit_values(trace: &TraceRecord, max: usize) -> Option<TraceRecor
 /// then runs without a spool and says so.
 pub(crate) fn langfuse_exporter(
     config: &crate::trace::TracingConfig,
-) -> Result<Option<Arc<dyn Exporter>>, crate::trace::ConfigError> {
+) -> Result<Option<Arc<dyn Exporter>>, crate::error::ConfigError> {
     match LangfuseExporter::from_config(config) {
         Ok(e) => Ok(Some(Arc::new(e))),
         Err(e) => {
@@ -155,7 +156,7 @@ pub(crate) fn langfuse_exporter(
                 "LANGFUSE_PUBLIC_KEY" | "LANGFUSE_SECRET_KEY" => "<redacted>".to_owned(),
                 v => config.var(v).unwrap_or("").to_owned(),
             };
-            Err(crate::trace::ConfigError { variable, value, reason: e.to_string() })
+            Err(crate::error::ConfigError { variable, value, reason: e.to_string() })
         }
     }
 }
@@ -164,11 +165,11 @@ pub(crate) fn langfuse_exporter(
 /// among the configuration's variables.
 pub(crate) fn otlp_exporter(
     config: &crate::trace::TracingConfig,
-) -> Result<Option<Arc<dyn Exporter>>, crate::trace::ConfigError> {
+) -> Result<Option<Arc<dyn Exporter>>, crate::error::ConfigError> {
     match OtlpExporter::from_lookup_with(|k| config.var(k).map(str::to_owned), Privacy::from_config(config)) {
         Ok(Some(e)) => Ok(Some(Arc::new(e))),
         Ok(None) => Ok(None),
-        Err(e) => Err(crate::trace::ConfigError {
+        Err(e) => Err(crate::error::ConfigError {
             variable: "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
             value: config.var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or("").into(),
             reason: e.to_string(),

@@ -34,13 +34,15 @@ pub mod export;
 mod flow;
 pub mod trace;
 
+#[cfg(feature = "durable")]
+pub use actors::durable;
 pub use actors::supervisor::RunOptions;
 pub use actors::traced::TracedFlow;
 pub use actors::tracer::{flush, global, set_global_tracer, shutdown, Tracer, TracerBuilder, TracerError};
-pub use error::{BoxError, Error, NodeResult, Phase};
+pub use error::{BoxError, ConfigError, Error, NodeResult, Phase};
 pub use flow::{
-    Action, ActionError, BatchFlow, BatchNode, Context, ExecContext, Flow, FnBatchNode, FnNode, Node, NodeRef, Params,
-    SharedStore, StoreError, StoreSnapshot, Transition, DEFAULT_ACTION,
+    Action, ActionError, BatchFlow, BatchNode, Context, ExecContext, Flow, FnBatchNode, FnNode, Generation, Node,
+    NodeRef, ObservationType, Params, SharedStore, StoreError, StoreSnapshot, Transition, DEFAULT_ACTION,
 };
 
 /// Running many flows from a service: the [`Runtime`](runtime::Runtime) handle, its admission
@@ -57,7 +59,7 @@ pub mod prelude {
     pub use crate::export::MemoryExporter;
     pub use crate::runtime::Runtime;
     pub use crate::{
-        Action, BatchFlow, BatchNode, Context, Error, ExecContext, Flow, FnBatchNode, FnNode, Node, NodeRef,
-        NodeResult, Params, RunOptions, SharedStore, Tracer,
+        Action, BatchFlow, BatchNode, Context, Error, ExecContext, Flow, FnBatchNode, FnNode, Generation, Node,
+        NodeRef, NodeResult, ObservationType, Params, RunOptions, SharedStore, Tracer,
     };
 }

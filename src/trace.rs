@@ -11,8 +11,10 @@ pub(crate) mod model;
 pub(crate) mod recorder;
 mod tree;
 
-pub use config::{ConfigError, TracingConfig, DEFAULT_LANGFUSE_HOST, DEFAULT_TRACE_FILE};
-pub use model::{format_timestamp, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId, TraceRecord};
+pub use config::{TracingConfig, DEFAULT_LANGFUSE_HOST, DEFAULT_TRACE_FILE};
+pub use model::{
+    format_timestamp, GenerationRecord, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId, TraceRecord, UsageTotals,
+};
 
 use std::sync::Arc;
 

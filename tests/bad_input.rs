@@ -28,7 +28,7 @@ fn invalid_settings_name_the_setting_and_the_value() {
     let e = TracingConfig::from_vars([("LANGFUSE_PUBLIC_KEY", "pk")]).unwrap_err().to_string();
     assert!(e.contains("LANGFUSE_SECRET_KEY"), "{e}");
     let e = Runtime::builder().max_in_flight(0).build().unwrap_err();
-    assert_eq!(e.to_string(), "invalid configuration: max_in_flight must be at least 1, got 0");
+    assert_eq!(e.to_string(), "invalid configuration: max_in_flight=\"0\": must be at least 1");
 }
 
 /// A map with non-string keys: serde_json cannot serialise it.

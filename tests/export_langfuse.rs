@@ -67,7 +67,8 @@ async fn otlp_delivers_the_full_tree_with_langfuse_attributes() {
     assert_eq!(attr_str(root, "session.id"), Some("session-1"));
     assert_eq!(attr_str(root, "user.id"), Some("user-1"));
     assert_eq!(attr_str(root, "langfuse.release"), Some("r1"));
-    assert_eq!(attr_str(root, "langfuse.trace.metadata.env"), Some("test"));
+    let meta: serde_json::Value = serde_json::from_str(attr_str(root, "langfuse.trace.metadata").unwrap()).unwrap();
+    assert_eq!(meta["env"], "test");
     // The secret in the store is redacted before it leaves the process.
     let input = attr_str(root, "langfuse.trace.input").expect("trace input");
     assert!(input.contains("<redacted>") && !input.contains("sk-very-secret"), "{input}");
@@ -188,6 +189,28 @@ async fn customer_support_example_delivers_both_traces() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("not delivered"), "{stderr}");
+        // The seed's output, per ticket: classification, routing and the flow's result.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let t1 = stdout.find("📥 Processing TICKET-001: URGENT: Payment processing error").expect("TICKET-001");
+        let t2 = stdout.find("📥 Processing TICKET-002: Question about billing cycle").expect("TICKET-002");
+        let (first, second) = (&stdout[t1..t2], &stdout[t2..]);
+        assert!(
+            first.contains("📊 Classification: {'priority': 'high', 'category': 'technical', 'confidence': 0."),
+            "{stdout}"
+        );
+        assert!(
+            first.contains("🎯 Routing: {'assigned_team': 'escalation', 'estimated_response_time': '2 hours'}"),
+            "{stdout}"
+        );
+        assert!(
+            second.contains("📊 Classification: {'priority': 'medium', 'category': 'general', 'confidence': 0."),
+            "{stdout}"
+        );
+        assert!(
+            second.contains("🎯 Routing: {'assigned_team': 'general_support', 'estimated_response_time': '24 hours'}"),
+            "{stdout}"
+        );
+        assert_eq!(stdout.matches("✅ Result: default").count(), 2, "{stdout}");
         if mode == "otel" {
             let spans = server.received(|r| r.otlp_spans.clone());
             let roots: Vec<_> = spans.iter().filter(|s| s.parent_span_id.is_empty()).collect();

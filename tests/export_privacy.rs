@@ -218,17 +218,10 @@ const ECHO_SK: &str = "sk-lf-7e6d5c4b-dddd-4eee-9fff-ba9876543210";
 const OTLP_KEY: &str = "otlp-key-0123456789abcdef";
 const OTLP_TOKEN: &str = "otlp-token-abcdef0123456789";
 
+/// The HTTP Basic credentials of a key pair, as an `Authorization` header carries them.
 fn basic(pk: &str, sk: &str) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let input = format!("{pk}:{sk}").into_bytes();
-    let mut out = String::new();
-    for c in input.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            out.push(if i <= c.len() { A[(n >> (18 - 6 * i)) as usize & 63] as char } else { '=' });
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{pk}:{sk}"))
 }
 
 /// Run by [`no_secret_leaves_under_a_header_echoing_backend`] as a child process, so that

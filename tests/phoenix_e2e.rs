@@ -3,7 +3,9 @@
 //! spans are read back through Phoenix's REST API, checking names and parent links.
 //!
 //! Needs `PHOENIX_ENDPOINT` (e.g. `http://127.0.0.1:6006`, set by `.ci/run`, which starts
-//! Phoenix); without it the test prints SKIP and passes, so `cargo test` works anywhere.
+//! Phoenix); without it the test prints SKIP loudly and passes, so `cargo test` works anywhere,
+//! except under CI (`CI=true`), where a missing Phoenix fails it unless `FLOWTRACE_CI_NO_PHOENIX`
+//! is set (skipping it on purpose).
 
 #[path = "support/langfuse_server.rs"]
 mod langfuse_server;
@@ -42,6 +44,13 @@ async fn spans(client: &reqwest::Client, base: &str, project: &str) -> Vec<Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_support_traces_round_trip_through_phoenix() {
     let Some(base) = std::env::var("PHOENIX_ENDPOINT").ok().filter(|v| !v.is_empty()) else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        let skip_on_purpose = std::env::var_os("FLOWTRACE_CI_NO_PHOENIX").is_some();
+        assert!(
+            !ci || skip_on_purpose,
+            "phoenix_e2e: PHOENIX_ENDPOINT is not set and CI=true (.ci/run starts Phoenix; FLOWTRACE_CI_NO_PHOENIX=1 skips it on purpose)"
+        );
+        eprintln!("\n*** SKIP phoenix_e2e: PHOENIX_ENDPOINT is not set (.ci/run starts Phoenix and sets it) ***\n");
         println!("SKIP phoenix_e2e: PHOENIX_ENDPOINT is not set (.ci/run starts Phoenix and sets it)");
         return;
     };

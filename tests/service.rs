@@ -130,8 +130,8 @@ async fn a_burst_of_1000_concurrent_tickets_then_sigterm() {
     let mut ok = 0;
     for r in results {
         let (t, body) = r.unwrap();
-        assert_eq!(body["routing"]["ticket_id"], t["id"], "{body}");
-        assert_eq!(body["routing"]["team"], t["team"], "{body}");
+        assert_eq!(body["ticket_id"], t["id"], "{body}");
+        assert_eq!(body["routing"]["assigned_team"], t["team"], "{body}");
         assert!(body["classification"]["priority"].is_string(), "{body}");
         ok += 1;
     }

@@ -80,7 +80,11 @@ fn the_binary_explains_bad_usage_and_missing_files() {
 fn an_unwritable_trace_file_is_a_clear_error() {
     let cfg = TracingConfig::from_vars([("FLOWTRACE_TRACE_FILE", "/proc/flowtrace/traces.jsonl")]).unwrap();
     let err = Tracer::from_config(&cfg).unwrap_err();
-    assert!(err.to_string().contains("cannot open the trace file /proc/flowtrace/traces.jsonl"), "{err}");
+    assert!(
+        matches!(&err, flowtrace::TracerError::Config(c)
+            if c.variable == "FLOWTRACE_TRACE_FILE" && c.value == "/proc/flowtrace/traces.jsonl" && c.reason.starts_with("cannot open it")),
+        "{err}"
+    );
 }
 
 /// A write failure (here a full disk: `/dev/full`) never fails the run; the lost spans are

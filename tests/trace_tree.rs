@@ -61,7 +61,11 @@ async fn two_node_flow_tree_is_exact() {
     assert_eq!(names(&t, root), ["Classify", "Route"]);
     let classify = t.span("Classify").unwrap();
     assert_eq!(classify.kind, SpanKind::Node);
-    assert_eq!(classify.output, Some(json!("route")));
+    // What the node saw (the entries its prep read) and what it did (the action, and the
+    // entries its post changed with their new values).
+    let changed = json!({ "action": "route", "changed": { "classification": { "priority": "high" } } });
+    assert_eq!(classify.input, Some(json!({ "ticket": { "urgent": true } })));
+    assert_eq!(classify.output, Some(changed.clone()));
     assert_eq!(names(&t, classify), ["Classify.prep", "Classify.exec", "Classify.post"]);
     let prep = t.span("Classify.prep").unwrap();
     let exec = t.span("Classify.exec").unwrap();
@@ -69,7 +73,9 @@ async fn two_node_flow_tree_is_exact() {
     assert_eq!(prep.output, Some(json!({ "urgent": true })));
     assert_eq!(exec.input, prep.output, "exec gets what prep returned");
     assert_eq!(exec.output, Some(json!({ "priority": "high" })));
-    assert_eq!(post.input, exec.output);
+    assert_eq!(prep.input, classify.input, "prep's input is the entries it read");
+    assert_eq!(post.input, Some(json!({ "prep": prep.output, "exec": exec.output })));
+    assert_eq!(post.output, Some(changed));
     assert_eq!(post.attributes["changed_keys"], json!(["classification"]));
     assert_eq!(names(&t, exec), ["attempt 1"]);
     // Phases are ordered in time and nested within their node and the trace.

@@ -29,7 +29,7 @@ use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use super::supervisor::{start, RunControl, RunOptions};
 use super::traced::{plan_trace, TracedFlow};
 use super::tracer::Tracer;
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::export::ExportReport;
 use crate::flow::{Action, BatchFlow, Flow, NodeRef, SharedStore};
 
@@ -199,16 +199,17 @@ impl RuntimeBuilder {
     pub fn build(self) -> Result<Runtime, Error> {
         let max = self.max_in_flight.unwrap_or(1024);
         if max == 0 {
-            return Err(Error::Config("max_in_flight must be at least 1, got 0".into()));
+            return Err(ConfigError::new("max_in_flight", "0", "must be at least 1").into());
         }
         if max > Semaphore::MAX_PERMITS {
-            return Err(Error::Config(format!("max_in_flight must be at most {}, got {max}", Semaphore::MAX_PERMITS)));
+            let reason = format!("must be at most {}", Semaphore::MAX_PERMITS);
+            return Err(ConfigError::new("max_in_flight", max.to_string(), reason).into());
         }
         if self.run_timeout.is_some_and(|d| d.is_zero()) {
-            return Err(Error::Config("run_timeout must be greater than zero".into()));
+            return Err(ConfigError::new("run_timeout", "0s", "must be greater than zero").into());
         }
         if self.max_steps == Some(0) {
-            return Err(Error::Config("max_steps must be at least 1, got 0".into()));
+            return Err(ConfigError::new("max_steps", "0", "must be at least 1").into());
         }
         Ok(Runtime {
             inner: Arc::new(Inner {

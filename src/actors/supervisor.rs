@@ -40,6 +40,24 @@ pub struct RunOptions {
     /// Ends the run with [`Error::MaxSteps`] after this many node visits in one flow.
     pub max_steps: Option<u64>,
     pub(crate) trace: Option<(Tracer, Arc<TraceMeta>)>,
+    /// A durable run: its checkpoint hook, its trace id (the same on every worker) and, when
+    /// it continues from a checkpoint, the resume span's content.
+    pub(crate) durable: Option<DurableParts>,
+}
+
+/// What a durable run adds to a run's options.
+#[derive(Clone)]
+pub(crate) struct DurableParts {
+    pub(crate) hook: Arc<dyn super::visit::RunHook>,
+    pub(crate) trace_id: crate::trace::TraceId,
+    /// `Some` when the run continues from a checkpoint: the span's input (worker, node, …).
+    pub(crate) resume: Option<serde_json::Value>,
+}
+
+impl std::fmt::Debug for DurableParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableParts").field("trace_id", &self.trace_id).field("resume", &self.resume).finish()
+    }
 }
 
 impl RunOptions {
@@ -266,10 +284,14 @@ pub(crate) async fn execute(
         Some(p) if !p.is_empty() => Arc::new(p),
         _ => Arc::clone(&root.0.params.read()),
     };
+    let trace_id = options.durable.as_ref().map(|d| d.trace_id);
     let recorder = options
         .trace
         .as_ref()
-        .map(|(t, _)| t.recorder())
+        .map(|(t, _)| match trace_id {
+            Some(id) => t.recorder_for(id),
+            None => t.recorder(),
+        })
         .filter(|r| options.trace.as_ref().is_some_and(|(t, _)| t.samples(r.trace_id())));
     let mut finisher = match (&recorder, &options.trace) {
         (Some(rec), Some((tracer, meta))) => {
@@ -286,12 +308,22 @@ pub(crate) async fn execute(
         }
         _ => None,
     };
+    // A run continuing from a checkpoint opens with a span of its own, naming the worker.
+    let resume_span = match (&recorder, options.durable.as_ref().and_then(|d| d.resume.clone())) {
+        (Some(rec), Some(input)) => {
+            let mut s = rec.start(None, crate::trace::SpanKind::Resume, "resume");
+            s.input(|| input);
+            Some(s)
+        }
+        _ => None,
+    };
     let cx = VisitCx {
         shared,
         params,
         trace: recorder,
-        parent: None,
+        parent: resume_span.as_ref().map(|s| s.id()),
         limits: Arc::new(RunLimits { max_steps: options.max_steps }),
+        hook: options.durable.as_ref().map(|d| Arc::clone(&d.hook)),
     };
     let res = match options.timeout {
         Some(limit) => match tokio::time::timeout(limit, visit(&root, &cx)).await {
@@ -303,6 +335,9 @@ pub(crate) async fn execute(
         },
         None => visit(&root, &cx).await,
     };
+    if let Some(s) = resume_span {
+        s.end_with(res.as_ref().map(|_| ()));
+    }
     if let Some(f) = finisher.as_mut() {
         f.result = Some(match &res {
             Ok(a) => (SpanStatus::Ok, a.as_str().map(str::to_owned)),

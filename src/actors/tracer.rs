@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 
+use crate::error::ConfigError;
 use crate::export::{DebugExporter, ExportReport, Exporter};
 use crate::trace::recorder::{self, Clock, Recorder, SpanBuf, Switches};
 use crate::trace::{
@@ -191,18 +192,25 @@ impl Tracer {
                     let path = trace_file.get_or_insert_with(|| DEFAULT_TRACE_FILE.into());
                     tracing::warn!(target: "flowtrace::trace", "no Langfuse exporter in this build: traces go to {}", path.display());
                 }
-                Err(e) => return Err(TracerError::Invalid(e.to_string())),
+                Err(e) => return Err(e.into()),
             }
         }
         match crate::export::otlp_exporter(config) {
             Ok(Some(e)) => b = b.exporter_arc(e),
             Ok(None) => {}
-            Err(e) => return Err(TracerError::Invalid(e.to_string())),
+            Err(e) => return Err(e.into()),
         }
         if let Some(path) = trace_file {
             let file =
                 crate::export::JsonlFileExporter::with_privacy(&path, crate::export::Privacy::from_config(config))
-                    .map_err(|e| TracerError::Invalid(format!("cannot open the trace file {}: {e}", path.display())))?;
+                    .map_err(|e| {
+                        let variable = if config.var("FLOWTRACE_TRACE_FILE").is_some() {
+                            "FLOWTRACE_TRACE_FILE"
+                        } else {
+                            "trace_file"
+                        };
+                        ConfigError::new(variable, path.display().to_string(), format!("cannot open it: {e}"))
+                    })?;
             announce_trace_file(file.path());
             b = b.exporter(file);
         }
@@ -214,7 +222,7 @@ impl Tracer {
 
     /// [`from_config`](Self::from_config) with [`TracingConfig::from_env`].
     pub fn from_env() -> Result<Tracer, TracerError> {
-        let config = TracingConfig::from_env().map_err(|e| TracerError::Invalid(e.to_string()))?;
+        let config = TracingConfig::from_env()?;
         Self::from_config(&config)
     }
 
@@ -235,6 +243,11 @@ impl Tracer {
 
     pub(crate) fn recorder(&self) -> Recorder {
         Recorder::new(recorder::new_trace_id(), self.inner.switches, Arc::clone(&self.inner.sink) as Arc<dyn SpanSink>)
+    }
+
+    /// A recorder for a run whose trace id is given (a durable run keeps one id everywhere).
+    pub(crate) fn recorder_for(&self, id: TraceId) -> Recorder {
+        Recorder::new(id, self.inner.switches, Arc::clone(&self.inner.sink) as Arc<dyn SpanSink>)
     }
 
     /// Whether a run with this trace id is recorded (deterministic sampling by id).
@@ -268,9 +281,9 @@ impl std::fmt::Debug for TracerBuilder {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TracerError {
-    /// A setting is out of range.
+    /// A setting cannot be used.
     #[error("invalid tracer setting: {0}")]
-    Invalid(String),
+    Config(#[from] ConfigError),
     /// The tracer thread or actor could not start.
     #[error("the tracer could not start: {0}")]
     Start(String),
@@ -347,7 +360,9 @@ impl TracerBuilder {
     pub fn build(self) -> Result<Tracer, TracerError> {
         let sample_rate = self.sample_rate.unwrap_or(1.0);
         if !(0.0..=1.0).contains(&sample_rate) || sample_rate.is_nan() {
-            return Err(TracerError::Invalid(format!("sample rate must be within 0..=1, got {sample_rate}")));
+            return Err(
+                ConfigError::new("sample_rate", sample_rate.to_string(), "expected a number from 0 to 1").into()
+            );
         }
         let exporters = self.exporters;
         let (tx, rx) = std::sync::mpsc::channel();

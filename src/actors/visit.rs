@@ -20,7 +20,7 @@ use crate::flow::batch::BatchFlowDef;
 use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, Prepared};
 use crate::flow::flows::FlowDef;
 use crate::flow::graph::{NodeConfig, NodeDef, NodeKind, NodeRef};
-use crate::flow::store::{record_writes, SharedStore};
+use crate::flow::store::{record_reads, record_writes, SharedStore};
 use crate::flow::{Action, Context, ExecContext, Params};
 use crate::trace::model::{SpanId, SpanKind};
 use crate::trace::recorder::{capture, capture_as, error_status, OpenSpan};
@@ -40,6 +40,31 @@ pub(crate) struct VisitCx {
     pub(crate) trace: Option<Recorder>,
     pub(crate) parent: Option<SpanId>,
     pub(crate) limits: Arc<RunLimits>,
+    /// A durable run's hook, for the root flow's loop only (it is not passed to the visits).
+    pub(crate) hook: Option<Arc<dyn RunHook>>,
+}
+
+/// How a durable run sees its root flow: where it starts, and a checkpoint after each visit.
+/// The loop knows nothing more of durability (`crate::actors::durable` does the rest).
+pub(crate) trait RunHook: Send + Sync + 'static {
+    /// The node to start at and the steps already taken, instead of the flow's start node
+    /// (`None`: start at `start`, from step 0).
+    fn resume_at(&self, start: Option<&NodeRef>) -> Result<Option<(NodeRef, u64)>, Error>;
+    /// After each visit of the root flow that ended in an action, or suspended the run
+    /// (`waiting_for` is set, `next` is the node that waits). An error ends the run.
+    fn visited<'a>(&'a self, visit: Visited<'a>) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// One finished visit of a durable run's root flow.
+#[cfg_attr(not(feature = "durable"), allow(dead_code))]
+pub(crate) struct Visited<'a> {
+    pub(crate) node: &'a NodeRef,
+    pub(crate) action: Option<&'a Action>,
+    pub(crate) next: Option<&'a NodeRef>,
+    /// The store key the run waits for, when the visit suspended it.
+    pub(crate) waiting_for: Option<&'a str>,
+    pub(crate) steps: u64,
+    pub(crate) shared: &'a SharedStore,
 }
 
 impl VisitCx {
@@ -236,18 +261,19 @@ async fn run_exec(
     let name = &*def.name;
     let mut attempt = 0;
     loop {
+        let mut span = trace.map(|(r, p)| {
+            let mut s = r.start(Some(p), SpanKind::Attempt, attempt_name(attempt + 1));
+            s.attr("attempt", attempt + 1);
+            s
+        });
         let cx = ExecContext {
             params: Arc::clone(params),
             attempt,
             max_retries: cfg.max_retries,
             node: Arc::clone(&def.name),
             item,
+            generations: trace.zip(span.as_ref()).map(|((r, _), s)| r.generations(s.id())),
         };
-        let mut span = trace.map(|(r, p)| {
-            let mut s = r.start(Some(p), SpanKind::Attempt, attempt_name(attempt + 1));
-            s.attr("attempt", attempt + 1);
-            s
-        });
         let run = target.attempt(cx.clone(), cfg.blocking);
         let outcome = match cfg.timeout {
             Some(limit) => match tokio::time::timeout(limit, contain(name, Phase::Exec, run)).await {
@@ -332,27 +358,50 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     let mut node_span = cx.span_at(SpanKind::Node, &def.name, t0);
     if let Some(s) = node_span.as_mut() {
         s.attr("node_type", def.type_name);
+        node_span_extras(s, def, &cfg, cx);
     }
     let switches = cx.trace.as_ref().map(|r| r.switches()).unwrap_or_default();
     let inner = cx.with_parent(node_span.as_ref().map(|s| s.id()));
     let ctx = cx.context(name);
 
-    // prep
-    let span = if switches.prep { inner.span_at(SpanKind::Prep, &def.names.prep, t0) } else { None };
-    let prep = match guarded(name, Phase::Prep, node.prep(&ctx).instrument(phase_span("prep"))).await {
+    // prep: its input is the store entries it read.
+    let mut span = if switches.prep { inner.span_at(SpanKind::Prep, &def.names.prep, t0) } else { None };
+    let prep = guarded(name, Phase::Prep, node.prep(&ctx).instrument(phase_span("prep")));
+    let (prep, reads) = if node_span.is_some() && switches.inputs {
+        let (p, r) = record_reads(prep).await;
+        (p, Some(Arc::new(r)))
+    } else {
+        (prep.await, None)
+    };
+    if let (Some(n), Some(r)) = (node_span.as_mut(), &reads) {
+        n.input_reads(r);
+    }
+    if let (Some(s), Some(r)) = (span.as_mut(), &reads) {
+        s.input_reads(r);
+    }
+    let prep = match prep {
         Ok(p) => p,
         Err(e) => return fail(e, span, node_span),
     };
     let t1 = t0.map(|_| Instant::now());
+    // Serialised once, for prep's output, exec's input and post's input.
+    let prep_json = match &node_span {
+        Some(_) if switches.inputs || switches.outputs => Some(capture_as(&*prep, prep.type_name())),
+        _ => None,
+    };
     if let (Some(mut s), Some(t)) = (span, t1) {
-        s.output(|| capture_as(&*prep, prep.type_name()));
+        if let Some(j) = &prep_json {
+            s.output(|| j.clone());
+        }
         s.end_at(t);
     }
 
     // exec
     let mut span = if switches.exec { inner.span_at(SpanKind::Exec, &def.names.exec, t1) } else { None };
     if let Some(s) = span.as_mut() {
-        s.input(|| capture_as(&*prep, prep.type_name()));
+        if let Some(j) = &prep_json {
+            s.input(|| j.clone());
+        }
         s.attr("max_retries", cfg.max_retries);
     }
     let trace = match (&cx.trace, &span) {
@@ -369,33 +418,82 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
         Err(e) => return fail(e, span, node_span),
     };
     let t2 = t0.map(|_| Instant::now());
+    let exec_json = match &node_span {
+        Some(_) if switches.inputs || switches.outputs => Some(capture_as(&*exec, exec.type_name())),
+        _ => None,
+    };
     if let (Some(mut s), Some(t)) = (span, t2) {
-        s.output(|| capture_as(&*exec, exec.type_name()));
+        if let Some(j) = &exec_json {
+            s.output(|| j.clone());
+        }
         s.end_at(t);
     }
 
-    // post
+    // post: its input is prep's and exec's results; its output the action and the entries it
+    // changed, with their new values.
     let mut span = if switches.post { inner.span_at(SpanKind::Post, &def.names.post, t2) } else { None };
-    if let Some(s) = span.as_mut() {
-        s.input(|| capture_as(&*exec, exec.type_name()));
+    if let (Some(s), Some(p), Some(e)) = (span.as_mut(), prep_json, exec_json) {
+        s.input(|| post_input(p, e));
     }
     let post = guarded(name, Phase::Post, node.post(&ctx, prep, exec).instrument(phase_span("post")));
-    let (res, changed) = if span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };
+    let (res, changed) = if node_span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };
     let action = match res {
         Ok(a) => a,
         Err(e) => return fail(e, span, node_span),
     };
     let t3 = Instant::now();
+    end_post(span, node_span, &cx.shared, &action, changed, t3);
+    Ok(action)
+}
+
+/// Ends the post and node spans of a visit that succeeded: both show the action and the
+/// entries post changed (values by reference count, serialised off the run's path).
+fn end_post(
+    span: Option<OpenSpan>,
+    node_span: Option<OpenSpan>,
+    shared: &SharedStore,
+    action: &Action,
+    changed: Vec<String>,
+    at: Instant,
+) {
+    if span.is_none() && node_span.is_none() {
+        return;
+    }
+    let entries = Arc::new(shared.entries(&changed));
+    let action = capture(action);
     if let Some(mut s) = span {
+        s.output_changes(|| action.clone(), &entries);
         s.attr("changed_keys", changed);
-        s.output(|| capture(&action));
-        s.end_at(t3);
+        s.end_at(at);
     }
     if let Some(mut s) = node_span {
-        s.output(|| capture(&action));
-        s.end_at(t3);
+        s.output_changes(|| action, &entries);
+        s.end_at(at);
     }
-    Ok(action)
+}
+
+/// post's input: prep's and exec's results (moved in: they are not needed after).
+fn post_input(prep: Value, exec: Value) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("prep".into(), prep);
+    m.insert("exec".into(), exec);
+    Value::Object(m)
+}
+
+/// A node span's declared observation type, and the node's wiring warnings as WARNING
+/// events under it (both almost always absent: one branch each).
+fn node_span_extras(s: &mut OpenSpan, def: &NodeDef, cfg: &NodeConfig, cx: &VisitCx) {
+    if let Some(t) = cfg.observation {
+        s.attr("observation_type", t.as_str());
+    }
+    let warnings = def.wiring_warnings.read();
+    if !warnings.is_empty() {
+        if let Some(r) = &cx.trace {
+            for w in warnings.iter() {
+                r.event(Some(s.id()), Arc::clone(w), "WARNING");
+            }
+        }
+    }
 }
 
 fn skipped_error(name: &str) -> Error {
@@ -425,18 +523,38 @@ async fn visit_batch(
     if let Some(s) = node_span.as_mut() {
         s.attr("node_type", def.type_name);
         s.attr("batch", if parallel { "parallel" } else { "sequential" });
+        node_span_extras(s, def, &cfg, cx);
     }
     let switches = cx.trace.as_ref().map(|r| r.switches()).unwrap_or_default();
     let inner = cx.with_parent(node_span.as_ref().map(|s| s.id()));
     let ctx = cx.context(name);
 
-    let span = if switches.prep { inner.span(SpanKind::Prep, &def.names.prep) } else { None };
-    let items = match guarded(name, Phase::Prep, node.prep(&ctx)).await {
+    let mut span = if switches.prep { inner.span(SpanKind::Prep, &def.names.prep) } else { None };
+    let prep = guarded(name, Phase::Prep, node.prep(&ctx));
+    let (items, reads) = if node_span.is_some() && switches.inputs {
+        let (p, r) = record_reads(prep).await;
+        (p, Some(Arc::new(r)))
+    } else {
+        (prep.await, None)
+    };
+    if let (Some(n), Some(r)) = (node_span.as_mut(), &reads) {
+        n.input_reads(r);
+    }
+    if let (Some(s), Some(r)) = (span.as_mut(), &reads) {
+        s.input_reads(r);
+    }
+    let items = match items {
         Ok(items) => items,
         Err(e) => return fail(e, span, node_span),
     };
+    let items_json = match &node_span {
+        Some(_) if switches.inputs || switches.outputs => Some(capture_as(&*items, items.type_name())),
+        _ => None,
+    };
     if let Some(mut s) = span {
-        s.output(|| capture_as(&*items, items.type_name()));
+        if let Some(j) = &items_json {
+            s.output(|| j.clone());
+        }
         s.end();
     }
     let count = node.len(&*items);
@@ -474,29 +592,27 @@ async fn visit_batch(
         Ok(o) => o,
         Err(e) => return fail(e, span, node_span),
     };
+    let outputs_json = match &node_span {
+        Some(_) if switches.inputs || switches.outputs => Some(capture(&outputs)),
+        _ => None,
+    };
     if let Some(mut s) = span {
-        s.output(|| capture(&outputs));
+        if let Some(j) = &outputs_json {
+            s.output(|| j.clone());
+        }
         s.end();
     }
     let mut span = if switches.post { inner.span(SpanKind::Post, &def.names.post) } else { None };
-    if let Some(s) = span.as_mut() {
-        s.input(|| capture(&outputs));
+    if let (Some(s), Some(p), Some(e)) = (span.as_mut(), items_json, outputs_json) {
+        s.input(|| post_input(p, e));
     }
     let post = guarded(name, Phase::Post, node.post(&ctx, items, outputs));
-    let (res, changed) = if span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };
+    let (res, changed) = if node_span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };
     let action = match res {
         Ok(a) => a,
         Err(e) => return fail(e, span, node_span),
     };
-    if let Some(mut s) = span {
-        s.attr("changed_keys", changed);
-        s.output(|| capture(&action));
-        s.end();
-    }
-    if let Some(mut s) = node_span {
-        s.output(|| capture(&action));
-        s.end();
-    }
+    end_post(span, node_span, &cx.shared, &action, changed, Instant::now());
     Ok(action)
 }
 
@@ -625,6 +741,9 @@ async fn orchestrate(
     max_steps: Option<u64>,
     cx: &VisitCx,
 ) -> Result<Action, Error> {
+    if let Some(hook) = &cx.hook {
+        return orchestrate_durable(flow_name, start, max_steps, cx, hook).await;
+    }
     let mut curr = start;
     let mut last = Action::none();
     let mut steps = 0_u64;
@@ -636,7 +755,74 @@ async fn orchestrate(
             }
         }
         last = visit(&node, cx).await?;
-        curr = node.next_for(&last);
+        curr = follow(&node, &last, cx);
+    }
+    Ok(last)
+}
+
+/// The node `action` leads to from `node`; PocketFlow's `Flow ends: …` warning, when the flow
+/// ends because the action is not wired, becomes an event on the flow's span.
+fn follow(node: &NodeRef, action: &Action, cx: &VisitCx) -> Option<NodeRef> {
+    let (next, warning) = node.next_for(action);
+    if let (Some(w), Some(r)) = (warning, &cx.trace) {
+        r.event(cx.parent, w, "WARNING");
+    }
+    next
+}
+
+/// The same loop for a durable run's root flow: it may start part-way (at a checkpoint), and
+/// the hook checkpoints after each visit and when a node suspends the run. Nested flows and
+/// the visits themselves run without the hook.
+async fn orchestrate_durable(
+    flow_name: &str,
+    start: Option<NodeRef>,
+    max_steps: Option<u64>,
+    cx: &VisitCx,
+    hook: &Arc<dyn RunHook>,
+) -> Result<Action, Error> {
+    let node_cx = VisitCx { hook: None, ..cx.clone() };
+    let (mut curr, mut steps) = match hook.resume_at(start.as_ref())? {
+        Some((node, steps)) => (Some(node), steps),
+        None => (start, 0),
+    };
+    let mut last = Action::none();
+    while let Some(node) = curr {
+        steps += 1;
+        if let Some(limit) = max_steps {
+            if steps > limit {
+                return Err(Error::MaxSteps { flow: flow_name.to_owned(), limit });
+            }
+        }
+        match visit(&node, &node_cx).await {
+            Ok(action) => {
+                let next = follow(&node, &action, cx);
+                let v = Visited {
+                    node: &node,
+                    action: Some(&action),
+                    next: next.as_ref(),
+                    waiting_for: None,
+                    steps,
+                    shared: &cx.shared,
+                };
+                hook.visited(v).await?;
+                last = action;
+                curr = next;
+            }
+            Err(Error::Suspended { node: waiting, key }) => {
+                // The waiting node is visited again on resume, so its step is not counted.
+                let v = Visited {
+                    node: &node,
+                    action: None,
+                    next: Some(&node),
+                    waiting_for: Some(&key),
+                    steps: steps - 1,
+                    shared: &cx.shared,
+                };
+                hook.visited(v).await?;
+                return Err(Error::Suspended { node: waiting, key });
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(last)
 }

@@ -106,6 +106,8 @@ pub(crate) struct Target {
     pub mode: AtomicU8,
     pub resource: Resource,
     pub public_key: String,
+    /// The Langfuse environment put on every trace and observation.
+    pub environment: Option<String>,
 }
 
 impl Target {
@@ -148,6 +150,7 @@ impl Target {
             mode: AtomicU8::new(MODE_OTLP),
             resource: otlp::resource(service),
             public_key: String::new(),
+            environment: None,
         }
     }
 }
@@ -197,13 +200,13 @@ impl Batch {
     }
 }
 
-fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8, meta: Meta) {
+fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8, environment: Option<&str>, meta: Meta) {
     let idx = batch.traces.len();
     let total = spans_of(&t);
     let before = batch.units.len();
     if mode == MODE_LEGACY {
         let mut events = Vec::new();
-        legacy::encode_trace_bytes(&t, &mut events);
+        legacy::encode_trace_bytes_in(&t, environment, &mut events);
         for (id, json) in events {
             batch.units.push(Unit {
                 trace: idx,
@@ -214,7 +217,7 @@ fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8, meta: Meta) {
         }
     } else {
         let mut spans = Vec::new();
-        otlp::encode_trace(&t, &mut spans);
+        otlp::encode_trace_in(&t, environment, &mut spans);
         for s in spans {
             let size = s.encoded_len() + 4;
             batch.units.push(Unit { trace: idx, weight: 1, size, payload: Payload::Otlp(s) });
@@ -681,7 +684,13 @@ impl Worker {
             mem.seqs.insert(s);
         }
         mem.traces += 1;
-        encode_into(batch, t, self.mode(), Meta { seq, from_log: false, epoch: self.epoch.get() });
+        encode_into(
+            batch,
+            t,
+            self.mode(),
+            self.target.environment.as_deref(),
+            Meta { seq, from_log: false, epoch: self.epoch.get() },
+        );
         if batch.weight as usize >= self.opts.max_batch_spans || batch.bytes >= self.opts.max_request_bytes {
             ready.push_back(std::mem::replace(batch, Batch::new()));
         }
@@ -705,7 +714,7 @@ impl Worker {
             mem.seqs.insert(r.seq);
             mem.traces += 1;
             let meta = Meta { seq: Some(r.seq), from_log: true, epoch: self.epoch.get() };
-            encode_into(batch, Arc::new(r.trace), self.mode(), meta);
+            encode_into(batch, Arc::new(r.trace), self.mode(), self.target.environment.as_deref(), meta);
             if batch.weight as usize >= self.opts.max_batch_spans || batch.bytes >= self.opts.max_request_bytes {
                 ready.push_back(std::mem::replace(batch, Batch::new()));
             }
@@ -888,7 +897,13 @@ impl Worker {
                     idx.dedup();
                     let mut b = Batch::new();
                     for i in idx {
-                        encode_into(&mut b, Arc::clone(&batch.traces[i]), MODE_LEGACY, batch.meta[i]);
+                        encode_into(
+                            &mut b,
+                            Arc::clone(&batch.traces[i]),
+                            MODE_LEGACY,
+                            self.target.environment.as_deref(),
+                            batch.meta[i],
+                        );
                     }
                     units = b
                         .units

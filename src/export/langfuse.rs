@@ -84,9 +84,75 @@ pub struct LangfuseExporterBuilder {
     options: DeliveryOptions,
     spool: Option<Option<PathBuf>>,
     privacy: Privacy,
+    environment: Option<String>,
+    service: Option<String>,
+    resource: Vec<(String, String)>,
+}
+
+/// The environment to send: the one given, else `deployment.environment.name` (or the older
+/// `deployment.environment`) among the resource attributes; checked like Langfuse's SDKs do.
+fn resolve_environment(
+    explicit: Option<String>,
+    resource: &[(String, String)],
+) -> Result<Option<String>, ExporterError> {
+    let from_resource = || {
+        ["deployment.environment.name", "deployment.environment"]
+            .iter()
+            .find_map(|k| resource.iter().rev().find(|(rk, _)| rk == k).map(|(_, v)| v.clone()))
+    };
+    match explicit.or_else(from_resource) {
+        None => Ok(None),
+        Some(e) => super::observation::check_environment(&e)
+            .map(Some)
+            .map_err(|why| ExporterError(format!("LANGFUSE_TRACING_ENVIRONMENT={why}"))),
+    }
+}
+
+/// Reads `OTEL_RESOURCE_ATTRIBUTES` (`k1=v1,k2=v2`, percent-decoded).
+fn resource_from(get: &impl Fn(&str) -> Option<String>) -> Result<Vec<(String, String)>, ExporterError> {
+    match get("OTEL_RESOURCE_ATTRIBUTES") {
+        None => Ok(Vec::new()),
+        Some(spec) => parse_headers(&spec)
+            .map_err(|e| ExporterError(e.0.replace("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_RESOURCE_ATTRIBUTES"))),
+    }
+}
+
+/// The resource of a request: `service.name`, the SDK, the given attributes, and the
+/// environment as `deployment.environment.name` when it is known.
+fn build_resource(
+    service: &str,
+    attrs: &[(String, String)],
+    environment: Option<&str>,
+) -> opentelemetry_proto::tonic::resource::v1::Resource {
+    let mut r = otlp::resource(service);
+    otlp::add_resource_attributes(&mut r, attrs);
+    if let Some(e) = environment {
+        if !attrs.iter().any(|(k, _)| k.starts_with("deployment.environment")) {
+            otlp::add_resource_attributes(&mut r, &[("deployment.environment.name".to_owned(), e.to_owned())]);
+        }
+    }
+    r
 }
 
 impl LangfuseExporterBuilder {
+    /// The Langfuse environment of every trace and observation (`production`, `staging`, …;
+    /// as `LANGFUSE_TRACING_ENVIRONMENT`). Without it, `deployment.environment.name` from the
+    /// resource attributes is used; without either, Langfuse shows `default`.
+    pub fn environment(mut self, env: impl Into<String>) -> Self {
+        self.environment = Some(env.into());
+        self
+    }
+    /// Adds a resource attribute (as `OTEL_RESOURCE_ATTRIBUTES`); Langfuse shows resource
+    /// attributes in the trace's metadata.
+    pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.resource.push((key.into(), value.into()));
+        self
+    }
+    /// `service.name` of the resource (default `flowtrace`, or `OTEL_SERVICE_NAME`).
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service = Some(name.into());
+        self
+    }
     /// The Langfuse base URL (`https://cloud.langfuse.com`, `http://localhost:3000`).
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
@@ -150,13 +216,16 @@ impl LangfuseExporterBuilder {
             Ingestion::Otel => (Some(otlp_ep), None, 0),
             Ingestion::Legacy => (None, Some(legacy_ep), 1),
         };
+        let environment = resolve_environment(self.environment, &self.resource)?;
+        let service = self.service.as_deref().unwrap_or("flowtrace");
         let target = Target {
             otlp,
             legacy,
             auto: self.ingestion == Ingestion::Auto,
             mode: AtomicU8::new(mode),
-            resource: otlp::resource("flowtrace"),
+            resource: build_resource(service, &self.resource, environment.as_deref()),
             public_key: pk,
+            environment,
         };
         let mut options = self.options;
         match self.spool {
@@ -169,6 +238,20 @@ impl LangfuseExporterBuilder {
     }
 }
 
+impl LangfuseExporterBuilder {
+    /// `LANGFUSE_TRACING_ENVIRONMENT`, `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME`.
+    fn deployment_from(mut self, get: &impl Fn(&str) -> Option<String>) -> Result<Self, ExporterError> {
+        self.resource.extend(resource_from(get)?);
+        if let Some(e) = get("LANGFUSE_TRACING_ENVIRONMENT") {
+            self.environment = Some(e);
+        }
+        if let Some(s) = get("OTEL_SERVICE_NAME") {
+            self.service = Some(s);
+        }
+        Ok(self)
+    }
+}
+
 impl LangfuseExporter {
     /// A builder with the defaults (auto ingestion, 512 spans / 1 s batches, spool in
     /// `.flowtrace/spool/langfuse`).
@@ -177,7 +260,8 @@ impl LangfuseExporter {
     }
 
     /// From `LANGFUSE_HOST`, `LANGFUSE_PUBLIC_KEY`, `LANGFUSE_SECRET_KEY`,
-    /// `LANGFUSE_INGESTION` and `FLOWTRACE_SPOOL_DIR` in the process environment.
+    /// `LANGFUSE_INGESTION`, `LANGFUSE_TRACING_ENVIRONMENT`, `OTEL_RESOURCE_ATTRIBUTES`,
+    /// `OTEL_SERVICE_NAME` and `FLOWTRACE_SPOOL_DIR` in the process environment.
     pub fn from_env() -> Result<LangfuseExporter, ExporterError> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Self::from_lookup(get)
@@ -188,7 +272,7 @@ impl LangfuseExporter {
         let pk = get("LANGFUSE_PUBLIC_KEY").ok_or_else(|| ExporterError("LANGFUSE_PUBLIC_KEY is not set".into()))?;
         let sk = get("LANGFUSE_SECRET_KEY").ok_or_else(|| ExporterError("LANGFUSE_SECRET_KEY is not set".into()))?;
         let ingestion = Ingestion::parse(&get("LANGFUSE_INGESTION").unwrap_or_default())?;
-        let mut b = Self::builder().host(host).keys(pk, sk).ingestion(ingestion);
+        let mut b = Self::builder().host(host).keys(pk, sk).ingestion(ingestion).deployment_from(&get)?;
         if let Some(dir) = get("FLOWTRACE_SPOOL_DIR") {
             b = b.spool_dir(PathBuf::from(dir).join("langfuse"));
         }
@@ -204,7 +288,12 @@ impl LangfuseExporter {
             return Err(ExporterError("LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY are not set".into()));
         };
         let ingestion = Ingestion::parse(cfg.var("LANGFUSE_INGESTION").unwrap_or(""))?;
-        let mut b = Self::builder().host(host).keys(pk, sk).ingestion(ingestion).privacy(Privacy::from_config(cfg));
+        let mut b = Self::builder()
+            .host(host)
+            .keys(pk, sk)
+            .ingestion(ingestion)
+            .privacy(Privacy::from_config(cfg))
+            .deployment_from(&|k: &str| cfg.var(k).map(str::to_owned))?;
         if let Some(dir) = cfg.var("FLOWTRACE_SPOOL_DIR") {
             b = b.spool_dir(PathBuf::from(dir).join("langfuse"));
         }
@@ -253,9 +342,17 @@ pub struct OtlpExporterBuilder {
     options: DeliveryOptions,
     spool: Option<Option<PathBuf>>,
     privacy: Privacy,
+    environment: Option<String>,
 }
 
 impl OtlpExporterBuilder {
+    /// The environment (as `LANGFUSE_TRACING_ENVIRONMENT`): sent as `langfuse.environment`
+    /// on every span and as the resource's `deployment.environment.name`. Without it,
+    /// `deployment.environment.name` from the resource attributes is used.
+    pub fn environment(mut self, env: impl Into<String>) -> Self {
+        self.environment = Some(env.into());
+        self
+    }
     /// Adds a resource attribute (as `OTEL_RESOURCE_ATTRIBUTES`), e.g.
     /// `openinference.project.name` to pick a Phoenix project.
     pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
@@ -321,8 +418,10 @@ impl OtlpExporterBuilder {
             )));
         }
         let service = self.service.unwrap_or_else(|| "flowtrace".into());
+        let environment = resolve_environment(self.environment, &self.resource)?;
         let mut target = Target::otlp(Endpoint { url, headers: self.headers, basic: None }, &service);
-        otlp::add_resource_attributes(&mut target.resource, &self.resource);
+        target.resource = build_resource(&service, &self.resource, environment.as_deref());
+        target.environment = environment;
         let mut options = self.options;
         match self.spool {
             Some(s) => options.spool_dir = s,
@@ -372,7 +471,7 @@ impl OtlpExporter {
 
     /// From `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`,
     /// `OTEL_EXPORTER_OTLP_HEADERS` (and `_TRACES_HEADERS`), `OTEL_SERVICE_NAME`,
-    /// `OTEL_RESOURCE_ATTRIBUTES` and
+    /// `OTEL_RESOURCE_ATTRIBUTES`, `LANGFUSE_TRACING_ENVIRONMENT` and
     /// `FLOWTRACE_SPOOL_DIR`; `Ok(None)` when no endpoint is set.
     pub fn from_env() -> Result<Option<OtlpExporter>, ExporterError> {
         Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
@@ -413,12 +512,11 @@ impl OtlpExporter {
         if let Some(s) = get("OTEL_SERVICE_NAME") {
             b = b.service_name(s);
         }
-        if let Some(spec) = get("OTEL_RESOURCE_ATTRIBUTES") {
-            let attrs = parse_headers(&spec)
-                .map_err(|e| ExporterError(e.0.replace("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_RESOURCE_ATTRIBUTES")))?;
-            for (k, v) in attrs {
-                b = b.resource_attribute(k, v);
-            }
+        for (k, v) in resource_from(&get)? {
+            b = b.resource_attribute(k, v);
+        }
+        if let Some(e) = get("LANGFUSE_TRACING_ENVIRONMENT") {
+            b = b.environment(e);
         }
         if let Some(dir) = get("FLOWTRACE_SPOOL_DIR") {
             b = b.spool_dir(PathBuf::from(dir).join("otlp"));

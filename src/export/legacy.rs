@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{json, Map, Value};
 
-use crate::trace::{format_timestamp, SpanRecord, TraceRecord};
+use super::observation::{self, Levels};
+use crate::trace::{format_timestamp, SpanKind, SpanRecord, TraceRecord};
 
 /// A fresh envelope id (UUID-shaped, unique within and across processes in practice).
 pub fn envelope_id() -> String {
@@ -22,14 +23,6 @@ pub fn envelope_id() -> String {
     // Mark as a version-4 UUID so strict validators accept it.
     let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
     crate::trace::TraceId(v).to_uuid()
-}
-
-fn level(s: &SpanRecord) -> &'static str {
-    if s.status.is_error() {
-        "ERROR"
-    } else {
-        "DEFAULT"
-    }
 }
 
 /// The observation id Langfuse gets for one of our spans: its 16 hex digits.
@@ -57,20 +50,9 @@ struct TraceBody<'a> {
     release: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<&'a str>,
     metadata: Map<String, Value>,
-}
-
-#[derive(serde::Serialize)]
-struct SpanMetadata<'a> {
-    #[serde(flatten)]
-    attributes: &'a Map<String, Value>,
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_kind: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error_chain: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    location: Option<&'a str>,
 }
 
 #[derive(serde::Serialize)]
@@ -80,7 +62,8 @@ struct SpanBody<'a> {
     trace_id: &'a str,
     name: &'a str,
     start_time: String,
-    end_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_time: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     parent_observation_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,42 +73,76 @@ struct SpanBody<'a> {
     level: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     status_message: Option<&'a str>,
-    metadata: SpanMetadata<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    environment: Option<&'a str>,
+    metadata: Map<String, Value>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    generation: Option<GenerationFields<'a>>,
 }
 
-fn kind_name(k: crate::trace::SpanKind) -> &'static str {
-    use crate::trace::SpanKind::*;
-    match k {
-        Flow => "flow",
-        BatchRun => "batch_run",
-        Node => "node",
-        Prep => "prep",
-        Exec => "exec",
-        Item => "item",
-        Attempt => "attempt",
-        Wait => "wait",
-        Fallback => "fallback",
-        Post => "post",
+/// The fields `generation-create` adds to a span's.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationFields<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    model_parameters: &'a Map<String, Value>,
+    /// v2's form (`input`, `output`, `total`, `unit`, `*Cost`); v2 ignores `usageDetails`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    usage_details: &'a std::collections::BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    cost_details: &'a std::collections::BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completion_start_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt_version: Option<u32>,
+}
+
+/// Usage in the form v2 servers read: tokens, and the cost when given.
+fn v2_usage(g: &crate::trace::GenerationRecord) -> Option<Map<String, Value>> {
+    if g.usage.is_empty() && g.cost.is_empty() {
+        return None;
     }
+    let mut m = Map::new();
+    for (k, v2) in [("input", "input"), ("output", "output"), ("total", "total")] {
+        if let Some(n) = g.usage.get(k) {
+            m.insert(v2.into(), (*n).into());
+        }
+    }
+    if !g.usage.is_empty() {
+        m.insert("unit".into(), "TOKENS".into());
+    }
+    for (k, v2) in [("input", "inputCost"), ("output", "outputCost"), ("total", "totalCost")] {
+        if let Some(c) = g.cost.get(k) {
+            m.insert(v2.into(), (*c).into());
+        }
+    }
+    Some(m)
 }
 
 /// The events for one trace, serialised, each with its envelope id, appended to `out`;
 /// returns how many were added.
 pub fn encode_trace_bytes(t: &TraceRecord, out: &mut Vec<(String, Vec<u8>)>) -> usize {
+    encode_trace_bytes_in(t, None, out)
+}
+
+/// Like [`encode_trace_bytes`], with the Langfuse environment on the trace and on every
+/// observation.
+pub fn encode_trace_bytes_in(t: &TraceRecord, environment: Option<&str>, out: &mut Vec<(String, Vec<u8>)>) -> usize {
     let before = out.len();
+    let folded = observation::fold_generation_nodes(t);
+    let t = folded.as_ref().unwrap_or(t);
     let trace_id = t.trace_id.to_uuid();
-    let mut metadata = t.metadata.clone();
-    metadata.insert("framework".into(), "flowtrace".into());
-    if let Some(a) = &t.action {
-        metadata.insert("action".into(), a.clone().into());
-    }
-    if t.status.is_error() {
-        metadata.insert("status".into(), "error".into());
-        metadata.insert("error".into(), t.status.message().unwrap_or("").into());
-    }
-    if t.spans_dropped > 0 {
-        metadata.insert("spans_dropped".into(), t.spans_dropped.into());
-    }
+    let metadata = observation::trace_metadata(t);
+    let levels = Levels::new(t);
+    let root = t.root().map(|r| r.span_id);
     let mut push = |ty: &'static str, timestamp: String, body: &dyn erased::Ser| {
         let id = envelope_id();
         let mut buf = Vec::with_capacity(256);
@@ -151,36 +168,52 @@ pub fn encode_trace_bytes(t: &TraceRecord, out: &mut Vec<(String, Vec<u8>)>) -> 
         tags: &t.tags,
         release: t.release.as_deref(),
         version: t.version.as_deref(),
+        environment,
         metadata,
     };
     push("trace-create", format_timestamp(t.end_unix_nanos), &body);
     for s in &t.spans {
-        let (error_kind, error_chain, location) = match &s.status {
-            crate::trace::SpanStatus::Error { kind, chain, location, .. } => {
-                (Some(kind.as_str()), Some(chain.as_slice()).filter(|c| !c.is_empty()), location.as_deref())
-            }
-            _ => (None, None, None),
-        };
+        let level = levels.of(s);
+        // The root observation shows the run's input and output (the store at start and end),
+        // like the trace itself, so both protocols display the same root.
+        let is_root = Some(s.span_id) == root;
+        let (input, output) =
+            if is_root { (Some(&t.input), Some(&t.output)) } else { (s.input.as_ref(), s.output.as_ref()) };
         let body = SpanBody {
             id: observation_id(s),
             trace_id: &trace_id,
             name: &s.name,
             start_time: format_timestamp(s.start_unix_nanos),
-            end_time: format_timestamp(s.end_unix_nanos),
+            end_time: (s.kind != SpanKind::Event).then(|| format_timestamp(s.end_unix_nanos)),
             parent_observation_id: s.parent_id.map(|p| p.to_string()),
-            input: s.input.as_ref().filter(|v| !v.is_null()),
-            output: s.output.as_ref().filter(|v| !v.is_null()),
-            level: level(s),
-            status_message: s.status.message(),
-            metadata: SpanMetadata {
-                attributes: &s.attributes,
-                kind: kind_name(s.kind),
-                error_kind,
-                error_chain,
-                location,
-            },
+            input: input.filter(|v| !v.is_null()),
+            output: output.filter(|v| !v.is_null()),
+            level: level.as_str(),
+            status_message: if is_root && t.status.is_error() { t.status.message() } else { s.status.message() }
+                .or_else(|| (s.kind == SpanKind::Event).then_some(&*s.name)),
+            version: t.version.as_deref(),
+            environment,
+            metadata: observation::metadata(s),
+            generation: s.generation.as_deref().map(|g| GenerationFields {
+                model: g.model.as_deref(),
+                model_parameters: &g.model_parameters,
+                usage: v2_usage(g),
+                usage_details: &g.usage,
+                cost_details: &g.cost,
+                completion_start_time: g.completion_start_unix_nanos.map(format_timestamp),
+                // Langfuse takes both or neither.
+                prompt_name: g.prompt_version.and(g.prompt_name.as_deref()),
+                prompt_version: g.prompt_name.as_ref().and(g.prompt_version),
+            }),
         };
-        push("span-create", format_timestamp(s.end_unix_nanos), &body);
+        // Observation types beyond these (agent, tool, …) are refused by v2 servers: they
+        // travel as `metadata.observation_type` on a span.
+        let ty = match s.kind {
+            SpanKind::Event => "event-create",
+            _ if s.generation.is_some() => "generation-create",
+            _ => "span-create",
+        };
+        push(ty, format_timestamp(s.end_unix_nanos), &body);
     }
     out.len() - before
 }

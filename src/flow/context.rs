@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::generation::{Generation, GenerationSink};
 use super::store::SharedStore;
 
 /// A run's params: a string-keyed JSON map, as PocketFlow's `params` dict.
@@ -38,19 +39,50 @@ impl<'a> Context<'a> {
     pub fn node_name(&self) -> &'a str {
         self.node
     }
+
+    /// Outside input (a person's approval, an edit) under store key `key`: the value once it
+    /// has been given, else [`crate::Error::Suspended`], which suspends the run here. Return
+    /// it with `?` from `prep`.
+    ///
+    /// A durable run (`flowtrace::durable`) is checkpointed when it suspends and holds no
+    /// worker while it waits; `resume(run_id, input)` writes the input to `key` and the run
+    /// visits this node again, from `prep`. A run that is not durable just ends with the error.
+    pub fn wait_for<T: DeserializeOwned + Clone + 'static>(&self, key: &str) -> Result<T, crate::Error> {
+        match self.shared.get::<T>(key) {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(crate::Error::Suspended { node: self.node.to_owned(), key: key.to_owned() }),
+            Err(e) => {
+                Err(crate::Error::Node { node: self.node.to_owned(), phase: crate::Phase::Prep, source: Box::new(e) })
+            }
+        }
+    }
 }
 
 /// What `exec` and `exec_fallback` receive: the run's params and the attempt in progress.
 ///
 /// State is per attempt and per item, never shared between parallel items (PocketFlow's
 /// `cur_retry` race in parallel batches does not exist here).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExecContext {
     pub(crate) params: Arc<Params>,
     pub(crate) attempt: u32,
     pub(crate) max_retries: u32,
     pub(crate) node: Arc<str>,
     pub(crate) item: Option<usize>,
+    /// Where generations go, and the attempt span they hang under; `None` when untraced.
+    pub(crate) generations: Option<(Arc<dyn GenerationSink>, u64)>,
+}
+
+impl std::fmt::Debug for ExecContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecContext")
+            .field("attempt", &self.attempt)
+            .field("max_retries", &self.max_retries)
+            .field("node", &self.node)
+            .field("item", &self.item)
+            .field("traced", &self.generations.is_some())
+            .finish()
+    }
 }
 
 impl ExecContext {
@@ -88,5 +120,19 @@ impl ExecContext {
     /// The index of the batch item being processed, for batch nodes.
     pub fn item_index(&self) -> Option<usize> {
         self.item
+    }
+
+    /// Records an LLM call as a generation under this attempt (ended now). Call it once per
+    /// call: several calls give several generations. Does nothing when the run is not traced,
+    /// so the workflow behaves the same either way.
+    pub fn generation(&self, g: Generation) {
+        if let Some((sink, parent)) = &self.generations {
+            sink.generation(*parent, g);
+        }
+    }
+
+    /// Whether generations recorded here go anywhere (the run is traced).
+    pub fn is_traced(&self) -> bool {
+        self.generations.is_some()
     }
 }

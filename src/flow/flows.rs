@@ -132,6 +132,12 @@ impl Flow {
         &self.node
     }
 
+    /// The start node, if set (durable runs index the graph from it).
+    #[cfg_attr(not(feature = "durable"), allow(dead_code))]
+    pub(crate) fn start_node(&self) -> Option<NodeRef> {
+        self.def().start.read().clone()
+    }
+
     /// The flow's name.
     pub fn name(&self) -> &str {
         self.node.name()

@@ -21,11 +21,20 @@ pub(crate) struct NodeConfig {
     pub(crate) timeout: Option<Duration>,
     pub(crate) blocking: bool,
     pub(crate) max_concurrency: Option<usize>,
+    /// How the node shows in Langfuse (`None`: a plain span).
+    pub(crate) observation: Option<super::generation::ObservationType>,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeConfig { max_retries: 1, wait: Duration::ZERO, timeout: None, blocking: false, max_concurrency: None }
+        NodeConfig {
+            max_retries: 1,
+            wait: Duration::ZERO,
+            timeout: None,
+            blocking: false,
+            max_concurrency: None,
+            observation: None,
+        }
     }
 }
 
@@ -59,6 +68,8 @@ pub(crate) struct NodeDef {
     pub(crate) successors: RwLock<Vec<(Arc<str>, Option<NodeRef>)>>,
     pub(crate) params: RwLock<Arc<Params>>,
     pub(crate) config: RwLock<NodeConfig>,
+    /// PocketFlow's wiring warnings (`Overwriting successor …`), shown on the node's spans.
+    pub(crate) wiring_warnings: RwLock<Vec<Arc<str>>>,
 }
 
 /// A handle to a node in a graph: cheap to clone, and every clone is the same node.
@@ -94,6 +105,7 @@ impl NodeRef {
             successors: RwLock::new(Vec::new()),
             params: RwLock::new(Arc::new(Params::new())),
             config: RwLock::new(NodeConfig::default()),
+            wiring_warnings: RwLock::new(Vec::new()),
         }))
     }
 
@@ -128,8 +140,14 @@ impl NodeRef {
     fn set_successor(&self, action: &str, target: Option<NodeRef>) {
         let mut succ = self.0.successors.write();
         if let Some(slot) = succ.iter_mut().find(|(a, _)| &**a == action) {
-            tracing::warn!(target: "flowtrace::flow", node = %self.0.name, "Overwriting successor for action '{action}'");
+            let warning = format!("Overwriting successor for action '{action}'");
+            tracing::warn!(target: "flowtrace::flow", node = %self.0.name, "{warning}");
             slot.1 = target;
+            // Kept (a few) so that every traced visit of the node shows it as a warning event.
+            let mut kept = self.0.wiring_warnings.write();
+            if kept.len() < 8 {
+                kept.push(warning.into());
+            }
         } else {
             succ.push((Arc::from(action), target));
         }
@@ -186,6 +204,13 @@ impl NodeRef {
         self
     }
 
+    /// How the node shows in Langfuse: an agent, a tool, a retriever, … or a generation
+    /// (`langfuse.observation.type`; on the legacy API, `metadata.observation_type`).
+    pub fn observation_type(self, t: super::generation::ObservationType) -> Self {
+        self.0.config.write().observation = Some(t);
+        self
+    }
+
     /// For parallel batches: at most `n` items at once (default: all, as PocketFlow).
     pub fn max_concurrency(self, n: usize) -> Self {
         self.0.config.write().max_concurrency = Some(n.max(1));
@@ -197,24 +222,21 @@ impl NodeRef {
     }
 
     /// Looks up the next node for `action`, warning as PocketFlow does when the flow ends
-    /// because the action is not wired (only when the node has some successor).
-    pub(crate) fn next_for(&self, action: &Action) -> Option<NodeRef> {
+    /// because the action is not wired (only when the node has some successor); the warning
+    /// is also handed back, for the trace.
+    pub(crate) fn next_for(&self, action: &Action) -> (Option<NodeRef>, Option<String>) {
         let succ = self.0.successors.read();
         if succ.is_empty() {
-            return None;
+            return (None, None);
         }
         let key = action.key();
         match succ.iter().find(|(a, _)| &**a == key) {
-            Some((_, Some(n))) => Some(n.clone()),
+            Some((_, Some(n))) => (Some(n.clone()), None),
             _ => {
                 let keys: Vec<String> = succ.iter().map(|(a, _)| format!("'{a}'")).collect();
-                tracing::warn!(
-                    target: "flowtrace::flow",
-                    node = %self.0.name,
-                    "Flow ends: '{action}' not found in [{}]",
-                    keys.join(", ")
-                );
-                None
+                let warning = format!("Flow ends: '{action}' not found in [{}]", keys.join(", "));
+                tracing::warn!(target: "flowtrace::flow", node = %self.0.name, "{warning}");
+                (None, Some(warning))
             }
         }
     }

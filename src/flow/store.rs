@@ -123,6 +123,35 @@ pub(crate) async fn record_writes<F: std::future::Future>(fut: F) -> (F::Output,
         .await
 }
 
+tokio::task_local! {
+    /// Entries read while a traced `prep` runs on this task: the key and the value as read
+    /// (a reference count, serialised later, off the run's path).
+    static READS: RefCell<Vec<(String, Arc<dyn StoreValue>)>>;
+}
+
+/// Runs `fut` recording the entries it reads from any store; returns them with its output.
+pub(crate) async fn record_reads<F: std::future::Future>(fut: F) -> (F::Output, StoreSnapshot) {
+    READS
+        .scope(RefCell::new(Vec::new()), async move {
+            let out = fut.await;
+            let entries = READS.with(|r| std::mem::take(&mut *r.borrow_mut()));
+            (out, StoreSnapshot { entries })
+        })
+        .await
+}
+
+/// At most this many entries are kept per phase: a summary, not a copy of the store.
+const MAX_RECORDED: usize = 64;
+
+fn note_read(key: &str, v: &Arc<dyn StoreValue>) {
+    let _ = READS.try_with(|r| {
+        let mut r = r.borrow_mut();
+        if r.len() < MAX_RECORDED && !r.iter().any(|(k, _)| k == key) {
+            r.push((key.to_owned(), Arc::clone(v)));
+        }
+    });
+}
+
 fn note_write(key: &str) {
     let _ = WRITES.try_with(|w| {
         let mut w = w.borrow_mut();
@@ -219,6 +248,7 @@ impl SharedStore {
         let Some(v) = self.map.get(key).map(|e| Arc::clone(e.value())) else {
             return Ok(None);
         };
+        note_read(key, &v);
         convert(key, &*v).map(Some)
     }
 
@@ -230,6 +260,7 @@ impl SharedStore {
     /// Reads `key` as JSON.
     pub fn get_json(&self, key: &str) -> Option<Value> {
         let v = self.map.get(key).map(|e| Arc::clone(e.value()))?;
+        note_read(key, &v);
         Some(v.to_json().unwrap_or_else(|e| unserialisable(&*v, &e)))
     }
 
@@ -247,6 +278,7 @@ impl SharedStore {
     {
         note_write(key);
         let mut entry = self.map.entry(key.to_owned()).or_insert_with(|| stored(init()));
+        note_read(key, entry.value());
         let mut value: T = convert(key, &**entry.value())?;
         let out = f(&mut value);
         *entry.value_mut() = stored(value);
@@ -258,6 +290,19 @@ impl SharedStore {
         let mut entries: Vec<(String, Arc<dyn StoreValue>)> =
             self.map.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
+        StoreSnapshot { entries }
+    }
+
+    /// The current values of `keys` (a removed key as `null`), without serialising them.
+    pub(crate) fn entries(&self, keys: &[String]) -> StoreSnapshot {
+        let entries = keys
+            .iter()
+            .take(MAX_RECORDED)
+            .map(|k| {
+                let v = self.map.get(k).map(|e| Arc::clone(e.value())).unwrap_or_else(|| Arc::new(Value::Null));
+                (k.clone(), v)
+            })
+            .collect();
         StoreSnapshot { entries }
     }
 

@@ -4,23 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// Why a configuration value was rejected: names the variable, shows the value, says why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{variable}={value:?}: {reason}")]
-pub struct ConfigError {
-    /// The variable (or setting) that was wrong.
-    pub variable: String,
-    /// The value given.
-    pub value: String,
-    /// What was expected.
-    pub reason: String,
-}
-
-impl ConfigError {
-    fn new(variable: &str, value: &str, reason: impl Into<String>) -> Self {
-        ConfigError { variable: variable.to_owned(), value: value.to_owned(), reason: reason.into() }
-    }
-}
+pub use crate::error::ConfigError;
 
 /// The default Langfuse host when keys are set without `LANGFUSE_HOST`.
 pub const DEFAULT_LANGFUSE_HOST: &str = "https://cloud.langfuse.com";
@@ -45,6 +29,11 @@ pub const DEFAULT_TRACE_FILE: &str = ".flowtrace/traces.jsonl";
 /// | `FLOWTRACE_SESSION_ID` / `FLOWTRACE_USER_ID` | `POCKETFLOW_SESSION_ID` / `POCKETFLOW_USER_ID` | unset |
 /// | `FLOWTRACE_REDACT_KEYS` (comma-separated key names, added to the defaults) | | unset |
 /// | `FLOWTRACE_REDACT_VALUES` (redact credential-shaped values whatever their key) | | `true` |
+///
+/// The exporters read theirs from the same variables ([`var`](Self::var)):
+/// `LANGFUSE_INGESTION`, `LANGFUSE_TRACING_ENVIRONMENT`, `FLOWTRACE_SPOOL_DIR`,
+/// `OTEL_EXPORTER_OTLP_*`, `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` (the README's
+/// table lists them all).
 ///
 /// Booleans accept `true/false`, `1/0`, `yes/no`, `on/off` (any case); anything else is an
 /// error naming the variable, as is a rate outside 0..=1 or a size that is not a number.
@@ -160,7 +149,7 @@ impl TracingConfig {
     pub fn from_env_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         dotenvy::from_path(path)
-            .map_err(|e| ConfigError::new("env file", &path.display().to_string(), e.to_string()))?;
+            .map_err(|e| ConfigError::new("env file", path.display().to_string(), e.to_string()))?;
         Self::from_vars(std::env::vars())
     }
 
@@ -289,7 +278,7 @@ impl TracingConfig {
     /// Traces this fraction of runs (0..=1), chosen by trace id.
     pub fn with_sample_rate(mut self, rate: f64) -> Result<Self, ConfigError> {
         if !(0.0..=1.0).contains(&rate) {
-            return Err(ConfigError::new("sample_rate", &rate.to_string(), "expected a number from 0 to 1"));
+            return Err(ConfigError::new("sample_rate", rate.to_string(), "expected a number from 0 to 1"));
         }
         self.sample_rate = rate;
         Ok(self)

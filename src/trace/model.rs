@@ -95,6 +95,13 @@ pub enum SpanKind {
     Fallback,
     /// A node's `post`.
     Post,
+    /// An LLM call recorded from `exec` ([`ExecContext::generation`](crate::ExecContext::generation)):
+    /// its fields are in [`SpanRecord::generation`].
+    Generation,
+    /// A point in time: a warning such as PocketFlow's `Flow ends: …` (start = end).
+    Event,
+    /// A durable run continuing from its checkpoint on a worker (the worker is in its input).
+    Resume,
 }
 
 /// How a span (or trace) ended.
@@ -175,6 +182,70 @@ pub struct SpanRecord {
     /// Extra facts: `node_type`, `attempt`, `item_index`, `changed_keys`, `wait_ms`, …
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub attributes: serde_json::Map<String, Value>,
+    /// The LLM call of a [`SpanKind::Generation`] span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<Box<GenerationRecord>>,
+}
+
+/// What an LLM call recorded as a generation: model, parameters, token usage, cost, prompt.
+/// Its input (the messages) and output are the span's own.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct GenerationRecord {
+    /// The model, as the provider names it (`gpt-4o-mini`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Temperature, max tokens, … as given to the model.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub model_parameters: serde_json::Map<String, Value>,
+    /// Token counts by kind: `input`, `output`, `total`, and any other (`input_cached_tokens`,
+    /// `output_reasoning_tokens`, …).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub usage: std::collections::BTreeMap<String, u64>,
+    /// Cost in USD by kind (`input`, `output`, `total`); without it Langfuse computes the cost
+    /// from the model and the usage.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub cost: std::collections::BTreeMap<String, f64>,
+    /// When the first token arrived, in nanoseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_start_unix_nanos: Option<u64>,
+    /// The prompt's name in Langfuse prompt management.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_name: Option<String>,
+    /// The prompt's version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_version: Option<u32>,
+}
+
+impl GenerationRecord {
+    /// The total tokens: `total` when given, else the sum of `input` and `output`.
+    pub fn total_tokens(&self) -> u64 {
+        match self.usage.get("total") {
+            Some(t) => *t,
+            None => self.usage.get("input").copied().unwrap_or(0) + self.usage.get("output").copied().unwrap_or(0),
+        }
+    }
+    /// The total cost in USD, when any was given: `total`, else the sum of the others.
+    pub fn total_cost(&self) -> Option<f64> {
+        if self.cost.is_empty() {
+            return None;
+        }
+        Some(self.cost.get("total").copied().unwrap_or_else(|| self.cost.values().sum()))
+    }
+}
+
+/// Tokens and cost summed over a trace's generations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct UsageTotals {
+    /// How many generations.
+    pub generations: usize,
+    /// Token counts by kind, summed.
+    pub tokens: std::collections::BTreeMap<String, u64>,
+    /// Total tokens, summed.
+    pub total_tokens: u64,
+    /// Cost in USD, summed over the generations that gave one.
+    pub cost: Option<f64>,
 }
 
 impl<'de> Deserialize<'de> for SpanRecord {
@@ -207,6 +278,7 @@ impl<'de> serde::de::Visitor<'de> for SpanVisitor {
         let mut reason: Option<String> = None;
         let (mut input, mut output) = (None, None);
         let mut attributes = serde_json::Map::new();
+        let mut generation = None;
         while let Some(key) = m.next_key::<std::borrow::Cow<'de, str>>()? {
             match &*key {
                 "span_id" => span_id = Some(m.next_value()?),
@@ -234,6 +306,7 @@ impl<'de> serde::de::Visitor<'de> for SpanVisitor {
                 "input" => input = Some(m.next_value::<Value>()?),
                 "output" => output = Some(m.next_value::<Value>()?),
                 "attributes" => attributes = m.next_value::<Option<_>>()?.unwrap_or_default(),
+                "generation" => generation = m.next_value()?,
                 _ => {
                     m.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -261,6 +334,7 @@ impl<'de> serde::de::Visitor<'de> for SpanVisitor {
             input,
             output,
             attributes,
+            generation,
         })
     }
 }
@@ -339,6 +413,22 @@ impl TraceRecord {
     /// The first span with this name.
     pub fn span(&self, name: &str) -> Option<&SpanRecord> {
         self.spans.iter().find(|s| &*s.name == name)
+    }
+
+    /// Tokens and cost summed over the trace's generations.
+    pub fn usage_totals(&self) -> UsageTotals {
+        let mut t = UsageTotals::default();
+        for g in self.spans.iter().filter_map(|s| s.generation.as_deref()) {
+            t.generations += 1;
+            for (k, v) in &g.usage {
+                *t.tokens.entry(k.clone()).or_default() += v;
+            }
+            t.total_tokens += g.total_tokens();
+            if let Some(c) = g.total_cost() {
+                *t.cost.get_or_insert(0.0) += c;
+            }
+        }
+        t
     }
 }
 

@@ -20,6 +20,7 @@ use serde_json::Value;
 use super::model::{depth_marker, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId, MAX_DEPTH};
 use super::TraceSink;
 use crate::error::Error;
+use crate::flow::StoreSnapshot;
 
 /// Which parts of a run are recorded (the `FLOWTRACE_TRACE_*` switches).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -528,6 +529,20 @@ pub(crate) struct RawSpan {
     output: Option<Value>,
     attrs: [(&'static str, AttrVal); MAX_ATTRS],
     extra: Vec<(&'static str, AttrVal)>,
+    /// The LLM call of a generation span (its clock readings are converted with the rest).
+    generation: Option<Box<crate::flow::Generation>>,
+    /// Store entries behind the input/output, serialised on the tracer's thread.
+    lazy: Option<Box<LazyIo>>,
+}
+
+/// A phase's input and output as store entries, held by reference count while the run goes
+/// on and serialised only when the span becomes a record.
+#[derive(Debug, Default)]
+pub(crate) struct LazyIo {
+    /// The entries read (the input).
+    reads: Option<Arc<StoreSnapshot>>,
+    /// The action and the entries changed, with their new values (the output).
+    changes: Option<(Value, Arc<StoreSnapshot>)>,
 }
 
 impl RawSpan {
@@ -541,7 +556,28 @@ impl RawSpan {
                 attributes.insert(k.to_owned(), v);
             }
         }
+        let generation = self.generation.take().map(|g| {
+            Box::new(super::model::GenerationRecord {
+                model: g.model,
+                model_parameters: g.model_parameters,
+                usage: g.usage,
+                cost: g.cost,
+                completion_start_unix_nanos: g.completion_start.map(|at| clock.unix_nanos(at)),
+                prompt_name: g.prompt.as_ref().map(|p| p.0.clone()),
+                prompt_version: g.prompt.map(|p| p.1),
+            })
+        });
+        let (mut input, mut output) = (self.input.take(), self.output.take());
+        if let Some(lazy) = self.lazy.take() {
+            if let Some(r) = lazy.reads {
+                input = Some(r.to_json());
+            }
+            if let Some((action, changed)) = lazy.changes {
+                output = Some(serde_json::json!({ "action": action, "changed": changed.to_json() }));
+            }
+        }
         SpanRecord {
+            generation,
             span_id: self.span_id,
             parent_id: self.parent_id,
             kind: self.kind,
@@ -549,8 +585,8 @@ impl RawSpan {
             start_unix_nanos: clock.unix_nanos(self.start),
             end_unix_nanos: clock.unix_nanos(self.end),
             status: self.status.take().map(|s| *s).unwrap_or_default(),
-            input: self.input.take(),
-            output: self.output.take(),
+            input,
+            output,
             attributes,
         }
     }
@@ -569,6 +605,54 @@ impl Clock {
             Some(d) => self.base_unix_nanos + d.as_nanos() as u64,
             None => self.base_unix_nanos.saturating_sub(self.base.duration_since(at).as_nanos() as u64),
         }
+    }
+}
+
+impl RunTrace {
+    fn push(&self, rec: Box<RawSpan>) {
+        let chunk = {
+            let mut buf = self.buf.lock();
+            buf.push(rec);
+            if buf.len() >= CHUNK {
+                Some(std::mem::replace(&mut *buf, pooled_buffer()))
+            } else {
+                None
+            }
+        };
+        if let Some(chunk) = chunk {
+            let shed = self.sink.spans(self.trace_id, self.clock, chunk);
+            self.shed.fetch_add(shed, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A generation recorded from `exec`: one span, started when the call started, ended now.
+impl crate::flow::generation::GenerationSink for RunTrace {
+    fn generation(&self, parent: u64, mut g: crate::flow::Generation) {
+        let status = g.error.take().map(|message| {
+            Box::new(SpanStatus::Error { kind: "llm_error".into(), message, chain: Vec::new(), location: None })
+        });
+        let input = if self.switches.inputs { g.input.take() } else { None };
+        let output = if self.switches.outputs { g.output.take() } else { None };
+        let (input, output) = (input, output);
+        g.input = None;
+        g.output = None;
+        let rec = Box::new(RawSpan {
+            span_id: new_span_id(),
+            parent_id: Some(SpanId(parent)),
+            kind: SpanKind::Generation,
+            name: Some(Arc::clone(&g.name)),
+            start: g.started,
+            end: Instant::now(),
+            status,
+            input,
+            output,
+            attrs: EMPTY_ATTRS,
+            extra: Vec::new(),
+            generation: Some(Box::new(g)),
+            lazy: None,
+        });
+        self.push(rec);
     }
 }
 
@@ -646,6 +730,8 @@ impl Recorder {
             output: None,
             attrs: EMPTY_ATTRS,
             extra: Vec::new(),
+            generation: None,
+            lazy: None,
         };
         let record = match self.spare_box() {
             Some(mut b) => {
@@ -676,19 +762,15 @@ impl Recorder {
     }
 
     fn push(&self, rec: Box<RawSpan>) {
-        let chunk = {
-            let mut buf = self.0.buf.lock();
-            buf.push(rec);
-            if buf.len() >= CHUNK {
-                Some(std::mem::replace(&mut *buf, pooled_buffer()))
-            } else {
-                None
-            }
-        };
-        if let Some(chunk) = chunk {
-            let shed = self.0.sink.spans(self.0.trace_id, self.0.clock, chunk);
-            self.0.shed.fetch_add(shed, Ordering::Relaxed);
-        }
+        self.0.push(rec)
+    }
+
+    /// Records a point-in-time event (a PocketFlow warning) under `parent`, at `level`.
+    pub(crate) fn event(&self, parent: Option<SpanId>, message: impl Into<Arc<str>>, level: &'static str) {
+        let now = Instant::now();
+        let mut s = self.start_at(parent, SpanKind::Event, message, now);
+        s.attr("level", level);
+        s.end_at(now);
     }
 
     /// Takes what is buffered (the run's end sends it with the trace's own record).
@@ -699,6 +781,11 @@ impl Recorder {
     /// How many of this run's spans were shed so far.
     pub(crate) fn shed(&self) -> u64 {
         self.0.shed.load(Ordering::Relaxed)
+    }
+
+    /// Where an attempt's generations go: this run, under `parent` (one reference count).
+    pub(crate) fn generations(&self, parent: SpanId) -> (Arc<dyn crate::flow::generation::GenerationSink>, u64) {
+        (Arc::clone(&self.0) as Arc<dyn crate::flow::generation::GenerationSink>, parent.0)
     }
 
     pub(crate) fn sink(&self) -> &TraceSink {
@@ -746,6 +833,24 @@ impl OpenSpan {
         if self.rec.0.switches.outputs {
             if let Some(r) = self.record.as_mut() {
                 r.output = Some(v());
+            }
+        }
+    }
+
+    /// The input: the store entries the phase read (serialised later, off the run's path).
+    pub(crate) fn input_reads(&mut self, reads: &Arc<StoreSnapshot>) {
+        if self.rec.0.switches.inputs {
+            if let Some(r) = self.record.as_mut() {
+                r.lazy.get_or_insert_with(Default::default).reads = Some(Arc::clone(reads));
+            }
+        }
+    }
+
+    /// The output: the action and the entries changed, with their new values.
+    pub(crate) fn output_changes(&mut self, action: impl FnOnce() -> Value, changed: &Arc<StoreSnapshot>) {
+        if self.rec.0.switches.outputs {
+            if let Some(r) = self.record.as_mut() {
+                r.lazy.get_or_insert_with(Default::default).changes = Some((action(), Arc::clone(changed)));
             }
         }
     }

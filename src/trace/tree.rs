@@ -25,6 +25,46 @@ fn status_note(s: &SpanStatus) -> String {
     }
 }
 
+/// `  3 generations, 1234 tokens, $0.0012` (nothing when the trace has no generation).
+fn usage_note(t: &TraceRecord) -> String {
+    let u = t.usage_totals();
+    if u.generations == 0 {
+        return String::new();
+    }
+    let mut s = format!(
+        "  {} generation{}, {} tokens",
+        u.generations,
+        if u.generations == 1 { "" } else { "s" },
+        u.total_tokens
+    );
+    if let Some(c) = u.cost {
+        let _ = write!(s, ", ${c:.6}");
+    }
+    s
+}
+
+/// A generation's model, tokens and cost; an event's level.
+fn span_note(s: &SpanRecord) -> String {
+    if let Some(g) = &s.generation {
+        let mut n = format!("  [{}", g.model.as_deref().unwrap_or("generation"));
+        let (i, o) = (g.usage.get("input"), g.usage.get("output"));
+        if let (Some(i), Some(o)) = (i, o) {
+            let _ = write!(n, " {i}+{o} tokens");
+        } else if !g.usage.is_empty() {
+            let _ = write!(n, " {} tokens", g.total_tokens());
+        }
+        if let Some(c) = g.total_cost() {
+            let _ = write!(n, " ${c:.6}");
+        }
+        n.push(']');
+        return n;
+    }
+    match s.attributes.get("level").and_then(serde_json::Value::as_str) {
+        Some(level) => format!("  {level}"),
+        None => String::new(),
+    }
+}
+
 impl TraceRecord {
     /// The trace as an indented tree with each span's duration and any error.
     ///
@@ -54,11 +94,12 @@ impl TraceRecord {
         };
         let _ = writeln!(
             out,
-            "{}  {status}  {}  trace {}  {} spans{}",
+            "{}  {status}  {}  trace {}  {} spans{}{}",
             self.name,
             ms(total),
             &self.trace_id.to_string()[..12],
             self.spans.len(),
+            usage_note(self),
             status_note(&self.status)
         );
         let mut roots: Vec<&SpanRecord> = self.spans.iter().filter(|s| s.parent_id.is_none()).collect();
@@ -85,9 +126,10 @@ impl TraceRecord {
         let branch = if last { "└─ " } else { "├─ " };
         let _ = writeln!(
             out,
-            "{prefix}{branch}{}  {}{}",
+            "{prefix}{branch}{}  {}{}{}",
             s.name,
             ms(s.end_unix_nanos.saturating_sub(s.start_unix_nanos)),
+            span_note(s),
             status_note(&s.status)
         );
         let child_prefix = format!("{prefix}{}", if last { "   " } else { "│  " });

@@ -422,6 +422,20 @@ const OBSERVATION_FIELDS: &[(&str, &str)] = &[
     ("environment", "string"),
 ];
 
+/// A body's known fields and their kinds.
+type Fields = &'static [(&'static str, &'static str)];
+
+const GENERATION_FIELDS: Fields = &[
+    ("completionStartTime", "date-time"),
+    ("model", "string"),
+    ("modelParameters", "object"),
+    ("usage", "object"),
+    ("usageDetails", "int-map"),
+    ("costDetails", "number-map"),
+    ("promptName", "string"),
+    ("promptVersion", "integer"),
+];
+
 /// Checks one event against the schema; `Err` says what is wrong (zod-like).
 pub fn validate_event(e: &Value) -> Result<(), String> {
     let id = e.get("id").and_then(Value::as_str).ok_or("envelope: id is required (string)")?;
@@ -433,9 +447,10 @@ pub fn validate_event(e: &Value) -> Result<(), String> {
         return Err(format!("envelope: timestamp {ts:?} is not ISO-8601 with Z or an offset"));
     }
     let ty = e.get("type").and_then(Value::as_str).ok_or("envelope: type is required")?;
-    let fields = match ty {
-        "trace-create" => TRACE_FIELDS,
-        "span-create" | "span-update" | "event-create" => OBSERVATION_FIELDS,
+    let (fields, extra): (Fields, Fields) = match ty {
+        "trace-create" => (TRACE_FIELDS, &[]),
+        "span-create" | "span-update" | "event-create" => (OBSERVATION_FIELDS, &[]),
+        "generation-create" | "generation-update" => (OBSERVATION_FIELDS, GENERATION_FIELDS),
         other => return Err(format!("type {other:?} is not accepted by this server")),
     };
     let body = e.get("body").and_then(Value::as_object).ok_or("body is required (object)")?;
@@ -444,7 +459,7 @@ pub fn validate_event(e: &Value) -> Result<(), String> {
         _ => return Err(format!("{ty}: body.id is required")),
     }
     for (k, v) in body {
-        let Some((_, kind)) = fields.iter().find(|(f, _)| f == k) else {
+        let Some((_, kind)) = fields.iter().chain(extra).find(|(f, _)| f == k) else {
             return Err(format!("{ty}: unknown field body.{k}"));
         };
         if v.is_null() {
@@ -456,6 +471,10 @@ pub fn validate_event(e: &Value) -> Result<(), String> {
             "date-time" => v.as_str().is_some_and(is_iso8601),
             "string[]" => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
             "level" => matches!(v.as_str(), Some("DEBUG" | "DEFAULT" | "WARNING" | "ERROR")),
+            "object" => v.is_object(),
+            "integer" => v.is_u64() || v.is_i64(),
+            "int-map" => v.as_object().is_some_and(|m| m.values().all(|x| x.is_u64() || x.is_i64())),
+            "number-map" => v.as_object().is_some_and(|m| m.values().all(Value::is_number)),
             _ => true,
         };
         if !ok {
@@ -560,18 +579,23 @@ pub async fn run_sample(
 /// The `customer_support` example binary next to this test binary, built first if needed
 /// (`cargo test` builds examples; `cargo test --test x` does not).
 pub fn example_binary() -> std::path::PathBuf {
+    example_binary_named("customer_support")
+}
+
+/// An example's binary next to this test binary, built first if needed.
+pub fn example_binary_named(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf();
-    let bin = profile_dir.join("examples").join("customer_support");
+    let bin = profile_dir.join("examples").join(name);
     if !bin.exists() {
         let target_dir = profile_dir.parent().expect("target dir");
         let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--example", "customer_support", "--target-dir"])
+            .args(["build", "--example", name, "--target-dir"])
             .arg(target_dir)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
-            .expect("run cargo build --example customer_support");
-        assert!(status.success(), "cargo build --example customer_support failed");
+            .unwrap_or_else(|e| panic!("run cargo build --example {name}: {e}"));
+        assert!(status.success(), "cargo build --example {name} failed");
     }
     bin
 }

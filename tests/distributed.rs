@@ -1,0 +1,426 @@
+//! Flow runs on NATS JetStream, against real `nats-server` processes started here on
+//! 127.0.0.1 (ephemeral ports, temp dirs): a worker SIGKILLed mid-load, a cluster member
+//! killed mid-load, a run suspended on one worker process and resumed on another with one
+//! trace, a poison run dead-lettered, and bad input given clear error results.
+//!
+//! Without `nats-server` these print SKIP (and fail under CI=true): see tests/support/nats.rs.
+
+#![cfg(unix)]
+
+#[path = "support/nats.rs"]
+mod nats;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowtrace::durable::nats::{NatsConfig, Queue, Worker};
+use flowtrace::durable::{ResultStatus, RunPhase, RunResult, Submission};
+use flowtrace::prelude::*;
+use futures::StreamExt;
+use nats::{NatsCluster, NatsServer};
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let target_dir = profile_dir.parent().expect("the target directory");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    // The variables cargo sets for this test would change build scripts' fingerprints (ring
+    // reruns on them) and rebuild half the tree, twice: the nested build runs without them.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" {
+            build.env_remove(k);
+        }
+    }
+    let status = build
+        .args(["build", "--all-features", "--example", "distributed"])
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the distributed example failed");
+    profile_dir.join("examples").join("distributed")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowtrace-distributed-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A worker process of the example, killed on drop.
+struct WorkerProcess {
+    child: Child,
+    name: String,
+}
+
+impl WorkerProcess {
+    fn start(bin: &Path, urls: &str, name: &str, extra: &[&str], trace_file: &Path) -> WorkerProcess {
+        let mut child = Command::new(bin)
+            .args(["worker", "--nats", urls, "--name", name, "--concurrency", "16", "--ack-wait-ms", "2000"])
+            .args(extra)
+            .env("STEP_MS", "20")
+            .env("FLOWTRACE_TRACE_FILE", trace_file)
+            .env_remove("LANGFUSE_PUBLIC_KEY")
+            .env_remove("LANGFUSE_SECRET_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a worker");
+        // Wait for its "ready" line (it has connected and set up the JetStream objects).
+        let stdout = child.stdout.take().expect("the worker's stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read the worker's first line");
+        assert!(line.contains("ready"), "worker {name} did not start: {line:?}");
+        // Keep draining its stdout so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in reader.lines() {});
+        WorkerProcess { child, name: name.to_owned() }
+    }
+
+    fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn sigterm_and_wait(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let status = self.child.wait().expect("the worker exits");
+        assert!(status.success(), "worker {} exited with {status}", self.name);
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every execution witnessed on `flowtrace.demo.witness`: (run, node) → workers, in order.
+type Witness = Arc<Mutex<HashMap<(String, String), Vec<String>>>>;
+
+async fn watch_witness(client: &async_nats::Client) -> Witness {
+    let mut sub = client.subscribe("flowtrace.demo.witness").await.expect("subscribe to the witness subject");
+    client.flush().await.unwrap();
+    let seen: Witness = Default::default();
+    let out = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let v: Value = serde_json::from_slice(&m.payload).expect("witness JSON");
+            let key = (v["run"].as_str().unwrap_or("").to_owned(), v["node"].as_str().unwrap_or("").to_owned());
+            out.lock().entry(key).or_default().push(v["worker"].as_str().unwrap_or("").to_owned());
+        }
+    });
+    seen
+}
+
+/// Submits `n` demo runs (their id in the store, as the example's submitter does).
+async fn submit_demo(queue: &Queue, n: usize) -> Vec<String> {
+    let subs: Vec<Submission> = (0..n)
+        .map(|i| {
+            let s = Submission::new("demo");
+            let id = s.id().to_owned();
+            s.store(json!({ "run_id": id, "n": i }))
+        })
+        .collect();
+    let ids: Vec<String> = subs.iter().map(|s| s.id().to_owned()).collect();
+    let results = futures::stream::iter(subs.into_iter().map(|s| queue.submit(s))).buffer_unordered(64);
+    for r in results.collect::<Vec<_>>().await {
+        r.expect("submit");
+    }
+    ids
+}
+
+/// Collects results of `ids` from the result watch until all are in, or the deadline.
+async fn collect_results(
+    results: &mut futures::stream::BoxStream<'static, Result<RunResult, flowtrace::durable::DurableError>>,
+    ids: &HashSet<String>,
+    limit: Duration,
+    mut on_result: impl FnMut(usize),
+) -> (HashMap<String, RunResult>, usize) {
+    let mut got: HashMap<String, RunResult> = HashMap::new();
+    let mut puts = 0;
+    let deadline = tokio::time::Instant::now() + limit;
+    while got.len() < ids.len() {
+        match tokio::time::timeout_at(deadline, results.next()).await {
+            Ok(Some(Ok(r))) if ids.contains(&r.run_id) => {
+                puts += 1;
+                got.insert(r.run_id.clone(), r);
+                on_result(got.len());
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => panic!("result watch: {e}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    (got, puts)
+}
+
+const NODES: [&str; 5] = ["fetch", "classify", "draft", "review", "send"];
+
+/// Polls until every run has a witness for each of its five nodes (witnesses and results
+/// travel separately), or the deadline.
+async fn witness_complete(witness: &Witness, ids: &HashSet<String>, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let missing = {
+            let w = witness.lock();
+            ids.iter().any(|id| NODES.iter().any(|n| !w.contains_key(&(id.clone(), (*n).to_owned()))))
+        };
+        if !missing {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_runs_over_three_workers_survive_a_sigkilled_worker() {
+    let Some(server) = NatsServer::start("a_thousand_runs_over_three_workers_survive_a_sigkilled_worker") else {
+        return;
+    };
+    let bin = example_binary();
+    let dir = temp_dir("sigkill");
+    let url = server.url();
+    let mut workers: Vec<WorkerProcess> = (1..=3)
+        .map(|i| WorkerProcess::start(&bin, &url, &format!("w{i}"), &[], &dir.join(format!("w{i}.jsonl"))))
+        .collect();
+    let queue = Queue::connect(&NatsConfig::new(&url).unwrap().ack_wait(Duration::from_secs(2))).await.unwrap();
+    let witness = watch_witness(queue.client()).await;
+    let mut results = queue.results().await.unwrap();
+
+    let ids: HashSet<String> = submit_demo(&queue, 1000).await.into_iter().collect();
+    let mut killed = false;
+    let (got, puts) = collect_results(&mut results, &ids, Duration::from_secs(120), |n| {
+        if n >= 250 && !killed {
+            workers[1].sigkill();
+            killed = true;
+        }
+    })
+    .await;
+    assert!(killed, "the worker was killed mid-load");
+    assert_eq!(got.len(), 1000, "every run has a result ({} of 1000)", got.len());
+    assert_eq!(puts, 1000, "each result was written once");
+    for r in got.values() {
+        assert_eq!(r.status, ResultStatus::Completed, "{r:?}");
+        // The store crossed the crash intact: one post per node, never one replayed.
+        assert_eq!(r.store.as_ref().unwrap()["steps"], 5, "{r:?}");
+    }
+    assert!(got.values().any(|r| r.deliveries > 1), "some runs were redelivered after the kill");
+
+    assert!(witness_complete(&witness, &ids, Duration::from_secs(10)).await, "every node of every run was witnessed");
+    let w = witness.lock();
+    let mut repeated_runs = HashSet::new();
+    for ((run, node), by) in w.iter() {
+        if !ids.contains(run) {
+            continue;
+        }
+        if by.len() > 1 {
+            // Only the visit in flight at the kill may run again: first on the killed worker,
+            // and at most one such visit per run.
+            assert_eq!(by.len(), 2, "run {run} node {node} ran {} times: {by:?}", by.len());
+            assert_eq!(by[0], "w2", "run {run} node {node} was repeated though its worker lived: {by:?}");
+            assert!(repeated_runs.insert(run.clone()), "run {run} repeated more than one visit");
+        }
+    }
+    assert!(
+        repeated_runs.len() <= 16,
+        "at most the killed worker's runs in flight repeat a visit: {}",
+        repeated_runs.len()
+    );
+    drop(w);
+    for wp in &mut workers {
+        wp.sigkill();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_complete_when_one_of_three_servers_is_killed() {
+    let Some(mut cluster) = NatsCluster::start("runs_complete_when_one_of_three_servers_is_killed") else {
+        return;
+    };
+    let bin = example_binary();
+    let dir = temp_dir("cluster");
+    let urls = cluster.urls();
+    let cfg = NatsConfig::new(&urls).unwrap().replicas(3).ack_wait(Duration::from_secs(2));
+    // Set up the replicated stream and buckets first (the cluster elects its leaders meanwhile).
+    let queue = Queue::connect(&cfg).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let _workers: Vec<WorkerProcess> = (1..=2)
+        .map(|i| {
+            WorkerProcess::start(&bin, &urls, &format!("c{i}"), &["--replicas", "3"], &dir.join(format!("c{i}.jsonl")))
+        })
+        .collect();
+    let mut results = queue.results().await.unwrap();
+    let ids: HashSet<String> = submit_demo(&queue, 300).await.into_iter().collect();
+    let mut killed = false;
+    let (got, _) = collect_results(&mut results, &ids, Duration::from_secs(120), |n| {
+        if n >= 60 && !killed {
+            cluster.servers[0].kill();
+            killed = true;
+        }
+    })
+    .await;
+    assert!(killed, "a server was killed mid-load");
+    assert_eq!(got.len(), 300, "every run completed though a server died ({} of 300)\n{}", got.len(), cluster.logs());
+    for r in got.values() {
+        assert_eq!(r.status, ResultStatus::Completed, "{r:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The trace records in a JSON Lines trace file, as JSON.
+fn traces(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a JSON line in {}: {e}", path.display())))
+        .collect()
+}
+
+fn span<'a>(trace: &'a Value, name: &str) -> Option<&'a Value> {
+    trace["spans"].as_array()?.iter().find(|s| s["name"] == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_run_resumes_on_another_worker_process_in_one_trace() {
+    let Some(server) = NatsServer::start("a_suspended_run_resumes_on_another_worker_process_in_one_trace") else {
+        return;
+    };
+    let bin = example_binary();
+    let dir = temp_dir("suspend");
+    let url = server.url();
+    let queue = Queue::connect(&NatsConfig::new(&url).unwrap().ack_wait(Duration::from_secs(2))).await.unwrap();
+    let mut a = WorkerProcess::start(&bin, &url, "worker-a", &[], &dir.join("a.jsonl"));
+    let run_id = queue.submit(Submission::new("approval").store(json!({"ticket": "T-1"}))).await.unwrap();
+
+    // Suspended: checkpointed at the approval node, and no result.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(s) = queue.state(&run_id).await.unwrap() {
+            if matches!(s.phase, RunPhase::Suspended { .. }) {
+                assert_eq!(s.next.as_deref(), Some("approve"));
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the run did not suspend");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(queue.result(&run_id).await.unwrap().is_none(), "a suspended run has no final result");
+    a.sigterm_and_wait();
+
+    let mut b = WorkerProcess::start(&bin, &url, "worker-b", &[], &dir.join("b.jsonl"));
+    queue.resume(&run_id, json!(true)).await.unwrap();
+    assert!(queue.resume(&run_id, json!(true)).await.is_err(), "a second resume is refused");
+    let result = queue.wait(&run_id, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(result.status, ResultStatus::Completed, "{result:?}");
+    assert_eq!(result.worker.as_deref(), Some("worker-b"));
+    assert_eq!(result.store.as_ref().unwrap()["sent"], true);
+    b.sigterm_and_wait();
+
+    let ta = traces(&dir.join("a.jsonl"));
+    let tb = traces(&dir.join("b.jsonl"));
+    let ta = ta.iter().find(|t| t["trace_id"] == run_id.as_str()).expect("worker A's part of the trace");
+    let tb = tb.iter().find(|t| t["trace_id"] == run_id.as_str()).expect("worker B's part of the trace");
+    assert_eq!(ta["trace_id"], tb["trace_id"], "one trace across the two workers");
+    assert!(span(ta, "draft").is_some(), "worker A ran draft");
+    assert_eq!(ta["error_kind"], "suspended", "worker A's part ends suspended: {ta}");
+    let resume = span(tb, "resume").expect("worker B's part opens with a resume span");
+    assert_eq!(resume["kind"], "resume");
+    assert_eq!(resume["input"]["worker"], "worker-b");
+    assert_eq!(resume["input"]["node"], "approve");
+    assert!(span(tb, "draft").is_none(), "draft was not executed again");
+    assert!(span(tb, "approve").is_some(), "worker B visited approve");
+    let flow = span(tb, "approval").expect("worker B's flow span");
+    assert_eq!(flow["parent_id"], resume["span_id"], "the resumed flow hangs under the resume span");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tiny_flow() -> Flow {
+    let n = FnNode::new("only")
+        .post(|ctx, _, _| {
+            ctx.shared().insert("done", true);
+            Ok(Action::none())
+        })
+        .into_node();
+    Flow::named("tiny", Some(&n))
+}
+
+fn poison_flow() -> Flow {
+    let n = FnNode::new("explode").exec(|_, _| async { panic!("poison input") }).into_node();
+    Flow::named("poison", Some(&n))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_runs_are_dead_lettered_and_bad_input_gets_error_results() {
+    let Some(server) = NatsServer::start("poison_runs_are_dead_lettered_and_bad_input_gets_error_results") else {
+        return;
+    };
+    let cfg = NatsConfig::new(&server.url()).unwrap().ack_wait(Duration::from_secs(2));
+    let queue = Queue::connect(&cfg).await.unwrap();
+    let worker = Worker::builder(&queue)
+        .name("in-test")
+        .max_deliveries(3)
+        .flow_version("tiny", &tiny_flow(), "2")
+        .unwrap()
+        .flow("poison", &poison_flow())
+        .unwrap()
+        .build();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async move {
+        let _ = stop_rx.await;
+    }));
+    let wait = |id: String| {
+        let q = queue.clone();
+        async move { q.wait(&id, Duration::from_secs(30)).await.unwrap() }
+    };
+
+    let ok = queue.submit(Submission::new("tiny")).await.unwrap();
+    let r = wait(ok).await;
+    assert_eq!(r.status, ResultStatus::Completed);
+    assert_eq!(r.store.unwrap()["done"], true);
+
+    let unknown = queue.submit(Submission::new("no-such-flow")).await.unwrap();
+    let r = wait(unknown).await;
+    assert_eq!(r.status, ResultStatus::Failed);
+    assert_eq!(r.error_kind.as_deref(), Some("unknown_flow"));
+    assert!(r.error.unwrap().contains("unknown flow 'no-such-flow'"));
+
+    let bad_store = queue.submit(Submission::new("tiny").store(json!("not an object"))).await.unwrap();
+    let r = wait(bad_store).await;
+    assert_eq!(r.error_kind.as_deref(), Some("bad_input"), "{r:?}");
+
+    let old = queue.submit(Submission::new("tiny").flow_version("1")).await.unwrap();
+    let r = wait(old).await;
+    assert_eq!(r.error_kind.as_deref(), Some("version"), "{r:?}");
+
+    queue.submit_raw("garbage-run", b"{not json".to_vec()).await.unwrap();
+    let r = wait("garbage-run".into()).await;
+    assert_eq!(r.status, ResultStatus::Failed);
+    assert!(r.error.unwrap().contains("does not deserialise"));
+
+    let poison = queue.submit(Submission::new("poison")).await.unwrap();
+    let r = wait(poison).await;
+    assert_eq!(r.status, ResultStatus::DeadLettered, "{r:?}");
+    assert_eq!(r.deliveries, 3, "dead-lettered after exactly max_deliveries");
+    assert_eq!(r.error_kind.as_deref(), Some("panic"));
+    assert!(r.error.unwrap().contains("poison input"));
+
+    let _ = stop_tx.send(());
+    let report = handle.await.unwrap().unwrap();
+    assert_eq!(report.dead_lettered, 1);
+    assert_eq!(report.retried, 2);
+    assert_eq!(report.completed, 1);
+    assert_eq!(report.failed, 4);
+}
