@@ -612,7 +612,7 @@ impl Worker {
                     ticks += 1;
                     self.sync_log();
                     // Folders other processes left behind are taken over while running.
-                    if ticks % 25 == 0 {
+                    if ticks.is_multiple_of(25) {
                         if let Some(log) = &self.log {
                             log.lock().adopt();
                         }
