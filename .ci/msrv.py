@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 meta = json.loads(subprocess.run(
-    ["cargo", "metadata", "--format-version", "1", "--locked", "--filter-platform", "x86_64-unknown-linux-gnu"],
+    ["cargo", "metadata", "--format-version", "1", "--locked", "--all-features", "--filter-platform", "x86_64-unknown-linux-gnu"],
     check=True, capture_output=True, text=True).stdout)
 
 

@@ -31,6 +31,7 @@ impl ExporterError {
 
 /// Which Langfuse ingestion protocol to use (`LANGFUSE_INGESTION`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Ingestion {
     /// OTLP first; once, on a 404 from the OTLP path, switch to legacy (logged).
     #[default]

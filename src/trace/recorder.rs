@@ -931,3 +931,124 @@ impl crate::flow::StoreSnapshot {
         Value::Object(map)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{SpanSink, TraceEnd};
+
+    /// A sink that keeps the chunks it is sent.
+    #[derive(Default)]
+    struct Chunks(Mutex<Vec<usize>>);
+
+    impl SpanSink for Chunks {
+        fn spans(&self, _id: TraceId, _clock: Clock, spans: SpanBuf) -> u64 {
+            self.0.lock().push(spans.len());
+            0
+        }
+        fn end(&self, _end: TraceEnd) {}
+    }
+
+    fn recorder(switches: Switches) -> (Recorder, Arc<Chunks>) {
+        let sink = Arc::new(Chunks::default());
+        (Recorder::new(new_trace_id(), switches, Arc::clone(&sink) as Arc<dyn SpanSink>), sink)
+    }
+
+    fn records(rec: &Recorder) -> Vec<SpanRecord> {
+        let clock = rec.clock();
+        rec.drain().into_iter().map(|mut s| s.take_record(clock)).collect()
+    }
+
+    #[test]
+    fn spans_leave_in_chunks_and_the_rest_stays_for_the_runs_end() {
+        let (rec, sink) = recorder(Switches::default());
+        for _ in 0..CHUNK + 10 {
+            rec.start(None, SpanKind::Node, "n").end();
+        }
+        assert_eq!(*sink.0.lock(), vec![CHUNK], "one full chunk was sent as soon as it filled");
+        assert_eq!(rec.drain().len(), 10, "the remainder waits for the run's end record");
+    }
+
+    #[test]
+    fn children_name_their_parent_and_ids_are_unique_and_never_zero() {
+        let (rec, _) = recorder(Switches::default());
+        let parent = rec.start(None, SpanKind::Flow, "flow");
+        let pid = parent.id();
+        let ids: Vec<SpanId> = (0..100)
+            .map(|_| {
+                let s = rec.start(Some(pid), SpanKind::Node, "node");
+                let id = s.id();
+                s.end();
+                id
+            })
+            .collect();
+        parent.end();
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+        assert!(ids.iter().all(|id| id.0 != 0));
+        let spans = records(&rec);
+        assert_eq!(spans.iter().filter(|s| s.parent_id == Some(pid)).count(), 100);
+        assert!(spans.iter().all(|s| s.end_unix_nanos >= s.start_unix_nanos));
+    }
+
+    #[test]
+    fn a_span_dropped_open_ends_cancelled() {
+        let (rec, _) = recorder(Switches::default());
+        drop(rec.start(None, SpanKind::Exec, "x.exec"));
+        let spans = records(&rec);
+        assert!(matches!(&spans[0].status, SpanStatus::Cancelled { .. }), "{:?}", spans[0].status);
+    }
+
+    #[test]
+    fn switched_off_inputs_and_outputs_are_never_computed() {
+        let (rec, _) = recorder(Switches { inputs: false, outputs: false, ..Switches::default() });
+        let mut s = rec.start(None, SpanKind::Prep, "x.prep");
+        s.input(|| unreachable!("inputs are off"));
+        s.output(|| unreachable!("outputs are off"));
+        s.end();
+        let spans = records(&rec);
+        assert_eq!((spans[0].input.as_ref(), spans[0].output.as_ref()), (None, None));
+    }
+
+    #[test]
+    fn errors_without_detail_keep_only_their_kind() {
+        let e = Error::Node { node: "N".into(), phase: crate::Phase::Exec, source: "secret detail".into() };
+        match error_status(&e, false) {
+            SpanStatus::Error { kind, message, chain, .. } => {
+                assert_eq!((kind.as_str(), message.as_str()), ("node_error", "node_error"));
+                assert!(chain.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        match error_status(&e, true) {
+            SpanStatus::Error { message, chain, .. } => {
+                assert_eq!(message, "secret detail");
+                assert_eq!(chain.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cancelled = Error::Cancelled { reason: "client left".into() };
+        assert_eq!(error_status(&cancelled, false), SpanStatus::Cancelled { reason: "client left".into() });
+    }
+
+    #[test]
+    fn capture_stops_at_the_depth_limit_and_names_what_it_cannot_serialise() {
+        let mut v = Value::from(1);
+        for _ in 0..100 {
+            v = Value::Array(vec![v]);
+        }
+        let mut got = &capture(&v);
+        let mut depth = 1;
+        while let Value::Array(a) = got {
+            got = &a[0];
+            depth += 1;
+        }
+        assert_eq!(depth, MAX_DEPTH + 1);
+        assert_eq!(got, &depth_marker(MAX_DEPTH));
+        let map: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let marker = capture_as(&map, "MyMap");
+        assert!(marker.as_str().is_some_and(|m| m.starts_with("<unserialisable MyMap")), "{marker}");
+    }
+}

@@ -438,22 +438,44 @@ impl Queue {
     }
 
     /// Every result written from now on, as they come (start it before submitting).
+    ///
+    /// The stream outlives a server failover: when the watch breaks (the server it was on
+    /// died, heartbeats were missed), it is opened again from the last revision seen, so no
+    /// result is skipped. It ends with an error only when the watch cannot be opened again
+    /// within [`RESULT_WATCH_RETRY`].
     pub async fn results(
         &self,
     ) -> Result<futures::stream::BoxStream<'static, Result<RunResult, DurableError>>, DurableError> {
         let watch = self.results.watch_all().await.map_err(|e| nats_err("watch results", e))?;
-        Ok(watch
-            .filter_map(|e| async move {
-                match e {
-                    Ok(e) if e.operation == kv::Operation::Put => Some(
-                        serde_json::from_slice(&e.value)
-                            .map_err(|err| DurableError::Format { what: "a result", reason: err.to_string() }),
-                    ),
-                    Ok(_) => None,
-                    Err(err) => Some(Err(nats_err("watch results", err))),
+        let store = self.results.clone();
+        let state = (store, Some(watch), 0_u64);
+        Ok(futures::stream::unfold(state, |(store, mut watch, mut last)| async move {
+            loop {
+                let w = match watch.as_mut() {
+                    Some(w) => w,
+                    None => match reopen_watch(&store, last).await {
+                        Ok(w) => watch.insert(w),
+                        Err(e) => return Some((Err(e), (store, None, last))),
+                    },
+                };
+                match w.next().await {
+                    Some(Ok(e)) => {
+                        last = e.revision;
+                        if e.operation == kv::Operation::Put {
+                            let r = serde_json::from_slice(&e.value)
+                                .map_err(|err| DurableError::Format { what: "a result", reason: err.to_string() });
+                            return Some((r, (store, watch, last)));
+                        }
+                    }
+                    Some(Err(err)) => {
+                        tracing::debug!(target: "flowtrace::durable", "the result watch broke ({err}); opening it again");
+                        watch = None;
+                    }
+                    None => watch = None,
                 }
-            })
-            .boxed())
+            }
+        })
+        .boxed())
     }
 
     /// The run's checkpoint (where it stands: running, suspended, finished).
@@ -887,6 +909,27 @@ async fn finish(shared: &Shared, msg: &jetstream::Message, result: RunResult) {
         Err(e) => {
             tracing::warn!(target: "flowtrace::durable", run_id = %result.run_id, "could not write the result: {e}; the run will be delivered again");
             let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_millis(200)))).await;
+        }
+    }
+}
+
+/// How long a broken result watch is retried before the stream gives up.
+pub const RESULT_WATCH_RETRY: Duration = Duration::from_secs(30);
+
+/// Opens the results watch again after revision `last` (everything written since, when `last`
+/// is known), retrying while the cluster elects a new leader.
+async fn reopen_watch(store: &kv::Store, last: u64) -> Result<kv::Watch, DurableError> {
+    let deadline = tokio::time::Instant::now() + RESULT_WATCH_RETRY;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let opened = if last == 0 { store.watch_all().await } else { store.watch_all_from_revision(last + 1).await };
+        match opened {
+            Ok(w) => return Ok(w),
+            Err(e) if tokio::time::Instant::now() + pause >= deadline => return Err(nats_err("watch results", e)),
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
         }
     }
 }
