@@ -210,12 +210,18 @@ async fn bench() {
         per_unit_us.push(secs * 1e6 / (runs * units_per_run) as f64);
     }
     let mut delivered = serde_json::Value::Null;
+    let mut export = serde_json::Value::Null;
+    let mut flush_s = serde_json::Value::Null;
     if let (Some(t), Some(s)) = (&tracer, &sink) {
+        let flush = Instant::now();
         let report = t.flush(Duration::from_secs(120)).await;
+        flush_s = flush.elapsed().as_secs_f64().into();
         if !report.is_complete() {
             eprintln!("bench: not every span reached the sink: {report:?}");
         }
         delivered = s.spans.load(Ordering::Relaxed).into();
+        // The exporter's counts (warm-up included) weigh each trace as its spans plus one.
+        export = serde_json::to_value(&report).unwrap_or_default();
     }
     let unit_key = format!("us_per_{unit}");
     let line = serde_json::json!({
@@ -227,6 +233,8 @@ async fn bench() {
         "units_per_s": 1e6 / median(per_unit_us),
         "peak_rss_mb": peak_rss_mb(),
         "spans_delivered": delivered,
+        "final_flush_s": flush_s,
+        "export": export,
     });
     println!("{line}");
 }

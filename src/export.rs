@@ -26,6 +26,13 @@ pub use langfuse::{
 pub use memory::MemoryExporter;
 pub use privacy::{MaskFn, Privacy, DEFAULT_REDACTED_KEYS, REDACTED};
 
+/// The traces waiting in a spool folder (not yet acknowledged by its exporter), read without
+/// taking the folder from the process that holds it: for inspection and tests. A record being
+/// written at that moment is left out.
+pub fn read_spool(dir: impl AsRef<std::path::Path>) -> std::io::Result<Vec<TraceRecord>> {
+    spool::peek(dir.as_ref())
+}
+
 /// The wire encoders, for the criterion benches only: not part of the API, and free to change.
 #[doc(hidden)]
 pub mod __bench {

@@ -206,8 +206,9 @@ fn read_all(dir: &Path, out: &mut Vec<(String, String)>) {
         let p = e.path();
         if p.is_dir() {
             read_all(&p, out);
-        } else if let Ok(text) = std::fs::read_to_string(&p) {
-            out.push((p.display().to_string(), text));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            // Lossy: the spool's segments are binary frames around JSON, and must be scanned too.
+            out.push((p.display().to_string(), String::from_utf8_lossy(&bytes).into_owned()));
         }
     }
 }

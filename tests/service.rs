@@ -7,6 +7,9 @@
 
 #![cfg(unix)]
 
+#[path = "support/langfuse_server.rs"]
+mod langfuse_server;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -44,16 +47,13 @@ impl Service {
         Self::start_with(&[])
     }
 
-    fn start_with(env: &[(&str, &str)]) -> Service {
-        let mut child = Command::new(example_binary())
-            .envs(env.iter().copied())
-            .env("PORT", "0")
-            .env("SHUTDOWN_SECS", "20")
-            .env_remove("TRACE_FILE")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the service starts");
+    fn start_with(env: &[(&str, String)]) -> Service {
+        let mut cmd = Command::new(example_binary());
+        cmd.env("PORT", "0").env("SHUTDOWN_SECS", "20").env_remove("TRACE_FILE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("the service starts");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("the service prints its address");
@@ -238,7 +238,7 @@ async fn sigterm_mid_load_finishes_runs_and_flushes_traces() {
 async fn a_client_that_goes_away_cancels_its_run() {
     use std::io::Write;
     // Each run waits 20 s (a slow model call), so it is surely in flight when the client leaves.
-    let svc = Service::start_with(&[("EXTRA_LATENCY_MS", "20000")]);
+    let svc = Service::start_with(&[("EXTRA_LATENCY_MS", "20000".to_owned())]);
     let client = reqwest::Client::new();
     let body = ticket(0).to_string();
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", svc.port)).unwrap();
@@ -265,4 +265,61 @@ async fn a_client_that_goes_away_cancels_its_run() {
     assert_eq!(s["runs"]["cancelled"], 1, "the run of a client that went away is cancelled: {s}");
     assert_eq!(s["runs"]["succeeded"], 0, "{s}");
     assert_eq!(s["runs_in_flight"], 0, "{s}");
+}
+
+/// 1,000 tickets while Langfuse answers each request after 2 s, then SIGTERM with a 3 s
+/// deadline: what is not delivered by then is in the spool when the process exits (the report
+/// says so exactly, nothing pending or dropped), and a restart with a healthy backend delivers
+/// it: every span of every run reaches Langfuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_slow_backend_spills_and_a_restart_delivers_every_span() {
+    let server = langfuse_server::LangfuseServer::start().await;
+    server.fault(langfuse_server::Fault::Slow(Duration::from_secs(2)));
+    let spool = std::env::temp_dir().join(format!("flowtrace-service-spill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    let env = [
+        ("LANGFUSE_HOST", server.url()),
+        ("LANGFUSE_PUBLIC_KEY", langfuse_server::PK.to_owned()),
+        ("LANGFUSE_SECRET_KEY", langfuse_server::SK.to_owned()),
+        ("LANGFUSE_INGESTION", "otel".to_owned()),
+        ("FLOWTRACE_SPOOL_DIR", spool.display().to_string()),
+        ("SHUTDOWN_SECS", "3".to_owned()),
+    ];
+    let svc = Service::start_with(&env);
+    let client = reqwest::Client::new();
+    let load = (0..1000).map(|i| {
+        let (client, url) = (client.clone(), svc.url("/tickets"));
+        async move { client.post(url).json(&ticket(i)).send().await.map(|r| r.status().as_u16()) }
+    });
+    for r in futures::future::join_all(load).await {
+        assert_eq!(r.unwrap(), 200);
+    }
+    let started = std::time::Instant::now();
+    let (code, out) = tokio::task::spawn_blocking(move || svc.terminate()).await.unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let line = out.lines().find_map(|l| l.strip_prefix("shutdown report: ")).expect("a report");
+    let report: Value = serde_json::from_str(line).unwrap();
+    let export = &report["export"];
+    // The flush returned by its deadline (plus the grace for requests in flight).
+    assert!(started.elapsed() < Duration::from_secs(3 + 1 + 2), "{:?}: {report}", started.elapsed());
+    assert_eq!((export["dropped"].as_u64(), export["pending"].as_u64()), (Some(0), Some(0)), "{report}");
+    let (delivered, spooled) = (export["delivered"].as_u64().unwrap(), export["spooled"].as_u64().unwrap());
+    assert_eq!(delivered + spooled, 1000 * 12, "{report}");
+    assert!(spooled > 0, "a 2 s backend cannot take 1,000 traces in 3 s: {report}");
+    let in_spool: u64 =
+        flowtrace::export::read_spool(spool.join("langfuse")).unwrap().iter().map(|t| t.spans.len() as u64 + 1).sum();
+    assert!(in_spool >= spooled, "{in_spool} spans in the spool, {spooled} reported spooled");
+
+    // The next process, with a healthy backend, delivers what the spool holds.
+    server.fault(langfuse_server::Fault::None);
+    let svc = Service::start_with(&env[..5]);
+    let (code, out) = tokio::task::spawn_blocking(move || svc.terminate()).await.unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let line = out.lines().find_map(|l| l.strip_prefix("shutdown report: ")).expect("a report");
+    let report: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(report["export"]["from_spool"].as_u64(), Some(in_spool), "{report}");
+    assert_eq!(flowtrace::export::read_spool(spool.join("langfuse")).unwrap().len(), 0, "spool drained: {report}");
+    // OTLP carries 11 spans per run (the trace rides on its root span): none lost.
+    assert_eq!(server.otlp_span_ids().len(), 1000 * 11, "{report}");
+    let _ = std::fs::remove_dir_all(&spool);
 }

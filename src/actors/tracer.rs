@@ -74,6 +74,24 @@ impl SpanSink for ActorSink {
     }
 }
 
+/// Resolves once `d` has passed on the wall clock (a paused test clock does not move it).
+fn wall_clock_after(d: Duration) -> impl std::future::Future<Output = ()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new().name("flowtrace-deadline".into()).spawn(move || {
+        std::thread::sleep(d);
+        let _ = tx.send(());
+    });
+    async move {
+        match spawned {
+            Ok(_) => {
+                let _ = rx.await;
+            }
+            // No thread: no wall-clock bound (the tracer's own deadline still holds).
+            Err(_) => std::future::pending::<()>().await,
+        }
+    }
+}
+
 fn warn_shedding() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -124,26 +142,45 @@ impl Tracer {
     /// Waits until every trace finished so far is delivered, spooled or dropped by each
     /// exporter, or `timeout` passes; reports which.
     pub async fn flush(&self, timeout: Duration) -> ExportReport {
-        self.call(|reply| TracerMsg::Flush(timeout, reply)).await
+        self.call(timeout, |reply| TracerMsg::Flush(timeout, reply)).await
     }
 
     /// Flushes and stops the tracer; later runs traced with it are counted as lost.
     pub async fn shutdown(&self, timeout: Duration) -> ExportReport {
-        self.call(|reply| TracerMsg::Shutdown(timeout, reply)).await
+        self.call(timeout, |reply| TracerMsg::Shutdown(timeout, reply)).await
     }
 
-    async fn call(&self, msg: impl FnOnce(ractor::RpcReplyPort<ExportReport>) -> TracerMsg) -> ExportReport {
+    async fn call(
+        &self,
+        timeout: Duration,
+        msg: impl FnOnce(ractor::RpcReplyPort<ExportReport>) -> TracerMsg,
+    ) -> ExportReport {
         let (tx, rx) = ractor::concurrency::oneshot();
         // The deadline is kept by the tracer, on its own runtime's clock: timing out here on the
         // caller's clock would give up at once under a paused test clock. A stopped tracer
-        // drops the reply port, so this cannot hang.
+        // drops the reply port, so this cannot hang. A tracer far behind on its mailbox would
+        // answer late, though: past the deadline and a second, on the wall clock, the call
+        // returns with what is still queued at the tracer counted as pending.
         let mut report = if self.inner.sink.actor.cast(msg(tx.into())).is_err() {
             ExportReport { reasons: vec!["the tracer has stopped".into()], ..Default::default() }
         } else {
-            match rx.await {
-                Ok(r) => r,
-                Err(_) => {
-                    ExportReport { reasons: vec!["the tracer stopped before answering".into()], ..Default::default() }
+            let late = wall_clock_after(timeout.saturating_add(Duration::from_secs(1)));
+            tokio::select! {
+                r = rx => match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        ExportReport { reasons: vec!["the tracer stopped before answering".into()], ..Default::default() }
+                    }
+                },
+                _ = late => {
+                    let queued = self.inner.sink.backlog.load(Ordering::Relaxed);
+                    ExportReport {
+                        pending: queued,
+                        reasons: vec![format!(
+                            "the tracer was still behind at the deadline: {queued} spans were waiting for it (exported as it catches up)"
+                        )],
+                        ..Default::default()
+                    }
                 }
             }
         };

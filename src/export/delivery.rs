@@ -4,7 +4,8 @@
 //! The worker runs on its own thread and runtime, so neither encoding nor network waits ever
 //! touch a run's threads or the tracer's.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use parking_lot::Mutex;
@@ -20,21 +22,24 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::privacy::Privacy;
-use super::spool::{spans_of, Spool};
+use super::spool::{spans_of, Log};
 use super::{legacy, otlp, ExportReport, Exporter};
 use crate::trace::TraceRecord;
 
 /// Batching, retry and spool settings shared by the HTTP exporters.
 #[derive(Debug, Clone)]
 pub struct DeliveryOptions {
-    /// Send when a batch holds this many spans (default 64).
+    /// Send when a batch holds this many spans (default 512, as the OpenTelemetry SDKs).
     pub max_batch_spans: usize,
     /// Send when the oldest trace of a batch waited this long (default 1 s).
     pub max_batch_age: Duration,
     /// At most this many bytes in one request body (default 2.5 MB).
     pub max_request_bytes: usize,
-    /// Traces the in-memory queue holds before spilling to the spool (default 4,096).
+    /// Traces held in memory (queued, batching or in flight) before new ones go to the
+    /// spool's log only, to be read back when there is room (default 4,096).
     pub queue_capacity: usize,
+    /// Requests in flight at once (default 4).
+    pub max_in_flight: usize,
     /// Attempts per request before the batch goes to the spool (default 5).
     pub max_attempts: u32,
     /// The first retry delay, doubled each attempt, with equal jitter (default 250 ms).
@@ -54,10 +59,11 @@ pub struct DeliveryOptions {
 impl Default for DeliveryOptions {
     fn default() -> Self {
         DeliveryOptions {
-            max_batch_spans: 64,
+            max_batch_spans: 512,
             max_batch_age: Duration::from_secs(1),
             max_request_bytes: 2_500_000,
             queue_capacity: 4096,
+            max_in_flight: 4,
             max_attempts: 5,
             initial_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(30),
@@ -165,26 +171,36 @@ enum Payload {
     Legacy { id: String, json: Vec<u8> },
 }
 
+/// Where a trace in memory came from, for its log record and for counting.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    /// Its record in the log, when it has one.
+    seq: Option<u64>,
+    /// Read back from the log (counted as `from_spool` when delivered).
+    from_log: bool,
+    /// The deadline-spill epoch it entered memory in: a spill since counts it as spooled.
+    epoch: u64,
+}
+
 struct Batch {
     traces: Vec<Arc<TraceRecord>>,
+    meta: Vec<Meta>,
     units: Vec<Unit>,
     bytes: usize,
     weight: u64,
     started: Option<Instant>,
-    /// Whether it came from the spool (counted as `from_spool`, not `delivered`).
-    from_spool: bool,
 }
 
 impl Batch {
     fn new() -> Self {
-        Batch { traces: Vec::new(), units: Vec::new(), bytes: 0, weight: 0, started: None, from_spool: false }
+        Batch { traces: Vec::new(), meta: Vec::new(), units: Vec::new(), bytes: 0, weight: 0, started: None }
     }
     fn is_empty(&self) -> bool {
         self.traces.is_empty()
     }
 }
 
-fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8, environment: Option<&str>) {
+fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8, environment: Option<&str>, meta: Meta) {
     let idx = batch.traces.len();
     let total = spans_of(&t);
     let before = batch.units.len();
@@ -215,6 +231,7 @@ fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8, environment: Op
     batch.bytes += batch.units[before..].iter().map(|u| u.size).sum::<usize>();
     batch.weight += total;
     batch.traces.push(t);
+    batch.meta.push(meta);
     batch.started.get_or_insert_with(Instant::now);
 }
 
@@ -274,7 +291,7 @@ pub(crate) struct HttpExporter {
     ctl: mpsc::UnboundedSender<Control>,
     stats: Arc<Stats>,
     privacy: Privacy,
-    spool: Option<Arc<Spool>>,
+    log: Option<Arc<Mutex<Log>>>,
     closed: AtomicBool,
 }
 
@@ -283,6 +300,12 @@ impl fmt::Debug for HttpExporter {
         f.debug_struct("HttpExporter").field("name", &self.name).finish_non_exhaustive()
     }
 }
+
+/// How long past a deadline a request already in flight may take to say how it went (the
+/// calls return by their deadline plus at most a second).
+const IN_FLIGHT_GRACE: Duration = Duration::from_millis(800);
+/// How often appends and the cursor are made durable (`fsync`).
+const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 impl HttpExporter {
     /// Starts the worker thread.
@@ -295,9 +318,9 @@ impl HttpExporter {
         // The exporter's own credentials are never let out: not in traces, logs or reports.
         let privacy = privacy.with_secret_values(target.secrets());
         let stats = Arc::new(Stats::default());
-        let spool = match &opts.spool_dir {
-            Some(dir) => match Spool::open(dir, opts.spool_max_bytes) {
-                Ok(s) => Some(Arc::new(s)),
+        let log = match &opts.spool_dir {
+            Some(dir) => match Log::open(dir, opts.spool_max_bytes) {
+                Ok(s) => Some(Arc::new(Mutex::new(s))),
                 Err(e) => {
                     // Tracing goes on without a spool: what cannot be delivered is dropped
                     // and counted, and the report says why, once.
@@ -324,10 +347,12 @@ impl HttpExporter {
             opts,
             client,
             stats: Arc::clone(&stats),
-            spool: spool.clone(),
+            log: log.clone(),
             privacy: privacy.clone(),
-            down: false,
-            next_probe: Instant::now(),
+            down: Cell::new(false),
+            next_probe: Cell::new(Instant::now()),
+            last_failure: Cell::new(None),
+            epoch: Cell::new(0),
         };
         std::thread::Builder::new()
             .name(format!("flowtrace-export-{name}"))
@@ -342,7 +367,7 @@ impl HttpExporter {
                 rt.block_on(worker.run(rx, ctl_rx));
             })
             .map_err(|e| format!("cannot start the export thread: {e}"))?;
-        Ok(HttpExporter { name: name.to_owned(), tx, ctl, stats, privacy, spool, closed: AtomicBool::new(false) })
+        Ok(HttpExporter { name: name.to_owned(), tx, ctl, stats, privacy, log, closed: AtomicBool::new(false) })
     }
 
     fn wait(&self, timeout: Duration, shutdown: bool) -> BoxFuture<'_, ExportReport> {
@@ -354,7 +379,9 @@ impl HttpExporter {
                 self.closed.store(true, Ordering::Relaxed);
             }
             if self.ctl.send(msg).is_ok() {
-                let _ = tokio::time::timeout_at(deadline, wait).await;
+                // The worker answers by the deadline (plus the in-flight grace); the extra is
+                // for a worker thread that has died.
+                let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), wait).await;
             }
             self.stats.report()
         })
@@ -384,14 +411,18 @@ impl Exporter for HttpExporter {
                 return;
             }
         };
-        // The queue is full: spill to the spool, scrubbed like everything that leaves.
-        match &self.spool {
-            Some(spool) => match spool.write(&[self.privacy.apply_shared(trace)]) {
-                Ok(w) => {
-                    self.stats.spooled.fetch_add(w, Ordering::Relaxed);
+        // The queue is full: straight into the log (scrubbed like everything that leaves);
+        // the worker reads it back when it has room.
+        match &self.log {
+            Some(log) => {
+                let t = self.privacy.apply_shared(trace);
+                match log.lock().append_unread(&t) {
+                    Ok(_) => {
+                        self.stats.spooled.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => self.stats.drop_spans(n, format!("{}: queue full and {e}", self.name)),
                 }
-                Err(e) => self.stats.drop_spans(n, format!("{}: queue full and {e}", self.name)),
-            },
+            }
             None => self.stats.drop_spans(n, format!("{}: queue full and no spool configured", self.name)),
         }
     }
@@ -434,21 +465,97 @@ struct Worker {
     opts: DeliveryOptions,
     client: reqwest::Client,
     stats: Arc<Stats>,
-    spool: Option<Arc<Spool>>,
+    log: Option<Arc<Mutex<Log>>>,
     privacy: Privacy,
-    /// The backend is considered down: batches go straight to the spool until a probe works.
-    down: bool,
-    next_probe: Instant,
+    /// The backend is considered down: new traces go to the log only until a probe works.
+    down: Cell<bool>,
+    next_probe: Cell<Instant>,
+    /// When a request was last given up on.
+    last_failure: Cell<Option<Instant>>,
+    /// Bumped at every deadline spill: traces that entered memory before it are counted as
+    /// spooled, and as `from_spool` when delivered after all.
+    epoch: Cell<u64>,
+}
+
+/// What became of a batch: the traces (by index) with undelivered spans and their weight.
+struct Settled {
+    batch: Batch,
+    failed: Vec<(usize, u64)>,
+    why: String,
+}
+
+/// A caller of flush or shutdown, waiting.
+struct Waiter {
+    deadline: Instant,
+    since: Instant,
+    done: oneshot::Sender<()>,
+    stop: bool,
+}
+
+/// Answers a flush caller now, or a shutdown caller once the worker has stopped.
+fn answer(w: &mut Waiter, stopping: &mut Vec<oneshot::Sender<()>>) {
+    let (tx, _) = oneshot::channel();
+    let done = std::mem::replace(&mut w.done, tx);
+    if w.stop {
+        stopping.push(done);
+    } else {
+        let _ = done.send(());
+    }
+}
+
+/// What the worker holds in memory: traces batching, batches ready, requests in flight.
+#[derive(Default)]
+struct Memory {
+    traces: usize,
+    seqs: std::collections::HashSet<u64>,
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Arc<TraceRecord>>, mut ctl: mpsc::UnboundedReceiver<Control>) {
+    async fn run(self, mut rx: mpsc::Receiver<Arc<TraceRecord>>, mut ctl: mpsc::UnboundedReceiver<Control>) {
         let mut batch = Batch::new();
-        // Whatever an earlier process left in the spool goes first.
-        self.drain_spool(None).await;
+        let mut ready: VecDeque<Batch> = VecDeque::new();
+        let mut inflight = FuturesUnordered::new();
+        let mut mem = Memory::default();
+        let mut waiters: Vec<Waiter> = Vec::new();
+        // Shutdown callers, answered once the log is closed.
+        let mut stopping: Vec<oneshot::Sender<()>> = Vec::new();
+        let mut tick = tokio::time::interval(SYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
+        let cap = self.opts.queue_capacity.max(1);
+        let max_in_flight = self.opts.max_in_flight.max(1);
         loop {
+            // Whatever the log holds beyond memory (an earlier process's traces at start-up,
+            // overflow, failures) is read back while there is room and the backend takes it.
+            if !self.down.get() && ready.is_empty() && mem.traces < cap {
+                self.refill(&mut batch, &mut ready, &mut mem, cap);
+            }
+            while inflight.len() < max_in_flight {
+                let Some(b) = ready.pop_front() else { break };
+                inflight.push(self.send_batch(b));
+            }
+            // Callers of flush whose traces are all settled (or the backend is down).
+            let idle = batch.is_empty() && ready.is_empty() && inflight.is_empty();
+            let unread = self.log.as_ref().is_some_and(|l| l.lock().has_unread());
+            if idle && !waiters.is_empty() {
+                // What a flush settled is durable before the caller hears of it.
+                self.sync_log();
+            }
+            waiters.retain_mut(|w| {
+                let gave_up = self.last_failure.get().is_some_and(|f| f >= w.since);
+                let settled = idle && (!unread || gave_up);
+                if settled {
+                    answer(w, &mut stopping);
+                }
+                !settled
+            });
+            if !stopping.is_empty() {
+                break;
+            }
+            let due = waiters.iter().map(|w| w.deadline).min();
+            let spill_at = due.map(|d| if inflight.is_empty() { d } else { d + IN_FLIGHT_GRACE });
             let age_deadline = batch.started.map(|s| s + self.opts.max_batch_age);
-            let probe = self.spool.is_some() && (self.down || self.spool_has_files());
+            let probe = self.log.is_some() && self.down.get();
             tokio::select! {
                 biased;
                 c = ctl.recv() => {
@@ -457,94 +564,227 @@ impl Worker {
                         Control::Flush(d, done) => (d, done, false),
                         Control::Shutdown(d, done) => (d, done, true),
                     };
+                    // Everything queued so far is part of this flush.
                     while let Ok(t) = rx.try_recv() {
-                        self.add(&mut batch, t, Some(deadline)).await;
+                        self.add(&mut batch, &mut ready, &mut mem, t, cap);
                     }
-                    let b = std::mem::replace(&mut batch, Batch::new());
-                    self.send_batch(b, Some(deadline)).await;
-                    // Also a chance to deliver what is spooled (a probe when the backend was down).
-                    self.drain_spool(Some(deadline)).await;
-                    let _ = done.send(());
-                    if stop {
-                        rx.close();
-                        while let Ok(t) = rx.try_recv() {
-                            self.spool_or_drop(&[t], "arrived during shutdown");
-                        }
-                        break;
+                    if !batch.is_empty() {
+                        ready.push_back(std::mem::replace(&mut batch, Batch::new()));
                     }
+                    if self.down.get() {
+                        self.next_probe.set(Instant::now());
+                    }
+                    waiters.push(Waiter { deadline, since: Instant::now(), done, stop });
                 }
-                t = rx.recv() => match t {
-                    Some(t) => self.add(&mut batch, t, None).await,
-                    None => {
-                        let b = std::mem::replace(&mut batch, Batch::new());
-                        self.send_batch(b, None).await;
-                        break;
-                    }
+                Some(s) = inflight.next(), if !inflight.is_empty() => self.settle(s, &mut mem),
+                t = rx.recv(), if self.log.is_some() || mem.traces < cap => match t {
+                    Some(t) => self.add(&mut batch, &mut ready, &mut mem, t, cap),
+                    None => break,
                 },
                 _ = sleep_until_opt(age_deadline) => {
-                    let b = std::mem::replace(&mut batch, Batch::new());
-                    self.send_batch(b, None).await;
+                    ready.push_back(std::mem::replace(&mut batch, Batch::new()));
                 }
-                _ = tokio::time::sleep_until(self.next_probe), if probe => {
-                    self.next_probe = Instant::now() + self.opts.probe_interval;
-                    self.drain_spool(None).await;
+                _ = sleep_until_opt(spill_at) => {
+                    // A deadline passed: what is not delivered is in the log before the caller
+                    // gets its answer (counted as spooled), and the log is made durable.
+                    while let Ok(t) = rx.try_recv() {
+                        self.add(&mut batch, &mut ready, &mut mem, t, 0);
+                    }
+                    self.spill();
+                    let now = Instant::now();
+                    waiters.retain_mut(|w| {
+                        let due = w.deadline <= now;
+                        if due {
+                            answer(w, &mut stopping);
+                        }
+                        !due
+                    });
+                    if !stopping.is_empty() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(self.next_probe.get()), if probe => {
+                    // Try the backend again with what the log holds.
+                    self.next_probe.set(Instant::now() + self.opts.probe_interval);
+                    self.down.set(false);
+                }
+                _ = tick.tick(), if self.log.is_some() => {
+                    ticks += 1;
+                    self.sync_log();
+                    // Folders other processes left behind are taken over while running.
+                    if ticks.is_multiple_of(25) {
+                        if let Some(log) = &self.log {
+                            log.lock().adopt();
+                        }
+                    }
                 }
             }
         }
-    }
-
-    fn spool_has_files(&self) -> bool {
-        self.spool.as_ref().is_some_and(|s| s.has_files())
+        // Stopping: what is still queued goes to the log.
+        rx.close();
+        while let Ok(t) = rx.try_recv() {
+            self.add(&mut batch, &mut ready, &mut mem, t, 0);
+        }
+        drop(inflight);
+        self.spill();
+        if let Some(log) = &self.log {
+            // The folder is free for the next process (or exporter) from here on.
+            if let Err(e) = log.lock().close() {
+                tracing::warn!(target: "flowtrace::export", "{}: cannot sync the spool: {e}", self.name);
+            }
+        }
+        for w in waiters.drain(..) {
+            let _ = w.done.send(());
+        }
+        for done in stopping {
+            let _ = done.send(());
+        }
     }
 
     fn mode(&self) -> u8 {
         self.target.mode.load(Ordering::Relaxed)
     }
 
-    async fn add(&mut self, batch: &mut Batch, t: Arc<TraceRecord>, deadline: Option<Instant>) {
-        let t = self.privacy.apply_shared(t);
-        encode_into(batch, t, self.mode(), self.target.environment.as_deref());
-        if batch.weight as usize >= self.opts.max_batch_spans || batch.bytes >= self.opts.max_request_bytes {
-            let b = std::mem::replace(batch, Batch::new());
-            self.send_batch(b, deadline).await;
+    fn sync_log(&self) {
+        if let Some(log) = &self.log {
+            let mut log = log.lock();
+            if let Err(e) = log.sync() {
+                tracing::warn!(target: "flowtrace::export", "{}: cannot sync the spool {}: {e}", self.name, log.dir().display());
+            }
         }
     }
 
-    fn spool_or_drop(&self, traces: &[Arc<TraceRecord>], why: &str) -> bool {
-        let n: u64 = traces.iter().map(|t| spans_of(t)).sum();
-        match &self.spool {
-            // Scrubbed like everything that leaves (a no-op scan for traces already scrubbed).
-            Some(s) => {
-                match s.write(&traces.iter().map(|t| self.privacy.apply_shared(Arc::clone(t))).collect::<Vec<_>>()) {
-                    Ok(w) => {
-                        self.stats.spooled.fetch_add(w, Ordering::Relaxed);
-                        tracing::info!(target: "flowtrace::export", "{}: spooled {w} spans to {} ({why})", self.name, s.dir().display());
-                        true
-                    }
-                    Err(e) => {
-                        self.stats.drop_spans(n, format!("{}: {why}, and {e}", self.name));
-                        false
-                    }
+    /// Takes a trace from the queue: into the log, and into memory while there is room (and
+    /// the backend is up); otherwise the log alone, to be read back later.
+    fn add(&self, batch: &mut Batch, ready: &mut VecDeque<Batch>, mem: &mut Memory, t: Arc<TraceRecord>, cap: usize) {
+        let t = self.privacy.apply_shared(t);
+        let n = spans_of(&t);
+        let room = mem.traces < cap && !(self.down.get() && self.log.is_some());
+        let mut seq = None;
+        if let Some(log) = &self.log {
+            let mut log = log.lock();
+            let appended = if room { log.append(&t) } else { log.append_unread(&t) };
+            match appended {
+                Ok(s) if room => seq = Some(s),
+                Ok(_) => {
+                    self.stats.spooled.fetch_add(n, Ordering::Relaxed);
+                    return;
+                }
+                // Full (or failing): the trace is still delivered from memory if there is room.
+                Err(e) if room => {
+                    tracing::warn!(target: "flowtrace::export", "{}: {e}; delivering from memory only", self.name);
+                }
+                Err(e) => {
+                    self.stats.drop_spans(n, format!("{}: {e} (the disk cap is reached)", self.name));
+                    return;
                 }
             }
-            None => {
-                self.stats.drop_spans(n, format!("{}: {why}, and no spool is configured", self.name));
-                false
-            }
+        }
+        if let Some(s) = seq {
+            mem.seqs.insert(s);
+        }
+        mem.traces += 1;
+        encode_into(
+            batch,
+            t,
+            self.mode(),
+            self.target.environment.as_deref(),
+            Meta { seq, from_log: false, epoch: self.epoch.get() },
+        );
+        if batch.weight as usize >= self.opts.max_batch_spans || batch.bytes >= self.opts.max_request_bytes {
+            ready.push_back(std::mem::replace(batch, Batch::new()));
         }
     }
 
-    /// Sends a batch, retrying; what cannot be delivered goes to the spool (or, for a batch
-    /// from the spool, back to it). Returns whether everything was settled without spooling.
-    async fn send_batch(&mut self, mut batch: Batch, deadline: Option<Instant>) -> bool {
-        if batch.is_empty() {
-            return true;
+    /// Reads traces back from the log into memory, up to the room there is.
+    fn refill(&self, batch: &mut Batch, ready: &mut VecDeque<Batch>, mem: &mut Memory, cap: usize) {
+        let Some(log) = &self.log else { return };
+        let (records, bad) = {
+            let mut log = log.lock();
+            if !log.has_unread() {
+                return;
+            }
+            let want = (cap - mem.traces).min(self.opts.max_batch_spans.max(1) * self.opts.max_in_flight.max(1));
+            log.read(want, |s| mem.seqs.contains(&s))
+        };
+        if bad > 0 {
+            self.stats.drop_spans(bad, format!("{}: unreadable records in the spool (traces, not spans)", self.name));
         }
-        if self.down && !batch.from_spool {
-            let traces = std::mem::take(&mut batch.traces);
-            self.spool_or_drop(&traces, "the backend is down");
-            return false;
+        for r in records {
+            mem.seqs.insert(r.seq);
+            mem.traces += 1;
+            let meta = Meta { seq: Some(r.seq), from_log: true, epoch: self.epoch.get() };
+            encode_into(batch, Arc::new(r.trace), self.mode(), self.target.environment.as_deref(), meta);
+            if batch.weight as usize >= self.opts.max_batch_spans || batch.bytes >= self.opts.max_request_bytes {
+                ready.push_back(std::mem::replace(batch, Batch::new()));
+            }
         }
+        if !batch.is_empty() {
+            ready.push_back(std::mem::replace(batch, Batch::new()));
+        }
+    }
+
+    /// A deadline passed: everything in memory not delivered yet is in the log already (it
+    /// was appended on arrival); count it as spooled and make the log durable.
+    fn spill(&self) {
+        let Some(log) = &self.log else { return };
+        let s = &self.stats;
+        let pending = s.accepted.load(Ordering::Relaxed).saturating_sub(
+            s.delivered.load(Ordering::Relaxed) + s.spooled.load(Ordering::Relaxed) + s.dropped.load(Ordering::Relaxed),
+        );
+        s.spooled.fetch_add(pending, Ordering::Relaxed);
+        self.epoch.set(self.epoch.get() + 1);
+        let mut log = log.lock();
+        if let Err(e) = log.sync() {
+            s.reason(format!("{}: cannot sync the spool {}: {e}", self.name, log.dir().display()), 0);
+        }
+    }
+
+    /// Books a finished batch: delivered traces are acknowledged in the log; failed ones stay
+    /// there (read again later) or, without a log, are dropped.
+    fn settle(&self, s: Settled, mem: &mut Memory) {
+        let Settled { batch, failed, why } = s;
+        let mut failed_w = vec![0u64; batch.traces.len()];
+        for (i, w) in &failed {
+            failed_w[*i] += w;
+        }
+        let mut log = self.log.as_ref().map(|l| l.lock());
+        let mut spooled = 0;
+        let mut rewind = false;
+        for (i, m) in batch.meta.iter().enumerate() {
+            mem.traces = mem.traces.saturating_sub(1);
+            if let Some(seq) = m.seq {
+                mem.seqs.remove(&seq);
+            }
+            let fw = failed_w[i];
+            match (m.seq, log.as_mut()) {
+                (Some(seq), Some(log)) if fw == 0 => log.ack(seq),
+                (Some(_), Some(_)) => {
+                    rewind = true;
+                    if !m.from_log && m.epoch == self.epoch.get() {
+                        spooled += fw;
+                    }
+                }
+                _ if fw == 0 => {}
+                _ => self.stats.drop_spans(fw, format!("{}: {why}, and no spool is configured", self.name)),
+            }
+        }
+        if let Some(log) = log.as_mut() {
+            if rewind {
+                log.rewind();
+                self.last_failure.set(Some(Instant::now()));
+            }
+            if spooled > 0 {
+                self.stats.spooled.fetch_add(spooled, Ordering::Relaxed);
+                tracing::info!(target: "flowtrace::export", "{}: {spooled} spans left in the spool {} ({why})", self.name, log.dir().display());
+            }
+        } else if !failed.is_empty() {
+            self.last_failure.set(Some(Instant::now()));
+        }
+    }
+
+    /// Sends a batch, retrying; says which traces still have undelivered spans.
+    async fn send_batch(&self, mut batch: Batch) -> Settled {
         // Split by request size.
         let mut chunks: Vec<Vec<Unit>> = Vec::new();
         let mut cur = Vec::new();
@@ -558,15 +798,16 @@ impl Worker {
             cur.push(u);
         }
         chunks.push(cur);
-        let mut failed: Vec<Unit> = Vec::new();
+        let mut failed: Vec<(usize, u64)> = Vec::new();
         let mut why = String::new();
-        let mut queue = std::collections::VecDeque::from(chunks);
+        let mut queue = VecDeque::from(chunks);
         while let Some(chunk) = queue.pop_front() {
-            if self.down {
-                failed.extend(chunk);
+            if self.down.get() && self.log.is_some() {
+                failed.extend(chunk.iter().map(|u| (u.trace, u.weight)));
+                why = "the backend is down".into();
                 continue;
             }
-            match self.deliver(chunk, &batch, deadline).await {
+            match self.deliver(chunk, &batch, None).await {
                 Ok(()) => {}
                 Err((units, reason, split)) => {
                     if let Some((a, b)) = split {
@@ -575,41 +816,19 @@ impl Worker {
                         continue;
                     }
                     why = reason;
-                    failed.extend(units);
+                    failed.extend(units.iter().map(|u| (u.trace, u.weight)));
                 }
             }
         }
-        if failed.is_empty() {
-            return true;
-        }
-        // Spool the traces that still have undelivered units.
-        let mut idx: Vec<usize> = failed.iter().map(|u| u.trace).collect();
-        idx.sort_unstable();
-        idx.dedup();
-        let traces: Vec<Arc<TraceRecord>> = idx.iter().map(|&i| Arc::clone(&batch.traces[i])).collect();
-        let weight: u64 = failed.iter().map(|u| u.weight).sum();
-        if batch.from_spool {
-            // The caller puts the file back.
-            return false;
-        }
-        match &self.spool {
-            Some(s) => match s.write(&traces) {
-                Ok(_) => {
-                    self.stats.spooled.fetch_add(weight, Ordering::Relaxed);
-                    tracing::info!(target: "flowtrace::export", "{}: spooled {weight} spans to {} ({why})", self.name, s.dir().display());
-                }
-                Err(e) => self.stats.drop_spans(weight, format!("{}: {why}, and {e}", self.name)),
-            },
-            None => self.stats.drop_spans(weight, format!("{}: {why}, and no spool is configured", self.name)),
-        }
-        false
+        Settled { batch, failed, why }
     }
 
-    fn count_delivered(&self, batch: &Batch, n: u64) {
-        if batch.from_spool {
-            self.stats.from_spool.fetch_add(n, Ordering::Relaxed);
+    fn count_delivered(&self, batch: &Batch, u: &Unit) {
+        let m = &batch.meta[u.trace];
+        if m.from_log || m.epoch < self.epoch.get() {
+            self.stats.from_spool.fetch_add(u.weight, Ordering::Relaxed);
         } else {
-            self.stats.delivered.fetch_add(n, Ordering::Relaxed);
+            self.stats.delivered.fetch_add(u.weight, Ordering::Relaxed);
         }
     }
 
@@ -617,7 +836,7 @@ impl Worker {
     /// and for a 413 the two halves to try instead.
     #[allow(clippy::type_complexity)]
     async fn deliver(
-        &mut self,
+        &self,
         mut units: Vec<Unit>,
         batch: &Batch,
         deadline: Option<Instant>,
@@ -628,8 +847,10 @@ impl Worker {
             let outcome = self.post(&mut units).await;
             let (after, why) = match outcome {
                 Sent::Ok => {
-                    self.count_delivered(batch, units.iter().map(|u| u.weight).sum());
-                    self.down = false;
+                    for u in &units {
+                        self.count_delivered(batch, u);
+                    }
+                    self.down.set(false);
                     return Ok(());
                 }
                 Sent::Partial { retry, rejected } => {
@@ -643,16 +864,14 @@ impl Worker {
                         self.stats.drop_spans(w, format!("{}: event rejected: {msg}", self.name));
                     }
                     let mut rest = Vec::new();
-                    let mut ok = 0;
                     for (u, k) in units.into_iter().zip(keep) {
                         match k {
-                            0 => ok += u.weight,
+                            0 => self.count_delivered(batch, &u),
                             1 => rest.push(u),
                             _ => {}
                         }
                     }
-                    self.count_delivered(batch, ok);
-                    self.down = false;
+                    self.down.set(false);
                     if rest.is_empty() {
                         return Ok(());
                     }
@@ -683,6 +902,7 @@ impl Worker {
                             Arc::clone(&batch.traces[i]),
                             MODE_LEGACY,
                             self.target.environment.as_deref(),
+                            batch.meta[i],
                         );
                     }
                     units = b
@@ -706,8 +926,8 @@ impl Worker {
                         tracing::error!(target: "flowtrace::export", "{}: authentication failed: {msg}; check the keys. Traces are kept in the spool.", self.name);
                         self.stats.reason(format!("{}: authentication failed: {msg}", self.name), 0);
                     }
-                    self.down = true;
-                    self.next_probe = Instant::now() + self.opts.probe_interval;
+                    self.down.set(true);
+                    self.next_probe.set(Instant::now() + self.opts.probe_interval);
                     return Err((units, format!("authentication failed: {msg}"), None));
                 }
             };
@@ -715,8 +935,9 @@ impl Worker {
             let past_deadline = deadline.is_some_and(|d| Instant::now() + wait > d);
             if attempt >= self.opts.max_attempts || past_deadline {
                 tracing::warn!(target: "flowtrace::export", "{}: giving up on a request after {attempt} attempts: {why}", self.name);
-                self.down = true;
-                self.next_probe = Instant::now() + self.opts.probe_interval;
+                self.down.set(true);
+                self.next_probe.set(Instant::now() + self.opts.probe_interval);
+                self.last_failure.set(Some(Instant::now()));
                 return Err((units, why, None));
             }
             tracing::debug!(target: "flowtrace::export", "{}: retrying in {wait:?}: {why}", self.name);
@@ -845,34 +1066,6 @@ impl Worker {
             413 => Sent::TooLarge(text()),
             408 | 500..=599 => Sent::Retry { after: retry_after.filter(|_| status == 503), why: text() },
             _ => Sent::Rejected(text()),
-        }
-    }
-
-    /// Sends spooled files while the backend takes them (within the deadline).
-    async fn drain_spool(&mut self, deadline: Option<Instant>) {
-        let Some(spool) = self.spool.clone() else { return };
-        while deadline.is_none_or(|d| Instant::now() < d) {
-            let Some(claim) = spool.claim() else { break };
-            if claim.unreadable > 0 {
-                self.stats.drop_spans(claim.unreadable, format!("{}: unreadable lines in the spool", self.name));
-            }
-            let mut batch = Batch::new();
-            batch.from_spool = true;
-            for t in &claim.traces {
-                encode_into(&mut batch, Arc::clone(t), self.mode(), self.target.environment.as_deref());
-            }
-            let was_down = self.down;
-            self.down = false;
-            if self.send_batch(batch, deadline).await {
-                spool.done(claim);
-            } else {
-                spool.release(claim);
-                self.down = true;
-                if !was_down {
-                    self.next_probe = Instant::now() + self.opts.probe_interval;
-                }
-                break;
-            }
         }
     }
 }

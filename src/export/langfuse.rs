@@ -254,7 +254,7 @@ impl LangfuseExporterBuilder {
 }
 
 impl LangfuseExporter {
-    /// A builder with the defaults (auto ingestion, 64 spans / 1 s batches, spool in
+    /// A builder with the defaults (auto ingestion, 512 spans / 1 s batches, spool in
     /// `.flowtrace/spool/langfuse`).
     pub fn builder() -> LangfuseExporterBuilder {
         LangfuseExporterBuilder::default()

@@ -1,53 +1,216 @@
-//! The on-disk spool: batches that could not be delivered, kept as JSON Lines files in a
-//! folder until the backend is back (in this process or the next one using the folder).
+//! The write-ahead spool: an append-only log of finished traces in size-bounded segment
+//! files, with the exporter's acknowledged cursor beside them.
+//!
+//! Every trace an exporter takes is appended here before it is sent (one `write` per trace,
+//! so a SIGKILL loses nothing already appended; `fsync` is batched by the caller, about every
+//! 200 ms and at every flush and shutdown, which bounds what a power cut can lose). Delivery
+//! acknowledges records by sequence number; the cursor (`ack`) is the lowest sequence not yet
+//! acknowledged, and a segment whose records are all below it is deleted. The cap counts the
+//! bytes of the segment files on disk.
+//!
+//! The design follows the OpenTelemetry Collector's persistent queue (read/write indexes and
+//! an acknowledged set), Vector's disk buffer v2 (sized data files, a ledger, a lock on the
+//! folder) and Fluent Bit's filesystem chunks. No crate offered this without a heavy
+//! dependency (zstd, CBOR, sled or redb), so it is written here: about 400 lines of std.
+//!
+//! One process holds a folder at a time (an OS file lock on `lock`). A second process on the
+//! same folder gets a folder of its own inside it (`proc-1`, `proc-2`, …), whose records the
+//! holder of the main folder takes over (adopts) once that process has gone. Delivery is at
+//! least once: a record delivered but not yet acknowledged on disk when the process dies is
+//! sent again by the next one (Langfuse deduplicates by span and event id).
+//!
+//! Record frame: `u32 payload length, u64 sequence, u32 FNV-1a checksum, payload` (little
+//! endian); the payload is the trace as JSON. A torn frame at the end of the newest segment
+//! (a crash mid-write) is cut off at start-up.
 
-use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::collections::{BTreeSet, VecDeque};
+use std::fs::{self, File};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use crate::trace::TraceRecord;
 
-const SUFFIX: &str = ".jsonl";
-const CLAIMED: &str = ".sending";
+const SEGMENT_SUFFIX: &str = ".seg";
+const ACK_FILE: &str = "ack";
+const LOCK_FILE: &str = "lock";
+const OWN_PREFIX: &str = "proc-";
+const HEADER: usize = 16;
+/// A frame longer than this is taken as corruption, not a record.
+const MAX_RECORD: u32 = 256 << 20;
 
-/// A bounded folder of undelivered traces.
-#[derive(Debug)]
-pub struct Spool {
-    dir: PathBuf,
-    max_bytes: u64,
-    used: Mutex<u64>,
-    seq: AtomicU64,
-}
-
-/// Spans a spooled trace stands for (its spans plus the trace itself).
+/// Spans a trace stands for in reports (its spans plus the trace itself).
 pub fn spans_of(t: &TraceRecord) -> u64 {
     t.spans.len() as u64 + 1
 }
 
-impl Spool {
-    /// Opens (creating it) `dir`, holding at most `max_bytes`. Files a crashed process left
-    /// claimed are taken back.
-    pub fn open(dir: impl AsRef<Path>, max_bytes: u64) -> std::io::Result<Spool> {
-        let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir)?;
-        let mut used = 0;
-        for e in fs::read_dir(&dir)?.flatten() {
-            let p = e.path();
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
-            if let Some(base) = name.strip_suffix(CLAIMED) {
-                // Claimed by a process that is gone (or still sending: it then deletes the
-                // file it renamed and finds it missing, which is harmless).
-                if stale(&p) {
-                    let _ = fs::rename(&p, dir.join(base));
-                }
-            }
-            used += e.metadata().map(|m| m.len()).unwrap_or(0);
+fn checksum(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= *b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+#[derive(Debug)]
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+struct Reader {
+    /// Index (by `first`) of the segment being read.
+    segment: u64,
+    file: BufReader<File>,
+    /// The sequence of the next frame in `file`.
+    next: u64,
+}
+
+/// A record read back from the log.
+#[derive(Debug)]
+pub struct Stored {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The trace.
+    pub trace: TraceRecord,
+}
+
+/// The write-ahead log of one exporter.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    /// Held while open; `None` once closed.
+    lock: Option<File>,
+    max_bytes: u64,
+    segment_bytes: u64,
+    segments: VecDeque<Segment>,
+    active: File,
+    next_seq: u64,
+    /// Every record below this is acknowledged.
+    floor: u64,
+    /// Acknowledged records at or above `floor`.
+    done: BTreeSet<u64>,
+    /// Where the next read starts.
+    scan: u64,
+    reader: Option<Reader>,
+    /// Whether records may be waiting that are not in the caller's memory.
+    unread: bool,
+    dirty: bool,
+    ack_written: u64,
+    /// Whether this is the main folder (it adopts the folders of other processes).
+    main: bool,
+}
+
+/// Why a record could not be appended.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The cap is reached.
+    #[error("spool {dir} is full ({used} of {max} bytes on disk)")]
+    Full {
+        /// The folder.
+        dir: String,
+        /// Bytes on disk.
+        used: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// Serialising or writing failed.
+    #[error("cannot write to spool {dir}: {why}")]
+    Io {
+        /// The folder.
+        dir: String,
+        /// What failed.
+        why: String,
+    },
+}
+
+impl Log {
+    /// Opens `dir` (creating it), holding at most `max_bytes` on disk. When another process
+    /// holds `dir`, opens a folder of its own inside it instead and says so in the log output.
+    pub fn open(dir: impl AsRef<Path>, max_bytes: u64) -> std::io::Result<Log> {
+        Self::open_with(dir.as_ref(), max_bytes, 8 << 20)
+    }
+
+    /// [`open`](Self::open) with a segment size (tests use small ones).
+    pub fn open_with(dir: &Path, max_bytes: u64, segment_bytes: u64) -> std::io::Result<Log> {
+        fs::create_dir_all(dir)?;
+        if let Some(lock) = try_lock(dir)? {
+            let mut log = Self::open_locked(dir, lock, max_bytes, segment_bytes, true)?;
+            log.adopt();
+            return Ok(log);
         }
-        Ok(Spool { dir, max_bytes, used: Mutex::new(used), seq: AtomicU64::new(0) })
+        for k in 1..=64 {
+            let own = dir.join(format!("{OWN_PREFIX}{k}"));
+            fs::create_dir_all(&own)?;
+            if let Some(lock) = try_lock(&own)? {
+                tracing::warn!(target: "flowtrace::export", "spool {} is in use by another process: this one spools to {} (taken over by the main folder's next holder once this process ends)", dir.display(), own.display());
+                return Self::open_locked(&own, lock, max_bytes, segment_bytes, false);
+            }
+        }
+        Err(std::io::Error::other(format!(
+            "spool {} and 64 folders inside it are in use by other processes",
+            dir.display()
+        )))
+    }
+
+    fn open_locked(dir: &Path, lock: File, max_bytes: u64, segment_bytes: u64, main: bool) -> std::io::Result<Log> {
+        let floor = fs::read_to_string(dir.join(ACK_FILE)).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+        let mut segments: Vec<Segment> = Vec::new();
+        for e in fs::read_dir(dir)?.flatten() {
+            let p = e.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if let Some(first) = name.strip_suffix(SEGMENT_SUFFIX).and_then(|n| n.parse::<u64>().ok()) {
+                let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
+                segments.push(Segment { first, path: p, bytes });
+            }
+        }
+        segments.sort_by_key(|s| s.first);
+        // Segments wholly acknowledged (the next one starts at or below the floor) go.
+        while segments.len() > 1 && segments[1].first <= floor {
+            let s = segments.remove(0);
+            let _ = fs::remove_file(&s.path);
+        }
+        let mut next_seq = floor;
+        if let Some(last) = segments.last_mut() {
+            let (end, next) = scan_valid(&last.path, last.first)?;
+            if end < last.bytes {
+                // A torn frame from a crash mid-write: cut it off.
+                let f = fs::OpenOptions::new().write(true).open(&last.path)?;
+                f.set_len(end)?;
+                last.bytes = end;
+            }
+            next_seq = next_seq.max(next);
+        }
+        let reuse = segments.last().is_some_and(|s| s.bytes < segment_bytes && s.first <= next_seq);
+        if !reuse {
+            let path = dir.join(segment_name(next_seq));
+            File::create(&path)?;
+            segments.push(Segment { first: next_seq, path, bytes: 0 });
+        }
+        let last = segments.last().map(|s| s.path.clone()).unwrap_or_default();
+        let active = fs::OpenOptions::new().append(true).open(&last)?;
+        let unread = next_seq > floor;
+        let mut log = Log {
+            dir: dir.to_path_buf(),
+            lock: Some(lock),
+            max_bytes,
+            segment_bytes,
+            segments: segments.into(),
+            active,
+            next_seq,
+            floor,
+            done: BTreeSet::new(),
+            scan: floor,
+            reader: None,
+            unread,
+            dirty: false,
+            ack_written: floor,
+            main,
+        };
+        log.migrate_old_files();
+        Ok(log)
     }
 
     /// The folder.
@@ -55,131 +218,481 @@ impl Spool {
         &self.dir
     }
 
-    /// Writes `traces` as one file; returns the spans written, or why nothing was.
-    pub fn write(&self, traces: &[Arc<TraceRecord>]) -> Result<u64, String> {
-        let mut buf = Vec::new();
-        for t in traces {
-            serde_json::to_writer(&mut buf, &**t).map_err(|e| format!("cannot serialise a trace: {e}"))?;
-            buf.push(b'\n');
+    /// Bytes of segment files on disk.
+    pub fn bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.bytes).sum()
+    }
+
+    /// Whether records may be waiting that the caller has not read or kept in memory.
+    pub fn has_unread(&self) -> bool {
+        self.unread
+    }
+
+    /// Says that records the caller held in memory were let go: read them again from the log.
+    pub fn rewind(&mut self) {
+        self.scan = self.floor;
+        self.unread = self.next_seq > self.floor;
+    }
+
+    /// Makes the log durable and lets the folder go (to the next process); appends fail
+    /// from now on.
+    pub fn close(&mut self) -> std::io::Result<()> {
+        let r = self.sync();
+        self.lock = None;
+        self.reader = None;
+        r
+    }
+
+    /// Appends one trace; returns its sequence number.
+    pub fn append(&mut self, t: &TraceRecord) -> Result<u64, AppendError> {
+        let io = |why: String, dir: &Path| AppendError::Io { dir: dir.display().to_string(), why };
+        if self.lock.is_none() {
+            return Err(io("the spool is closed".into(), &self.dir));
         }
-        let mut used = self.used.lock();
-        if *used + buf.len() as u64 > self.max_bytes {
-            return Err(format!("spool {} is full ({} of {} bytes used)", self.dir.display(), *used, self.max_bytes));
+        let mut frame = Vec::with_capacity(1024);
+        frame.extend_from_slice(&[0; HEADER]);
+        serde_json::to_writer(&mut frame, t).map_err(|e| io(format!("cannot serialise a trace: {e}"), &self.dir))?;
+        let len = (frame.len() - HEADER) as u32;
+        let used = self.bytes();
+        if used + frame.len() as u64 > self.max_bytes {
+            return Err(AppendError::Full { dir: self.dir.display().to_string(), used, max: self.max_bytes });
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        let name = format!("{now:020}-{}-{:06}", std::process::id(), self.seq.fetch_add(1, Ordering::Relaxed));
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&buf)?;
+        let seq = self.next_seq;
+        let sum = checksum(&frame[HEADER..]);
+        frame[0..4].copy_from_slice(&len.to_le_bytes());
+        frame[4..12].copy_from_slice(&seq.to_le_bytes());
+        frame[12..16].copy_from_slice(&sum.to_le_bytes());
+        if self.segments.back().is_some_and(|s| s.bytes > 0 && s.bytes + frame.len() as u64 > self.segment_bytes) {
+            self.rotate().map_err(|e| io(e.to_string(), &self.dir))?;
+        }
+        self.active.write_all(&frame).map_err(|e| io(e.to_string(), &self.dir))?;
+        if let Some(s) = self.segments.back_mut() {
+            s.bytes += frame.len() as u64;
+        }
+        self.next_seq += 1;
+        self.dirty = true;
+        Ok(seq)
+    }
+
+    /// Appends a trace the caller does not keep in memory: it is read back later.
+    pub fn append_unread(&mut self, t: &TraceRecord) -> Result<u64, AppendError> {
+        let seq = self.append(t)?;
+        self.unread = true;
+        Ok(seq)
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.active.sync_data()?;
+        let path = self.dir.join(segment_name(self.next_seq));
+        let f = fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        self.segments.push_back(Segment { first: self.next_seq, path, bytes: 0 });
+        self.active = f;
+        Ok(())
+    }
+
+    /// Acknowledges a record (delivered, or given up on and counted).
+    pub fn ack(&mut self, seq: u64) {
+        if seq < self.floor {
+            return;
+        }
+        self.done.insert(seq);
+        while self.done.remove(&self.floor) {
+            self.floor += 1;
+        }
+        // Delete segments wholly below the floor (never the active one).
+        while self.segments.len() > 1 && self.segments[1].first <= self.floor {
+            if let Some(s) = self.segments.pop_front() {
+                if self.reader.as_ref().is_some_and(|r| r.segment == s.first) {
+                    self.reader = None;
+                }
+                let _ = fs::remove_file(&s.path);
+            }
+        }
+        if self.scan < self.floor {
+            self.scan = self.floor;
+        }
+    }
+
+    /// Makes every append and the cursor durable (`fsync`). Cheap when nothing changed.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        if self.dirty {
+            self.active.sync_data()?;
+            self.dirty = false;
+        }
+        if self.ack_written != self.floor {
+            let tmp = self.dir.join(".ack.tmp");
+            let mut f = File::create(&tmp)?;
+            writeln!(f, "{}", self.floor)?;
             f.sync_data()?;
-            fs::rename(&tmp, self.dir.join(format!("{name}{SUFFIX}")))
+            fs::rename(&tmp, self.dir.join(ACK_FILE))?;
+            self.ack_written = self.floor;
+        }
+        Ok(())
+    }
+
+    /// Reads up to `max` unacknowledged records from the read position on, skipping those
+    /// `skip` names (held in the caller's memory). Also returns how many frames could not be
+    /// read back (corrupt); they are acknowledged, so the caller must count them as lost.
+    pub fn read(&mut self, max: usize, skip: impl Fn(u64) -> bool) -> (Vec<Stored>, u64) {
+        let mut out = Vec::new();
+        let mut bad = 0;
+        while out.len() < max && self.scan < self.next_seq {
+            if self.reader.as_ref().is_none_or(|r| r.next != self.scan) && !self.seek(self.scan) {
+                break;
+            }
+            let Some(r) = self.reader.as_mut() else { break };
+            let mut head = [0u8; HEADER];
+            if r.file.read_exact(&mut head).is_err() {
+                // End of this segment: the next one, if any, starts where this one ended.
+                let next = self.segments.iter().find(|s| s.first > r.segment).map(|s| s.first);
+                self.reader = None;
+                match next {
+                    Some(first) if first >= self.scan => {
+                        self.scan = first;
+                        continue;
+                    }
+                    _ => break,
+                }
+            }
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let seq = u64::from_le_bytes(head[4..12].try_into().unwrap_or([0; 8]));
+            let sum = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
+            if len > MAX_RECORD || seq != r.next {
+                // Corrupt: nothing after it in this segment can be trusted.
+                bad += self.skip_segment();
+                continue;
+            }
+            r.next += 1;
+            self.scan = seq + 1;
+            if seq < self.floor || self.done.contains(&seq) || skip(seq) {
+                if r.file.seek_relative(len as i64).is_err() {
+                    self.reader = None;
+                }
+                continue;
+            }
+            let mut payload = vec![0u8; len as usize];
+            if r.file.read_exact(&mut payload).is_err() || checksum(&payload) != sum {
+                self.ack(seq);
+                bad += 1;
+                self.reader = None;
+                continue;
+            }
+            match serde_json::from_slice::<TraceRecord>(&payload) {
+                Ok(trace) => out.push(Stored { seq, trace }),
+                Err(_) => {
+                    self.ack(seq);
+                    bad += 1;
+                }
+            }
+        }
+        if self.scan >= self.next_seq {
+            self.unread = false;
+        }
+        (out, bad)
+    }
+
+    /// Acknowledges the rest of the current segment (unreadable); returns how many records.
+    fn skip_segment(&mut self) -> u64 {
+        let Some(r) = self.reader.take() else { return 0 };
+        let end = self.segments.iter().find(|s| s.first > r.segment).map(|s| s.first).unwrap_or(self.next_seq);
+        let mut n = 0;
+        for seq in r.next..end {
+            if seq >= self.floor && !self.done.contains(&seq) {
+                n += 1;
+            }
+            self.ack(seq);
+        }
+        self.scan = self.scan.max(end);
+        n
+    }
+
+    /// Positions the reader at `seq`; false when no segment holds it.
+    fn seek(&mut self, seq: u64) -> bool {
+        let Some(s) = self.segments.iter().rev().find(|s| s.first <= seq) else {
+            self.scan = self.segments.front().map(|s| s.first).unwrap_or(self.next_seq).max(seq);
+            return false;
         };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            format!("cannot write to spool {}: {e}", self.dir.display())
-        })?;
-        *used += buf.len() as u64;
-        Ok(traces.iter().map(|t| spans_of(t)).sum())
+        let Ok(f) = File::open(&s.path) else { return false };
+        let mut r = Reader { segment: s.first, file: BufReader::with_capacity(256 << 10, f), next: s.first };
+        while r.next < seq {
+            let mut head = [0u8; HEADER];
+            if r.file.read_exact(&mut head).is_err() {
+                return false;
+            }
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            if r.file.seek_relative(len as i64).is_err() {
+                return false;
+            }
+            r.next += 1;
+        }
+        self.reader = Some(r);
+        true
     }
 
-    /// Whether any spooled file is waiting.
-    pub fn has_files(&self) -> bool {
-        self.files().next().is_some()
+    /// Takes over the folders of other processes that have ended (`proc-N` inside the main
+    /// folder): their unacknowledged records are appended here and the folders removed.
+    /// Returns how many records were taken over.
+    pub fn adopt(&mut self) -> u64 {
+        if !self.main {
+            return 0;
+        }
+        let mut n = 0;
+        let Ok(entries) = fs::read_dir(&self.dir) else { return 0 };
+        for e in entries.flatten() {
+            let p = e.path();
+            if !p.file_name().and_then(|x| x.to_str()).is_some_and(|x| x.starts_with(OWN_PREFIX)) {
+                continue;
+            }
+            let Ok(Some(lock)) = try_lock(&p) else { continue }; // its process is still running
+            let Ok(mut other) = Log::open_locked(&p, lock, u64::MAX, self.segment_bytes, false) else { continue };
+            let mut ok = true;
+            loop {
+                let (records, _bad) = other.read(256, |_| false);
+                if records.is_empty() {
+                    break;
+                }
+                for r in records {
+                    if self.append_unread(&r.trace).is_err() {
+                        ok = false;
+                        break;
+                    }
+                    other.ack(r.seq);
+                    n += 1;
+                }
+                if !ok {
+                    break;
+                }
+            }
+            if ok && self.sync().is_ok() {
+                drop(other);
+                let _ = fs::remove_dir_all(&p);
+            } else {
+                let _ = other.sync();
+            }
+        }
+        if n > 0 {
+            tracing::info!(target: "flowtrace::export", "spool {}: took over {n} traces left by another process", self.dir.display());
+        }
+        n
     }
 
-    fn files(&self) -> impl Iterator<Item = PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
+    /// Traces spooled by earlier versions (one `.jsonl` file per batch, or `.sending` when
+    /// claimed) are appended to the log and their files removed.
+    fn migrate_old_files(&mut self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        let mut files: Vec<PathBuf> = entries
             .flatten()
             .map(|e| e.path())
             .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(SUFFIX) && !n.starts_with('.'))
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.starts_with('.') && (n.ends_with(".jsonl") || n.ends_with(".jsonl.sending")))
             })
             .collect();
-        v.sort();
-        v.into_iter()
-    }
-
-    /// Takes the oldest file for sending: renames it so no other process sends it too, and
-    /// reads its traces. Lines that do not parse are counted, by the spans they held, in
-    /// [`Claim::unreadable`].
-    pub fn claim(&self) -> Option<Claim> {
-        for p in self.files() {
-            let claimed = PathBuf::from(format!("{}{CLAIMED}", p.display()));
-            if fs::rename(&p, &claimed).is_err() {
-                continue; // another process took it
+        files.sort();
+        for p in files {
+            let Ok(text) = fs::read_to_string(&p) else { continue };
+            let all = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<TraceRecord>(l).ok())
+                .all(|t| self.append_unread(&t).is_ok());
+            if all {
+                let _ = fs::remove_file(&p);
             }
-            let Ok(f) = fs::File::open(&claimed) else { continue };
-            let mut traces = Vec::new();
-            let mut bad = 0;
-            for line in BufReader::new(f).lines() {
-                match line {
-                    Ok(l) => match serde_json::from_str::<TraceRecord>(&l) {
-                        Ok(t) => traces.push(Arc::new(t)),
-                        // Counted as the spans it held (each has a `span_id`) plus the trace,
-                        // as it was counted when spooled, not as one.
-                        Err(_) => bad += l.matches("\"span_id\":").count() as u64 + 1,
-                    },
-                    Err(_) => bad += 1,
+        }
+    }
+}
+
+/// The traces a spool folder (and the folders of other processes inside it) holds and has
+/// not acknowledged, read without taking the folder: for inspection and tests.
+pub fn peek(dir: &Path) -> std::io::Result<Vec<TraceRecord>> {
+    let mut out = Vec::new();
+    let floor = fs::read_to_string(dir.join(ACK_FILE)).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    let mut segs: Vec<PathBuf> = Vec::new();
+    for e in fs::read_dir(dir)?.flatten() {
+        let p = e.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+        if name.starts_with(OWN_PREFIX) && p.is_dir() {
+            out.extend(peek(&p)?);
+        } else if name.ends_with(SEGMENT_SUFFIX) {
+            segs.push(p);
+        }
+    }
+    segs.sort();
+    for p in segs {
+        let mut r = BufReader::new(File::open(&p)?);
+        loop {
+            let mut head = [0u8; HEADER];
+            if r.read_exact(&mut head).is_err() {
+                break;
+            }
+            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let seq = u64::from_le_bytes(head[4..12].try_into().unwrap_or([0; 8]));
+            if len > MAX_RECORD {
+                break;
+            }
+            let mut payload = vec![0u8; len as usize];
+            if r.read_exact(&mut payload).is_err() {
+                break; // being written
+            }
+            if seq >= floor {
+                if let Ok(t) = serde_json::from_slice::<TraceRecord>(&payload) {
+                    out.push(t);
                 }
             }
-            let bytes = fs::metadata(&claimed).map(|m| m.len()).unwrap_or(0);
-            return Some(Claim { path: claimed, original: p, traces, unreadable: bad, bytes });
-        }
-        None
-    }
-
-    /// Deletes a claimed file once its traces are delivered (or given up on).
-    pub fn done(&self, claim: Claim) {
-        if fs::remove_file(&claim.path).is_ok() {
-            let mut used = self.used.lock();
-            *used = used.saturating_sub(claim.bytes);
         }
     }
+    Ok(out)
+}
 
-    /// Puts a claimed file back, for a later attempt.
-    pub fn release(&self, claim: Claim) {
-        let _ = fs::rename(&claim.path, &claim.original);
+fn segment_name(first: u64) -> String {
+    format!("{first:020}{SEGMENT_SUFFIX}")
+}
+
+/// The lock on `dir`, or `None` when another process holds it.
+fn try_lock(dir: &Path) -> std::io::Result<Option<File>> {
+    let f = fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(LOCK_FILE))?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
     }
 }
 
-fn stale(p: &Path) -> bool {
-    // A claimed file untouched for a minute belongs to a process that stopped.
-    fs::metadata(p)
-        .and_then(|m| m.modified())
-        .map(|t| t.elapsed().map(|e| e.as_secs() > 60).unwrap_or(false))
-        .unwrap_or(true)
-}
-
-/// A spooled file taken for sending.
-#[derive(Debug)]
-pub struct Claim {
-    path: PathBuf,
-    original: PathBuf,
-    /// The traces it holds.
-    pub traces: Vec<Arc<TraceRecord>>,
-    /// Spans of the lines that could not be read back.
-    pub unreadable: u64,
-    bytes: u64,
+/// The end of the last whole, valid frame of a segment and the sequence after it.
+fn scan_valid(path: &Path, first: u64) -> std::io::Result<(u64, u64)> {
+    let mut r = BufReader::new(File::open(path)?);
+    let (mut end, mut next) = (0u64, first);
+    let mut payload = Vec::new();
+    loop {
+        let mut head = [0u8; HEADER];
+        if r.read_exact(&mut head).is_err() {
+            break;
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let seq = u64::from_le_bytes(head[4..12].try_into().unwrap_or([0; 8]));
+        let sum = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
+        if len > MAX_RECORD || seq != next {
+            break;
+        }
+        payload.resize(len as usize, 0);
+        if r.read_exact(&mut payload).is_err() || checksum(&payload) != sum {
+            break;
+        }
+        end += HEADER as u64 + len as u64;
+        next += 1;
+    }
+    Ok((end, next))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("flowtrace-log-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn trace(name: &str) -> TraceRecord {
+        serde_json::from_value(serde_json::json!({
+            "trace_id": "0123456789abcdef0123456789abcdef", "name": name,
+            "start_unix_nanos": 1, "end_unix_nanos": 2, "input": null, "output": null, "status": "ok", "spans": []
+        }))
+        .expect("a trace record")
+    }
+
     #[test]
-    fn an_unreadable_line_counts_the_spans_it_held() {
-        let dir = std::env::temp_dir().join(format!("flowtrace-spool-unit-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let spool = Spool::open(&dir, 1 << 20).unwrap();
-        // A trace with two spans, cut short: it cannot be read, but it held 3 spans.
-        let line = r#"{"trace_id":"0123","spans":[{"span_id":"01"},{"span_id":"02"}"#;
-        fs::write(dir.join(format!("0001{SUFFIX}")), format!("{line}\n")).unwrap();
-        let claim = spool.claim().unwrap();
-        assert_eq!((claim.traces.len(), claim.unreadable), (0, 3));
-        spool.done(claim);
-        let _ = fs::remove_dir_all(&dir);
+    fn records_survive_reopening_until_acknowledged() {
+        let d = dir("reopen");
+        {
+            let mut log = Log::open_with(&d, 1 << 20, 300).unwrap();
+            for i in 0..10 {
+                log.append(&trace(&format!("t{i}"))).unwrap();
+            }
+            log.ack(0);
+            log.ack(1);
+            log.ack(3); // out of order: the cursor stays at 2
+            log.sync().unwrap();
+            assert!(log.segments.len() > 1, "small segments rotate");
+        }
+        let mut log = Log::open_with(&d, 1 << 20, 300).unwrap();
+        let (got, bad) = log.read(100, |_| false);
+        let names: Vec<String> = got.iter().map(|r| r.trace.name.clone()).collect();
+        // 3 was acknowledged after the cursor, which is not kept: it comes again (at least once).
+        assert_eq!(names, ["t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9"]);
+        assert_eq!(bad, 0);
+        for r in &got {
+            log.ack(r.seq);
+        }
+        log.sync().unwrap();
+        assert_eq!(log.segments.len(), 1, "acknowledged segments are deleted");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_off_and_the_rest_kept() {
+        let d = dir("torn");
+        {
+            let mut log = Log::open_with(&d, 1 << 20, 1 << 20).unwrap();
+            log.append(&trace("whole")).unwrap();
+            log.append(&trace("torn")).unwrap();
+        }
+        let seg = d.join(segment_name(0));
+        let len = fs::metadata(&seg).unwrap().len();
+        fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 5).unwrap();
+        let mut log = Log::open_with(&d, 1 << 20, 1 << 20).unwrap();
+        let (got, _) = log.read(10, |_| false);
+        assert_eq!(got.iter().map(|r| r.trace.name.as_str()).collect::<Vec<_>>(), ["whole"]);
+        assert_eq!(log.append(&trace("next")).unwrap(), 1, "the torn record's number is reused");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_cap_counts_bytes_on_disk() {
+        let d = dir("cap");
+        let mut log = Log::open_with(&d, 400, 1 << 20).unwrap();
+        let mut n = 0;
+        while log.append(&trace("x")).is_ok() {
+            n += 1;
+        }
+        assert!(n > 0 && log.bytes() <= 400, "{n} records, {} bytes", log.bytes());
+        assert!(matches!(log.append(&trace("x")), Err(AppendError::Full { .. })));
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_second_holder_gets_a_folder_of_its_own_which_the_main_one_adopts() {
+        let d = dir("lock");
+        let mut first = Log::open(&d, 1 << 20).unwrap();
+        let mut second = Log::open(&d, 1 << 20).unwrap();
+        assert_ne!(first.dir(), second.dir());
+        second.append(&trace("from the second")).unwrap();
+        second.sync().unwrap();
+        assert_eq!(first.adopt(), 0, "not while the second process holds it");
+        drop(second);
+        assert_eq!(first.adopt(), 1);
+        let (got, _) = first.read(10, |_| false);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].trace.name, "from the second");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn records_held_in_memory_are_skipped_and_a_rewind_reads_the_rest_again() {
+        let d = dir("skip");
+        let mut log = Log::open(&d, 1 << 20).unwrap();
+        for i in 0..4 {
+            log.append(&trace(&format!("t{i}"))).unwrap();
+        }
+        let (got, _) = log.read(10, |s| s % 2 == 0);
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3]);
+        assert!(!log.has_unread());
+        log.ack(0);
+        log.rewind();
+        let (got, _) = log.read(10, |_| false);
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        let _ = fs::remove_dir_all(&d);
     }
 }
