@@ -20,8 +20,7 @@ pub(crate) use debug::DebugExporter;
 pub use delivery::DeliveryOptions;
 pub use file::JsonlFileExporter;
 pub use langfuse::{
-    parse_headers, ExporterError, Ingestion, LangfuseExporter, LangfuseExporterBuilder, OtlpExporter,
-    OtlpExporterBuilder,
+    parse_headers, Ingestion, LangfuseExporter, LangfuseExporterBuilder, OtlpExporter, OtlpExporterBuilder,
 };
 pub use memory::MemoryExporter;
 pub use privacy::{MaskFn, Privacy, DEFAULT_REDACTED_KEYS, REDACTED};
@@ -147,18 +146,7 @@ pub(crate) fn limit_values(trace: &TraceRecord, max: usize) -> Option<TraceRecor
 pub(crate) fn langfuse_exporter(
     config: &crate::trace::TracingConfig,
 ) -> Result<Option<Arc<dyn Exporter>>, crate::error::ConfigError> {
-    match LangfuseExporter::from_config(config) {
-        Ok(e) => Ok(Some(Arc::new(e))),
-        Err(e) => {
-            let variable = e.variable().unwrap_or("LANGFUSE_HOST").to_owned();
-            let value = match variable.as_str() {
-                "LANGFUSE_HOST" => config.host().unwrap_or("").to_owned(),
-                "LANGFUSE_PUBLIC_KEY" | "LANGFUSE_SECRET_KEY" => "<redacted>".to_owned(),
-                v => config.var(v).unwrap_or("").to_owned(),
-            };
-            Err(crate::error::ConfigError { variable, value, reason: e.to_string() })
-        }
-    }
+    LangfuseExporter::from_config(config).map(|e| Some(Arc::new(e) as Arc<dyn Exporter>))
 }
 
 /// The generic OTLP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `_TRACES_ENDPOINT`) is
@@ -169,10 +157,6 @@ pub(crate) fn otlp_exporter(
     match OtlpExporter::from_lookup_with(|k| config.var(k).map(str::to_owned), Privacy::from_config(config)) {
         Ok(Some(e)) => Ok(Some(Arc::new(e))),
         Ok(None) => Ok(None),
-        Err(e) => Err(crate::error::ConfigError {
-            variable: "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
-            value: config.var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or("").into(),
-            reason: e.to_string(),
-        }),
+        Err(e) => Err(e),
     }
 }

@@ -11,23 +11,8 @@ use futures::future::BoxFuture;
 use super::delivery::{DeliveryOptions, Endpoint, HttpExporter, Target};
 use super::privacy::Privacy;
 use super::{otlp, ExportReport, Exporter};
+use crate::error::ConfigError;
 use crate::trace::TraceRecord;
-
-/// Why an exporter could not be built: names the setting and says what was wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ExporterError(pub String);
-
-impl ExporterError {
-    /// The variable the error is about, when its message starts with one
-    /// (`LANGFUSE_INGESTION="grpc": …` → `LANGFUSE_INGESTION`).
-    pub fn variable(&self) -> Option<&str> {
-        let end =
-            self.0.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')).unwrap_or(self.0.len());
-        let name = &self.0[..end];
-        (name.len() > 3 && name.contains('_')).then_some(name)
-    }
-}
 
 /// Which Langfuse ingestion protocol to use (`LANGFUSE_INGESTION`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,12 +29,12 @@ pub enum Ingestion {
 
 impl Ingestion {
     /// Parses `auto`, `otel` (or `otlp`) and `legacy`, any case.
-    pub fn parse(v: &str) -> Result<Ingestion, ExporterError> {
+    pub fn parse(v: &str) -> Result<Ingestion, ConfigError> {
         match v.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(Ingestion::Auto),
             "otel" | "otlp" => Ok(Ingestion::Otel),
             "legacy" => Ok(Ingestion::Legacy),
-            _ => Err(ExporterError(format!("LANGFUSE_INGESTION={v:?}: expected auto, otel or legacy"))),
+            _ => Err(ConfigError::new("LANGFUSE_INGESTION", v, "expected auto, otel or legacy")),
         }
     }
 }
@@ -92,10 +77,7 @@ pub struct LangfuseExporterBuilder {
 
 /// The environment to send: the one given, else `deployment.environment.name` (or the older
 /// `deployment.environment`) among the resource attributes; checked like Langfuse's SDKs do.
-fn resolve_environment(
-    explicit: Option<String>,
-    resource: &[(String, String)],
-) -> Result<Option<String>, ExporterError> {
+fn resolve_environment(explicit: Option<String>, resource: &[(String, String)]) -> Result<Option<String>, ConfigError> {
     let from_resource = || {
         ["deployment.environment.name", "deployment.environment"]
             .iter()
@@ -105,16 +87,17 @@ fn resolve_environment(
         None => Ok(None),
         Some(e) => super::observation::check_environment(&e)
             .map(Some)
-            .map_err(|why| ExporterError(format!("LANGFUSE_TRACING_ENVIRONMENT={why}"))),
+            .map_err(|why| ConfigError::new("LANGFUSE_TRACING_ENVIRONMENT", e.trim(), why)),
     }
 }
 
 /// Reads `OTEL_RESOURCE_ATTRIBUTES` (`k1=v1,k2=v2`, percent-decoded).
-fn resource_from(get: &impl Fn(&str) -> Option<String>) -> Result<Vec<(String, String)>, ExporterError> {
+fn resource_from(get: &impl Fn(&str) -> Option<String>) -> Result<Vec<(String, String)>, ConfigError> {
     match get("OTEL_RESOURCE_ATTRIBUTES") {
         None => Ok(Vec::new()),
-        Some(spec) => parse_headers(&spec)
-            .map_err(|e| ExporterError(e.0.replace("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_RESOURCE_ATTRIBUTES"))),
+        Some(spec) => {
+            parse_headers(&spec).map_err(|e| ConfigError { variable: "OTEL_RESOURCE_ATTRIBUTES".into(), ..e })
+        }
     }
 }
 
@@ -192,15 +175,14 @@ impl LangfuseExporterBuilder {
     }
 
     /// Starts the exporter's worker thread.
-    pub fn build(self) -> Result<LangfuseExporter, ExporterError> {
-        let host = self.host.ok_or_else(|| ExporterError("LANGFUSE_HOST: no Langfuse host given".into()))?;
+    pub fn build(self) -> Result<LangfuseExporter, ConfigError> {
+        let host = self.host.ok_or_else(|| ConfigError::new("LANGFUSE_HOST", "", "no Langfuse host given"))?;
         let host = host.trim_end_matches('/').to_owned();
         if !(host.starts_with("http://") || host.starts_with("https://")) {
-            return Err(ExporterError(format!("LANGFUSE_HOST={host:?}: expected an http:// or https:// URL")));
+            return Err(ConfigError::new("LANGFUSE_HOST", host, "expected an http:// or https:// URL"));
         }
-        let (pk, sk) = self
-            .keys
-            .ok_or_else(|| ExporterError("LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY: no Langfuse keys given".into()))?;
+        let (pk, sk) =
+            self.keys.ok_or_else(|| ConfigError::new("LANGFUSE_PUBLIC_KEY", "", "no Langfuse keys given"))?;
         let sdk = vec![
             ("x-langfuse-sdk-name".to_owned(), "flowtrace".to_owned()),
             ("x-langfuse-sdk-version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
@@ -234,14 +216,15 @@ impl LangfuseExporterBuilder {
             None if options.spool_dir.is_none() => options.spool_dir = Some(default_spool("langfuse")),
             None => {}
         }
-        let inner = HttpExporter::start("langfuse", target, options, self.privacy).map_err(ExporterError)?;
+        let inner = HttpExporter::start("langfuse", target, options, self.privacy)
+            .map_err(|e| ConfigError::new("LANGFUSE_HOST", host, format!("the exporter could not start: {e}")))?;
         Ok(LangfuseExporter { inner: Arc::new(inner) })
     }
 }
 
 impl LangfuseExporterBuilder {
     /// `LANGFUSE_TRACING_ENVIRONMENT`, `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME`.
-    fn deployment_from(mut self, get: &impl Fn(&str) -> Option<String>) -> Result<Self, ExporterError> {
+    fn deployment_from(mut self, get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         self.resource.extend(resource_from(get)?);
         if let Some(e) = get("LANGFUSE_TRACING_ENVIRONMENT") {
             self.environment = Some(e);
@@ -263,15 +246,15 @@ impl LangfuseExporter {
     /// From `LANGFUSE_HOST`, `LANGFUSE_PUBLIC_KEY`, `LANGFUSE_SECRET_KEY`,
     /// `LANGFUSE_INGESTION`, `LANGFUSE_TRACING_ENVIRONMENT`, `OTEL_RESOURCE_ATTRIBUTES`,
     /// `OTEL_SERVICE_NAME` and `FLOWTRACE_SPOOL_DIR` in the process environment.
-    pub fn from_env() -> Result<LangfuseExporter, ExporterError> {
+    pub fn from_env() -> Result<LangfuseExporter, ConfigError> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Self::from_lookup(get)
     }
 
-    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<LangfuseExporter, ExporterError> {
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<LangfuseExporter, ConfigError> {
         let host = get("LANGFUSE_HOST").unwrap_or_else(|| crate::trace::DEFAULT_LANGFUSE_HOST.to_owned());
-        let pk = get("LANGFUSE_PUBLIC_KEY").ok_or_else(|| ExporterError("LANGFUSE_PUBLIC_KEY is not set".into()))?;
-        let sk = get("LANGFUSE_SECRET_KEY").ok_or_else(|| ExporterError("LANGFUSE_SECRET_KEY is not set".into()))?;
+        let pk = get("LANGFUSE_PUBLIC_KEY").ok_or_else(|| ConfigError::new("LANGFUSE_PUBLIC_KEY", "", "not set"))?;
+        let sk = get("LANGFUSE_SECRET_KEY").ok_or_else(|| ConfigError::new("LANGFUSE_SECRET_KEY", "", "not set"))?;
         let ingestion = Ingestion::parse(&get("LANGFUSE_INGESTION").unwrap_or_default())?;
         let mut b = Self::builder().host(host).keys(pk, sk).ingestion(ingestion).deployment_from(&get)?;
         if let Some(dir) = get("FLOWTRACE_SPOOL_DIR") {
@@ -283,10 +266,11 @@ impl LangfuseExporter {
     /// From a tracing configuration (its keys and host, its value size limit, and
     /// `LANGFUSE_INGESTION` / `FLOWTRACE_SPOOL_DIR` among its variables). Sampling stays with
     /// the tracer.
-    pub fn from_config(cfg: &crate::trace::TracingConfig) -> Result<LangfuseExporter, ExporterError> {
+    pub fn from_config(cfg: &crate::trace::TracingConfig) -> Result<LangfuseExporter, ConfigError> {
         let host = cfg.host().unwrap_or(crate::trace::DEFAULT_LANGFUSE_HOST);
         let (Some(pk), Some(sk)) = (cfg.public_key(), cfg.secret_key()) else {
-            return Err(ExporterError("LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY are not set".into()));
+            let missing = if cfg.public_key().is_none() { "LANGFUSE_PUBLIC_KEY" } else { "LANGFUSE_SECRET_KEY" };
+            return Err(ConfigError::new(missing, "", "not set"));
         };
         let ingestion = Ingestion::parse(cfg.var("LANGFUSE_INGESTION").unwrap_or(""))?;
         let mut b = Self::builder()
@@ -376,7 +360,7 @@ impl OtlpExporterBuilder {
         self
     }
     /// Adds headers in `OTEL_EXPORTER_OTLP_HEADERS` form: `k1=v1,k2=v2` (percent-decoded).
-    pub fn headers(mut self, spec: &str) -> Result<Self, ExporterError> {
+    pub fn headers(mut self, spec: &str) -> Result<Self, ConfigError> {
         self.headers.extend(parse_headers(spec)?);
         Ok(self)
     }
@@ -407,16 +391,14 @@ impl OtlpExporterBuilder {
     }
 
     /// Starts the exporter's worker thread.
-    pub fn build(self) -> Result<OtlpExporter, ExporterError> {
+    pub fn build(self) -> Result<OtlpExporter, ConfigError> {
         let url = match (self.traces_endpoint, self.endpoint) {
             (Some(t), _) => t,
             (None, Some(e)) => format!("{}/v1/traces", e.trim_end_matches('/')),
-            (None, None) => return Err(ExporterError("OTEL_EXPORTER_OTLP_ENDPOINT: no OTLP endpoint given".into())),
+            (None, None) => return Err(ConfigError::new("OTEL_EXPORTER_OTLP_ENDPOINT", "", "no OTLP endpoint given")),
         };
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ExporterError(format!(
-                "OTEL_EXPORTER_OTLP_ENDPOINT={url:?}: expected an http:// or https:// URL"
-            )));
+            return Err(ConfigError::new("OTEL_EXPORTER_OTLP_ENDPOINT", url, "expected an http:// or https:// URL"));
         }
         let service = self.service.unwrap_or_else(|| "flowtrace".into());
         let environment = resolve_environment(self.environment, &self.resource)?;
@@ -429,17 +411,24 @@ impl OtlpExporterBuilder {
             None if options.spool_dir.is_none() => options.spool_dir = Some(default_spool("otlp")),
             None => {}
         }
-        let inner = HttpExporter::start("otlp", target, options, self.privacy).map_err(ExporterError)?;
+        let endpoint = target.otlp.as_ref().map(|e| e.url.clone()).unwrap_or_default();
+        let inner = HttpExporter::start("otlp", target, options, self.privacy).map_err(|e| {
+            ConfigError::new("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint, format!("the exporter could not start: {e}"))
+        })?;
         Ok(OtlpExporter { inner: Arc::new(inner) })
     }
 }
 
 /// Parses `k1=v1,k2=v2` with percent-encoded values, as the OpenTelemetry spec defines.
-pub fn parse_headers(spec: &str) -> Result<Vec<(String, String)>, ExporterError> {
+pub fn parse_headers(spec: &str) -> Result<Vec<(String, String)>, ConfigError> {
     let mut out = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let Some((k, v)) = part.split_once('=') else {
-            return Err(ExporterError(format!("OTEL_EXPORTER_OTLP_HEADERS: {part:?} is not key=value")));
+            return Err(ConfigError::new(
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "<redacted>",
+                format!("a part is not key=value ({} characters)", part.len()),
+            ));
         };
         out.push((percent_decode(k.trim()), percent_decode(v.trim())));
     }
@@ -474,18 +463,18 @@ impl OtlpExporter {
     /// `OTEL_EXPORTER_OTLP_HEADERS` (and `_TRACES_HEADERS`), `OTEL_SERVICE_NAME`,
     /// `OTEL_RESOURCE_ATTRIBUTES`, `LANGFUSE_TRACING_ENVIRONMENT` and
     /// `FLOWTRACE_SPOOL_DIR`; `Ok(None)` when no endpoint is set.
-    pub fn from_env() -> Result<Option<OtlpExporter>, ExporterError> {
+    pub fn from_env() -> Result<Option<OtlpExporter>, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()))
     }
 
-    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<OtlpExporter>, ExporterError> {
+    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<OtlpExporter>, ConfigError> {
         Self::from_lookup_with(get, Privacy::default())
     }
 
     pub(crate) fn from_lookup_with(
         get: impl Fn(&str) -> Option<String>,
         privacy: Privacy,
-    ) -> Result<Option<OtlpExporter>, ExporterError> {
+    ) -> Result<Option<OtlpExporter>, ConfigError> {
         let traces = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
         let base = get("OTEL_EXPORTER_OTLP_ENDPOINT");
         if traces.is_none() && base.is_none() {
@@ -507,7 +496,7 @@ impl OtlpExporter {
         }
         for var in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS"] {
             if let Some(h) = get(var) {
-                b = b.headers(&h).map_err(|e| ExporterError(e.0.replace("OTEL_EXPORTER_OTLP_HEADERS", var)))?;
+                b = b.headers(&h).map_err(|e| ConfigError { variable: var.into(), ..e })?;
             }
         }
         if let Some(s) = get("OTEL_SERVICE_NAME") {
@@ -549,7 +538,9 @@ mod tests {
     fn headers_parse_like_the_otel_spec() {
         let h = parse_headers("api-key=abc%20def, x=1").unwrap();
         assert_eq!(h, vec![("api-key".into(), "abc def".into()), ("x".into(), "1".into())]);
-        assert!(parse_headers("nokey").is_err());
+        let err = parse_headers("token-without-equals-sign").unwrap_err();
+        assert_eq!(err.variable, "OTEL_EXPORTER_OTLP_HEADERS");
+        assert!(!err.to_string().contains("token-without"), "a header's text may be a secret: {err}");
     }
 
     #[test]
@@ -557,8 +548,6 @@ mod tests {
         assert_eq!(Ingestion::parse("LEGACY").unwrap(), Ingestion::Legacy);
         assert_eq!(Ingestion::parse("").unwrap(), Ingestion::Auto);
         let err = Ingestion::parse("grpc").unwrap_err();
-        assert!(err.0.contains("LANGFUSE_INGESTION"));
-        assert_eq!(err.variable(), Some("LANGFUSE_INGESTION"));
-        assert_eq!(ExporterError("cannot build the HTTP client".into()).variable(), None);
+        assert_eq!((err.variable.as_str(), err.value.as_str()), ("LANGFUSE_INGESTION", "grpc"));
     }
 }
