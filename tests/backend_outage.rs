@@ -7,7 +7,7 @@ mod langfuse_server;
 
 use std::time::Duration;
 
-use flowtrace::export::{DeliveryOptions, Exporter, Ingestion, LangfuseExporter};
+use flowtrace::export::{Exporter, Ingestion, LangfuseExporter};
 use flowtrace::prelude::*;
 use flowtrace::runtime::Runtime;
 use langfuse_server::{LangfuseServer, PK, SK};
@@ -47,14 +47,7 @@ async fn backend_down_mid_load_then_back_loses_nothing() {
         .keys(PK, SK)
         .ingestion(Ingestion::Otel)
         .spool_dir(&spool)
-        .options(DeliveryOptions {
-            max_batch_age: Duration::from_millis(20),
-            initial_backoff: Duration::from_millis(20),
-            max_attempts: 3,
-            request_timeout: Duration::from_secs(5),
-            probe_interval: Duration::from_millis(100),
-            ..Default::default()
-        })
+        .options(langfuse_server::fast_delivery())
         .build()
         .unwrap();
     let memory = MemoryExporter::new();

@@ -134,13 +134,13 @@ async fn a_trace_nested_200_deep_is_spooled_and_delivered_whole() {
         .keys(PK, SK)
         .ingestion(Ingestion::Otel)
         .spool_dir(&spool)
-        .options(DeliveryOptions {
-            max_batch_age: Duration::from_millis(10),
-            initial_backoff: Duration::from_millis(10),
-            max_attempts: 1,
-            probe_interval: Duration::from_millis(50),
-            ..Default::default()
-        })
+        .options(
+            DeliveryOptions::default()
+                .max_batch_age(Duration::from_millis(10))
+                .initial_backoff(Duration::from_millis(10))
+                .max_attempts(1)
+                .probe_interval(Duration::from_millis(50)),
+        )
         .build()
         .unwrap();
     let tracer = Tracer::builder().exporter(lf.clone()).build().unwrap();

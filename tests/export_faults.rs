@@ -22,14 +22,7 @@ fn tempdir(name: &str) -> PathBuf {
 }
 
 fn opts() -> DeliveryOptions {
-    DeliveryOptions {
-        max_batch_age: Duration::from_millis(20),
-        initial_backoff: Duration::from_millis(20),
-        max_attempts: 3,
-        request_timeout: Duration::from_secs(5),
-        probe_interval: Duration::from_millis(100),
-        ..Default::default()
-    }
+    langfuse_server::fast_delivery()
 }
 
 struct Setup {
@@ -126,7 +119,7 @@ async fn backend_down_then_back_in_the_same_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_backend_times_out_into_the_spool() {
-    let o = DeliveryOptions { request_timeout: Duration::from_millis(100), max_attempts: 2, ..opts() };
+    let o = opts().request_timeout(Duration::from_millis(100)).max_attempts(2);
     let s = setup("slow", Ingestion::Otel, o, SK).await;
     s.server.fault(Fault::Slow(Duration::from_millis(400)));
     s.run_flows(2).await;
@@ -188,7 +181,7 @@ async fn partial_207_rejections_are_reported_with_the_server_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_too_large_is_split() {
-    let o = DeliveryOptions { max_batch_spans: 10_000, max_batch_age: Duration::from_millis(500), ..opts() };
+    let o = opts().max_batch_spans(10_000).max_batch_age(Duration::from_millis(500));
     let s = setup("413", Ingestion::Otel, o, SK).await;
     s.server.fault(Fault::MaxBody(4_000));
     s.run_flows(4).await;
@@ -215,7 +208,7 @@ async fn bad_keys_are_reported_once_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_spills_to_the_spool() {
-    let o = DeliveryOptions { queue_capacity: 1, max_batch_spans: 1, ..opts() };
+    let o = opts().queue_capacity(1).max_batch_spans(1);
     let s = setup("full", Ingestion::Otel, o, SK).await;
     s.server.fault(Fault::Slow(Duration::from_millis(50)));
     s.run_flows(8).await;

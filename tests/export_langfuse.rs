@@ -12,11 +12,7 @@ use flowtrace::Tracer;
 use langfuse_server::{attr_str, run_sample, LangfuseServer, PK, SK};
 
 fn opts() -> DeliveryOptions {
-    DeliveryOptions {
-        max_batch_age: Duration::from_millis(50),
-        initial_backoff: Duration::from_millis(20),
-        ..Default::default()
-    }
+    DeliveryOptions::default().max_batch_age(Duration::from_millis(50)).initial_backoff(Duration::from_millis(20))
 }
 
 fn exporter(server: &LangfuseServer, mode: Ingestion, spool: &std::path::Path) -> LangfuseExporter {

@@ -47,7 +47,7 @@ fn exporter(server: &LangfuseServer, mode: Ingestion, name: &str) -> LangfuseExp
         .ingestion(mode)
         .environment(ENV)
         .spool_dir(tempdir(name))
-        .options(DeliveryOptions { max_batch_age: Duration::from_millis(20), ..Default::default() })
+        .options(DeliveryOptions::default().max_batch_age(Duration::from_millis(20)))
         .build()
         .expect("exporter")
 }

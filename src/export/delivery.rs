@@ -27,7 +27,18 @@ use super::{legacy, otlp, ExportReport, Exporter};
 use crate::trace::TraceRecord;
 
 /// Batching, retry and spool settings shared by the HTTP exporters.
+///
+/// Start from the defaults and change what you need, field by field or with the setters of
+/// the same names:
+///
+/// ```
+/// use std::time::Duration;
+/// use flowtrace::export::DeliveryOptions;
+/// let o = DeliveryOptions::default().max_attempts(3).max_batch_age(Duration::from_millis(200));
+/// assert_eq!((o.max_attempts, o.max_batch_spans), (3, 512));
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct DeliveryOptions {
     /// Send when a batch holds this many spans (default 512, as the OpenTelemetry SDKs).
     pub max_batch_spans: usize,
@@ -73,6 +84,36 @@ impl Default for DeliveryOptions {
             probe_interval: Duration::from_secs(5),
         }
     }
+}
+
+/// Setters named after the fields, so options chain: `DeliveryOptions::default().max_attempts(3)`.
+macro_rules! setters {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        impl DeliveryOptions {
+            $(
+                #[doc = concat!("Sets [`", stringify!($field), "`](Self::", stringify!($field), ").")]
+                pub fn $field(mut self, value: $ty) -> Self {
+                    self.$field = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+setters! {
+    max_batch_spans: usize,
+    max_batch_age: Duration,
+    max_request_bytes: usize,
+    queue_capacity: usize,
+    max_in_flight: usize,
+    max_attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    request_timeout: Duration,
+    spool_dir: Option<PathBuf>,
+    spool_max_bytes: u64,
+    probe_interval: Duration,
 }
 
 /// An HTTP destination: URL, headers and optional Basic credentials.

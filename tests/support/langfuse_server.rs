@@ -96,6 +96,17 @@ impl Drop for LangfuseServer {
 pub const PK: &str = "pk-lf-test";
 pub const SK: &str = "sk-lf-test";
 
+/// Delivery options for tests against this server: short batches, fast retries and probes,
+/// three attempts, so faults show within a test's time.
+pub fn fast_delivery() -> flowtrace::export::DeliveryOptions {
+    flowtrace::export::DeliveryOptions::default()
+        .max_batch_age(Duration::from_millis(20))
+        .initial_backoff(Duration::from_millis(20))
+        .max_attempts(3)
+        .request_timeout(Duration::from_secs(5))
+        .probe_interval(Duration::from_millis(100))
+}
+
 impl LangfuseServer {
     /// Starts on an ephemeral port, accepting keys [`PK`]/[`SK`].
     pub async fn start() -> LangfuseServer {
