@@ -67,7 +67,7 @@ async fn wire_params_and_one_spawn() {
     // A node, a batch flow and a traced flow go through the same spawn.
     rt.spawn(&done, &SharedStore::new()).await.unwrap().await.unwrap();
     let batch = BatchFlow::named("PerKey", &FnNode::new("Step").into_node())
-        .with_params(|_| Ok(vec![params! { "k" => "a" }, params! { "k" => "b" }]));
+        .params(|_| Ok(vec![params! { "k" => "a" }, params! { "k" => "b" }]));
     rt.spawn(&batch, &SharedStore::new()).await.unwrap().await.unwrap();
     rt.spawn(&flow.traced("T"), &SharedStore::new()).await.unwrap().detach();
 }

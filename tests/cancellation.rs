@@ -124,7 +124,7 @@ async fn cancel_reaches_parallel_batch_flow_runs() {
     let (rt, memory) = runtime();
     let (started, finished) = (Arc::new(Semaphore::new(0)), Arc::new(AtomicUsize::new(0)));
     let node = stuck("PerParams", started.clone(), finished.clone());
-    let bf = BatchFlow::parallel(&node).with_params(|_| {
+    let bf = BatchFlow::parallel(&node).params(|_| {
         Ok((0..4)
             .map(|i| {
                 let mut p = Params::new();

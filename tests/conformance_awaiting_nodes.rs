@@ -263,11 +263,10 @@ async fn case_081_nested_flows_of_any_kind_run() {
 
 #[tokio::test]
 async fn case_085_flow_post_receives_prep_and_last_action() {
-    let flow =
-        Flow::new(&AsyncNumber(1).into_node()).with_prep(|_| Ok(json!("async-prep"))).with_post(|ctx, prep, last| {
-            ctx.shared().insert("post_args", json!([prep, last.as_str()]));
-            Ok(last)
-        });
+    let flow = Flow::new(&AsyncNumber(1).into_node()).prep(|_| Ok(json!("async-prep"))).post(|ctx, prep, last| {
+        ctx.shared().insert("post_args", json!([prep, last.as_str()]));
+        Ok(last)
+    });
     let (ret, shared, _) = run_both(&flow, json!({})).await;
     assert_eq!(ret.unwrap(), "number_set");
     assert_eq!(shared.get_json("post_args").unwrap(), json!(["async-prep", "number_set"]));

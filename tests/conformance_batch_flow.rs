@@ -31,7 +31,7 @@ fn double_key() -> NodeRef {
 
 /// Runs the batch flow of cases 19–22 untraced and traced (both must agree).
 async fn basic(input: Value) -> (Result<Action, String>, SharedStore) {
-    let flow = BatchFlow::new(&double_key()).with_params(keys_of_input);
+    let flow = BatchFlow::new(&double_key()).params(keys_of_input);
     let (r, shared, _) = run_batch_both(&flow, json!({ "input_data": input })).await;
     (r, shared)
 }
@@ -59,7 +59,7 @@ async fn case_021_single_item() {
 
 #[tokio::test]
 async fn case_022_error_handling() {
-    let flow = BatchFlow::new(&double_key()).with_params(keys_of_input);
+    let flow = BatchFlow::new(&double_key()).params(keys_of_input);
     let input = json!({ "input_data": { "normal_key": 1, "error_key": 2, "another_key": 3 } });
     let shared = SharedStore::from_json(input.clone());
     let err = flow.run(&shared).await.unwrap_err();
@@ -108,7 +108,7 @@ fn inner_outer(inner_action: Option<&'static str>) -> NodeRef {
 
 #[tokio::test]
 async fn case_023_nested_flow_in_batch() {
-    let flow = BatchFlow::new(&inner_outer(None)).with_params(keys_of_input);
+    let flow = BatchFlow::new(&inner_outer(None)).params(keys_of_input);
     let (r, shared, _) = run_batch_both(&flow, json!({ "input_data": { "x": 1, "y": 2 } })).await;
     assert_eq!(r.unwrap(), Action::none());
     assert_eq!(shared.get_json("intermediate").unwrap(), json!({ "x": 2, "y": 3 }));
@@ -127,7 +127,7 @@ fn multiplied(parallel: bool) -> BatchFlow {
         })
         .into_node();
     let flow = if parallel { BatchFlow::parallel(&node) } else { BatchFlow::new(&node) };
-    flow.with_params(|ctx| {
+    flow.params(|ctx| {
         let data: serde_json::Map<String, Value> = ctx.shared().require("input_data")?;
         Ok(data.keys().enumerate().map(|(i, k)| params(json!({ "key": k, "multiplier": i + 1 }))).collect())
     })
@@ -160,12 +160,12 @@ pub fn nested_groups(parallel: bool) -> BatchFlow {
         })
         .into_node();
     let make = |start: &NodeRef| if parallel { BatchFlow::parallel(start) } else { BatchFlow::new(start) };
-    let inner = make(&item).with_params(|ctx| {
+    let inner = make(&item).params(|ctx| {
         let group: String = ctx.param("group").ok_or("no group")?;
         let n = ctx.shared().require::<Value>("groups")?[&group].as_array().map_or(0, |a| a.len());
         Ok((0..n).map(|i| params(json!({ "item": i, "group": group }))).collect())
     });
-    make(inner.as_node()).with_params(|ctx| {
+    make(inner.as_node()).params(|ctx| {
         let groups: serde_json::Map<String, Value> = ctx.shared().require("groups")?;
         Ok(groups.keys().map(|g| params(json!({ "group": g }))).collect())
     })
@@ -225,7 +225,7 @@ fn async_processor() -> NodeRef {
 
 #[tokio::test]
 async fn case_042_basic_async_batch_processing() {
-    let flow = BatchFlow::new(&async_processor()).with_params(keys_of_input);
+    let flow = BatchFlow::new(&async_processor()).params(keys_of_input);
     let (r, shared, _) = run_batch_both(&flow, json!({ "input_data": { "a": 1, "b": 2, "c": 3 } })).await;
     assert_eq!(r.unwrap(), Action::none());
     assert_eq!(shared.get_json("results").unwrap(), json!({ "a": 2, "b": 4, "c": 6 }));
@@ -233,7 +233,7 @@ async fn case_042_basic_async_batch_processing() {
 
 #[tokio::test]
 async fn case_043_empty_async_batch() {
-    let flow = BatchFlow::new(&async_processor()).with_params(keys_of_input);
+    let flow = BatchFlow::new(&async_processor()).params(keys_of_input);
     let (r, shared, _) = run_batch_both(&flow, json!({ "input_data": {} })).await;
     assert_eq!(r.unwrap(), Action::none());
     assert_eq!(shared.to_json(), json!({ "input_data": {} }));
@@ -241,7 +241,7 @@ async fn case_043_empty_async_batch() {
 
 #[tokio::test]
 async fn case_044_async_error_handling() {
-    let flow = BatchFlow::new(&async_processor()).with_params(keys_of_input);
+    let flow = BatchFlow::new(&async_processor()).params(keys_of_input);
     let input = json!({ "input_data": { "normal_key": 1, "error_key": 2 } });
     let shared = SharedStore::from_json(input.clone());
     let err = flow.run(&shared).await.unwrap_err();
@@ -254,7 +254,7 @@ async fn case_044_async_error_handling() {
 
 #[tokio::test]
 async fn case_045_nested_async_flow() {
-    let flow = BatchFlow::new(&inner_outer(Some("next"))).with_params(keys_of_input);
+    let flow = BatchFlow::new(&inner_outer(Some("next"))).params(keys_of_input);
     let (r, shared, _) = run_batch_both(&flow, json!({ "input_data": { "x": 1, "y": 2 } })).await;
     r.unwrap();
     assert_eq!(shared.get_json("results").unwrap(), json!({ "x": 4, "y": 6 }));
@@ -280,7 +280,7 @@ async fn case_046_custom_async_parameters() {
             Ok(Action::none())
         })
         .into_node();
-    let flow = BatchFlow::new(&node).with_params(|ctx| {
+    let flow = BatchFlow::new(&node).params(|ctx| {
         let data: serde_json::Map<String, Value> = ctx.shared().require("input_data")?;
         Ok(data.keys().enumerate().map(|(i, k)| params(json!({ "key": k, "multiplier": i + 1 }))).collect())
     });
@@ -310,7 +310,7 @@ async fn case_076_batch_params_overlay() {
         (json!([{}]), json!([{ "base": 0, "k": 0 }])),
     ] {
         let list: Vec<Params> = sets.as_array().unwrap().iter().map(|v| params(v.clone())).collect();
-        let flow = BatchFlow::new(&params_log()).with_params(move |_| Ok(list.clone()));
+        let flow = BatchFlow::new(&params_log()).params(move |_| Ok(list.clone()));
         flow.set_params(params(json!({ "base": 0, "k": 0 })));
         let (r, shared, _) = run_batch_both(&flow, json!({})).await;
         assert_eq!(r.unwrap(), Action::none());
@@ -320,12 +320,12 @@ async fn case_076_batch_params_overlay() {
 
 #[tokio::test]
 async fn case_077_batch_flow_post_gets_param_sets_and_returns_none_by_default() {
-    let flow = BatchFlow::new(&params_log()).with_params(|_| Ok(vec![params(json!({ "k": 1 }))]));
+    let flow = BatchFlow::new(&params_log()).params(|_| Ok(vec![params(json!({ "k": 1 }))]));
     let (r, _, _) = run_batch_both(&flow, json!({})).await;
     assert_eq!(r.unwrap(), Action::none());
     // PocketFlow's post gets (shared, prep_list, None); flowtrace's batch-flow post has no
     // exec result to pass, so it takes (ctx, param_sets) and the `None` is implicit.
-    let flow = flow.with_post(|ctx, sets| {
+    let flow = flow.post(|ctx, sets| {
         ctx.shared().insert("post_saw", sets);
         Ok("batch_done".into())
     });
@@ -334,7 +334,7 @@ async fn case_077_batch_flow_post_gets_param_sets_and_returns_none_by_default() 
     assert_eq!(shared.get_json("post_saw").unwrap(), json!([{ "k": 1 }]));
     // As a nested node, the default `None` means "default": the batch flow's successor runs.
     let after = set("after", json!(true));
-    let inner = BatchFlow::new(&params_log()).with_params(|_| Ok(vec![params(json!({ "k": 1 }))]));
+    let inner = BatchFlow::new(&params_log()).params(|_| Ok(vec![params(json!({ "k": 1 }))]));
     let _ = inner.as_node() >> &after;
     let (r, shared, _) = run_both(&Flow::new(inner.as_node()), json!({})).await;
     assert_eq!(r.unwrap(), Action::none());

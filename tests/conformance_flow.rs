@@ -261,11 +261,11 @@ async fn case_064_action_wired_to_nothing_ends_with_warning() {
 #[tokio::test]
 async fn case_072_flow_custom_prep_and_post() {
     let flow = Flow::new(&signal("Last", Some("inner_action")))
-        .with_prep(|ctx| {
+        .prep(|ctx| {
             ctx.shared().insert("flow_prep_ran", true);
             Ok(json!("prep-result"))
         })
-        .with_post(|ctx, prep, last| {
+        .post(|ctx, prep, last| {
             ctx.shared().insert("post_saw", json!({ "prep": prep, "last": last.as_str() }));
             Ok("flow_result".into())
         });

@@ -248,7 +248,7 @@ fn processing_flow(delay_ms: u64) -> BatchFlow {
         })
         .into_node();
     let _ = processor.on("processed") >> &aggregator;
-    BatchFlow::parallel(&processor).with_params(|ctx| {
+    BatchFlow::parallel(&processor).params(|ctx| {
         let n = ctx.shared().require::<Value>("batches")?.as_array().map_or(0, |a| a.len());
         Ok((0..n).map(|i| params(json!({ "batch_id": i }))).collect())
     })
@@ -280,8 +280,7 @@ async fn case_054_parallel_batch_flow_error() {
             Ok(Value::Null)
         })
         .into_node();
-    let flow =
-        BatchFlow::parallel(&failing).with_params(|_| Ok((0..3).map(|i| params(json!({ "batch_id": i }))).collect()));
+    let flow = BatchFlow::parallel(&failing).params(|_| Ok((0..3).map(|i| params(json!({ "batch_id": i }))).collect()));
     let err = flow.run(&SharedStore::new()).await.unwrap_err();
     assert_user_error::<ValueError>(&err, "FailingProcessor", Phase::Prep);
     let (r, _, _) = run_batch_both(&flow, json!({})).await;
@@ -308,8 +307,7 @@ async fn case_054_parallel_batch_flow_error_cancels_other_param_sets() {
             Ok(Action::none())
         })
         .into_node();
-    let flow =
-        BatchFlow::parallel(&slow).with_params(|_| Ok((0..3).map(|i| params(json!({ "batch_id": i }))).collect()));
+    let flow = BatchFlow::parallel(&slow).params(|_| Ok((0..3).map(|i| params(json!({ "batch_id": i }))).collect()));
     let (r, shared, elapsed) = timed_both(&Flow::new(flow.as_node()), json!({})).await;
     assert_user_error::<ValueError>(&r.unwrap_err(), "SlowProcessor", Phase::Exec);
     assert_eq!(elapsed, Duration::from_millis(10), "the error must not wait for the other param sets");
@@ -350,12 +348,12 @@ async fn case_056_nested_parallel_batch_flow() {
             Ok(Action::none())
         })
         .into_node();
-    let inner = BatchFlow::parallel(&item).with_params(|ctx| {
+    let inner = BatchFlow::parallel(&item).params(|ctx| {
         let group: String = ctx.param("group").ok_or("no group")?;
         let n = ctx.shared().require::<Value>("groups")?[&group].as_array().map_or(0, |a| a.len());
         Ok((0..n).map(|i| params(json!({ "item": i, "group": group }))).collect())
     });
-    let outer = BatchFlow::parallel(inner.as_node()).with_params(|ctx| {
+    let outer = BatchFlow::parallel(inner.as_node()).params(|ctx| {
         let groups: serde_json::Map<String, Value> = ctx.shared().require("groups")?;
         Ok(groups.keys().map(|g| params(json!({ "group": g }))).collect())
     });
@@ -489,11 +487,11 @@ async fn case_086_batch_flow_sequential_parallel_flow_overlaps() {
         })
         .into_node();
     let sets = |_: &Context<'_>| Ok((0..3).map(|i| params(json!({ "i": i }))).collect());
-    let sequential = BatchFlow::new(&sleeper).with_params(sets);
+    let sequential = BatchFlow::new(&sleeper).params(sets);
     let (r, _, elapsed) = timed_both(&Flow::new(sequential.as_node()), json!({})).await;
     r.unwrap();
     assert_eq!(elapsed, Duration::from_millis(300), "one after another");
-    let parallel = BatchFlow::parallel(&sleeper).with_params(sets);
+    let parallel = BatchFlow::parallel(&sleeper).params(sets);
     let (r, _, elapsed) = timed_both(&Flow::new(parallel.as_node()), json!({})).await;
     r.unwrap();
     assert_eq!(elapsed, Duration::from_millis(100), "overlapping");

@@ -458,8 +458,7 @@ async fn a_nested_batch_flow_carries_batch_and_item_indexes() {
         .into_node()
         .max_retries(2);
     let inner = Flow::named("Inner", &items);
-    let batch =
-        BatchFlow::new(inner.as_node()).with_params(|_| Ok(vec![params(json!({"k": 1})), params(json!({"k": 10}))]));
+    let batch = BatchFlow::new(inner.as_node()).params(|_| Ok(vec![params(json!({"k": 1})), params(json!({"k": 10}))]));
     let flow = Flow::named("Outer", batch.as_node());
     traced(&flow, &rig.tracer).run(&SharedStore::new()).await.unwrap();
     let got = rig.delivered().await;

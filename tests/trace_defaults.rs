@@ -47,7 +47,7 @@ async fn every_run_path_carries_the_tracers_defaults() {
     let (tracer, memory) = tracer();
     let node = step();
     let flow = Flow::named("Plain", &node);
-    let batch = BatchFlow::named("Batch", &step()).with_params(|_| Ok(vec![Params::new(), Params::new()]));
+    let batch = BatchFlow::named("Batch", &step()).params(|_| Ok(vec![Params::new(), Params::new()]));
 
     // flow.traced(..).run() and a traced batch flow
     flow.traced("Traced").tracer(&tracer).run(&SharedStore::new()).await.unwrap();

@@ -54,7 +54,7 @@ async fn bug_02_tracing_does_not_change_params_or_attempts() {
         })
         .into_node()
         .max_retries(2);
-    let batch = BatchFlow::new(&node).with_params(|_| Ok(vec![params(json!({ "i": 1 })), params(json!({ "i": 2 }))]));
+    let batch = BatchFlow::new(&node).params(|_| Ok(vec![params(json!({ "i": 1 })), params(json!({ "i": 2 }))]));
     let (_, shared, _) = run_batch_both(&batch, json!({})).await;
     assert_eq!(shared.get_json("seen").unwrap(), json!([{ "i": 1, "attempt": 1 }, { "i": 2, "attempt": 1 }]));
 }
@@ -269,7 +269,7 @@ async fn bug_13_fallback_and_batch_runs_are_traced() {
         .exec(|_, _| async { Err(value_error("fail")) })
         .fallback(|_, _, _| async { Ok(json!("fallback")) })
         .into_node();
-    let batch = BatchFlow::new(&node).with_params(|_| Ok(vec![params(json!({ "k": 1 }))]));
+    let batch = BatchFlow::new(&node).params(|_| Ok(vec![params(json!({ "k": 1 }))]));
     let (_, _, t) = run_batch_both(&batch, json!({})).await;
     assert!(t.span("F.exec_fallback").is_some());
     assert!(t.span("batch 0").is_some_and(|s| s.kind == SpanKind::BatchRun));

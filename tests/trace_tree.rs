@@ -162,7 +162,7 @@ async fn batch_items_nested_flows_and_batch_runs_nest() {
     let inner = Flow::named("Inner", &items);
     let probe = FnNode::new("Probe").into_node();
     let batch = BatchFlow::named("PerKey", &probe)
-        .with_params(|_| Ok(vec![params(json!({ "k": "a" })), params(json!({ "k": "b" }))]));
+        .params(|_| Ok(vec![params(json!({ "k": "a" })), params(json!({ "k": "b" }))]));
     let _ = inner.as_node() >> batch.as_node();
     let (r, t) = traced(&Flow::named("Outer", inner.as_node()), &SharedStore::new(), &tracer, &memory).await;
     r.unwrap();

@@ -355,7 +355,7 @@ pub(crate) struct BatchFlowDef {
 ///     ctx.shared().insert(format!("{key}_x2"), v * 2);
 ///     Ok(().into())
 /// }).into_node();
-/// let batch = BatchFlow::new(&double).with_params(|_ctx| {
+/// let batch = BatchFlow::new(&double).params(|_ctx| {
 ///     Ok(["a", "b"].iter().map(|k| json!({ "key": k }).as_object().unwrap().clone()).collect())
 /// });
 /// let shared = SharedStore::new();
@@ -430,17 +430,17 @@ impl BatchFlow {
     /// # Panics
     ///
     /// When the batch flow was cloned or wired first: its settings are fixed once it is shared.
-    pub fn with_params(self, f: impl Fn(&Context<'_>) -> NodeResult<Vec<Params>> + Send + Sync + 'static) -> Self {
-        self.configure("with_params", |d| d.params = Some(Arc::new(f)))
+    pub fn params(self, f: impl Fn(&Context<'_>) -> NodeResult<Vec<Params>> + Send + Sync + 'static) -> Self {
+        self.configure("params", |d| d.params = Some(Arc::new(f)))
     }
 
     /// Sets the batch flow's `post`: it gets the param sets (as JSON) and returns the action.
     ///
     /// # Panics
     ///
-    /// As [`with_params`](Self::with_params).
-    pub fn with_post(self, f: impl Fn(&Context<'_>, Value) -> NodeResult<Action> + Send + Sync + 'static) -> Self {
-        self.configure("with_post", |d| d.post = Some(Arc::new(f)))
+    /// As [`params`](Self::params).
+    pub fn post(self, f: impl Fn(&Context<'_>, Value) -> NodeResult<Action> + Send + Sync + 'static) -> Self {
+        self.configure("post", |d| d.post = Some(Arc::new(f)))
     }
 
     /// Replaces the batch flow's params (the base each param set is laid over).

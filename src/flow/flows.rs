@@ -115,8 +115,8 @@ impl Flow {
     /// # Panics
     ///
     /// When the flow was cloned or wired first: a flow's settings are fixed once it is shared.
-    pub fn with_prep(self, f: impl Fn(&Context<'_>) -> NodeResult<Value> + Send + Sync + 'static) -> Self {
-        self.configure("with_prep", |d| d.prep = Some(Arc::new(f)))
+    pub fn prep(self, f: impl Fn(&Context<'_>) -> NodeResult<Value> + Send + Sync + 'static) -> Self {
+        self.configure("prep", |d| d.prep = Some(Arc::new(f)))
     }
 
     /// Sets the flow's own `post`: it receives the prep result and the last node's action, and
@@ -124,12 +124,9 @@ impl Flow {
     ///
     /// # Panics
     ///
-    /// As [`with_prep`](Self::with_prep).
-    pub fn with_post(
-        self,
-        f: impl Fn(&Context<'_>, Value, Action) -> NodeResult<Action> + Send + Sync + 'static,
-    ) -> Self {
-        self.configure("with_post", |d| d.post = Some(Arc::new(f)))
+    /// As [`prep`](Self::prep).
+    pub fn post(self, f: impl Fn(&Context<'_>, Value, Action) -> NodeResult<Action> + Send + Sync + 'static) -> Self {
+        self.configure("post", |d| d.post = Some(Arc::new(f)))
     }
 
     /// Ends a run with [`Error::MaxSteps`](crate::Error::MaxSteps) after `n` node visits: a
@@ -137,7 +134,7 @@ impl Flow {
     ///
     /// # Panics
     ///
-    /// As [`with_prep`](Self::with_prep).
+    /// As [`prep`](Self::prep).
     pub fn max_steps(self, n: u64) -> Self {
         self.configure("max_steps", |d| d.max_steps = Some(n))
     }
