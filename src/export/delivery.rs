@@ -1100,14 +1100,22 @@ impl Worker {
                 }
                 Sent::Partial { retry, rejected }
             }
-            200..=299 => Sent::Ok,
-            429 => Sent::Retry { after: retry_after, why: text() },
-            401 | 403 => Sent::Auth(text()),
-            404 => Sent::NotFound(text()),
-            413 => Sent::TooLarge(text()),
-            408 | 500..=599 => Sent::Retry { after: retry_after.filter(|_| status == 503), why: text() },
-            _ => Sent::Rejected(text()),
+            _ => classify(status, retry_after, text),
         }
+    }
+}
+
+/// What a status (other than legacy's 207) means for the request: the retry classes.
+/// `Retry-After` is honoured on 429 and 503 only; `why` is computed only when needed.
+fn classify(status: u16, retry_after: Option<Duration>, why: impl FnOnce() -> String) -> Sent {
+    match status {
+        200..=299 => Sent::Ok,
+        429 => Sent::Retry { after: retry_after, why: why() },
+        401 | 403 => Sent::Auth(why()),
+        404 => Sent::NotFound(why()),
+        413 => Sent::TooLarge(why()),
+        408 | 500..=599 => Sent::Retry { after: retry_after.filter(|_| status == 503), why: why() },
+        _ => Sent::Rejected(why()),
     }
 }
 
@@ -1123,4 +1131,55 @@ fn legacy_random() -> u64 {
     let mut h = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&id, &mut h);
     std::hash::Hasher::finish(&h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(status: u16, retry_after: Option<u64>) -> String {
+        let after = retry_after.map(Duration::from_secs);
+        match classify(status, after, || format!("{status}")) {
+            Sent::Ok => "ok".into(),
+            Sent::Retry { after, .. } => format!("retry after {:?}", after.map(|d| d.as_secs())),
+            Sent::Partial { .. } => "partial".into(),
+            Sent::TooLarge(_) => "too large".into(),
+            Sent::NotFound(_) => "not found".into(),
+            Sent::Auth(_) => "auth".into(),
+            Sent::Rejected(_) => "rejected".into(),
+        }
+    }
+
+    #[test]
+    fn statuses_fall_into_their_retry_classes() {
+        assert_eq!(class(200, None), "ok");
+        assert_eq!(class(204, None), "ok");
+        assert_eq!(class(429, Some(3)), "retry after Some(3)");
+        assert_eq!(class(503, Some(7)), "retry after Some(7)");
+        // Retry-After counts only where the standard gives it meaning (429, 503).
+        assert_eq!(class(500, Some(7)), "retry after None");
+        assert_eq!(class(408, None), "retry after None");
+        assert_eq!(class(401, None), "auth");
+        assert_eq!(class(403, None), "auth");
+        assert_eq!(class(404, None), "not found");
+        assert_eq!(class(413, None), "too large");
+        assert_eq!(class(400, None), "rejected");
+        assert_eq!(class(422, None), "rejected");
+    }
+
+    #[test]
+    fn the_reason_is_built_only_when_kept() {
+        assert!(matches!(classify(200, None, || unreachable!("an accepted request keeps no reason")), Sent::Ok));
+    }
+
+    #[test]
+    fn options_setters_change_only_their_field() {
+        let o = DeliveryOptions::default().max_attempts(2).spool_dir(None);
+        let d = DeliveryOptions::default();
+        assert_eq!((o.max_attempts, o.spool_dir), (2, None));
+        assert_eq!(
+            (o.max_batch_spans, o.max_in_flight, o.max_backoff),
+            (d.max_batch_spans, d.max_in_flight, d.max_backoff)
+        );
+    }
 }

@@ -500,3 +500,49 @@ macro_rules! wire {
     };
     ($from:ident $($rest:tt)*) => { $crate::wire!(@chain $from $($rest)*); };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{FnNode, Node};
+
+    fn node(name: &str) -> NodeRef {
+        FnNode::new(name.to_owned()).into_node()
+    }
+
+    #[test]
+    fn edges_keep_the_order_they_were_first_wired_in_and_rewiring_replaces() {
+        let (a, b, c) = (node("A"), node("B"), node("C"));
+        let _ = &a - "approve" >> &b;
+        let _ = &a - "reject" >> &c;
+        let _ = &a - "approve" >> &c;
+        assert_eq!(a.successor_actions(), vec!["approve", "reject"]);
+        assert_eq!(a.successor("approve").map(|n| n.name().to_owned()).as_deref(), Some("C"));
+    }
+
+    #[test]
+    fn an_unwired_action_ends_the_flow_with_pocketflows_warning_only_when_there_are_edges() {
+        let (a, b) = (node("A"), node("B"));
+        assert!(matches!(a.next_for(&Action::from("anything")), Ok(None)), "no edges: no warning");
+        let _ = &a >> &b;
+        assert_eq!(a.next_for(&Action::none()).ok().flatten().map(|n| n.name().to_owned()).as_deref(), Some("B"));
+        assert_eq!(a.next_for(&Action::from("retry")).unwrap_err(), "Flow ends: 'retry' not found in ['default']");
+    }
+
+    #[test]
+    fn an_action_wired_to_nothing_ends_the_flow() {
+        let a = node("A");
+        a.end_on("stop");
+        assert!(a.has_successors());
+        assert!(a.successor("stop").is_none());
+        assert!(a.next_for(&Action::from("stop")).is_err(), "the flow ends with the warning");
+    }
+
+    #[test]
+    fn a_chain_returns_its_target_so_edges_compose() {
+        let (a, b, c) = (node("A"), node("B"), node("C"));
+        let end = a.next(&b).next(&c);
+        assert_eq!(end.name(), "C");
+        assert_eq!(b.successor("default").map(|n| n.name().to_owned()).as_deref(), Some("C"));
+    }
+}
