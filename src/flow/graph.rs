@@ -513,9 +513,9 @@ mod tests {
     #[test]
     fn edges_keep_the_order_they_were_first_wired_in_and_rewiring_replaces() {
         let (a, b, c) = (node("A"), node("B"), node("C"));
-        let _ = &a - "approve" >> &b;
-        let _ = &a - "reject" >> &c;
-        let _ = &a - "approve" >> &c;
+        a.next_on("approve", &b);
+        a.next_on("reject", &c);
+        a.next_on("approve", &c);
         assert_eq!(a.successor_actions(), vec!["approve", "reject"]);
         assert_eq!(a.successor("approve").map(|n| n.name().to_owned()).as_deref(), Some("C"));
     }
