@@ -7,6 +7,8 @@
 
 #![cfg(unix)]
 
+#[path = "support/child.rs"]
+mod child;
 #[path = "support/nats.rs"]
 mod nats;
 
@@ -26,26 +28,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
-    let target_dir = profile_dir.parent().expect("the target directory");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    // The variables cargo sets for this test would change build scripts' fingerprints (ring
-    // reruns on them) and rebuild half the tree, twice: the nested build runs without them.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" {
-            build.env_remove(k);
-        }
-    }
-    let status = build
-        .args(["build", "--all-features", "--example", "distributed"])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the distributed example failed");
-    profile_dir.join("examples").join("distributed")
+    child::example_binary("distributed")
 }
 
 fn temp_dir(tag: &str) -> PathBuf {

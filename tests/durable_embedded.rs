@@ -2,6 +2,9 @@
 //! mid-run and restarted continues after its last checkpoint; suspend and resume with input;
 //! refused runs get clear error results.
 
+#[path = "support/child.rs"]
+mod child;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,26 +21,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 }
 
 fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
-    let target_dir = profile_dir.parent().expect("the target directory");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    // The variables cargo sets for this test would change build scripts' fingerprints (ring
-    // reruns on them) and rebuild half the tree, twice: the nested build runs without them.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CARGO_") && k != "CARGO_HOME" {
-            build.env_remove(k);
-        }
-    }
-    let status = build
-        .args(["build", "--all-features", "--example", "durable_local"])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the durable_local example failed");
-    profile_dir.join("examples").join("durable_local")
+    child::example_binary("durable_local")
 }
 
 fn lines(path: &Path) -> Vec<String> {

@@ -7,6 +7,8 @@
 
 #![cfg(unix)]
 
+#[path = "support/child.rs"]
+mod child;
 #[path = "support/langfuse_server.rs"]
 mod langfuse_server;
 
@@ -18,22 +20,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 fn example_binary() -> PathBuf {
-    // target/<profile>/deps/service-<hash> -> target/<profile>/examples/service
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
-    let bin = profile_dir.join("examples").join("service");
-    let target_dir = profile_dir.parent().expect("the target directory");
-    // Always ask cargo: it is a no-op when the binary is fresh, and rebuilds a stale one.
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--example", "service"])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the service example failed");
-    assert!(bin.exists(), "no example binary at {}", bin.display());
-    bin
+    child::example_binary("service")
 }
 
 struct Service {

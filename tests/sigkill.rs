@@ -5,6 +5,8 @@
 
 #![cfg(unix)]
 
+#[path = "support/child.rs"]
+mod child;
 #[path = "support/langfuse_server.rs"]
 mod langfuse_server;
 
@@ -17,18 +19,7 @@ use langfuse_server::{LangfuseServer, PK, SK};
 use serde_json::{json, Value};
 
 fn service_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
-    let target_dir = profile_dir.parent().expect("the target directory");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--example", "service"])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building the service example failed");
-    profile_dir.join("examples").join("service")
+    child::example_binary("service")
 }
 
 fn start(bin: &Path, backend: &str, spool: &Path) -> (Child, u16, BufReader<std::process::ChildStdout>) {
