@@ -142,6 +142,9 @@
 //! # Ok(()) }
 //! ```
 
+// Items inside the private rooms are `pub(crate)` unless the front door re-exports them.
+#![warn(unreachable_pub)]
+
 // The four rooms. Each imports only the rooms below it: `flow` (what users write) names
 // nothing but `error`; `trace` (what a run leaves behind) reads `flow`'s values; `export`
 // (where traces go) reads `trace`'s records; `actors` (how it runs) sits on top. Users reach

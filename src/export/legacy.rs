@@ -10,7 +10,7 @@ use super::observation::{self, Levels};
 use crate::trace::{format_timestamp, SpanKind, SpanRecord, TraceRecord};
 
 /// A fresh envelope id (UUID-shaped, unique within and across processes in practice).
-pub fn envelope_id() -> String {
+pub(super) fn envelope_id() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
     let seed = SEED.get_or_init(Default::default);
@@ -26,7 +26,7 @@ pub fn envelope_id() -> String {
 }
 
 /// The observation id Langfuse gets for one of our spans: its 16 hex digits.
-pub fn observation_id(s: &SpanRecord) -> String {
+pub(super) fn observation_id(s: &SpanRecord) -> String {
     s.span_id.to_string()
 }
 
@@ -129,13 +129,17 @@ fn v2_usage(g: &crate::trace::GenerationRecord) -> Option<Map<String, Value>> {
 
 /// The events for one trace, serialised, each with its envelope id, appended to `out`;
 /// returns how many were added.
-pub fn encode_trace_bytes(t: &TraceRecord, out: &mut Vec<(String, Vec<u8>)>) -> usize {
+pub(super) fn encode_trace_bytes(t: &TraceRecord, out: &mut Vec<(String, Vec<u8>)>) -> usize {
     encode_trace_bytes_in(t, None, out)
 }
 
 /// Like [`encode_trace_bytes`], with the Langfuse environment on the trace and on every
 /// observation.
-pub fn encode_trace_bytes_in(t: &TraceRecord, environment: Option<&str>, out: &mut Vec<(String, Vec<u8>)>) -> usize {
+pub(super) fn encode_trace_bytes_in(
+    t: &TraceRecord,
+    environment: Option<&str>,
+    out: &mut Vec<(String, Vec<u8>)>,
+) -> usize {
     let before = out.len();
     let folded = observation::fold_generation_nodes(t);
     let t = folded.as_ref().unwrap_or(t);
@@ -220,7 +224,7 @@ pub fn encode_trace_bytes_in(t: &TraceRecord, environment: Option<&str>, out: &m
 
 mod erased {
     /// Serialises a body into a buffer (object-safe).
-    pub trait Ser {
+    pub(super) trait Ser {
         fn write(&self, buf: &mut Vec<u8>);
     }
     impl<T: serde::Serialize> Ser for T {
@@ -257,7 +261,7 @@ pub fn batch_body(events: &[Value], public_key: &str) -> Vec<u8> {
 
 /// One per-event error of a 207 answer.
 #[derive(Debug, Clone)]
-pub struct EventError {
+pub(super) struct EventError {
     /// The envelope id.
     pub id: String,
     /// The event's status.
@@ -267,7 +271,7 @@ pub struct EventError {
 }
 
 /// The errors listed in a 207 answer (an unreadable answer lists none).
-pub fn parse_multi_status(body: &[u8]) -> Vec<EventError> {
+pub(super) fn parse_multi_status(body: &[u8]) -> Vec<EventError> {
     let Ok(v) = serde_json::from_slice::<Value>(body) else { return Vec::new() };
     let Some(errors) = v.get("errors").and_then(Value::as_array) else { return Vec::new() };
     errors

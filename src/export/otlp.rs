@@ -179,7 +179,7 @@ pub fn encode_trace(trace: &TraceRecord, out: &mut Vec<Span>) -> usize {
 }
 
 /// Like [`encode_trace`], with the Langfuse environment (`langfuse.environment`) on every span.
-pub fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, out: &mut Vec<Span>) -> usize {
+pub(super) fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, out: &mut Vec<Span>) -> usize {
     let before = out.len();
     let folded = observation::fold_generation_nodes(trace);
     let trace = folded.as_ref().unwrap_or(trace);
@@ -222,7 +222,7 @@ pub fn resource(service_name: &str) -> Resource {
 }
 
 /// Adds (or replaces) resource attributes.
-pub fn add_resource_attributes(resource: &mut Resource, attrs: &[(String, String)]) {
+pub(super) fn add_resource_attributes(resource: &mut Resource, attrs: &[(String, String)]) {
     for (k, v) in attrs {
         resource.attributes.retain(|a| &a.key != k);
         resource.attributes.push(kv_str(k, v.clone()));
@@ -235,7 +235,7 @@ pub fn encode_request(resource: &Resource, spans: Vec<Span>) -> Vec<u8> {
 }
 
 /// Like [`encode_request`], handing the spans back (for a retry) instead of dropping them.
-pub fn encode_request_reusing(resource: &Resource, spans: Vec<Span>) -> (Vec<u8>, Vec<Span>) {
+pub(super) fn encode_request_reusing(resource: &Resource, spans: Vec<Span>) -> (Vec<u8>, Vec<Span>) {
     let req = ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(resource.clone()),

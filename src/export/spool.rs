@@ -39,7 +39,7 @@ const HEADER: usize = 16;
 const MAX_RECORD: u32 = 256 << 20;
 
 /// Spans a trace stands for in reports (its spans plus the trace itself).
-pub fn spans_of(t: &TraceRecord) -> u64 {
+pub(super) fn spans_of(t: &TraceRecord) -> u64 {
     t.spans.len() as u64 + 1
 }
 
@@ -70,7 +70,7 @@ struct Reader {
 
 /// A record read back from the log.
 #[derive(Debug)]
-pub struct Stored {
+pub(super) struct Stored {
     /// Its sequence number.
     pub seq: u64,
     /// The trace.
@@ -79,7 +79,7 @@ pub struct Stored {
 
 /// The write-ahead log of one exporter.
 #[derive(Debug)]
-pub struct Log {
+pub(super) struct Log {
     dir: PathBuf,
     /// Held while open; `None` once closed.
     lock: Option<File>,
@@ -105,7 +105,7 @@ pub struct Log {
 
 /// Why a record could not be appended.
 #[derive(Debug, thiserror::Error)]
-pub enum AppendError {
+pub(super) enum AppendError {
     /// The cap is reached.
     #[error("spool {dir} is full ({used} of {max} bytes on disk)")]
     Full {
@@ -129,12 +129,12 @@ pub enum AppendError {
 impl Log {
     /// Opens `dir` (creating it), holding at most `max_bytes` on disk. When another process
     /// holds `dir`, opens a folder of its own inside it instead and says so in the log output.
-    pub fn open(dir: impl AsRef<Path>, max_bytes: u64) -> std::io::Result<Log> {
+    pub(super) fn open(dir: impl AsRef<Path>, max_bytes: u64) -> std::io::Result<Log> {
         Self::open_with(dir.as_ref(), max_bytes, 8 << 20)
     }
 
     /// [`open`](Self::open) with a segment size (tests use small ones).
-    pub fn open_with(dir: &Path, max_bytes: u64, segment_bytes: u64) -> std::io::Result<Log> {
+    pub(super) fn open_with(dir: &Path, max_bytes: u64, segment_bytes: u64) -> std::io::Result<Log> {
         fs::create_dir_all(dir)?;
         if let Some(lock) = try_lock(dir)? {
             let mut log = Self::open_locked(dir, lock, max_bytes, segment_bytes, true)?;
@@ -214,29 +214,29 @@ impl Log {
     }
 
     /// The folder.
-    pub fn dir(&self) -> &Path {
+    pub(super) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Bytes of segment files on disk.
-    pub fn bytes(&self) -> u64 {
+    pub(super) fn bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()
     }
 
     /// Whether records may be waiting that the caller has not read or kept in memory.
-    pub fn has_unread(&self) -> bool {
+    pub(super) fn has_unread(&self) -> bool {
         self.unread
     }
 
     /// Says that records the caller held in memory were let go: read them again from the log.
-    pub fn rewind(&mut self) {
+    pub(super) fn rewind(&mut self) {
         self.scan = self.floor;
         self.unread = self.next_seq > self.floor;
     }
 
     /// Makes the log durable and lets the folder go (to the next process); appends fail
     /// from now on.
-    pub fn close(&mut self) -> std::io::Result<()> {
+    pub(super) fn close(&mut self) -> std::io::Result<()> {
         let r = self.sync();
         self.lock = None;
         self.reader = None;
@@ -244,7 +244,7 @@ impl Log {
     }
 
     /// Appends one trace; returns its sequence number.
-    pub fn append(&mut self, t: &TraceRecord) -> Result<u64, AppendError> {
+    pub(super) fn append(&mut self, t: &TraceRecord) -> Result<u64, AppendError> {
         let io = |why: String, dir: &Path| AppendError::Io { dir: dir.display().to_string(), why };
         if self.lock.is_none() {
             return Err(io("the spool is closed".into(), &self.dir));
@@ -275,7 +275,7 @@ impl Log {
     }
 
     /// Appends a trace the caller does not keep in memory: it is read back later.
-    pub fn append_unread(&mut self, t: &TraceRecord) -> Result<u64, AppendError> {
+    pub(super) fn append_unread(&mut self, t: &TraceRecord) -> Result<u64, AppendError> {
         let seq = self.append(t)?;
         self.unread = true;
         Ok(seq)
@@ -291,7 +291,7 @@ impl Log {
     }
 
     /// Acknowledges a record (delivered, or given up on and counted).
-    pub fn ack(&mut self, seq: u64) {
+    pub(super) fn ack(&mut self, seq: u64) {
         if seq < self.floor {
             return;
         }
@@ -314,7 +314,7 @@ impl Log {
     }
 
     /// Makes every append and the cursor durable (`fsync`). Cheap when nothing changed.
-    pub fn sync(&mut self) -> std::io::Result<()> {
+    pub(super) fn sync(&mut self) -> std::io::Result<()> {
         if self.dirty {
             self.active.sync_data()?;
             self.dirty = false;
@@ -333,7 +333,7 @@ impl Log {
     /// Reads up to `max` unacknowledged records from the read position on, skipping those
     /// `skip` names (held in the caller's memory). Also returns how many frames could not be
     /// read back (corrupt); they are acknowledged, so the caller must count them as lost.
-    pub fn read(&mut self, max: usize, skip: impl Fn(u64) -> bool) -> (Vec<Stored>, u64) {
+    pub(super) fn read(&mut self, max: usize, skip: impl Fn(u64) -> bool) -> (Vec<Stored>, u64) {
         let mut out = Vec::new();
         let mut bad = 0;
         while out.len() < max && self.scan < self.next_seq {
@@ -432,7 +432,7 @@ impl Log {
     /// Takes over the folders of other processes that have ended (`proc-N` inside the main
     /// folder): their unacknowledged records are appended here and the folders removed.
     /// Returns how many records were taken over.
-    pub fn adopt(&mut self) -> u64 {
+    pub(super) fn adopt(&mut self) -> u64 {
         if !self.main {
             return 0;
         }
@@ -505,7 +505,7 @@ impl Log {
 
 /// The traces a spool folder (and the folders of other processes inside it) holds and has
 /// not acknowledged, read without taking the folder: for inspection and tests.
-pub fn peek(dir: &Path) -> std::io::Result<Vec<TraceRecord>> {
+pub(super) fn peek(dir: &Path) -> std::io::Result<Vec<TraceRecord>> {
     let mut out = Vec::new();
     let floor = fs::read_to_string(dir.join(ACK_FILE)).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
     let mut segs: Vec<PathBuf> = Vec::new();

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use crate::error::ConfigError;
+pub(super) use crate::error::ConfigError;
 
 /// The default Langfuse host when keys are set without `LANGFUSE_HOST`.
 pub const DEFAULT_LANGFUSE_HOST: &str = "https://cloud.langfuse.com";
