@@ -245,22 +245,49 @@ async fn runs_complete_when_one_of_three_servers_is_killed() {
             WorkerProcess::start(&bin, &urls, &format!("c{i}"), &["--replicas", "3"], &dir.join(format!("c{i}.jsonl")))
         })
         .collect();
+    // The server to kill is the run stream's leader (the member that orders every submit and
+    // ack), looked up from JetStream's own stream info.
+    let js = async_nats::jetstream::new(queue.client().clone());
+    let leader = stream_leader(&js, "FLOWTRACE_RUNS").await;
+    let victim = cluster
+        .servers
+        .iter()
+        .position(|s| s.name == leader)
+        .unwrap_or_else(|| panic!("the leader '{leader}' is one of the members"));
     let mut results = queue.results().await.unwrap();
     let ids: HashSet<String> = submit_demo(&queue, 300).await.into_iter().collect();
     let mut killed = false;
     let (got, _) = collect_results(&mut results, &ids, Duration::from_secs(120), |n| {
         if n >= 60 && !killed {
-            cluster.servers[0].kill();
+            cluster.servers[victim].kill();
             killed = true;
         }
     })
     .await;
-    assert!(killed, "a server was killed mid-load");
+    assert!(killed, "the stream's leader was killed mid-load");
+    let new_leader = stream_leader(&js, "FLOWTRACE_RUNS").await;
+    assert_ne!(new_leader, leader, "another member leads the stream after the kill");
     assert_eq!(got.len(), 300, "every run completed though a server died ({} of 300)\n{}", got.len(), cluster.logs());
     for r in got.values() {
         assert_eq!(r.status, ResultStatus::Completed, "{r:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The server name of the stream's leader, waiting (up to 30 s) while one is elected.
+async fn stream_leader(js: &async_nats::jetstream::Context, stream: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = js.get_stream(stream).await {
+            if let Ok(info) = s.info().await {
+                if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                    return leader;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stream {stream} has no leader after 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The trace records in a JSON Lines trace file, as JSON.
@@ -421,4 +448,131 @@ async fn poison_runs_are_dead_lettered_and_bad_input_gets_error_results() {
     assert_eq!(report.retried, 2);
     assert_eq!(report.completed, 1);
     assert_eq!(report.failed, 4);
+}
+
+/// `Before` >> a sequential batch flow over items i0..i4 >> `After`; item `fail_at` fails on
+/// its first execution. Every execution is counted by name (and the batch's `params` calls).
+fn batch_flow(counts: &Arc<Mutex<HashMap<String, u32>>>, fail_at: &'static str) -> Flow {
+    let count = |counts: &Arc<Mutex<HashMap<String, u32>>>, key: &str| -> u32 {
+        let mut c = counts.lock();
+        let n = c.entry(key.to_owned()).or_default();
+        *n += 1;
+        *n
+    };
+    let c = Arc::clone(counts);
+    let item = FnNode::new("Item")
+        .prep(move |ctx| {
+            let key: String = ctx.param("item").expect("the item param");
+            if count(&c, &key) == 1 && key == fail_at {
+                return Err(format!("{key} fails on its first execution").into());
+            }
+            ctx.shared().insert(format!("done_{key}"), true);
+            Ok(Value::Null)
+        })
+        .into_node();
+    let c = Arc::clone(counts);
+    let batch = BatchFlow::named("Items", &item).params(move |_| {
+        count(&c, "params");
+        Ok((0..5).map(|i| json!({ "item": format!("i{i}") }).as_object().unwrap().clone()).collect())
+    });
+    let (c1, c2) = (Arc::clone(counts), Arc::clone(counts));
+    let before = FnNode::new("Before")
+        .prep(move |_| {
+            count(&c1, "Before");
+            Ok(Value::Null)
+        })
+        .into_node();
+    let after = FnNode::new("After")
+        .prep(move |_| {
+            count(&c2, "After");
+            Ok(Value::Null)
+        })
+        .into_node();
+    let _ = &before >> batch.as_node() >> &after;
+    Flow::named("batched", &before)
+}
+
+/// One node whose exec takes 50 ms and notes the most executions in flight at once.
+fn slow_flow(in_flight: &Arc<std::sync::atomic::AtomicUsize>, most: &Arc<std::sync::atomic::AtomicUsize>) -> Flow {
+    use std::sync::atomic::Ordering;
+    let (in_flight, most) = (Arc::clone(in_flight), Arc::clone(most));
+    let n = FnNode::new("slow")
+        .exec(move |_, _| {
+            let (in_flight, most) = (Arc::clone(&in_flight), Arc::clone(&most));
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok(Value::Null)
+            }
+        })
+        .into_node();
+    Flow::named("slow", &n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_through_its_runtime_and_a_redelivered_batch_skips_completed_items() {
+    let Some(server) =
+        NatsServer::start("a_worker_runs_through_its_runtime_and_a_redelivered_batch_skips_completed_items")
+    else {
+        return;
+    };
+    let cfg = NatsConfig::new(&server.url()).unwrap().ack_wait(Duration::from_secs(2));
+    let queue = Queue::connect(&cfg).await.unwrap();
+    let rt = Runtime::builder().max_in_flight(2).build().unwrap();
+    let counts = Arc::new(Mutex::new(HashMap::new()));
+    let (in_flight, most) = (Arc::default(), Arc::default());
+    let worker = Worker::builder(&queue)
+        .name("rt-worker")
+        .runtime(&rt)
+        .concurrency(64) // ignored: the runtime's limit holds
+        .max_deliveries(3)
+        .flow("batched", &batch_flow(&counts, "i3"))
+        .unwrap()
+        .flow("slow", &slow_flow(&in_flight, &most))
+        .unwrap()
+        .build();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    // The runtime's admission limit bounds what the worker runs at once.
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(queue.submit(Submission::new("slow")).await.unwrap());
+    }
+    for id in &ids {
+        let r = queue.wait(id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(r.status, ResultStatus::Completed, "{r:?}");
+    }
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "at most the runtime's 2 runs at once, saw {most}");
+
+    // Item i3 fails on the first delivery; the redelivery continues inside the batch.
+    let id = queue.submit(Submission::new("batched")).await.unwrap();
+    let r = queue.wait(&id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(r.status, ResultStatus::Completed, "{r:?}");
+    assert_eq!(r.deliveries, 2, "{r:?}");
+    let store = r.store.unwrap();
+    for i in 0..5 {
+        assert_eq!(store[format!("done_i{i}")], true, "item i{i} is done: {store}");
+    }
+    let counts = counts.lock().clone();
+    let expect: HashMap<String, u32> =
+        [("Before", 1), ("params", 1), ("i0", 1), ("i1", 1), ("i2", 1), ("i3", 2), ("i4", 1), ("After", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+    assert_eq!(counts, expect, "completed items are not executed again after the redelivery");
+
+    let _ = stop_tx.send(());
+    let report = handle.await.unwrap().unwrap();
+    assert_eq!(report.completed, 9);
+    assert_eq!(report.retried, 1);
+    // Every execution went through the runtime; the worker leaves a runtime it was given running.
+    assert_eq!(rt.stats().started, 10);
+    assert_eq!(rt.stats().succeeded, 9);
+    assert!(!rt.is_shutting_down());
 }

@@ -64,6 +64,8 @@ pub struct NatsServer {
     pub port: u16,
     /// The cluster (route) port, for a cluster member.
     pub cluster_port: Option<u16>,
+    /// Its `server_name` (what JetStream names a stream's leader by).
+    pub name: String,
     dir: PathBuf,
     keep_dir: bool,
 }
@@ -78,12 +80,20 @@ impl NatsServer {
             "listen: 127.0.0.1:{port}\nserver_name: single\njetstream {{ store_dir: \"{}\" }}\n",
             dir.join("js").display()
         );
-        let s = Self::spawn(&bin, port, None, dir, &conf, false);
+        let s = Self::spawn(&bin, "single", port, None, dir, &conf, false);
         s.wait_ready(Duration::from_secs(20));
         Some(s)
     }
 
-    fn spawn(bin: &Path, port: u16, cluster_port: Option<u16>, dir: PathBuf, conf: &str, keep_dir: bool) -> NatsServer {
+    fn spawn(
+        bin: &Path,
+        name: &str,
+        port: u16,
+        cluster_port: Option<u16>,
+        dir: PathBuf,
+        conf: &str,
+        keep_dir: bool,
+    ) -> NatsServer {
         let conf_path = dir.join("server.conf");
         std::fs::write(&conf_path, conf).expect("write the server config");
         let log = std::fs::File::create(dir.join("server.log")).expect("the server log");
@@ -95,7 +105,7 @@ impl NatsServer {
             .stderr(log)
             .spawn()
             .expect("start nats-server");
-        NatsServer { child: Some(child), port, cluster_port, dir, keep_dir }
+        NatsServer { child: Some(child), port, cluster_port, name: name.to_owned(), dir, keep_dir }
     }
 
     /// The client URL.
@@ -172,7 +182,7 @@ impl NatsCluster {
                 sdir.join("js").display(),
                 routes.join(", ")
             );
-            servers.push(NatsServer::spawn(&bin, *port, Some(*cport), sdir, &conf, true));
+            servers.push(NatsServer::spawn(&bin, &format!("n{i}"), *port, Some(*cport), sdir, &conf, true));
         }
         for s in &servers {
             s.wait_ready(Duration::from_secs(20));
