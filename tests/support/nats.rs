@@ -73,11 +73,17 @@ pub struct NatsServer {
 impl NatsServer {
     /// A single JetStream server, or `None` (after a loud SKIP) without the binary.
     pub fn start(test: &str) -> Option<NatsServer> {
+        Self::start_with(test, "")
+    }
+
+    /// A single JetStream server with `extra` added to its configuration (an
+    /// `authorization { .. }` or `tls { .. }` block).
+    pub fn start_with(test: &str, extra: &str) -> Option<NatsServer> {
         let bin = nats_server_binary(test)?;
         let port = free_port();
         let dir = temp_dir("single");
         let conf = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: single\njetstream {{ store_dir: \"{}\" }}\n",
+            "listen: 127.0.0.1:{port}\nserver_name: single\njetstream {{ store_dir: \"{}\" }}\n{extra}\n",
             dir.join("js").display()
         );
         let s = Self::spawn(&bin, "single", port, None, dir, &conf, false);

@@ -37,6 +37,14 @@ use super::{
 use crate::runtime::{Admission, Runtime};
 use crate::{Error, Flow, Tracer};
 
+/// The `tracing` target under which the NATS client (async-nats) logs its wire protocol at
+/// TRACE level, the `CONNECT` line included, **with the password or token in it**. Nothing
+/// of flowtrace logs a credential, but a subscriber that lets TRACE through for this target
+/// would: keep it at DEBUG or quieter, e.g. with tracing-subscriber
+/// `Targets::new().with_default(Level::TRACE).with_target(NATS_WIRE_LOG_TARGET, Level::DEBUG)`
+/// (what `examples/distributed.rs` does).
+pub const NATS_WIRE_LOG_TARGET: &str = "async_nats::connection";
+
 /// The header naming a run, so a message whose body does not parse still gets a result.
 pub const RUN_ID_HEADER: &str = "Flowtrace-Run-Id";
 
@@ -48,7 +56,8 @@ fn nats_err(what: &str, e: impl std::fmt::Display) -> DurableError {
 ///
 /// Credentials come from the URL (`nats://user:password@host:4222`, `nats://token@host:4222`)
 /// or the environment ([`from_env`](Self::from_env)); they are taken out of the server list
-/// and never appear in `Debug` output, logs or errors.
+/// and never appear in `Debug` output, flowtrace's logs or errors. (The NATS client's own
+/// wire trace does show them: see [`NATS_WIRE_LOG_TARGET`].)
 #[derive(Clone)]
 pub struct NatsConfig {
     servers: Vec<String>,
@@ -181,6 +190,32 @@ impl NatsConfig {
         self.connection_name = Some(name.into());
         self
     }
+    /// Authenticates with a user and password (instead of any in the URL).
+    pub fn user_password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((user.into(), password.into()));
+        self
+    }
+    /// Authenticates with a token (instead of any in the URL).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+    /// Authenticates with a NATS creds file (a user JWT and its seed), as `NATS_CREDS` does.
+    pub fn creds_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.creds_file = Some(path.into());
+        self
+    }
+    /// Trusts the CA certificates in this PEM file for the servers' TLS (as `NATS_CA` does).
+    pub fn tls_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca = Some(path.into());
+        self
+    }
+    /// Presents this client certificate and key (PEM files) for TLS (as `NATS_CERT` and
+    /// `NATS_KEY` do).
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_client = Some((cert.into(), key.into()));
+        self
+    }
     /// Requires TLS.
     pub fn require_tls(mut self, on: bool) -> Self {
         self.tls_required = on;
@@ -191,12 +226,43 @@ impl NatsConfig {
         &self.servers
     }
 
-    /// Connects (retrying while the servers come up).
+    /// Connects, retrying for up to 20 s while the servers come up. A refused credential, a
+    /// TLS failure or a bad address fails at once, with an error naming the servers (never a
+    /// credential).
     pub async fn connect(&self) -> Result<async_nats::Client, DurableError> {
-        let mut opts = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect()
-            .max_reconnects(None);
+        use async_nats::ConnectErrorKind as Kind;
+        let addrs: Vec<async_nats::ServerAddr> = self
+            .servers
+            .iter()
+            .map(|s| s.parse().map_err(|e| DurableError::Config(format!("NATS server {s}: {e}"))))
+            .collect::<Result<_, _>>()?;
+        let what = format!("connect to {}", self.servers.join(","));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.options().await?.connect(addrs.clone()).await {
+                Ok(client) => return Ok(client),
+                Err(e) if matches!(e.kind(), Kind::AuthorizationViolation | Kind::Authentication) => {
+                    return Err(nats_err(&what, format!("{e} (check the NATS credentials)")))
+                }
+                Err(e) if matches!(e.kind(), Kind::Tls | Kind::ServerParse) => return Err(nats_err(&what, e)),
+                // A certificate the client does not trust comes back as an I/O error (from
+                // rustls, with no kind of its own); waiting does not make it trusted.
+                Err(e) if e.kind() == Kind::Io && e.to_string().contains("certificate") => {
+                    return Err(nats_err(&what, format!("TLS: {e}")))
+                }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(target: "flowtrace::durable", "{what}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(nats_err(&what, e)),
+            }
+        }
+    }
+
+    /// The client's options: credentials, TLS, reconnecting for ever once connected.
+    async fn options(&self) -> Result<async_nats::ConnectOptions, DurableError> {
+        let mut opts =
+            async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5)).max_reconnects(None);
         if let Some((u, p)) = &self.user {
             opts = opts.user_and_password(u.clone(), p.clone());
         }
@@ -204,10 +270,10 @@ impl NatsConfig {
             opts = opts.token(t.clone());
         }
         if let Some(path) = &self.creds_file {
-            opts = opts
-                .credentials_file(path)
-                .await
-                .map_err(|e| DurableError::Config(format!("NATS creds file {}: {e}", path.display())))?;
+            // The reader's error never quotes the file (it holds a seed): only its path is named.
+            opts = opts.credentials_file(path).await.map_err(|e| {
+                DurableError::Config(format!("NATS creds file {}: cannot be used ({:?})", path.display(), e.kind()))
+            })?;
         }
         if let Some(ca) = &self.tls_ca {
             opts = opts.add_root_certificates(ca.clone());
@@ -221,12 +287,7 @@ impl NatsConfig {
         if let Some(n) = &self.connection_name {
             opts = opts.name(n);
         }
-        let addrs: Vec<async_nats::ServerAddr> = self
-            .servers
-            .iter()
-            .map(|s| s.parse().map_err(|e| DurableError::Config(format!("NATS server {s}: {e}"))))
-            .collect::<Result<_, _>>()?;
-        opts.connect(addrs).await.map_err(|e| nats_err(&format!("connect to {}", self.servers.join(",")), e))
+        Ok(opts)
     }
 
     fn stream_name(&self) -> String {
