@@ -15,8 +15,11 @@
 //! in flight when a process dies (its `exec` may have run, its checkpoint not yet written)
 //! runs again on the next delivery: at-least-once per visit, exactly-once per checkpointed
 //! visit. Side effects in `exec` that must not repeat should be idempotent. Checkpoints are
-//! taken in the run's root flow: a nested flow or a batch is one visit, checkpointed when it
-//! ends.
+//! taken in the run's root flow, after each visit; a **sequential batch flow** there is also
+//! checkpointed after each of its param sets (its sets are kept, and those that completed
+//! are not run again). A nested flow, a parallel batch flow and a batch node are one visit,
+//! checkpointed when they end: a batch node's outputs are typed values that serialise but
+//! cannot be read back, so its items in flight at a crash run again.
 //!
 //! ## Waiting for a person
 //! A node calls [`crate::Context::wait_for`] in `prep`: without the input the run is
@@ -27,7 +30,17 @@
 //! ## Tracing
 //! Every execution of a durable run records into the same trace id (the run's), so a backend
 //! such as Langfuse shows the run as one trace; an execution that continues from a checkpoint
-//! opens with a `resume` span naming the worker, the node it starts at and the delivery.
+//! opens with a `resume` span naming the worker, the node it starts at, the delivery and any
+//! batch progress. Every part shows the run's initial store as the trace's input (not the
+//! checkpoint it starts from), and the last part the final store as its output. A suspension
+//! is not an error: the spans of the part that suspends end normally, with an event at
+//! DEFAULT level (`suspended at 'node': waiting for input 'key'`), so Langfuse shows no
+//! ERROR level in the trace.
+//!
+//! ## Runtimes
+//! [`DurableRuns`] and `nats::Worker` run through a [`Runtime`](crate::runtime::Runtime)
+//! when given one (a worker builds its own otherwise): its admission limit bounds the runs a
+//! worker pulls, and its time and step limits, tracer and supervision apply.
 
 mod embedded;
 #[cfg(feature = "nats")]
@@ -634,23 +647,6 @@ impl Prepared {
     }
 }
 
-/// Executes (or continues) one durable run on this process, under a supervisor of its own.
-pub(crate) async fn execute(
-    registry: &Registry,
-    store: &Arc<dyn CheckpointStore>,
-    request: &RunRequest,
-    tracer: Option<&Tracer>,
-    worker: &str,
-    delivery: u64,
-    max_attempts: Option<u64>,
-    runtime: Option<&Runtime>,
-) -> Outcome {
-    match prepare(registry, store, request, tracer, worker, delivery, max_attempts).await {
-        Ok(p) => p.run(runtime).await,
-        Err(outcome) => outcome,
-    }
-}
-
 /// Reads the run's checkpoint and makes the execution that continues it; `Err` holds the
 /// outcome when no node is to run (refused, finished, suspended, out of attempts). With
 /// `max_attempts`, the attempt is counted in the checkpoint before any node runs, so a run
@@ -1028,17 +1024,7 @@ impl DurableRuns {
     /// (`Suspended` when a node waits for input).
     pub async fn run(&self, submission: Submission) -> Result<RunResult, DurableError> {
         let request = submission.into_request();
-        let outcome = execute(
-            &self.registry,
-            &self.store,
-            &request,
-            self.tracer.as_ref(),
-            &self.worker,
-            1,
-            None,
-            self.runtime.as_ref(),
-        )
-        .await;
+        let outcome = self.execute(&request).await;
         Ok(RunResult::from_outcome(&request, outcome, &self.worker, 1))
     }
 
@@ -1055,18 +1041,16 @@ impl DurableRuns {
             None => state,
         };
         let request = RunRequest::continuing(&state);
-        let outcome = execute(
-            &self.registry,
-            &self.store,
-            &request,
-            self.tracer.as_ref(),
-            &self.worker,
-            1,
-            None,
-            self.runtime.as_ref(),
-        )
-        .await;
+        let outcome = self.execute(&request).await;
         Ok(RunResult::from_outcome(&request, outcome, &self.worker, 1))
+    }
+
+    /// Executes (or continues) one run here, through the runtime if there is one.
+    async fn execute(&self, request: &RunRequest) -> Outcome {
+        match prepare(&self.registry, &self.store, request, self.tracer.as_ref(), &self.worker, 1, None).await {
+            Ok(p) => p.run(self.runtime.as_ref()).await,
+            Err(outcome) => outcome,
+        }
     }
 
     /// A run's checkpoint.
