@@ -114,6 +114,7 @@ fn config(args: &[String]) -> Result<NatsConfig, Box<dyn std::error::Error>> {
 async fn worker(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let name = arg(args, "--name").unwrap_or_else(flowtrace::durable::default_worker_name);
     let cfg = config(args)?.connection_name(format!("flowtrace-worker-{name}"));
+    tracing::info!(target: "distributed", "worker {name} connects with {cfg:?}");
     let queue = Queue::connect(&cfg).await?;
     let step = Duration::from_millis(std::env::var("STEP_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(20));
     let worker = Worker::builder(&queue)
@@ -248,6 +249,20 @@ async fn bench_checkpoint(args: &[String]) -> Result<(), Box<dyn std::error::Err
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // RUST_LOG set: everything the worker and its NATS client log, to stderr (the credential
+    // tests read it for secrets), except the NATS client's wire trace, which holds the
+    // credentials (see `NATS_WIRE_LOG_TARGET`).
+    if std::env::var_os("RUST_LOG").is_some() {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let filter = tracing_subscriber::filter::Targets::new()
+            .with_default(tracing::Level::TRACE)
+            .with_target(flowtrace::durable::nats::NATS_WIRE_LOG_TARGET, tracing::Level::DEBUG);
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(filter)
+            .try_init();
+    }
     match args.first().map(String::as_str) {
         Some("worker") => worker(&args).await,
         Some("submit") => submit(&args).await,

@@ -245,22 +245,49 @@ async fn runs_complete_when_one_of_three_servers_is_killed() {
             WorkerProcess::start(&bin, &urls, &format!("c{i}"), &["--replicas", "3"], &dir.join(format!("c{i}.jsonl")))
         })
         .collect();
+    // The server to kill is the run stream's leader (the member that orders every submit and
+    // ack), looked up from JetStream's own stream info.
+    let js = async_nats::jetstream::new(queue.client().clone());
+    let leader = stream_leader(&js, "FLOWTRACE_RUNS").await;
+    let victim = cluster
+        .servers
+        .iter()
+        .position(|s| s.name == leader)
+        .unwrap_or_else(|| panic!("the leader '{leader}' is one of the members"));
     let mut results = queue.results().await.unwrap();
     let ids: HashSet<String> = submit_demo(&queue, 300).await.into_iter().collect();
     let mut killed = false;
     let (got, _) = collect_results(&mut results, &ids, Duration::from_secs(120), |n| {
         if n >= 60 && !killed {
-            cluster.servers[0].kill();
+            cluster.servers[victim].kill();
             killed = true;
         }
     })
     .await;
-    assert!(killed, "a server was killed mid-load");
+    assert!(killed, "the stream's leader was killed mid-load");
+    let new_leader = stream_leader(&js, "FLOWTRACE_RUNS").await;
+    assert_ne!(new_leader, leader, "another member leads the stream after the kill");
     assert_eq!(got.len(), 300, "every run completed though a server died ({} of 300)\n{}", got.len(), cluster.logs());
     for r in got.values() {
         assert_eq!(r.status, ResultStatus::Completed, "{r:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The server name of the stream's leader, waiting (up to 30 s) while one is elected.
+async fn stream_leader(js: &async_nats::jetstream::Context, stream: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = js.get_stream(stream).await {
+            if let Ok(info) = s.info().await {
+                if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                    return leader;
+                }
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "stream {stream} has no leader after 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The trace records in a JSON Lines trace file, as JSON.
@@ -318,7 +345,22 @@ async fn a_suspended_run_resumes_on_another_worker_process_in_one_trace() {
     let tb = tb.iter().find(|t| t["trace_id"] == run_id.as_str()).expect("worker B's part of the trace");
     assert_eq!(ta["trace_id"], tb["trace_id"], "one trace across the two workers");
     assert!(span(ta, "draft").is_some(), "worker A ran draft");
-    assert_eq!(ta["error_kind"], "suspended", "worker A's part ends suspended: {ta}");
+    // A suspension is no error: every span of A's part ends ok (Langfuse shows no ERROR
+    // level anywhere in the trace), and an event at DEFAULT level says why the part ends.
+    assert_eq!(ta["status"], "ok", "worker A's part is not an error: {ta}");
+    let spans = ta["spans"].as_array().unwrap();
+    assert!(spans.iter().all(|s| s["status"] == "ok"), "no span of A's part is an error: {ta}");
+    let event = spans
+        .iter()
+        .find(|s| s["kind"] == "event" && s["name"].as_str().is_some_and(|n| n.starts_with("suspended at 'approve'")))
+        .unwrap_or_else(|| panic!("a suspension event in A's part: {ta}"));
+    assert_eq!(event["attributes"]["level"], "DEFAULT");
+    // Both parts show the run's initial store as the trace's input; B's (the last) shows
+    // the final store as its output.
+    assert_eq!(ta["input"], json!({"ticket": "T-1"}));
+    assert_eq!(tb["input"], json!({"ticket": "T-1"}), "B's part shows the run's input, not its checkpoint");
+    assert_eq!(tb["output"]["sent"], true);
+    assert_eq!(tb["status"], "ok");
     let resume = span(tb, "resume").expect("worker B's part opens with a resume span");
     assert_eq!(resume["kind"], "resume");
     assert_eq!(resume["input"]["worker"], "worker-b");
@@ -406,4 +448,352 @@ async fn poison_runs_are_dead_lettered_and_bad_input_gets_error_results() {
     assert_eq!(report.retried, 2);
     assert_eq!(report.completed, 1);
     assert_eq!(report.failed, 4);
+}
+
+/// `Before` >> a sequential batch flow over items i0..i4 >> `After`; item `fail_at` fails on
+/// its first execution. Every execution is counted by name (and the batch's `params` calls).
+fn batch_flow(counts: &Arc<Mutex<HashMap<String, u32>>>, fail_at: &'static str) -> Flow {
+    let count = |counts: &Arc<Mutex<HashMap<String, u32>>>, key: &str| -> u32 {
+        let mut c = counts.lock();
+        let n = c.entry(key.to_owned()).or_default();
+        *n += 1;
+        *n
+    };
+    let c = Arc::clone(counts);
+    let item = FnNode::new("Item")
+        .prep(move |ctx| {
+            let key: String = ctx.param("item").expect("the item param");
+            if count(&c, &key) == 1 && key == fail_at {
+                return Err(format!("{key} fails on its first execution").into());
+            }
+            ctx.shared().insert(format!("done_{key}"), true);
+            Ok(Value::Null)
+        })
+        .into_node();
+    let c = Arc::clone(counts);
+    let batch = BatchFlow::named("Items", &item).params(move |_| {
+        count(&c, "params");
+        Ok((0..5).map(|i| json!({ "item": format!("i{i}") }).as_object().unwrap().clone()).collect())
+    });
+    let (c1, c2) = (Arc::clone(counts), Arc::clone(counts));
+    let before = FnNode::new("Before")
+        .prep(move |_| {
+            count(&c1, "Before");
+            Ok(Value::Null)
+        })
+        .into_node();
+    let after = FnNode::new("After")
+        .prep(move |_| {
+            count(&c2, "After");
+            Ok(Value::Null)
+        })
+        .into_node();
+    let _ = &before >> batch.as_node() >> &after;
+    Flow::named("batched", &before)
+}
+
+/// One node whose exec takes 50 ms and notes the most executions in flight at once.
+fn slow_flow(in_flight: &Arc<std::sync::atomic::AtomicUsize>, most: &Arc<std::sync::atomic::AtomicUsize>) -> Flow {
+    use std::sync::atomic::Ordering;
+    let (in_flight, most) = (Arc::clone(in_flight), Arc::clone(most));
+    let n = FnNode::new("slow")
+        .exec(move |_, _| {
+            let (in_flight, most) = (Arc::clone(&in_flight), Arc::clone(&most));
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Ok(Value::Null)
+            }
+        })
+        .into_node();
+    Flow::named("slow", &n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_through_its_runtime_and_a_redelivered_batch_skips_completed_items() {
+    let Some(server) =
+        NatsServer::start("a_worker_runs_through_its_runtime_and_a_redelivered_batch_skips_completed_items")
+    else {
+        return;
+    };
+    let cfg = NatsConfig::new(&server.url()).unwrap().ack_wait(Duration::from_secs(2));
+    let queue = Queue::connect(&cfg).await.unwrap();
+    let rt = Runtime::builder().max_in_flight(2).build().unwrap();
+    let counts = Arc::new(Mutex::new(HashMap::new()));
+    let (in_flight, most) = (Arc::default(), Arc::default());
+    let worker = Worker::builder(&queue)
+        .name("rt-worker")
+        .runtime(&rt)
+        .concurrency(64) // ignored: the runtime's limit holds
+        .max_deliveries(3)
+        .flow("batched", &batch_flow(&counts, "i3"))
+        .unwrap()
+        .flow("slow", &slow_flow(&in_flight, &most))
+        .unwrap()
+        .build();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(worker.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    // The runtime's admission limit bounds what the worker runs at once.
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(queue.submit(Submission::new("slow")).await.unwrap());
+    }
+    for id in &ids {
+        let r = queue.wait(id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(r.status, ResultStatus::Completed, "{r:?}");
+    }
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "at most the runtime's 2 runs at once, saw {most}");
+
+    // Item i3 fails on the first delivery; the redelivery continues inside the batch.
+    let id = queue.submit(Submission::new("batched")).await.unwrap();
+    let r = queue.wait(&id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(r.status, ResultStatus::Completed, "{r:?}");
+    assert_eq!(r.deliveries, 2, "{r:?}");
+    let store = r.store.unwrap();
+    for i in 0..5 {
+        assert_eq!(store[format!("done_i{i}")], true, "item i{i} is done: {store}");
+    }
+    let counts = counts.lock().clone();
+    let expect: HashMap<String, u32> =
+        [("Before", 1), ("params", 1), ("i0", 1), ("i1", 1), ("i2", 1), ("i3", 2), ("i4", 1), ("After", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+    assert_eq!(counts, expect, "completed items are not executed again after the redelivery");
+
+    let _ = stop_tx.send(());
+    let report = handle.await.unwrap().unwrap();
+    assert_eq!(report.completed, 9);
+    assert_eq!(report.retried, 1);
+    // Every execution went through the runtime; the worker leaves a runtime it was given running.
+    assert_eq!(rt.stats().started, 10);
+    assert_eq!(rt.stats().succeeded, 9);
+    assert!(!rt.is_shutting_down());
+}
+
+// Credentials: user/password, token, TLS with a private CA, a creds file.
+
+/// A secret for one test: random enough not to appear by chance in any output.
+fn secret(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{tag}-{:08x}{:08x}Q7z", std::process::id(), nanos)
+}
+
+/// Asserts that `text` holds neither `secret` nor any 10-character piece of it.
+fn assert_no_secret(what: &str, text: &str, secret: &str) {
+    let chars: Vec<char> = secret.chars().collect();
+    for w in chars.windows(10) {
+        let piece: String = w.iter().collect();
+        assert!(!text.contains(&piece), "{what} shows a piece of the secret ({piece:?}):\n{text}");
+    }
+}
+
+/// Runs the worker example against `url` with `env` (and RUST_LOG=trace, so everything it
+/// and its NATS client log is written), has it complete one demo run submitted through
+/// `queue`, stops it, and returns all it printed.
+async fn one_run_through_a_worker_process(url: &str, env: &[(&str, &str)], queue: &Queue, tag: &str) -> String {
+    let bin = example_binary();
+    let dir = temp_dir(tag);
+    let (out, err) = (dir.join("stdout.txt"), dir.join("stderr.txt"));
+    let mut child = Command::new(&bin)
+        .args(["worker", "--nats", url, "--name", tag, "--concurrency", "4"])
+        .env_remove("NATS_URL")
+        .env_remove("NATS_USER")
+        .env_remove("NATS_PASSWORD")
+        .env_remove("NATS_TOKEN")
+        .env_remove("NATS_CA")
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "trace")
+        .env("STEP_MS", "1")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("start a worker");
+    let printed = || {
+        format!(
+            "{}\n{}",
+            std::fs::read_to_string(&out).unwrap_or_default(),
+            std::fs::read_to_string(&err).unwrap_or_default()
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains("ready") {
+        assert!(child.try_wait().unwrap().is_none(), "worker {tag} exited:\n{}", printed());
+        assert!(tokio::time::Instant::now() < deadline, "worker {tag} not ready:\n{}", printed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = queue.submit(Submission::new("demo")).await.unwrap();
+    let r = queue.wait(&id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(r.status, ResultStatus::Completed, "{r:?}");
+    assert_eq!(r.worker.as_deref(), Some(tag));
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    assert!(child.wait().unwrap().success(), "worker {tag} exits cleanly:\n{}", printed());
+    let all = printed();
+    assert!(all.contains("connects with NatsConfig"), "the worker logged its configuration:\n{all}");
+    assert!(all.contains("TRACE"), "the worker logged at TRACE level:\n{all}");
+    if std::env::var_os("KEEP_DIR").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_password_and_token_credentials_work_and_never_leak() {
+    const TEST: &str = "user_password_and_token_credentials_work_and_never_leak";
+    let password = secret("pw");
+    let Some(server) =
+        NatsServer::start_with(TEST, &format!("authorization {{ user: alice, password: \"{password}\" }}"))
+    else {
+        return;
+    };
+    let host = format!("127.0.0.1:{}", server.port);
+    // From the URL, in this process and in a worker process.
+    let with_url = format!("nats://alice:{password}@{host}");
+    let queue = Queue::connect(&NatsConfig::new(&with_url).unwrap()).await.unwrap();
+    let printed = one_run_through_a_worker_process(&with_url, &[], &queue, "userpass-url").await;
+    assert_no_secret("the worker given the password in its URL", &printed, &password);
+    // From the environment.
+    let env = [("NATS_USER", "alice"), ("NATS_PASSWORD", password.as_str())];
+    let printed = one_run_through_a_worker_process(&format!("nats://{host}"), &env, &queue, "userpass-env").await;
+    assert_no_secret("the worker given the password in NATS_PASSWORD", &printed, &password);
+    // A wrong password fails at once, with an error that names the server and no password.
+    let wrong = secret("wrong");
+    let started = std::time::Instant::now();
+    let err = NatsConfig::new(&format!("nats://alice:{wrong}@{host}")).unwrap().connect().await.unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(shown.contains("authorization violation") && shown.contains(&host), "{shown}");
+    assert!(started.elapsed() < Duration::from_secs(10), "a refused credential is not retried");
+    assert_no_secret("the refused connection's error", &shown, &wrong);
+    drop(server);
+
+    let token = secret("tok");
+    let Some(server) = NatsServer::start_with(TEST, &format!("authorization {{ token: \"{token}\" }}")) else {
+        return;
+    };
+    let host = format!("127.0.0.1:{}", server.port);
+    let queue = Queue::connect(&NatsConfig::new(&format!("nats://{token}@{host}")).unwrap()).await.unwrap();
+    let printed = one_run_through_a_worker_process(&format!("nats://{token}@{host}"), &[], &queue, "token-url").await;
+    assert_no_secret("the worker given the token in its URL", &printed, &token);
+    let env = [("NATS_TOKEN", token.as_str())];
+    let printed = one_run_through_a_worker_process(&format!("nats://{host}"), &env, &queue, "token-env").await;
+    assert_no_secret("the worker given the token in NATS_TOKEN", &printed, &token);
+    let err = NatsConfig::new(&format!("nats://{host}")).unwrap().connect().await.unwrap_err();
+    assert!(err.to_string().contains("authorization violation"), "no token, no connection: {err}");
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 signed by it, with the openssl CLI;
+/// `None` when openssl is missing.
+fn private_ca(dir: &Path) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !run(&["version"]) {
+        return None;
+    }
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    let ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=flowtrace test CA",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]) && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+    ]);
+    assert!(ok, "openssl could not make the test certificates");
+    Some((dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_from_the_environment() {
+    const TEST: &str = "tls_with_a_private_ca_from_the_environment";
+    let dir = temp_dir("tls");
+    let Some((ca, cert, key)) = private_ca(&dir) else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "{TEST}: the openssl CLI is needed to make test certificates, and CI=true");
+        eprintln!("\n*** SKIP {TEST}: the openssl CLI is not installed (it makes the test's certificates) ***\n");
+        return;
+    };
+    let tls = format!("tls {{ cert_file: \"{}\", key_file: \"{}\" }}", cert.display(), key.display());
+    let Some(server) = NatsServer::start_with(TEST, &tls) else {
+        return;
+    };
+    let url = format!("tls://127.0.0.1:{}", server.port);
+    let queue = Queue::connect(&NatsConfig::new(&url).unwrap().tls_ca(&ca)).await.unwrap();
+    let ca_path = ca.display().to_string();
+    one_run_through_a_worker_process(&url, &[("NATS_CA", ca_path.as_str())], &queue, "tls-env").await;
+    // Without the CA the server's certificate is not trusted: a TLS error, at once.
+    let started = std::time::Instant::now();
+    let err = NatsConfig::new(&url).unwrap().connect().await.unwrap_err();
+    assert!(err.to_string().to_lowercase().contains("tls"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "a TLS failure is not retried");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_creds_file_is_named_in_errors_but_never_quoted() {
+    // Authenticating with a creds file needs an operator, an account and a user JWT signed in
+    // turn (`nsc`), which these tests cannot make; what they can check is that its contents
+    // (the user's seed) never reach an error.
+    eprintln!(
+        "\n*** SKIP a_creds_file_is_named_in_errors_but_never_quoted (the authenticating part): \
+         creds-file auth needs operator/account JWTs made by nsc, not installed here ***\n"
+    );
+    let dir = temp_dir("creds");
+    let seed = format!("SUA{}", secret("SEED").to_uppercase());
+    let path = dir.join("user.creds");
+    std::fs::write(&path, format!("-----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n")).unwrap();
+    let err = NatsConfig::new("nats://127.0.0.1:1").unwrap().creds_file(&path).connect().await.unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(shown.contains("user.creds"), "the error names the file: {shown}");
+    assert_no_secret("the creds file's error", &shown, &seed);
+    let missing = NatsConfig::new("nats://127.0.0.1:1").unwrap().creds_file(dir.join("nope.creds"));
+    let err = missing.connect().await.unwrap_err();
+    assert!(err.to_string().contains("nope.creds"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

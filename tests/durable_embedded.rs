@@ -5,12 +5,15 @@
 #[path = "support/child.rs"]
 mod child;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowtrace::durable::{CheckpointStore, DurableRuns, EmbeddedStore, ResultStatus, RunPhase, Submission};
 use flowtrace::prelude::*;
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -156,6 +159,15 @@ async fn a_suspended_run_waits_for_input_and_resumes_with_it() {
     assert_eq!(resume.input.as_ref().unwrap()["worker"], "local-1");
     assert_eq!(resume.input.as_ref().unwrap()["node"], "Approve");
     assert!(traces[1].span("Draft").is_none(), "Draft is not executed again");
+    // The suspension is no error (Langfuse would show the whole trace as ERROR), and both
+    // parts carry the run's initial store as the trace's input; the last, its final store.
+    assert!(!traces[0].status.is_error(), "{:?}", traces[0].status);
+    assert!(traces[0].spans.iter().all(|s| !s.status.is_error()), "no span of the suspended part is an error");
+    let event = traces[0].spans.iter().find(|s| s.name.starts_with("suspended at 'Approve'")).expect("an event");
+    assert_eq!(event.attributes["level"], "DEFAULT");
+    assert_eq!(traces[0].input, json!({"ticket": "T-1"}));
+    assert_eq!(traces[1].input, json!({"ticket": "T-1"}), "not the checkpoint's store");
+    assert_eq!(traces[1].output["sent"], true);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -190,5 +202,88 @@ fn duplicate_node_names_are_refused_at_registration() {
         .flow("dup", &Flow::new(&a))
         .unwrap_err();
     assert!(err.to_string().contains("two nodes named 'Same'"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `Before` >> a sequential batch flow over items i0..i4 >> `After`; item `fail_at` fails on
+/// its first execution. Every execution is counted by name (and the batch's `params` calls).
+fn batch_flow(counts: &Arc<Mutex<HashMap<String, u32>>>, fail_at: &'static str) -> Flow {
+    let count = |counts: &Arc<Mutex<HashMap<String, u32>>>, key: &str| -> u32 {
+        let mut c = counts.lock();
+        let n = c.entry(key.to_owned()).or_default();
+        *n += 1;
+        *n
+    };
+    let c = Arc::clone(counts);
+    let item = FnNode::new("Item")
+        .prep(move |ctx| {
+            let key: String = ctx.param("item").expect("the item param");
+            if count(&c, &key) == 1 && key == fail_at {
+                return Err(format!("{key} fails on its first execution").into());
+            }
+            ctx.shared().insert(format!("done_{key}"), true);
+            Ok(Value::Null)
+        })
+        .into_node();
+    let c = Arc::clone(counts);
+    let batch = BatchFlow::named("Items", &item).params(move |_| {
+        count(&c, "params");
+        Ok((0..5).map(|i| json!({ "item": format!("i{i}") }).as_object().unwrap().clone()).collect())
+    });
+    let (c1, c2) = (Arc::clone(counts), Arc::clone(counts));
+    let before = FnNode::new("Before")
+        .prep(move |_| {
+            count(&c1, "Before");
+            Ok(Value::Null)
+        })
+        .into_node();
+    let after = FnNode::new("After")
+        .prep(move |_| {
+            count(&c2, "After");
+            Ok(Value::Null)
+        })
+        .into_node();
+    let _ = &before >> batch.as_node() >> &after;
+    Flow::named("batched", &before)
+}
+
+#[tokio::test]
+async fn a_run_resumed_inside_a_sequential_batch_does_not_repeat_completed_items() {
+    let dir = temp_dir("batch");
+    let counts = Arc::new(Mutex::new(HashMap::new()));
+    let memory = MemoryExporter::new();
+    let tracer = Tracer::builder().exporter(memory.clone()).build().unwrap();
+    let runs = DurableRuns::builder(EmbeddedStore::open(dir.join("runs.redb")).unwrap())
+        .flow("batched", &batch_flow(&counts, "i3"))
+        .unwrap()
+        .tracer(&tracer)
+        .build();
+    let first = runs.run(Submission::new("batched")).await.unwrap();
+    assert_eq!(first.status, ResultStatus::Failed, "{first:?}");
+    let state = runs.state(&first.run_id).await.unwrap().unwrap();
+    let batch = state.batch.as_ref().expect("the checkpoint holds the batch's progress");
+    assert_eq!((batch.node.as_str(), batch.done, batch.sets.len()), ("Items", 3, 5));
+    assert_eq!(state.next.as_deref(), Some("Items"));
+    assert_eq!(state.store["done_i2"], true);
+
+    let done = runs.resume(&first.run_id, None).await.unwrap();
+    assert_eq!(done.status, ResultStatus::Completed, "{done:?}");
+    let store = done.store.unwrap();
+    for i in 0..5 {
+        assert_eq!(store[format!("done_i{i}")], true, "item i{i} is done: {store}");
+    }
+    let counts = counts.lock().clone();
+    let expect: HashMap<String, u32> =
+        [("Before", 1), ("params", 1), ("i0", 1), ("i1", 1), ("i2", 1), ("i3", 2), ("i4", 1), ("After", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+    assert_eq!(counts, expect, "completed items are not executed again; only the one in flight is");
+    assert!(runs.state(&first.run_id).await.unwrap().unwrap().batch.is_none(), "the finished visit clears it");
+
+    tracer.flush(Duration::from_secs(5)).await;
+    let traces = memory.traces();
+    let resume = traces[1].span("resume").expect("the second execution opens with a resume span");
+    assert_eq!(resume.input.as_ref().unwrap()["batch"], json!({"node": "Items", "done": 3, "of": 5}));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,8 +15,11 @@
 //! in flight when a process dies (its `exec` may have run, its checkpoint not yet written)
 //! runs again on the next delivery: at-least-once per visit, exactly-once per checkpointed
 //! visit. Side effects in `exec` that must not repeat should be idempotent. Checkpoints are
-//! taken in the run's root flow: a nested flow or a batch is one visit, checkpointed when it
-//! ends.
+//! taken in the run's root flow, after each visit; a **sequential batch flow** there is also
+//! checkpointed after each of its param sets (its sets are kept, and those that completed
+//! are not run again). A nested flow, a parallel batch flow and a batch node are one visit,
+//! checkpointed when they end: a batch node's outputs are typed values that serialise but
+//! cannot be read back, so its items in flight at a crash run again.
 //!
 //! ## Waiting for a person
 //! A node calls [`crate::Context::wait_for`] in `prep`: without the input the run is
@@ -27,7 +30,17 @@
 //! ## Tracing
 //! Every execution of a durable run records into the same trace id (the run's), so a backend
 //! such as Langfuse shows the run as one trace; an execution that continues from a checkpoint
-//! opens with a `resume` span naming the worker, the node it starts at and the delivery.
+//! opens with a `resume` span naming the worker, the node it starts at, the delivery and any
+//! batch progress. Every part shows the run's initial store as the trace's input (not the
+//! checkpoint it starts from), and the last part the final store as its output. A suspension
+//! is not an error: the spans of the part that suspends end normally, with an event at
+//! DEFAULT level (`suspended at 'node': waiting for input 'key'`), so Langfuse shows no
+//! ERROR level in the trace.
+//!
+//! ## Runtimes
+//! [`DurableRuns`] and `nats::Worker` run through a [`Runtime`](crate::runtime::Runtime)
+//! when given one (a worker builds its own otherwise): its admission limit bounds the runs a
+//! worker pulls, and its time and step limits, tracer and supervision apply.
 
 mod embedded;
 #[cfg(feature = "nats")]
@@ -43,11 +56,13 @@ use serde_json::{Map, Value};
 
 pub use embedded::EmbeddedStore;
 
+use crate::actors::runtime::Runtime;
 use crate::actors::supervisor::DurableParts;
+use crate::actors::traced::TracedFlow;
 use crate::actors::tracer::Tracer;
-use crate::actors::visit::{RunHook, Visited};
+use crate::actors::visit::{BatchProgress, RunHook, Visited};
 use crate::flow::{Flow, NodeRef, Params, SharedStore};
-use crate::trace::{TraceId, TraceMeta};
+use crate::trace::TraceId;
 use crate::{Error, RunOptions};
 
 /// The version of [`RunState`] and [`RunRequest`] this build writes and reads.
@@ -241,6 +256,18 @@ pub enum RunPhase {
     Finished,
 }
 
+/// A sequential batch flow's progress, checkpointed after each of its param sets while the
+/// root flow visits it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchCheckpoint {
+    /// The batch flow (a node of the root flow).
+    pub node: String,
+    /// Its param sets, as its `params` gave them (not asked for again on resume).
+    pub sets: Vec<Params>,
+    /// How many of them completed; their writes are in the checkpoint's store.
+    pub done: usize,
+}
+
 /// A run's checkpoint: everything needed to continue it on any worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
@@ -255,6 +282,10 @@ pub struct RunState {
     pub flow_version: Option<String>,
     /// The shared store after the last checkpointed visit.
     pub store: Map<String, Value>,
+    /// The run's initial store: every part of the run shows it as the trace's input.
+    /// (Absent in checkpoints written before it was kept: the part's own start store is used.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Map<String, Value>>,
     /// The run's params.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub params: Params,
@@ -275,6 +306,10 @@ pub struct RunState {
     /// The last visit's action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_action: Option<String>,
+    /// Progress inside the visit in flight, when it is a sequential batch flow: the param
+    /// sets that completed are not run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchCheckpoint>,
     /// Where the run stands.
     pub phase: RunPhase,
     /// Executions started (a worker that dies mid-run counts too); bounded by a worker's
@@ -305,6 +340,7 @@ impl RunState {
             run_id: request.run_id.clone(),
             flow: request.flow.clone(),
             flow_version: request.flow_version.clone(),
+            input: Some(store.clone()),
             store,
             params: request.params.clone(),
             trace: request.trace.clone(),
@@ -314,6 +350,7 @@ impl RunState {
             checkpoints: 0,
             last_node: None,
             last_action: None,
+            batch: None,
             phase: RunPhase::Running,
             attempts: 0,
             last_error: None,
@@ -488,6 +525,7 @@ impl RunHook for CheckpointHook {
                 _ => Map::new(),
             };
             s.next = v.next.map(|n| n.name().to_owned());
+            s.batch = None;
             s.steps = v.steps;
             s.checkpoints += 1;
             s.last_node = Some(v.node.name().to_owned());
@@ -502,11 +540,46 @@ impl RunHook for CheckpointHook {
             s.updated_unix_ms = now_ms();
             s.clone()
         };
-        Box::pin(async move {
-            self.store.save(&snapshot).await.map_err(|e| {
-                self.save_failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                Error::Engine(format!("checkpoint failed: {e}"))
-            })
+        Box::pin(self.save(snapshot))
+    }
+
+    fn batch_resume(&self, node: &NodeRef) -> Option<BatchProgress> {
+        let state = self.state.lock();
+        let b = state.batch.as_ref().filter(|b| b.node == node.name())?;
+        Some(BatchProgress { sets: b.sets.clone(), done: b.done })
+    }
+
+    fn batch_step<'a>(
+        &'a self,
+        node: &'a NodeRef,
+        progress: &'a BatchProgress,
+        shared: &'a SharedStore,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        let snapshot = {
+            let mut s = self.state.lock();
+            s.store = match shared.to_json() {
+                Value::Object(m) => m,
+                _ => Map::new(),
+            };
+            s.next = Some(node.name().to_owned());
+            s.batch = Some(BatchCheckpoint {
+                node: node.name().to_owned(),
+                sets: progress.sets.clone(),
+                done: progress.done,
+            });
+            s.checkpoints += 1;
+            s.updated_unix_ms = now_ms();
+            s.clone()
+        };
+        Box::pin(self.save(snapshot))
+    }
+}
+
+impl CheckpointHook {
+    async fn save(&self, snapshot: RunState) -> Result<(), Error> {
+        self.store.save(&snapshot).await.map_err(|e| {
+            self.save_failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            Error::Engine(format!("checkpoint failed: {e}"))
         })
     }
 }
@@ -529,10 +602,56 @@ pub(crate) enum Outcome {
     Exhausted { attempts: u64, last_error: Option<String> },
 }
 
-/// Executes (or continues) one durable run on this process. With `max_attempts`, the
-/// attempt is counted in the checkpoint before any node runs, so a run whose workers keep
-/// dying stops after that many.
-pub(crate) async fn execute(
+/// One execution of a durable run, ready to start: what [`prepare`] makes of a request and
+/// its checkpoint, for [`DurableRuns`] or a worker's [`Runtime`] to run.
+pub(crate) struct Prepared {
+    /// The root flow with the run's trace fields (its tracer: the caller's, else the
+    /// runtime's, else the global one).
+    pub(crate) traced: TracedFlow,
+    pub(crate) shared: SharedStore,
+    /// Params and the durable parts (the checkpoint hook, the trace id, the resume span).
+    pub(crate) options: RunOptions,
+    hook: Arc<CheckpointHook>,
+    attempts: u64,
+}
+
+impl Prepared {
+    /// Runs it here, under a supervisor of its own, or through `runtime` (its admission
+    /// limit, its tracer, its supervision).
+    pub(crate) async fn run(&self, runtime: Option<&Runtime>) -> Outcome {
+        let res = match runtime {
+            Some(rt) => match rt.spawn_with(&self.traced, &self.shared, self.options.clone()).await {
+                Ok(handle) => handle.await,
+                Err(e) => return Outcome::Unavailable(e),
+            },
+            None => {
+                let (root, mut planned) = self.traced.plan(None);
+                planned.params.clone_from(&self.options.params);
+                planned.durable.clone_from(&self.options.durable);
+                crate::actors::supervisor::run(root, self.shared.clone(), planned).await
+            }
+        };
+        self.conclude(res)
+    }
+
+    /// The outcome of the execution that ended with `res`.
+    pub(crate) fn conclude(&self, res: Result<crate::Action, Error>) -> Outcome {
+        match res {
+            Ok(action) => {
+                Outcome::Completed { action: action.as_str().map(str::to_owned), store: self.shared.to_json() }
+            }
+            Err(Error::Suspended { node, key }) => Outcome::Suspended { node, key },
+            Err(e) if self.hook.save_failed.load(std::sync::atomic::Ordering::Relaxed) => Outcome::Unavailable(e),
+            Err(error) => Outcome::Failed { error, attempts: self.attempts },
+        }
+    }
+}
+
+/// Reads the run's checkpoint and makes the execution that continues it; `Err` holds the
+/// outcome when no node is to run (refused, finished, suspended, out of attempts). With
+/// `max_attempts`, the attempt is counted in the checkpoint before any node runs, so a run
+/// whose workers keep dying stops after that many.
+pub(crate) async fn prepare(
     registry: &Registry,
     store: &Arc<dyn CheckpointStore>,
     request: &RunRequest,
@@ -540,49 +659,43 @@ pub(crate) async fn execute(
     worker: &str,
     delivery: u64,
     max_attempts: Option<u64>,
-) -> Outcome {
+) -> Result<Prepared, Outcome> {
     if request.format != FORMAT_VERSION {
-        return Outcome::Rejected(DurableError::Version(format!(
+        return Err(Outcome::Rejected(DurableError::Version(format!(
             "a request of format {} (this worker reads {FORMAT_VERSION})",
             request.format
-        )));
+        ))));
     }
-    let reg = match registry.get(&request.flow) {
-        Ok(r) => r,
-        Err(e) => return Outcome::Rejected(e),
-    };
+    let reg = registry.get(&request.flow).map_err(Outcome::Rejected)?;
     if let (Some(want), Some(have)) = (&request.flow_version, &reg.version) {
         if want != have {
-            return Outcome::Rejected(DurableError::Version(format!(
+            return Err(Outcome::Rejected(DurableError::Version(format!(
                 "the run wants flow '{}' version {want}, this worker has version {have}",
                 request.flow
-            )));
+            ))));
         }
     }
     let mut state = match store.load(&request.run_id).await {
         Ok(Some(s)) => s,
-        Ok(None) => match RunState::initial(request) {
-            Ok(s) => s,
-            Err(e) => return Outcome::Rejected(e),
-        },
-        Err(e @ DurableError::Version(_)) => return Outcome::Rejected(e),
-        Err(e) => return Outcome::Unavailable(Error::Engine(format!("cannot load the checkpoint: {e}"))),
+        Ok(None) => RunState::initial(request).map_err(Outcome::Rejected)?,
+        Err(e @ DurableError::Version(_)) => return Err(Outcome::Rejected(e)),
+        Err(e) => return Err(Outcome::Unavailable(Error::Engine(format!("cannot load the checkpoint: {e}")))),
     };
     let resumed = state.checkpoints > 0;
     match &state.phase {
         RunPhase::Finished => {
-            return Outcome::Completed { action: state.last_action.clone(), store: Value::Object(state.store) }
+            return Err(Outcome::Completed { action: state.last_action.clone(), store: Value::Object(state.store) })
         }
-        RunPhase::Suspended { node, key } => return Outcome::Suspended { node: node.clone(), key: key.clone() },
+        RunPhase::Suspended { node, key } => return Err(Outcome::Suspended { node: node.clone(), key: key.clone() }),
         RunPhase::Running => {}
     }
     if let Some(max) = max_attempts {
         if state.attempts >= max {
-            return Outcome::Exhausted { attempts: state.attempts, last_error: state.last_error.clone() };
+            return Err(Outcome::Exhausted { attempts: state.attempts, last_error: state.last_error.clone() });
         }
         state.attempts += 1;
         if let Err(e) = store.save(&state).await {
-            return Outcome::Unavailable(Error::Engine(format!("cannot write the checkpoint: {e}")));
+            return Err(Outcome::Unavailable(Error::Engine(format!("cannot write the checkpoint: {e}"))));
         }
     }
     let attempts = state.attempts;
@@ -591,20 +704,7 @@ pub(crate) async fn execute(
     if !state.params.is_empty() {
         options = options.params(state.params.clone());
     }
-    let tracer = tracer.cloned().or_else(crate::actors::tracer::global);
-    if let Some(t) = tracer {
-        let f = &state.trace;
-        let meta = TraceMeta {
-            name: f.name.clone().unwrap_or_else(|| state.flow.clone()),
-            session_id: f.session_id.clone().or_else(|| t.default_session_id().map(str::to_owned)),
-            user_id: f.user_id.clone().or_else(|| t.default_user_id().map(str::to_owned)),
-            tags: f.tags.clone(),
-            release: None,
-            version: state.flow_version.clone(),
-            metadata: f.metadata.clone(),
-        };
-        options.trace = Some((t, Arc::new(meta)));
-    }
+    let traced = traced_flow(&reg.flow, &state, tracer);
     let resume = resumed.then(|| {
         serde_json::json!({
             "worker": worker,
@@ -613,9 +713,13 @@ pub(crate) async fn execute(
             "steps": state.steps,
             "checkpoints": state.checkpoints,
             "delivery": delivery,
+            "batch": state.batch.as_ref().map(|b| serde_json::json!({
+                "node": b.node, "done": b.done, "of": b.sets.len(),
+            })),
         })
     });
     let trace_id = state.trace_id;
+    let input = state.input.clone().map(|m| SharedStore::from_json(Value::Object(m)).snapshot());
     let hook = Arc::new(CheckpointHook {
         store: Arc::clone(store),
         save_failed: Default::default(),
@@ -623,19 +727,34 @@ pub(crate) async fn execute(
         state: parking_lot::Mutex::new(state),
         resumed,
     });
-    options.durable = Some(DurableParts { hook: hook.clone(), trace_id, resume });
-    let res = run_root(reg.flow.as_node().clone(), shared.clone(), options).await;
-    match res {
-        Ok(action) => Outcome::Completed { action: action.as_str().map(str::to_owned), store: shared.to_json() },
-        Err(Error::Suspended { node, key }) => Outcome::Suspended { node, key },
-        Err(e) if hook.save_failed.load(std::sync::atomic::Ordering::Relaxed) => Outcome::Unavailable(e),
-        Err(error) => Outcome::Failed { error, attempts },
-    }
+    options.durable = Some(DurableParts { hook: hook.clone(), trace_id, resume, input });
+    Ok(Prepared { traced, shared, options, hook, attempts })
 }
 
-/// Runs the root flow under a supervisor, handing a suspension's key to the checkpoint.
-async fn run_root(root: NodeRef, shared: SharedStore, options: RunOptions) -> Result<crate::Action, Error> {
-    crate::actors::supervisor::run(root, shared, options).await
+/// The run's root flow under its trace fields: the same name, session, user, tags, version
+/// and metadata on every worker.
+fn traced_flow(flow: &Flow, state: &RunState, tracer: Option<&Tracer>) -> TracedFlow {
+    let f = &state.trace;
+    let mut t = flow.traced(f.name.clone().unwrap_or_else(|| state.flow.clone()));
+    if let Some(s) = &f.session_id {
+        t = t.session_id(s.clone());
+    }
+    if let Some(u) = &f.user_id {
+        t = t.user_id(u.clone());
+    }
+    for tag in &f.tags {
+        t = t.tag(tag.clone());
+    }
+    if let Some(v) = &state.flow_version {
+        t = t.version(v.clone());
+    }
+    for (k, v) in &f.metadata {
+        t = t.metadata(k.clone(), v.clone());
+    }
+    if let Some(tracer) = tracer {
+        t = t.tracer(tracer);
+    }
+    t
 }
 
 /// How a run ended (or where it stopped), as kept under its id.
@@ -818,6 +937,7 @@ pub struct DurableRuns {
     store: Arc<dyn CheckpointStore>,
     tracer: Option<Tracer>,
     worker: String,
+    runtime: Option<Runtime>,
 }
 
 impl std::fmt::Debug for DurableRuns {
@@ -832,6 +952,7 @@ pub struct DurableRunsBuilder {
     store: Arc<dyn CheckpointStore>,
     tracer: Option<Tracer>,
     worker: String,
+    runtime: Option<Runtime>,
 }
 
 impl std::fmt::Debug for DurableRunsBuilder {
@@ -869,9 +990,21 @@ impl DurableRunsBuilder {
         self.worker = name.into();
         self
     }
+    /// Runs through `runtime` (its admission limit, time and step limits, tracer and
+    /// supervision) instead of a supervisor of each run's own.
+    pub fn runtime(mut self, runtime: &Runtime) -> Self {
+        self.runtime = Some(runtime.clone());
+        self
+    }
     /// The runner.
     pub fn build(self) -> DurableRuns {
-        DurableRuns { registry: Arc::new(self.registry), store: self.store, tracer: self.tracer, worker: self.worker }
+        DurableRuns {
+            registry: Arc::new(self.registry),
+            store: self.store,
+            tracer: self.tracer,
+            worker: self.worker,
+            runtime: self.runtime,
+        }
     }
 }
 
@@ -883,6 +1016,7 @@ impl DurableRuns {
             store: Arc::new(store),
             tracer: None,
             worker: default_worker_name(),
+            runtime: None,
         }
     }
 
@@ -890,7 +1024,7 @@ impl DurableRuns {
     /// (`Suspended` when a node waits for input).
     pub async fn run(&self, submission: Submission) -> Result<RunResult, DurableError> {
         let request = submission.into_request();
-        let outcome = execute(&self.registry, &self.store, &request, self.tracer.as_ref(), &self.worker, 1, None).await;
+        let outcome = self.execute(&request).await;
         Ok(RunResult::from_outcome(&request, outcome, &self.worker, 1))
     }
 
@@ -907,8 +1041,16 @@ impl DurableRuns {
             None => state,
         };
         let request = RunRequest::continuing(&state);
-        let outcome = execute(&self.registry, &self.store, &request, self.tracer.as_ref(), &self.worker, 1, None).await;
+        let outcome = self.execute(&request).await;
         Ok(RunResult::from_outcome(&request, outcome, &self.worker, 1))
+    }
+
+    /// Executes (or continues) one run here, through the runtime if there is one.
+    async fn execute(&self, request: &RunRequest) -> Outcome {
+        match prepare(&self.registry, &self.store, request, self.tracer.as_ref(), &self.worker, 1, None).await {
+            Ok(p) => p.run(self.runtime.as_ref()).await,
+            Err(outcome) => outcome,
+        }
     }
 
     /// A run's checkpoint.

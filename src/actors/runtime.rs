@@ -330,6 +330,18 @@ impl Runtime {
         self.inner.tracer.as_ref()
     }
 
+    /// The most runs in flight at once (a durable worker pulls no more runs than this).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn max_in_flight(&self) -> usize {
+        self.inner.max_in_flight
+    }
+
+    /// Places free now (a durable worker pulls no more runs than this at a time).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn free_slots(&self) -> usize {
+        self.inner.slots.available_permits()
+    }
+
     /// Starts a run of anything runnable on `shared`: a [`Flow`], a [`BatchFlow`], a single
     /// [`NodeRef`], or a [`TracedFlow`] (its trace fields and options, its tracer else the
     /// runtime's). A plain flow is traced under its own name when the runtime has a tracer.

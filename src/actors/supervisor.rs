@@ -53,6 +53,9 @@ pub(crate) struct DurableParts {
     pub(crate) trace_id: crate::trace::TraceId,
     /// `Some` when the run continues from a checkpoint: the span's input (worker, node, …).
     pub(crate) resume: Option<serde_json::Value>,
+    /// The run's initial store, the trace's input on every part of the run (the store this
+    /// part starts from is a checkpoint's).
+    pub(crate) input: Option<crate::flow::store::StoreSnapshot>,
 }
 
 impl std::fmt::Debug for DurableParts {
@@ -383,7 +386,7 @@ async fn execute(
                 rec: rec.clone(),
                 meta: Arc::clone(meta),
                 shared: shared.clone(),
-                input: shared.snapshot(),
+                input: options.durable.as_ref().and_then(|d| d.input.clone()).unwrap_or_else(|| shared.snapshot()),
                 start_unix_nanos: rec.now_unix_nanos(),
                 cancel_reason: Arc::clone(&cancel_reason),
                 result: None,
@@ -409,6 +412,7 @@ async fn execute(
         crew: crew.clone(),
         warnings,
         hook: options.durable.as_ref().map(|d| Arc::clone(&d.hook)),
+        progress: None,
     };
     if root.has_successors() {
         cx.warn(root.name(), "Node won't run successors. Use Flow.".into());

@@ -48,6 +48,9 @@ pub(crate) struct VisitCx {
     pub(crate) warnings: Warnings,
     /// A durable run's hook, for the root flow's loop only (it is not passed to the visits).
     pub(crate) hook: Option<Arc<dyn RunHook>>,
+    /// The same hook for a visit of the root flow, so that a sequential batch flow there
+    /// checkpoints its progress; never passed further down (see [`VisitCx::with_parent`]).
+    pub(crate) progress: Option<Arc<dyn RunHook>>,
 }
 
 impl VisitCx {
@@ -67,6 +70,28 @@ pub(crate) trait RunHook: Send + Sync + 'static {
     /// After each visit of the root flow that ended in an action, or suspended the run
     /// (`waiting_for` is set, `next` is the node that waits). An error ends the run.
     fn visited<'a>(&'a self, visit: Visited<'a>) -> BoxFuture<'a, Result<(), Error>>;
+    /// Where a sequential batch flow visited by the root flow stands, when the run's
+    /// checkpoint was taken inside it: its param sets and how many have completed.
+    fn batch_resume(&self, _node: &NodeRef) -> Option<BatchProgress> {
+        None
+    }
+    /// After each param set of such a batch flow completed (the store has its writes).
+    fn batch_step<'a>(
+        &'a self,
+        _node: &'a NodeRef,
+        _progress: &'a BatchProgress,
+        _shared: &'a SharedStore,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// A sequential batch flow's progress in a durable run: its param sets (as its `params`
+/// gave them) and how many of them have completed.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BatchProgress {
+    pub(crate) sets: Vec<Params>,
+    pub(crate) done: usize,
 }
 
 /// One finished visit of a durable run's root flow.
@@ -82,8 +107,10 @@ pub(crate) struct Visited<'a> {
 }
 
 impl VisitCx {
+    /// The context of a visit's children: batch progress is only checkpointed for the
+    /// root flow's own visits.
     fn with_parent(&self, parent: Option<SpanId>) -> VisitCx {
-        VisitCx { parent, ..self.clone() }
+        VisitCx { parent, progress: None, ..self.clone() }
     }
 
     fn span(&self, kind: SpanKind, name: &Arc<str>) -> Option<OpenSpan> {
@@ -859,7 +886,7 @@ async fn orchestrate_durable(
     cx: &VisitCx,
     hook: &Arc<dyn RunHook>,
 ) -> Result<Action, Error> {
-    let node_cx = VisitCx { hook: None, ..cx.clone() };
+    let node_cx = VisitCx { hook: None, progress: Some(Arc::clone(hook)), ..cx.clone() };
     let (mut curr, mut steps) = match hook.resume_at(start.as_ref())? {
         Some((node, steps)) => (Some(node), steps),
         None => (start, 0),
@@ -888,6 +915,11 @@ async fn orchestrate_durable(
                 curr = next;
             }
             Err(Error::Suspended { node: waiting, key }) => {
+                // A suspension, not a failure: its spans end normally, and this event says why
+                // the trace's part ends here.
+                if let Some(r) = &cx.trace {
+                    r.event(cx.parent, format!("suspended at '{waiting}': waiting for input '{key}'"), "DEFAULT");
+                }
                 // The waiting node is visited again on resume, so its step is not counted.
                 let v = Visited {
                     node: &node,
@@ -915,10 +947,16 @@ async fn visit_batch_flow(node: &NodeRef, def: &BatchFlowDef, cx: &VisitCx) -> R
     }
     let inner = cx.with_parent(span.as_ref().map(|s| s.id()));
     let ctx = cx.context(name);
+    // A durable run continuing inside this batch flow: its param sets as they were, and the
+    // completed ones are not run again.
+    let resumed = if def.parallel { None } else { cx.progress.as_ref().and_then(|h| h.batch_resume(node)) };
     let res = async {
-        let sets = match &def.params {
-            Some(f) => guarded(name, Phase::Prep, async { f(&ctx) }).await?,
-            None => Vec::new(),
+        let (sets, done) = match resumed {
+            Some(p) => (p.sets, p.done),
+            None => match &def.params {
+                Some(f) => (guarded(name, Phase::Prep, async { f(&ctx) }).await?, 0),
+                None => (Vec::new(), 0),
+            },
         };
         let start = def.start.read().clone();
         let merged: Vec<Arc<Params>> = sets
@@ -944,8 +982,14 @@ async fn visit_batch_flow(node: &NodeRef, def: &BatchFlowDef, cx: &VisitCx) -> R
             })
             .await?;
         } else {
-            for (i, p) in merged.into_iter().enumerate() {
+            // Only a durable run's root flow keeps the sets for its checkpoints.
+            let mut progress = cx.progress.as_ref().map(|h| (h, BatchProgress { sets: sets.clone(), done }));
+            for (i, p) in merged.into_iter().enumerate().skip(done) {
                 run_param_set(name, i, start.clone(), p, &inner).await?;
+                if let Some((h, state)) = progress.as_mut() {
+                    state.done = i + 1;
+                    h.batch_step(node, state, &cx.shared).await?;
+                }
             }
         }
         let prep_value = Value::Array(sets.into_iter().map(Value::Object).collect());

@@ -902,6 +902,9 @@ impl Drop for OpenSpan {
 pub(crate) fn error_status(e: &Error, detailed: bool) -> SpanStatus {
     match e {
         Error::Cancelled { reason } => SpanStatus::Cancelled { reason: reason.clone() },
+        // A durable run waiting for a person has not failed: its spans end normally (the
+        // suspension is an event of its own, and the run's next part continues the trace).
+        Error::Suspended { .. } => SpanStatus::Ok,
         _ if !detailed => {
             SpanStatus::Error { kind: e.kind().into(), message: e.kind().into(), chain: Vec::new(), location: None }
         }

@@ -64,6 +64,8 @@ pub struct NatsServer {
     pub port: u16,
     /// The cluster (route) port, for a cluster member.
     pub cluster_port: Option<u16>,
+    /// Its `server_name` (what JetStream names a stream's leader by).
+    pub name: String,
     dir: PathBuf,
     keep_dir: bool,
 }
@@ -71,19 +73,33 @@ pub struct NatsServer {
 impl NatsServer {
     /// A single JetStream server, or `None` (after a loud SKIP) without the binary.
     pub fn start(test: &str) -> Option<NatsServer> {
+        Self::start_with(test, "")
+    }
+
+    /// A single JetStream server with `extra` added to its configuration (an
+    /// `authorization { .. }` or `tls { .. }` block).
+    pub fn start_with(test: &str, extra: &str) -> Option<NatsServer> {
         let bin = nats_server_binary(test)?;
         let port = free_port();
         let dir = temp_dir("single");
         let conf = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: single\njetstream {{ store_dir: \"{}\" }}\n",
+            "listen: 127.0.0.1:{port}\nserver_name: single\njetstream {{ store_dir: \"{}\" }}\n{extra}\n",
             dir.join("js").display()
         );
-        let s = Self::spawn(&bin, port, None, dir, &conf, false);
+        let s = Self::spawn(&bin, "single", port, None, dir, &conf, false);
         s.wait_ready(Duration::from_secs(20));
         Some(s)
     }
 
-    fn spawn(bin: &Path, port: u16, cluster_port: Option<u16>, dir: PathBuf, conf: &str, keep_dir: bool) -> NatsServer {
+    fn spawn(
+        bin: &Path,
+        name: &str,
+        port: u16,
+        cluster_port: Option<u16>,
+        dir: PathBuf,
+        conf: &str,
+        keep_dir: bool,
+    ) -> NatsServer {
         let conf_path = dir.join("server.conf");
         std::fs::write(&conf_path, conf).expect("write the server config");
         let log = std::fs::File::create(dir.join("server.log")).expect("the server log");
@@ -95,7 +111,7 @@ impl NatsServer {
             .stderr(log)
             .spawn()
             .expect("start nats-server");
-        NatsServer { child: Some(child), port, cluster_port, dir, keep_dir }
+        NatsServer { child: Some(child), port, cluster_port, name: name.to_owned(), dir, keep_dir }
     }
 
     /// The client URL.
@@ -172,7 +188,7 @@ impl NatsCluster {
                 sdir.join("js").display(),
                 routes.join(", ")
             );
-            servers.push(NatsServer::spawn(&bin, *port, Some(*cport), sdir, &conf, true));
+            servers.push(NatsServer::spawn(&bin, &format!("n{i}"), *port, Some(*cport), sdir, &conf, true));
         }
         for s in &servers {
             s.wait_ready(Duration::from_secs(20));

@@ -31,10 +31,19 @@ use serde_json::Value;
 use tokio::sync::{watch, Semaphore};
 
 use super::{
-    default_worker_name, execute, with_input, CheckpointStore, DurableError, Outcome, Registry, ResultStatus, RunPhase,
+    default_worker_name, prepare, with_input, CheckpointStore, DurableError, Outcome, Registry, ResultStatus, RunPhase,
     RunRequest, RunResult, RunState, Submission,
 };
-use crate::{Flow, Tracer};
+use crate::runtime::{Admission, Runtime};
+use crate::{Error, Flow, Tracer};
+
+/// The `tracing` target under which the NATS client (async-nats) logs its wire protocol at
+/// TRACE level, the `CONNECT` line included, **with the password or token in it**. Nothing
+/// of flowtrace logs a credential, but a subscriber that lets TRACE through for this target
+/// would: keep it at DEBUG or quieter, e.g. with tracing-subscriber
+/// `Targets::new().with_default(Level::TRACE).with_target(NATS_WIRE_LOG_TARGET, Level::DEBUG)`
+/// (what `examples/distributed.rs` does).
+pub const NATS_WIRE_LOG_TARGET: &str = "async_nats::connection";
 
 /// The header naming a run, so a message whose body does not parse still gets a result.
 pub const RUN_ID_HEADER: &str = "Flowtrace-Run-Id";
@@ -47,7 +56,8 @@ fn nats_err(what: &str, e: impl std::fmt::Display) -> DurableError {
 ///
 /// Credentials come from the URL (`nats://user:password@host:4222`, `nats://token@host:4222`)
 /// or the environment ([`from_env`](Self::from_env)); they are taken out of the server list
-/// and never appear in `Debug` output, logs or errors.
+/// and never appear in `Debug` output, flowtrace's logs or errors. (The NATS client's own
+/// wire trace does show them: see [`NATS_WIRE_LOG_TARGET`].)
 #[derive(Clone)]
 pub struct NatsConfig {
     servers: Vec<String>,
@@ -180,6 +190,32 @@ impl NatsConfig {
         self.connection_name = Some(name.into());
         self
     }
+    /// Authenticates with a user and password (instead of any in the URL).
+    pub fn user_password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user = Some((user.into(), password.into()));
+        self
+    }
+    /// Authenticates with a token (instead of any in the URL).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+    /// Authenticates with a NATS creds file (a user JWT and its seed), as `NATS_CREDS` does.
+    pub fn creds_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.creds_file = Some(path.into());
+        self
+    }
+    /// Trusts the CA certificates in this PEM file for the servers' TLS (as `NATS_CA` does).
+    pub fn tls_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca = Some(path.into());
+        self
+    }
+    /// Presents this client certificate and key (PEM files) for TLS (as `NATS_CERT` and
+    /// `NATS_KEY` do).
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_client = Some((cert.into(), key.into()));
+        self
+    }
     /// Requires TLS.
     pub fn require_tls(mut self, on: bool) -> Self {
         self.tls_required = on;
@@ -190,12 +226,43 @@ impl NatsConfig {
         &self.servers
     }
 
-    /// Connects (retrying while the servers come up).
+    /// Connects, retrying for up to 20 s while the servers come up. A refused credential, a
+    /// TLS failure or a bad address fails at once, with an error naming the servers (never a
+    /// credential).
     pub async fn connect(&self) -> Result<async_nats::Client, DurableError> {
-        let mut opts = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect()
-            .max_reconnects(None);
+        use async_nats::ConnectErrorKind as Kind;
+        let addrs: Vec<async_nats::ServerAddr> = self
+            .servers
+            .iter()
+            .map(|s| s.parse().map_err(|e| DurableError::Config(format!("NATS server {s}: {e}"))))
+            .collect::<Result<_, _>>()?;
+        let what = format!("connect to {}", self.servers.join(","));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match self.options().await?.connect(addrs.clone()).await {
+                Ok(client) => return Ok(client),
+                Err(e) if matches!(e.kind(), Kind::AuthorizationViolation | Kind::Authentication) => {
+                    return Err(nats_err(&what, format!("{e} (check the NATS credentials)")))
+                }
+                Err(e) if matches!(e.kind(), Kind::Tls | Kind::ServerParse) => return Err(nats_err(&what, e)),
+                // A certificate the client does not trust comes back as an I/O error (from
+                // rustls, with no kind of its own); waiting does not make it trusted.
+                Err(e) if e.kind() == Kind::Io && e.to_string().contains("certificate") => {
+                    return Err(nats_err(&what, format!("TLS: {e}")))
+                }
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(target: "flowtrace::durable", "{what}: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(nats_err(&what, e)),
+            }
+        }
+    }
+
+    /// The client's options: credentials, TLS, reconnecting for ever once connected.
+    async fn options(&self) -> Result<async_nats::ConnectOptions, DurableError> {
+        let mut opts =
+            async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5)).max_reconnects(None);
         if let Some((u, p)) = &self.user {
             opts = opts.user_and_password(u.clone(), p.clone());
         }
@@ -203,10 +270,10 @@ impl NatsConfig {
             opts = opts.token(t.clone());
         }
         if let Some(path) = &self.creds_file {
-            opts = opts
-                .credentials_file(path)
-                .await
-                .map_err(|e| DurableError::Config(format!("NATS creds file {}: {e}", path.display())))?;
+            // The reader's error never quotes the file (it holds a seed): only its path is named.
+            opts = opts.credentials_file(path).await.map_err(|e| {
+                DurableError::Config(format!("NATS creds file {}: cannot be used ({:?})", path.display(), e.kind()))
+            })?;
         }
         if let Some(ca) = &self.tls_ca {
             opts = opts.add_root_certificates(ca.clone());
@@ -220,12 +287,7 @@ impl NatsConfig {
         if let Some(n) = &self.connection_name {
             opts = opts.name(n);
         }
-        let addrs: Vec<async_nats::ServerAddr> = self
-            .servers
-            .iter()
-            .map(|s| s.parse().map_err(|e| DurableError::Config(format!("NATS server {s}: {e}"))))
-            .collect::<Result<_, _>>()?;
-        opts.connect(addrs).await.map_err(|e| nats_err(&format!("connect to {}", self.servers.join(",")), e))
+        Ok(opts)
     }
 
     fn stream_name(&self) -> String {
@@ -326,16 +388,8 @@ impl Queue {
             })
         })
         .await?;
-        let kv_config = |name: &str| kv::Config {
-            bucket: format!("{}_{name}", config.prefix),
-            history: 1,
-            num_replicas: config.replicas,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        };
-        let checkpoints =
-            retry("create the checkpoint bucket", || js.create_key_value(kv_config("CHECKPOINTS"))).await?;
-        let results = retry("create the result bucket", || js.create_key_value(kv_config("RESULTS"))).await?;
+        let checkpoints = bucket(&js, config, "CHECKPOINTS").await?;
+        let results = bucket(&js, config, "RESULTS").await?;
         Ok(Queue { client, js, config: config.clone(), stream, checkpoints: KvCheckpoints::new(checkpoints), results })
     }
 
@@ -510,6 +564,23 @@ impl Queue {
     }
 }
 
+/// Opens (creating it when missing) the KV bucket `<prefix>_<name>`: history 1, file storage,
+/// the configured replicas. Every process opens its buckets here, with the same settings.
+async fn bucket(js: &jetstream::Context, config: &NatsConfig, name: &str) -> Result<kv::Store, DurableError> {
+    let bucket = format!("{}_{name}", config.prefix);
+    let what = format!("create the KV bucket {bucket}");
+    retry(&what, || {
+        js.create_key_value(kv::Config {
+            bucket: bucket.clone(),
+            history: 1,
+            num_replicas: config.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+    })
+    .await
+}
+
 /// Retries a JetStream set-up call while a cluster elects its leaders (up to 30 s).
 async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
     what: &str,
@@ -546,12 +617,15 @@ pub struct WorkerReport {
     pub handed_back: u64,
 }
 
-/// A worker: pulls runs of its registered flows from the queue and executes them durably.
+/// A worker: pulls runs of its registered flows from the queue and executes them durably,
+/// through a [`Runtime`]: the runtime's admission limit bounds the runs it pulls, and the
+/// runtime supervises and traces them.
 pub struct Worker {
     queue: Queue,
     registry: Arc<Registry>,
     name: String,
     concurrency: usize,
+    runtime: Option<Runtime>,
     max_deliveries: u64,
     grace: Duration,
     tracer: Option<Tracer>,
@@ -563,6 +637,7 @@ impl std::fmt::Debug for Worker {
             .field("name", &self.name)
             .field("flows", &self.registry.names())
             .field("concurrency", &self.concurrency)
+            .field("runtime", &self.runtime)
             .finish()
     }
 }
@@ -573,6 +648,7 @@ pub struct WorkerBuilder {
     registry: Registry,
     name: String,
     concurrency: usize,
+    runtime: Option<Runtime>,
     max_deliveries: u64,
     grace: Duration,
     tracer: Option<Tracer>,
@@ -600,9 +676,17 @@ impl WorkerBuilder {
         self.name = name.into();
         self
     }
-    /// Runs in flight at most (the admission limit; default 16): the worker pulls no more.
+    /// Runs in flight at most (default 16): the admission limit of the worker's own
+    /// [`Runtime`]; it pulls no more. Ignored with [`runtime`](Self::runtime), whose limit holds.
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.concurrency = n.clamp(1, Semaphore::MAX_PERMITS);
+        self
+    }
+    /// Runs through `runtime` (shared with the service's other runs, say) instead of a runtime
+    /// of the worker's own: its `max_in_flight` bounds the runs pulled, its time and step
+    /// limits and its tracer apply. The worker does not shut it down.
+    pub fn runtime(mut self, runtime: &Runtime) -> Self {
+        self.runtime = Some(runtime.clone());
         self
     }
     /// Deliveries a run gets before it is dead-lettered with its last error (default 5).
@@ -616,7 +700,7 @@ impl WorkerBuilder {
         self.grace = d;
         self
     }
-    /// Traces runs with this tracer (default: the global one).
+    /// Traces runs with this tracer (default: the runtime's, else the global one).
     pub fn tracer(mut self, tracer: &Tracer) -> Self {
         self.tracer = Some(tracer.clone());
         self
@@ -628,6 +712,7 @@ impl WorkerBuilder {
             registry: Arc::new(self.registry),
             name: self.name,
             concurrency: self.concurrency,
+            runtime: self.runtime,
             max_deliveries: self.max_deliveries,
             grace: self.grace,
             tracer: self.tracer,
@@ -664,6 +749,7 @@ impl Counters {
 
 struct Shared {
     queue: Queue,
+    runtime: Runtime,
     registry: Arc<Registry>,
     store: Arc<dyn CheckpointStore>,
     name: String,
@@ -681,6 +767,7 @@ impl Worker {
             registry: Registry::default(),
             name: default_worker_name(),
             concurrency: 16,
+            runtime: None,
             max_deliveries: 5,
             grace: Duration::from_secs(10),
             tracer: None,
@@ -688,11 +775,24 @@ impl Worker {
     }
 
     /// Pulls and executes runs until `shutdown` resolves; then takes no more, lets runs in
-    /// flight finish for the grace period, hands back the rest (negative acks, so another
-    /// worker takes them at once) and reports.
+    /// flight finish for the grace period, hands back the rest (cancelled, then negative acks,
+    /// so another worker takes them at once), shuts its own runtime down (flushing its
+    /// tracer) and reports.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Result<WorkerReport, DurableError> {
         let consumer = self.queue.consumer().await?;
+        let (runtime, own) = match &self.runtime {
+            Some(rt) => (rt.clone(), false),
+            None => {
+                let mut b = Runtime::builder().max_in_flight(self.concurrency).admission(Admission::Wait);
+                if let Some(t) = &self.tracer {
+                    b = b.tracer(t);
+                }
+                (b.build().map_err(|e| DurableError::Config(e.to_string()))?, true)
+            }
+        };
+        let limit = runtime.max_in_flight();
         let shared = Arc::new(Shared {
+            runtime: runtime.clone(),
             store: Arc::new(self.queue.checkpoints.clone()),
             queue: self.queue.clone(),
             registry: Arc::clone(&self.registry),
@@ -702,7 +802,8 @@ impl Worker {
             tracer: self.tracer.clone(),
             counters: Counters::default(),
         });
-        let permits = Arc::new(Semaphore::new(self.concurrency));
+        // The worker holds no more runs than its runtime admits at once.
+        let permits = Arc::new(Semaphore::new(limit));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
@@ -715,9 +816,17 @@ impl Worker {
                     Err(_) => break 'pull,
                 },
             };
+            if runtime.is_shutting_down() {
+                break 'pull;
+            }
             let mut held = vec![first];
-            while let Ok(p) = Arc::clone(&permits).try_acquire_owned() {
-                held.push(p);
+            // A runtime shared with other work may have fewer places free than the worker.
+            let room = runtime.free_slots().max(1);
+            while held.len() < room {
+                match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(p) => held.push(p),
+                    Err(_) => break,
+                }
             }
             // Ask for as many runs as there are free slots; they are handled as they arrive.
             let batch = consumer.batch().max_messages(held.len()).expires(Duration::from_millis(500)).messages().await;
@@ -760,9 +869,63 @@ impl Worker {
             let _ = stop_tx.send(true);
             while tasks.join_next().await.is_some() {}
         }
+        if own {
+            runtime.shutdown(self.grace).await;
+        }
         let _ = self.queue.client.flush().await;
         Ok(shared.counters.report())
     }
+}
+
+/// Executes one delivery through the worker's runtime; `None` when it is handed back
+/// unfinished (the worker or its runtime is shutting down).
+async fn run_on_runtime(
+    shared: &Shared,
+    request: &RunRequest,
+    delivered: u64,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Outcome> {
+    let prepared = prepare(
+        &shared.registry,
+        &shared.store,
+        request,
+        shared.tracer.as_ref(),
+        &shared.name,
+        delivered,
+        Some(shared.max_deliveries),
+    )
+    .await;
+    let p = match prepared {
+        Ok(p) => p,
+        Err(outcome) => return Some(outcome),
+    };
+    let mut handle = tokio::select! {
+        h = shared.runtime.spawn_with(&p.traced, &p.shared, p.options.clone()) => match h {
+            Ok(h) => h,
+            // Refused: the runtime is shutting down, or full under `Admission::Refuse`.
+            Err(Error::Refused(_)) => return None,
+            Err(e) => return Some(Outcome::Unavailable(e)),
+        },
+        _ = stopped(stop) => return None,
+    };
+    tokio::select! {
+        res = &mut handle => match res {
+            Err(Error::Cancelled { .. }) if shared.runtime.is_shutting_down() => None,
+            res => Some(p.conclude(res)),
+        },
+        _ = stopped(stop) => {
+            // Let the run end before it is handed back, so that no checkpoint of this worker
+            // lands after another worker has taken the run.
+            handle.cancel("the worker is shutting down: the run is handed back");
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut handle).await;
+            None
+        }
+    }
+}
+
+/// Resolves once the worker's stop signal is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// One delivery of one run.
@@ -806,19 +969,7 @@ async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mut stop: watch::R
             }
         })
     };
-    let run = execute(
-        &shared.registry,
-        &shared.store,
-        &request,
-        shared.tracer.as_ref(),
-        &shared.name,
-        delivered,
-        Some(shared.max_deliveries),
-    );
-    let outcome = tokio::select! {
-        o = run => Some(o),
-        _ = stop.wait_for(|s| *s) => None,
-    };
+    let outcome = run_on_runtime(&shared, &request, delivered, &mut stop).await;
     ticker.abort();
     let Some(outcome) = outcome else {
         // Shut down before the run finished: hand it back now; it continues after its last
