@@ -249,15 +249,12 @@ async fn bench_checkpoint(args: &[String]) -> Result<(), Box<dyn std::error::Err
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    // RUST_LOG set: everything the worker and its NATS client log, to stderr (the credential
-    // tests read it for secrets), except the NATS client's wire trace, which holds the
-    // credentials (see `NATS_WIRE_LOG_TARGET`).
+    // RUST_LOG set: everything the worker and its NATS client log, wire trace included, to
+    // stderr (the credential tests read it for secrets).
     if std::env::var_os("RUST_LOG").is_some() {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
-        let filter = tracing_subscriber::filter::Targets::new()
-            .with_default(tracing::Level::TRACE)
-            .with_target(flowtrace::durable::nats::NATS_WIRE_LOG_TARGET, tracing::Level::DEBUG);
+        let filter = tracing_subscriber::filter::Targets::new().with_default(tracing::Level::TRACE);
         let _ = tracing_subscriber::registry()
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .with(filter)

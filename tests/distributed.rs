@@ -637,6 +637,9 @@ async fn one_run_through_a_worker_process(url: &str, env: &[(&str, &str)], queue
     let all = printed();
     assert!(all.contains("connects with NatsConfig"), "the worker logged its configuration:\n{all}");
     assert!(all.contains("TRACE"), "the worker logged at TRACE level:\n{all}");
+    // The NATS client's own wire trace is in the output too: its CONNECT line is where a
+    // client would put the credentials.
+    assert!(all.contains("write operation: CONNECT"), "the NATS client's CONNECT line was logged:\n{all}");
     if std::env::var_os("KEEP_DIR").is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -37,14 +37,6 @@ use super::{
 use crate::runtime::{Admission, Runtime};
 use crate::{Error, Flow, Tracer};
 
-/// The `tracing` target under which the NATS client (async-nats) logs its wire protocol at
-/// TRACE level, the `CONNECT` line included, **with the password or token in it**. Nothing
-/// of flowtrace logs a credential, but a subscriber that lets TRACE through for this target
-/// would: keep it at DEBUG or quieter, e.g. with tracing-subscriber
-/// `Targets::new().with_default(Level::TRACE).with_target(NATS_WIRE_LOG_TARGET, Level::DEBUG)`
-/// (what `examples/distributed.rs` does).
-pub const NATS_WIRE_LOG_TARGET: &str = "async_nats::connection";
-
 /// The header naming a run, so a message whose body does not parse still gets a result.
 pub const RUN_ID_HEADER: &str = "Flowtrace-Run-Id";
 
@@ -56,8 +48,9 @@ fn nats_err(what: &str, e: impl std::fmt::Display) -> DurableError {
 ///
 /// Credentials come from the URL (`nats://user:password@host:4222`, `nats://token@host:4222`)
 /// or the environment ([`from_env`](Self::from_env)); they are taken out of the server list
-/// and never appear in `Debug` output, flowtrace's logs or errors. (The NATS client's own
-/// wire trace does show them: see [`NATS_WIRE_LOG_TARGET`].)
+/// and never appear in `Debug` output, flowtrace's logs or errors. (The NATS client's wire
+/// trace redacts them too since async-nats 0.51; the credential tests run workers at
+/// `RUST_LOG=trace` and search their output for the secrets.)
 #[derive(Clone)]
 pub struct NatsConfig {
     servers: Vec<String>,
