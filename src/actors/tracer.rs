@@ -14,9 +14,10 @@ use crate::error::ConfigError;
 use crate::export::{DebugExporter, ExportReport, Exporter};
 use crate::trace::recorder::{self, Clock, Recorder, SpanBuf, Switches};
 use crate::trace::{
-    announce_trace_file, SpanSink, TraceEnd, TraceId, TracingConfig, DEFAULT_LANGFUSE_HOST, DEFAULT_TRACE_FILE,
+    announce_trace_file, SpanSink, TraceEnd, TraceId, TraceMeta, TracingConfig, DEFAULT_LANGFUSE_HOST,
+    DEFAULT_TRACE_FILE,
 };
-use actor::{TracerActor, TracerMsg};
+use actor::{TracerActor, TracerArgs, TracerMsg};
 
 /// Where runs send their spans: the tracer actor, with a count of what could not be sent.
 pub(crate) struct ActorSink {
@@ -26,6 +27,8 @@ pub(crate) struct ActorSink {
     pub(crate) backlog: Arc<AtomicU64>,
     /// Spans shed because the backlog was over [`MAX_BACKLOG`].
     shed: Arc<AtomicU64>,
+    /// Spans of runs in progress held by the tracer (not yet handed to the exporters).
+    held: Arc<AtomicU64>,
 }
 
 /// The most spans waiting for the tracer (about 100 MB). Past it, runs shed their spans
@@ -40,7 +43,7 @@ impl ActorSink {
 }
 
 impl SpanSink for ActorSink {
-    fn spans(&self, id: TraceId, clock: Clock, spans: SpanBuf) -> u64 {
+    fn spans(&self, id: TraceId, clock: Clock, meta: &Arc<TraceMeta>, spans: SpanBuf) -> u64 {
         let n = spans.len() as u64;
         if self.over() {
             warn_shedding();
@@ -49,7 +52,7 @@ impl SpanSink for ActorSink {
             return n;
         }
         self.backlog.fetch_add(n, Ordering::Relaxed);
-        if self.actor.cast(TracerMsg::Spans(id, clock, spans)).is_err() {
+        if self.actor.cast(TracerMsg::Spans(id, clock, Arc::clone(meta), spans)).is_err() {
             self.backlog.fetch_sub(n, Ordering::Relaxed);
             self.lost.fetch_add(n, Ordering::Relaxed);
         }
@@ -143,6 +146,14 @@ impl Tracer {
     /// exporter, or `timeout` passes; reports which.
     pub async fn flush(&self, timeout: Duration) -> ExportReport {
         self.call(timeout, |reply| TracerMsg::Flush(timeout, reply)).await
+    }
+
+    /// Spans of runs still in progress that the tracer holds, not yet handed to the
+    /// exporters. While every exporter [takes parts](crate::export::Exporter::takes_parts),
+    /// this stays below [`PART_SPANS`](crate::export::PART_SPANS) per run in progress however
+    /// long a run goes on; otherwise each run's spans are held until it ends.
+    pub fn held_spans(&self) -> u64 {
+        self.inner.sink.held.load(Ordering::Relaxed)
     }
 
     /// Flushes and stops the tracer; later runs traced with it are counted as lost.
@@ -278,13 +289,14 @@ impl Tracer {
         self.inner.user_id.as_deref()
     }
 
-    pub(crate) fn recorder(&self) -> Recorder {
-        Recorder::new(recorder::new_trace_id(), self.inner.switches, Arc::clone(&self.inner.sink) as Arc<dyn SpanSink>)
+    /// A recorder for a run with these trace fields.
+    pub(crate) fn recorder(&self, meta: &Arc<TraceMeta>) -> Recorder {
+        self.recorder_for(recorder::new_trace_id(), meta)
     }
 
     /// A recorder for a run whose trace id is given (a durable run keeps one id everywhere).
-    pub(crate) fn recorder_for(&self, id: TraceId) -> Recorder {
-        Recorder::new(id, self.inner.switches, Arc::clone(&self.inner.sink) as Arc<dyn SpanSink>)
+    pub(crate) fn recorder_for(&self, id: TraceId, meta: &Arc<TraceMeta>) -> Recorder {
+        Recorder::new(id, self.inner.switches, Arc::clone(&self.inner.sink) as Arc<dyn SpanSink>, Arc::clone(meta))
     }
 
     /// Whether a run with this trace id is recorded (deterministic sampling by id).
@@ -404,7 +416,8 @@ impl TracerBuilder {
         let exporters = self.exporters;
         let (tx, rx) = std::sync::mpsc::channel();
         let backlog = Arc::new(AtomicU64::new(0));
-        let thread_backlog = Arc::clone(&backlog);
+        let held = Arc::new(AtomicU64::new(0));
+        let args = TracerArgs { exporters, backlog: Arc::clone(&backlog), held: Arc::clone(&held) };
         // The thread ends when its actor stops (when the last handle is dropped, or at
         // shutdown); nothing joins it, so dropping a tracer never blocks.
         std::thread::Builder::new()
@@ -418,7 +431,7 @@ impl TracerBuilder {
                     }
                 };
                 rt.block_on(async move {
-                    match Actor::spawn(None, TracerActor, (exporters, thread_backlog)).await {
+                    match Actor::spawn(None, TracerActor, args).await {
                         Ok((actor, handle)) => {
                             let _ = tx.send(Ok(actor));
                             let _ = handle.await;
@@ -438,6 +451,7 @@ impl TracerBuilder {
                     lost: Arc::new(AtomicU64::new(0)),
                     backlog,
                     shed: Arc::new(AtomicU64::new(0)),
+                    held,
                 }),
                 switches: self.switches,
                 sample_rate,

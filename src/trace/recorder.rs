@@ -600,6 +600,11 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
+    /// When the run's clock was read: its start, near enough for a part of its trace.
+    pub(crate) fn start_unix_nanos(self) -> u64 {
+        self.base_unix_nanos
+    }
+
     pub(crate) fn unix_nanos(self, at: Instant) -> u64 {
         match at.checked_duration_since(self.base) {
             Some(d) => self.base_unix_nanos + d.as_nanos() as u64,
@@ -620,7 +625,7 @@ impl RunTrace {
             }
         };
         if let Some(chunk) = chunk {
-            let shed = self.sink.spans(self.trace_id, self.clock, chunk);
+            let shed = self.sink.spans(self.trace_id, self.clock, &self.meta, chunk);
             self.shed.fetch_add(shed, Ordering::Relaxed);
         }
     }
@@ -662,6 +667,8 @@ pub(crate) struct RunTrace {
     pub(crate) switches: Switches,
     buf: Mutex<Vec<Box<RawSpan>>>,
     sink: TraceSink,
+    /// The run's trace fields, for the parts of its trace exported before it ends.
+    meta: Arc<super::TraceMeta>,
     /// Spans of this run shed under backlog, for its trace's `spans_dropped`.
     shed: AtomicU64,
 }
@@ -677,7 +684,7 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    pub(crate) fn new(trace_id: TraceId, switches: Switches, sink: TraceSink) -> Self {
+    pub(crate) fn new(trace_id: TraceId, switches: Switches, sink: TraceSink, meta: Arc<super::TraceMeta>) -> Self {
         let base_unix_nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         Recorder(Arc::new(RunTrace {
             trace_id,
@@ -686,6 +693,7 @@ impl Recorder {
             buf: Mutex::new(pooled_buffer()),
             shed: AtomicU64::new(0),
             sink,
+            meta,
         }))
     }
 
@@ -942,7 +950,7 @@ mod tests {
     struct Chunks(Mutex<Vec<usize>>);
 
     impl SpanSink for Chunks {
-        fn spans(&self, _id: TraceId, _clock: Clock, spans: SpanBuf) -> u64 {
+        fn spans(&self, _id: TraceId, _clock: Clock, _meta: &Arc<crate::trace::TraceMeta>, spans: SpanBuf) -> u64 {
             self.0.lock().push(spans.len());
             0
         }
@@ -951,7 +959,7 @@ mod tests {
 
     fn recorder(switches: Switches) -> (Recorder, Arc<Chunks>) {
         let sink = Arc::new(Chunks::default());
-        (Recorder::new(new_trace_id(), switches, Arc::clone(&sink) as Arc<dyn SpanSink>), sink)
+        (Recorder::new(new_trace_id(), switches, Arc::clone(&sink) as Arc<dyn SpanSink>, Default::default()), sink)
     }
 
     fn records(rec: &Recorder) -> Vec<SpanRecord> {
