@@ -348,7 +348,7 @@ impl Drop for TraceFinisher {
             clock: self.rec.clock(),
             spans_dropped: self.rec.shed(),
         };
-        self.rec.sink().end(end);
+        self.rec.end(end);
     }
 }
 

@@ -575,10 +575,10 @@ struct Memory {
 
 /// The most spans the worker holds in memory (batching, ready or in flight; about 100 MB with
 /// their encoded form); past it new traces go to the log only, read back when there is room.
-const MAX_MEMORY_SPANS: u64 = 131_072;
+const MAX_MEMORY_SPANS: u64 = 32_768;
 /// The most spans waiting in the queue between the tracer and the worker; past it the
 /// exporter appends straight to the log.
-const MAX_QUEUED_SPANS: u64 = 65_536;
+const MAX_QUEUED_SPANS: u64 = 16_384;
 
 impl Memory {
     fn has_room(&self, cap: usize) -> bool {

@@ -625,7 +625,7 @@ impl RunTrace {
             }
         };
         if let Some(chunk) = chunk {
-            let shed = self.sink.spans(self.trace_id, self.clock, &self.meta, chunk);
+            let shed = self.sink.spans(self, chunk);
             self.shed.fetch_add(shed, Ordering::Relaxed);
         }
     }
@@ -669,8 +669,37 @@ pub(crate) struct RunTrace {
     sink: TraceSink,
     /// The run's trace fields, for the parts of its trace exported before it ends.
     meta: Arc<super::TraceMeta>,
+    /// Parts of this run's trace handed to the exporters so far (by the tracer, or by the
+    /// sink straight from the run when the tracer is behind): the next part's index.
+    parts: Arc<std::sync::atomic::AtomicU32>,
+    /// Whether any chunk of this run went to the tracer (which then holds some of its spans,
+    /// so the run's end must go there too).
+    chunked: std::sync::atomic::AtomicBool,
     /// Spans of this run shed under backlog, for its trace's `spans_dropped`.
     shed: AtomicU64,
+}
+
+impl RunTrace {
+    /// The run's trace fields.
+    pub(crate) fn meta(&self) -> &Arc<super::TraceMeta> {
+        &self.meta
+    }
+    /// The run's clock.
+    pub(crate) fn clock(&self) -> Clock {
+        self.clock
+    }
+    /// The count of this run's parts, shared with whoever makes the next one.
+    pub(crate) fn parts(&self) -> &Arc<std::sync::atomic::AtomicU32> {
+        &self.parts
+    }
+    /// Marks that a chunk of this run went to the tracer; says whether one had before.
+    pub(crate) fn mark_chunked(&self) -> bool {
+        self.chunked.swap(true, Ordering::Relaxed)
+    }
+    /// Whether a chunk of this run went to the tracer.
+    pub(crate) fn chunked(&self) -> bool {
+        self.chunked.load(Ordering::Relaxed)
+    }
 }
 
 /// The handle a run passes down to every node to record spans.
@@ -694,6 +723,8 @@ impl Recorder {
             shed: AtomicU64::new(0),
             sink,
             meta,
+            parts: Arc::default(),
+            chunked: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -796,8 +827,9 @@ impl Recorder {
         (Arc::clone(&self.0) as Arc<dyn crate::flow::generation::GenerationSink>, parent.0)
     }
 
-    pub(crate) fn sink(&self) -> &TraceSink {
-        &self.0.sink
+    /// Hands the run's end record (with its last spans) to the sink.
+    pub(crate) fn end(&self, end: super::TraceEnd) {
+        self.0.sink.end(&self.0, end)
     }
 
     pub(crate) fn trace_id(&self) -> TraceId {
@@ -950,11 +982,11 @@ mod tests {
     struct Chunks(Mutex<Vec<usize>>);
 
     impl SpanSink for Chunks {
-        fn spans(&self, _id: TraceId, _clock: Clock, _meta: &Arc<crate::trace::TraceMeta>, spans: SpanBuf) -> u64 {
+        fn spans(&self, _run: &RunTrace, spans: SpanBuf) -> u64 {
             self.0.lock().push(spans.len());
             0
         }
-        fn end(&self, _end: TraceEnd) {}
+        fn end(&self, _run: &RunTrace, _end: TraceEnd) {}
     }
 
     fn recorder(switches: Switches) -> (Recorder, Arc<Chunks>) {
