@@ -58,7 +58,11 @@ use crate::trace::TraceRecord;
 /// A destination for finished traces.
 ///
 /// Implementations queue in [`export`](Self::export) and deliver in their own task. The tracer
-/// calls every method from its own runtime thread, so an exporter may `tokio::spawn` there.
+/// calls every method from its own runtime thread. An exporter that
+/// [takes parts](Self::takes_parts) may also have `export` and `export_part` called from a
+/// run's thread: when more than a bounded number of spans wait for the tracer, runs hand their
+/// finished spans to the exporters themselves rather than shed them, so these two must be
+/// cheap and thread-safe (queue, or write to a spool) and must not assume a Tokio runtime.
 pub trait Exporter: Send + Sync + 'static {
     /// A short name for logs and reports (`langfuse`, `file`, `memory`, …).
     fn name(&self) -> &str;
@@ -94,6 +98,10 @@ pub trait Exporter: Send + Sync + 'static {
 
 /// A run's spans are handed to the exporters in a part each time this many have ended while
 /// the run goes on (when every exporter [takes parts](Exporter::takes_parts)).
+///
+/// A part is encoded on its own, without the run's outcome: a failed span in it is shown at
+/// WARNING level even if the run later fails (what ends a run is in its last record, which
+/// is shown at ERROR as before).
 pub const PART_SPANS: usize = 2048;
 
 /// What became of the spans handed to an exporter (or to all of them, summed).

@@ -446,7 +446,9 @@ impl Exporter for HttpExporter {
             self.stats.drop_spans(n, format!("{}: trace exported after shutdown", self.name));
             return;
         }
-        let trace = if self.stats.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_SPANS {
+        // With a log, spans beyond the queue's bound go straight to it; without one the queue
+        // is bounded by traces alone, as it always was.
+        let trace = if self.log.is_some() && self.stats.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_SPANS {
             trace
         } else {
             self.stats.queued.fetch_add(n, Ordering::Relaxed);
@@ -576,8 +578,8 @@ struct Memory {
 /// The most spans the worker holds in memory (batching, ready or in flight; about 100 MB with
 /// their encoded form); past it new traces go to the log only, read back when there is room.
 const MAX_MEMORY_SPANS: u64 = 32_768;
-/// The most spans waiting in the queue between the tracer and the worker; past it the
-/// exporter appends straight to the log.
+/// The most spans waiting in the queue between the tracer and the worker; past it an exporter
+/// with a spool appends straight to its log.
 const MAX_QUEUED_SPANS: u64 = 16_384;
 
 impl Memory {
