@@ -202,7 +202,7 @@ impl Tracer {
     /// At the deadline, what is not delivered is in the exporters' spools (where they have
     /// one) before this returns, spans still waiting for the tracer included: the deadline
     /// is on the wall clock from this call, and a tracer behind on its mailbox (at most
-    /// [`MAX_BACKLOG`] spans) gives the exporters only the time that is left. Returns by the
+    /// 65,536 spans) gives the exporters only the time that is left. Returns by the
     /// deadline plus at most a second.
     pub async fn flush(&self, timeout: Duration) -> ExportReport {
         let deadline = std::time::Instant::now() + timeout;
