@@ -446,9 +446,10 @@ impl Exporter for HttpExporter {
             self.stats.drop_spans(n, format!("{}: trace exported after shutdown", self.name));
             return;
         }
-        // Parts (large records of long runs) beyond the queue's span bound go straight to the
-        // log; whole traces are bounded by the queue's capacity in traces, as they always were.
-        let over = trace.is_part() && self.stats.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_SPANS;
+        // With a log, traces beyond the queue's span bound go straight to it (memory is
+        // bounded by spans: a long run's parts are large records); without one the queue is
+        // bounded by its capacity in traces alone, as it always was.
+        let over = self.stats.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_SPANS;
         let trace = if self.log.is_some() && over {
             trace
         } else {
@@ -576,11 +577,12 @@ struct Memory {
     seqs: std::collections::HashSet<u64>,
 }
 
-/// The most spans the worker holds in memory (batching, ready or in flight; some 60 MB with
-/// their encoded form); past it new traces go to the log only, read back when there is room.
-const MAX_MEMORY_SPANS: u64 = 65_536;
-/// The most spans of parts waiting in the queue between the tracer and the worker; past it an
-/// exporter with a spool appends parts straight to its log.
+/// The most spans the worker holds in memory (batching, ready or in flight; an encoded OTLP
+/// span with its trace's context costs about 3 KB, so some 100 MB); past it new traces go to
+/// the log only, read back when there is room.
+const MAX_MEMORY_SPANS: u64 = 32_768;
+/// The most spans waiting in the queue between the tracer and the worker; past it an exporter
+/// with a spool appends straight to its log (read back when the worker has room).
 const MAX_QUEUED_SPANS: u64 = 16_384;
 
 impl Memory {
