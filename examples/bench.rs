@@ -4,7 +4,11 @@
 //! ```text
 //! cargo run --release --example bench -- <chain|seed|parallel|concurrent|batch|cpu|cpu_serial> \
 //!     [--mode untraced|traced] [--n RUNS] [--items N] [--flows N] [--repeat R]
+//! cargo run --release --example bench -- loop --n STEPS [--mode traced] [--repeat R]
 //! ```
+//!
+//! `loop` is one run of one node looping `--n` times (default 1,000,000): a long run, whose
+//! spans the tracer streams to the sink in parts while it goes on.
 //!
 //! Traced mode exports every trace with the Langfuse exporter (OTLP, or the legacy batch API
 //! with `--protocol legacy`) to a Langfuse-compatible sink the program starts itself on
@@ -82,6 +86,28 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One [`Step`] looping until `x` reaches `steps`.
+fn looping(steps: i64) -> Flow {
+    struct Again(i64);
+    impl Node for Again {
+        type Prep = i64;
+        type Exec = i64;
+        async fn prep(&self, ctx: &Context<'_>) -> NodeResult<i64> {
+            Ok(ctx.shared().require("x")?)
+        }
+        async fn exec(&self, x: &i64, _cx: &ExecContext) -> NodeResult<i64> {
+            Ok(x + 1)
+        }
+        async fn post(&self, ctx: &Context<'_>, _p: i64, x: i64) -> NodeResult<Action> {
+            ctx.shared().insert("x", x);
+            Ok(Action::new(if x < self.0 { "again" } else { "done" }))
+        }
+    }
+    let step = Again(steps).into_node();
+    step.next_on("again", &step);
+    Flow::named("LoopFlow", &step)
+}
+
 async fn run(flow: &Flow, shared: &SharedStore, tracer: Option<&Tracer>) {
     match tracer {
         Some(t) => flow.traced(flow.name().to_owned()).tracer(t).run(shared).await,
@@ -130,6 +156,7 @@ async fn bench() {
         // 1,000 CPU-bound items of about 50 µs, concurrently or one after another.
         "cpu" | "cpu_serial" => (args.items.min(1_000), "item", args.n.unwrap_or(10)),
         "concurrent" => (args.flows, "flow", args.n.unwrap_or(1)),
+        "loop" => (args.n.unwrap_or(1_000_000), "step", 1),
         w => {
             eprintln!("bench: unknown workload {w}");
             std::process::exit(2);
@@ -158,6 +185,13 @@ async fn bench() {
                     run(&flow, &shared, t).await;
                     assert!(shared.contains_key("routing"), "the seed flow did not route");
                 }
+            }
+            "loop" => {
+                let flow = looping(units_per_run as i64);
+                let shared = SharedStore::new();
+                shared.insert("x", 0_i64);
+                run(&flow, &shared, t).await;
+                assert_eq!(shared.get::<i64>("x").ok().flatten(), Some(units_per_run as i64), "wrong loop result");
             }
             "parallel" | "batch" | "cpu" | "cpu_serial" => {
                 let flow = match args.workload.as_str() {

@@ -3,6 +3,15 @@
 //! The tracer actor hands every finished [`TraceRecord`] to each exporter with
 //! [`Exporter::export`], which must only queue it: delivery (batching, retries, spooling)
 //! happens in the exporter's own task, never on a run's path.
+//!
+//! A long run is streamed: when every exporter [takes parts](Exporter::takes_parts), the
+//! tracer hands over each [`PART_SPANS`] finished spans of a run still in progress as a part
+//! ([`Exporter::export_part`], a record with [`part`](TraceRecord::part) set), and the
+//! run's end record carries only its last spans (with [`parts`](TraceRecord::parts) saying
+//! how many came before). A run shorter than that is exported whole, exactly as before. The
+//! built-in Langfuse, OTLP and file exporters take parts; the memory and debug exporters, and
+//! any exporter that keeps the default, get every trace whole (the tracer then holds a run's
+//! spans until it ends).
 
 mod debug;
 mod delivery;
@@ -49,14 +58,33 @@ use crate::trace::TraceRecord;
 /// A destination for finished traces.
 ///
 /// Implementations queue in [`export`](Self::export) and deliver in their own task. The tracer
-/// calls every method from its own runtime thread, so an exporter may `tokio::spawn` there.
+/// calls every method from its own runtime thread. An exporter that
+/// [takes parts](Self::takes_parts) may also have `export` and `export_part` called from a
+/// run's thread: when more than a bounded number of spans wait for the tracer, runs hand their
+/// finished spans to the exporters themselves rather than shed them, so these two must be
+/// cheap and thread-safe (queue, or write to a spool) and must not assume a Tokio runtime.
 pub trait Exporter: Send + Sync + 'static {
     /// A short name for logs and reports (`langfuse`, `file`, `memory`, …).
     fn name(&self) -> &str;
 
     /// Queues a finished trace. Must return at once; it may drop or spool under pressure, but
-    /// must count what it did.
+    /// must count what it did. Of a streamed run, this is the record that ends it (its last
+    /// spans; [`TraceRecord::parts`] says how many parts came before).
     fn export(&self, trace: Arc<TraceRecord>);
+
+    /// Whether this exporter takes parts of runs still in progress (default `false`). The
+    /// tracer streams a long run only when every exporter it feeds does.
+    fn takes_parts(&self) -> bool {
+        false
+    }
+
+    /// Queues a part of a run still in progress (a record with [`TraceRecord::part`] set: the
+    /// trace's fields and the spans that ended since the last part). Called only when
+    /// [`takes_parts`](Self::takes_parts) is true; the same rules as [`export`](Self::export).
+    /// The default hands it to `export`.
+    fn export_part(&self, part: Arc<TraceRecord>) {
+        self.export(part)
+    }
 
     /// Waits until everything queued so far is delivered, spooled or dropped, or `timeout`
     /// passes, and says which.
@@ -67,6 +95,14 @@ pub trait Exporter: Send + Sync + 'static {
         self.flush(timeout)
     }
 }
+
+/// A run's spans are handed to the exporters in a part each time this many have ended while
+/// the run goes on (when every exporter [takes parts](Exporter::takes_parts)).
+///
+/// A part is encoded on its own, without the run's outcome: a failed span in it is shown at
+/// WARNING level even if the run later fails (what ends a run is in its last record, which
+/// is shown at ERROR as before).
+pub const PART_SPANS: usize = 2048;
 
 /// What became of the spans handed to an exporter (or to all of them, summed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

@@ -26,11 +26,12 @@ pub(crate) use recorder::{Clock, Recorder, SpanBuf};
 
 /// Where a run's spans go: the tracer, which assembles them into trees.
 pub(crate) trait SpanSink: Send + Sync + 'static {
-    /// Takes a chunk of a run's spans; returns how many were shed instead (the run's end
-    /// record counts them in its `spans_dropped`).
-    fn spans(&self, id: TraceId, clock: Clock, spans: SpanBuf) -> u64;
+    /// Takes a chunk of a run's spans; the run gives its trace fields (a long run's spans are
+    /// exported in parts before it ends, and each part carries them); returns how many were
+    /// shed instead (the run's end record counts them in its `spans_dropped`).
+    fn spans(&self, run: &recorder::RunTrace, spans: SpanBuf) -> u64;
     /// Takes a run's end record with its last spans.
-    fn end(&self, end: TraceEnd);
+    fn end(&self, run: &recorder::RunTrace, end: TraceEnd);
 }
 
 /// A run's handle on its [`SpanSink`].

@@ -329,7 +329,8 @@ async fn bug_16_a_slow_exporter_does_not_slow_runs() {
 }
 
 /// Not a reference bug, the other side of bug 16: when exporters cannot keep up, the queue to
-/// the tracer does not grow without bound. Past 200,000 waiting spans, runs shed their spans;
+/// the tracer does not grow without bound. With an exporter that does not take parts, past
+/// `MAX_BACKLOG` (65,536) waiting spans, runs shed their spans;
 /// the loss is counted in the flush report (with why) and in the trace's `spans_dropped`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_past_the_limit_sheds_spans_and_says_so() {

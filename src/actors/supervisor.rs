@@ -351,7 +351,7 @@ impl Drop for TraceFinisher {
             clock: self.rec.clock(),
             spans_dropped: self.rec.shed(),
         };
-        self.rec.sink().end(end);
+        self.rec.end(end);
     }
 }
 
@@ -374,9 +374,9 @@ async fn execute(
     let recorder = options
         .trace
         .as_ref()
-        .map(|(t, _)| match trace_id {
-            Some(id) => t.recorder_for(id),
-            None => t.recorder(),
+        .map(|(t, meta)| match trace_id {
+            Some(id) => t.recorder_for(id, meta),
+            None => t.recorder(meta),
         })
         .filter(|r| options.trace.as_ref().is_some_and(|(t, _)| t.samples(r.trace_id())));
     *finisher = match (&recorder, &options.trace) {

@@ -12,11 +12,12 @@ use ractor::{Actor, ActorRef};
 
 use crate::error::ConfigError;
 use crate::export::{DebugExporter, ExportReport, Exporter};
-use crate::trace::recorder::{self, Clock, Recorder, SpanBuf, Switches};
+use crate::trace::recorder::{self, Recorder, RunTrace, SpanBuf, Switches};
 use crate::trace::{
-    announce_trace_file, SpanSink, TraceEnd, TraceId, TracingConfig, DEFAULT_LANGFUSE_HOST, DEFAULT_TRACE_FILE,
+    announce_trace_file, SpanSink, TraceEnd, TraceId, TraceMeta, TraceRecord, TracingConfig, DEFAULT_LANGFUSE_HOST,
+    DEFAULT_TRACE_FILE,
 };
-use actor::{TracerActor, TracerMsg};
+use actor::{TracerActor, TracerArgs, TracerMsg};
 
 /// Where runs send their spans: the tracer actor, with a count of what could not be sent.
 pub(crate) struct ActorSink {
@@ -24,54 +25,110 @@ pub(crate) struct ActorSink {
     lost: Arc<AtomicU64>,
     /// Spans cast to the tracer and not yet taken in by it.
     pub(crate) backlog: Arc<AtomicU64>,
-    /// Spans shed because the backlog was over [`MAX_BACKLOG`].
+    /// Spans shed because the backlog was over [`MAX_BACKLOG`] (only with an exporter that
+    /// does not take parts).
     shed: Arc<AtomicU64>,
+    /// Spans of runs in progress held by the tracer (not yet handed to the exporters).
+    held: Arc<AtomicU64>,
+    /// The tracer's exporters, for spans that bypass a tracer that is behind.
+    exporters: Arc<[Arc<dyn Exporter>]>,
+    /// Whether every exporter takes parts.
+    stream: bool,
+    /// Spans handed to the exporters straight from a run because the tracer was behind.
+    bypassed: Arc<AtomicU64>,
 }
 
-/// The most spans waiting for the tracer (about 100 MB). Past it, runs shed their spans
-/// (counted, and said in their trace) rather than let memory grow without bound while the
-/// exporters cannot keep up.
-pub(crate) const MAX_BACKLOG: u64 = 200_000;
+/// The most spans waiting for the tracer (about 30 MB). Past it, a run hands its finished
+/// spans to the exporters itself, as a part (or its whole trace), on its own thread: they
+/// queue them or write them to their spools, and nothing is shed unless a spool is full. With
+/// an exporter that does not take parts, runs shed their spans instead (counted, and said in
+/// their trace) rather than let memory grow without bound.
+pub(crate) const MAX_BACKLOG: u64 = 65_536;
 
 impl ActorSink {
     fn over(&self) -> bool {
         self.backlog.load(Ordering::Relaxed) > MAX_BACKLOG
     }
+
+    /// Hands spans to the exporters from the run's thread: the tracer is behind.
+    fn bypass(&self, record: TraceRecord) {
+        warn_bypass();
+        self.bypassed.fetch_add(record.weight(), Ordering::Relaxed);
+        let record = Arc::new(record);
+        for e in self.exporters.iter() {
+            if record.is_part() {
+                e.export_part(Arc::clone(&record));
+            } else {
+                e.export(Arc::clone(&record));
+            }
+        }
+    }
 }
 
 impl SpanSink for ActorSink {
-    fn spans(&self, id: TraceId, clock: Clock, spans: SpanBuf) -> u64 {
+    fn spans(&self, run: &RunTrace, mut spans: SpanBuf) -> u64 {
         let n = spans.len() as u64;
         if self.over() {
+            if self.stream {
+                let clock = run.clock();
+                let records = spans.iter_mut().map(|s| s.take_record(clock)).collect();
+                recorder::recycle_spans(spans);
+                let index = run.parts().fetch_add(1, Ordering::Relaxed);
+                let part = actor::part_record(run.trace_id, run.meta(), clock.start_unix_nanos(), index, records);
+                self.bypass(part);
+                return 0;
+            }
             warn_shedding();
             self.shed.fetch_add(n, Ordering::Relaxed);
             recorder::recycle_spans(spans);
             return n;
         }
+        run.mark_chunked();
         self.backlog.fetch_add(n, Ordering::Relaxed);
-        if self.actor.cast(TracerMsg::Spans(id, clock, spans)).is_err() {
+        let msg = TracerMsg::Spans(run.trace_id, run.clock(), Arc::clone(run.meta()), Arc::clone(run.parts()), spans);
+        if self.actor.cast(msg).is_err() {
             self.backlog.fetch_sub(n, Ordering::Relaxed);
             self.lost.fetch_add(n, Ordering::Relaxed);
         }
         0
     }
 
-    fn end(&self, mut end: TraceEnd) {
+    fn end(&self, run: &RunTrace, mut end: TraceEnd) {
         if self.over() {
-            warn_shedding();
-            // Keep the trace's own record (it says what was lost) and shed its spans.
-            let n = end.spans.len() as u64;
-            end.spans_dropped += n;
-            self.shed.fetch_add(n, Ordering::Relaxed);
-            recorder::recycle_spans(std::mem::take(&mut end.spans));
+            // A run none of whose spans are held by the tracer is assembled here; one whose
+            // earlier spans the tracer holds ends there (one message, at most a chunk).
+            if self.stream && !run.chunked() {
+                let mut record = end.into_record(&mut Vec::new());
+                record.parts = run.parts().load(Ordering::Relaxed);
+                self.bypass(record);
+                return;
+            }
+            if !self.stream {
+                warn_shedding();
+                // Keep the trace's own record (it says what was lost) and shed its spans.
+                let n = end.spans.len() as u64;
+                end.spans_dropped += n;
+                self.shed.fetch_add(n, Ordering::Relaxed);
+                recorder::recycle_spans(std::mem::take(&mut end.spans));
+            }
         }
         let n = end.spans.len() as u64 + 1;
         self.backlog.fetch_add(n, Ordering::Relaxed);
-        if self.actor.cast(TracerMsg::End(Box::new(end))).is_err() {
+        if self.actor.cast(TracerMsg::End(Box::new(end), Arc::clone(run.parts()))).is_err() {
             self.backlog.fetch_sub(n, Ordering::Relaxed);
             self.lost.fetch_add(n, Ordering::Relaxed);
         }
     }
+}
+
+fn warn_bypass() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing::info!(
+            target: "flowtrace::trace",
+            "more than {MAX_BACKLOG} spans are waiting for the tracer: runs now hand their finished spans to the exporters themselves, which queue them or write them to their spools"
+        )
+    });
 }
 
 /// Resolves once `d` has passed on the wall clock (a paused test clock does not move it).
@@ -141,13 +198,33 @@ impl Tracer {
 
     /// Waits until every trace finished so far is delivered, spooled or dropped by each
     /// exporter, or `timeout` passes; reports which.
+    ///
+    /// At the deadline, what is not delivered is in the exporters' spools (where they have
+    /// one) before this returns, spans still waiting for the tracer included: the deadline
+    /// is on the wall clock from this call, and a tracer behind on its mailbox (at most
+    /// 65,536 spans) gives the exporters only the time that is left. Returns by the
+    /// deadline plus at most a second.
     pub async fn flush(&self, timeout: Duration) -> ExportReport {
-        self.call(timeout, |reply| TracerMsg::Flush(timeout, reply)).await
+        let deadline = std::time::Instant::now() + timeout;
+        self.call(timeout, |reply| TracerMsg::Flush(deadline, reply)).await
+    }
+
+    /// Spans of runs still in progress that the tracer holds, not yet handed to the
+    /// exporters. While every exporter [takes parts](crate::export::Exporter::takes_parts),
+    /// this stays below [`PART_SPANS`](crate::export::PART_SPANS) per run in progress however
+    /// long a run goes on; otherwise each run's spans are held until it ends.
+    pub fn held_spans(&self) -> u64 {
+        self.inner.sink.held.load(Ordering::Relaxed)
     }
 
     /// Flushes and stops the tracer; later runs traced with it are counted as lost.
+    ///
+    /// The deadline works as [`flush`](Self::flush)'s does; spans of runs still in progress
+    /// that the tracer holds are handed to the exporters as parts first (when every exporter
+    /// takes parts), so they are delivered or spooled, not dropped.
     pub async fn shutdown(&self, timeout: Duration) -> ExportReport {
-        self.call(timeout, |reply| TracerMsg::Shutdown(timeout, reply)).await
+        let deadline = std::time::Instant::now() + timeout;
+        self.call(timeout, |reply| TracerMsg::Shutdown(deadline, reply)).await
     }
 
     async fn call(
@@ -156,11 +233,12 @@ impl Tracer {
         msg: impl FnOnce(ractor::RpcReplyPort<ExportReport>) -> TracerMsg,
     ) -> ExportReport {
         let (tx, rx) = ractor::concurrency::oneshot();
-        // The deadline is kept by the tracer, on its own runtime's clock: timing out here on the
+        // The deadline is on the wall clock and kept by the tracer: timing out here on the
         // caller's clock would give up at once under a paused test clock. A stopped tracer
-        // drops the reply port, so this cannot hang. A tracer far behind on its mailbox would
-        // answer late, though: past the deadline and a second, on the wall clock, the call
-        // returns with what is still queued at the tracer counted as pending.
+        // drops the reply port, so this cannot hang. The tracer's mailbox is bounded (runs
+        // hand spans to the exporters themselves past MAX_BACKLOG), so it answers soon after
+        // the deadline; should it not, past the deadline and a second the call returns with
+        // what is still queued at the tracer counted as pending.
         let mut report = if self.inner.sink.actor.cast(msg(tx.into())).is_err() {
             ExportReport { reasons: vec!["the tracer has stopped".into()], ..Default::default() }
         } else {
@@ -189,6 +267,12 @@ impl Tracer {
             report.dropped += shed;
             report.reasons.push(format!(
                 "{shed} spans were shed because more than {MAX_BACKLOG} were waiting for the tracer (the exporters could not keep up); their traces say so in spans_dropped"
+            ));
+        }
+        let bypassed = self.inner.sink.bypassed.load(Ordering::Relaxed);
+        if bypassed > 0 {
+            report.reasons.push(format!(
+                "{bypassed} spans went to the exporters straight from their runs because more than {MAX_BACKLOG} were waiting for the tracer (counted above as the exporters delivered or spooled them)"
             ));
         }
         let lost = self.inner.sink.lost.load(Ordering::Relaxed);
@@ -278,13 +362,14 @@ impl Tracer {
         self.inner.user_id.as_deref()
     }
 
-    pub(crate) fn recorder(&self) -> Recorder {
-        Recorder::new(recorder::new_trace_id(), self.inner.switches, Arc::clone(&self.inner.sink) as Arc<dyn SpanSink>)
+    /// A recorder for a run with these trace fields.
+    pub(crate) fn recorder(&self, meta: &Arc<TraceMeta>) -> Recorder {
+        self.recorder_for(recorder::new_trace_id(), meta)
     }
 
     /// A recorder for a run whose trace id is given (a durable run keeps one id everywhere).
-    pub(crate) fn recorder_for(&self, id: TraceId) -> Recorder {
-        Recorder::new(id, self.inner.switches, Arc::clone(&self.inner.sink) as Arc<dyn SpanSink>)
+    pub(crate) fn recorder_for(&self, id: TraceId, meta: &Arc<TraceMeta>) -> Recorder {
+        Recorder::new(id, self.inner.switches, Arc::clone(&self.inner.sink) as Arc<dyn SpanSink>, Arc::clone(meta))
     }
 
     /// Whether a run with this trace id is recorded (deterministic sampling by id).
@@ -401,10 +486,13 @@ impl TracerBuilder {
                 ConfigError::new("sample_rate", sample_rate.to_string(), "expected a number from 0 to 1").into()
             );
         }
-        let exporters = self.exporters;
+        let exporters: Arc<[Arc<dyn Exporter>]> = self.exporters.into();
+        let stream = !exporters.is_empty() && exporters.iter().all(|e| e.takes_parts());
         let (tx, rx) = std::sync::mpsc::channel();
         let backlog = Arc::new(AtomicU64::new(0));
-        let thread_backlog = Arc::clone(&backlog);
+        let held = Arc::new(AtomicU64::new(0));
+        let args =
+            TracerArgs { exporters: Arc::clone(&exporters), backlog: Arc::clone(&backlog), held: Arc::clone(&held) };
         // The thread ends when its actor stops (when the last handle is dropped, or at
         // shutdown); nothing joins it, so dropping a tracer never blocks.
         std::thread::Builder::new()
@@ -418,7 +506,7 @@ impl TracerBuilder {
                     }
                 };
                 rt.block_on(async move {
-                    match Actor::spawn(None, TracerActor, (exporters, thread_backlog)).await {
+                    match Actor::spawn(None, TracerActor, args).await {
                         Ok((actor, handle)) => {
                             let _ = tx.send(Ok(actor));
                             let _ = handle.await;
@@ -438,6 +526,10 @@ impl TracerBuilder {
                     lost: Arc::new(AtomicU64::new(0)),
                     backlog,
                     shed: Arc::new(AtomicU64::new(0)),
+                    held,
+                    exporters,
+                    stream,
+                    bypassed: Arc::new(AtomicU64::new(0)),
                 }),
                 switches: self.switches,
                 sample_rate,

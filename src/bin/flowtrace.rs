@@ -69,7 +69,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut traces = Vec::new();
+    let mut lines = Vec::new();
     let mut bad = 0;
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = match line {
@@ -83,13 +83,15 @@ fn main() -> ExitCode {
             continue;
         }
         match serde_json::from_str::<TraceRecord>(&line) {
-            Ok(t) => traces.push(t),
+            Ok(t) => lines.push(t),
             Err(e) => {
                 bad += 1;
                 eprintln!("flowtrace: {}: line {} is not a trace: {e}", args.file, n + 1);
             }
         }
     }
+    // A long run was written in parts as it went: one trace per run again.
+    let mut traces = TraceRecord::merge_parts(lines);
     if let Some(prefix) = &args.trace {
         traces.retain(|t| t.trace_id.to_string().starts_with(prefix.as_str()));
     }

@@ -286,6 +286,8 @@ struct Stats {
     dropped: AtomicU64,
     reasons: Mutex<Vec<(String, u64)>>,
     auth_reported: AtomicBool,
+    /// Spans in the queue to the worker (not counted in reports: they are pending).
+    queued: AtomicU64,
 }
 
 impl Stats {
@@ -444,12 +446,26 @@ impl Exporter for HttpExporter {
             self.stats.drop_spans(n, format!("{}: trace exported after shutdown", self.name));
             return;
         }
-        let trace = match self.tx.try_send(trace) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(t)) => t,
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.stats.drop_spans(n, format!("{}: the export worker stopped", self.name));
-                return;
+        // With a log, traces beyond the queue's span bound go straight to it (memory is
+        // bounded by spans: a long run's parts are large records); without one the queue is
+        // bounded by its capacity in traces alone, as it always was.
+        let over = self.stats.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_SPANS;
+        let trace = if self.log.is_some() && over {
+            trace
+        } else {
+            self.stats.queued.fetch_add(n, Ordering::Relaxed);
+            match self.tx.try_send(trace) {
+                Ok(()) => return,
+                Err(e) => {
+                    self.stats.queued.fetch_sub(n, Ordering::Relaxed);
+                    match e {
+                        mpsc::error::TrySendError::Full(t) => t,
+                        mpsc::error::TrySendError::Closed(_) => {
+                            self.stats.drop_spans(n, format!("{}: the export worker stopped", self.name));
+                            return;
+                        }
+                    }
+                }
             }
         };
         // The queue is full: straight into the log (scrubbed like everything that leaves);
@@ -466,6 +482,13 @@ impl Exporter for HttpExporter {
             }
             None => self.stats.drop_spans(n, format!("{}: queue full and no spool configured", self.name)),
         }
+    }
+
+    fn takes_parts(&self) -> bool {
+        // Parts are records like any other here: spooled, batched and encoded alike (OTLP
+        // spans and legacy observations stand on their own; a part's trace-create carries
+        // the trace's fields and no input or output, which Langfuse's upsert leaves alone).
+        true
     }
 
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {
@@ -548,7 +571,24 @@ fn answer(w: &mut Waiter, stopping: &mut Vec<oneshot::Sender<()>>) {
 #[derive(Default)]
 struct Memory {
     traces: usize,
+    /// Spans of those traces: a streamed run's parts are large records, so memory is bounded
+    /// by spans as well as by traces.
+    spans: u64,
     seqs: std::collections::HashSet<u64>,
+}
+
+/// The most spans the worker holds in memory (batching, ready or in flight; an encoded OTLP
+/// span with its trace's context costs about 3 KB, so some 100 MB); past it new traces go to
+/// the log only, read back when there is room.
+const MAX_MEMORY_SPANS: u64 = 32_768;
+/// The most spans waiting in the queue between the tracer and the worker; past it an exporter
+/// with a spool appends straight to its log (read back when the worker has room).
+const MAX_QUEUED_SPANS: u64 = 16_384;
+
+impl Memory {
+    fn has_room(&self, cap: usize) -> bool {
+        self.traces < cap && self.spans < MAX_MEMORY_SPANS
+    }
 }
 
 impl Worker {
@@ -568,7 +608,7 @@ impl Worker {
         loop {
             // Whatever the log holds beyond memory (an earlier process's traces at start-up,
             // overflow, failures) is read back while there is room and the backend takes it.
-            if !self.down.get() && ready.is_empty() && mem.traces < cap {
+            if !self.down.get() && ready.is_empty() && mem.has_room(cap) {
                 self.refill(&mut batch, &mut ready, &mut mem, cap);
             }
             while inflight.len() < max_in_flight {
@@ -618,7 +658,7 @@ impl Worker {
                     waiters.push(Waiter { deadline, since: Instant::now(), done, stop });
                 }
                 Some(s) = inflight.next(), if !inflight.is_empty() => self.settle(s, &mut mem),
-                t = rx.recv(), if self.log.is_some() || mem.traces < cap => match t {
+                t = rx.recv(), if self.log.is_some() || mem.has_room(cap) => match t {
                     Some(t) => self.add(&mut batch, &mut ready, &mut mem, t, cap),
                     None => break,
                 },
@@ -698,9 +738,10 @@ impl Worker {
     /// Takes a trace from the queue: into the log, and into memory while there is room (and
     /// the backend is up); otherwise the log alone, to be read back later.
     fn add(&self, batch: &mut Batch, ready: &mut VecDeque<Batch>, mem: &mut Memory, t: Arc<TraceRecord>, cap: usize) {
-        let t = self.privacy.apply_shared(t);
         let n = spans_of(&t);
-        let room = mem.traces < cap && !(self.down.get() && self.log.is_some());
+        self.stats.queued.fetch_sub(n, Ordering::Relaxed);
+        let t = self.privacy.apply_shared(t);
+        let room = mem.has_room(cap) && !(self.down.get() && self.log.is_some());
         let mut seq = None;
         if let Some(log) = &self.log {
             let mut log = log.lock();
@@ -725,6 +766,7 @@ impl Worker {
             mem.seqs.insert(s);
         }
         mem.traces += 1;
+        mem.spans += n;
         encode_into(
             batch,
             t,
@@ -746,7 +788,7 @@ impl Worker {
                 return;
             }
             let want = (cap - mem.traces).min(self.opts.max_batch_spans.max(1) * self.opts.max_in_flight.max(1));
-            log.read(want, |s| mem.seqs.contains(&s))
+            log.read_spans(want, MAX_MEMORY_SPANS.saturating_sub(mem.spans), |s| mem.seqs.contains(&s))
         };
         if bad > 0 {
             self.stats.drop_spans(bad, format!("{}: unreadable records in the spool (traces, not spans)", self.name));
@@ -754,6 +796,7 @@ impl Worker {
         for r in records {
             mem.seqs.insert(r.seq);
             mem.traces += 1;
+            mem.spans += spans_of(&r.trace);
             let meta = Meta { seq: Some(r.seq), from_log: true, epoch: self.epoch.get() };
             encode_into(batch, Arc::new(r.trace), self.mode(), self.target.environment.as_deref(), meta);
             if batch.weight as usize >= self.opts.max_batch_spans || batch.bytes >= self.opts.max_request_bytes {
@@ -794,6 +837,7 @@ impl Worker {
         let mut rewind = false;
         for (i, m) in batch.meta.iter().enumerate() {
             mem.traces = mem.traces.saturating_sub(1);
+            mem.spans = mem.spans.saturating_sub(spans_of(&batch.traces[i]));
             if let Some(seq) = m.seq {
                 mem.seqs.remove(&seq);
             }

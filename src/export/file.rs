@@ -16,6 +16,18 @@ use crate::trace::TraceRecord;
 
 /// Appends every finished trace as one JSON line to a file (`flowtrace show FILE` reads it).
 ///
+/// # Parts of long runs
+///
+/// A run is written as it goes: each time [`PART_SPANS`](crate::export::PART_SPANS) of its
+/// spans have ended, they are appended as a line of their own, a *part*: a [`TraceRecord`]
+/// with `"part": k` (0, 1, …), the trace's id and fields, `"input": null`, `"output": null`,
+/// `"status": "ok"` and only those spans. The line written when the run ends is the trace
+/// record as before, with `"parts": n` (how many part lines came before it) and only the
+/// spans not in a part. A run with fewer spans is one line with neither key, exactly as
+/// before. Lines of concurrent runs interleave; a reader groups them by `trace_id`, as
+/// [`TraceRecord::merge_parts`] does (and so `flowtrace show`). Part lines with no ending
+/// line are a run the process did not see end.
+///
 /// Every trace is written as the [`Privacy`] rules let it leave: secret keys and
 /// credential-shaped values redacted, values too deep or too large replaced by a marker (so
 /// every line reads back). [`new`](Self::new) applies the default rules.
@@ -115,7 +127,7 @@ impl JsonlFileExporter {
             for msg in rx {
                 match msg {
                     Msg::Trace(trace) => {
-                        let spans = trace.spans.len() as u64 + 1;
+                        let spans = trace.weight();
                         let result = writer.write(&mut out, trace);
                         writer.record(spans, result);
                     }
@@ -154,11 +166,15 @@ impl Exporter for JsonlFileExporter {
     }
 
     fn export(&self, trace: Arc<TraceRecord>) {
-        let spans = trace.spans.len() as u64 + 1;
+        let spans = trace.weight();
         self.inner.state.queued.fetch_add(spans, Ordering::Relaxed);
         if self.inner.queue.lock().send(Msg::Trace(trace)).is_err() {
             self.inner.state.fail(spans, "the file writer thread has stopped");
         }
+    }
+
+    fn takes_parts(&self) -> bool {
+        true
     }
 
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {

@@ -293,6 +293,12 @@ impl Exporter for LangfuseExporter {
     fn export(&self, trace: Arc<TraceRecord>) {
         self.inner.export(trace)
     }
+    fn takes_parts(&self) -> bool {
+        self.inner.takes_parts()
+    }
+    fn export_part(&self, part: Arc<TraceRecord>) {
+        self.inner.export_part(part)
+    }
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {
         self.inner.flush(timeout)
     }
@@ -521,6 +527,12 @@ impl Exporter for OtlpExporter {
     }
     fn export(&self, trace: Arc<TraceRecord>) {
         self.inner.export(trace)
+    }
+    fn takes_parts(&self) -> bool {
+        self.inner.takes_parts()
+    }
+    fn export_part(&self, part: Arc<TraceRecord>) {
+        self.inner.export_part(part)
     }
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {
         self.inner.flush(timeout)

@@ -186,7 +186,8 @@ pub(super) fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, ou
     let ctx = TraceContext::new(trace, environment);
     let levels = Levels::new(trace);
     let root = trace.root().map(|r| r.span_id);
-    if root.is_none() {
+    // A part of a run in progress has no root yet: the record that ends the run brings it.
+    if root.is_none() && !trace.is_part() {
         let synthetic = SpanRecord {
             span_id: crate::trace::SpanId(synthetic_root_id(trace)),
             parent_id: None,

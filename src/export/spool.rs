@@ -38,9 +38,10 @@ const HEADER: usize = 16;
 /// A frame longer than this is taken as corruption, not a record.
 const MAX_RECORD: u32 = 256 << 20;
 
-/// Spans a trace stands for in reports (its spans plus the trace itself).
+/// Spans a trace stands for in reports (its spans, plus the trace itself unless it is a part
+/// of a run still in progress).
 pub(super) fn spans_of(t: &TraceRecord) -> u64 {
-    t.spans.len() as u64 + 1
+    t.weight()
 }
 
 fn checksum(bytes: &[u8]) -> u32 {
@@ -334,9 +335,16 @@ impl Log {
     /// `skip` names (held in the caller's memory). Also returns how many frames could not be
     /// read back (corrupt); they are acknowledged, so the caller must count them as lost.
     pub(super) fn read(&mut self, max: usize, skip: impl Fn(u64) -> bool) -> (Vec<Stored>, u64) {
+        self.read_spans(max, u64::MAX, skip)
+    }
+
+    /// [`read`](Self::read), stopping too once the records read stand for `max_spans` spans
+    /// (a streamed run's parts are large records).
+    pub(super) fn read_spans(&mut self, max: usize, max_spans: u64, skip: impl Fn(u64) -> bool) -> (Vec<Stored>, u64) {
         let mut out = Vec::new();
         let mut bad = 0;
-        while out.len() < max && self.scan < self.next_seq {
+        let mut spans = 0u64;
+        while out.len() < max && spans < max_spans && self.scan < self.next_seq {
             if self.reader.as_ref().is_none_or(|r| r.next != self.scan) && !self.seek(self.scan) {
                 break;
             }
@@ -378,7 +386,10 @@ impl Log {
                 continue;
             }
             match serde_json::from_slice::<TraceRecord>(&payload) {
-                Ok(trace) => out.push(Stored { seq, trace }),
+                Ok(trace) => {
+                    spans += spans_of(&trace);
+                    out.push(Stored { seq, trace });
+                }
                 Err(_) => {
                     self.ack(seq);
                     bad += 1;

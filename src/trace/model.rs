@@ -389,15 +389,76 @@ pub struct TraceRecord {
     /// Spans that could not be recorded (and why), so an incomplete trace says so.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub spans_dropped: u64,
-    /// Every span, in the order they ended.
+    /// Every span, in the order they ended (of a streamed run: those not in an earlier part).
     pub spans: Vec<SpanRecord>,
+    /// Set on a *part* of a run still in progress: its index (0, 1, …). A part carries the
+    /// trace's id and fields (name, session, user, tags, release, version, metadata), its
+    /// start and the spans that ended since the previous part; its `input`, `output` and
+    /// status are not known yet (null and ok). See [`TraceRecord::merge_parts`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<u32>,
+    /// On the record that ends a run: how many parts came before it (0, and left out of the
+    /// JSON, for a trace delivered whole). Its `spans` are then only the run's last ones.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub parts: u32,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
 impl TraceRecord {
+    /// Whether this is a part of a run still in progress (see [`part`](Self::part)).
+    pub fn is_part(&self) -> bool {
+        self.part.is_some()
+    }
+
+    /// Spans this record stands for in export reports: its spans, plus one for the trace
+    /// itself on the record that ends a run (a part has no trace of its own to count).
+    pub fn weight(&self) -> u64 {
+        self.spans.len() as u64 + u64::from(!self.is_part())
+    }
+
+    /// Puts streamed runs back together: every part is merged, in order, into the record that
+    /// ends its run (parts first, so spans stay in the order they ended). Records of whole
+    /// traces pass through unchanged; the order of runs is the order of their ending records.
+    /// Parts whose run has no ending record (the process stopped mid-run) come last, merged
+    /// into one record per run that keeps `part` set, so a reader can tell it is incomplete.
+    pub fn merge_parts(records: impl IntoIterator<Item = TraceRecord>) -> Vec<TraceRecord> {
+        use std::collections::HashMap;
+        let mut open: HashMap<TraceId, TraceRecord> = HashMap::new();
+        let mut order: Vec<TraceId> = Vec::new();
+        let mut out = Vec::new();
+        for r in records {
+            if r.is_part() {
+                match open.get_mut(&r.trace_id) {
+                    Some(acc) => {
+                        acc.spans.extend(r.spans);
+                        acc.part = r.part;
+                        acc.end_unix_nanos = acc.end_unix_nanos.max(r.end_unix_nanos);
+                    }
+                    None => {
+                        order.push(r.trace_id);
+                        open.insert(r.trace_id, r);
+                    }
+                }
+                continue;
+            }
+            let mut r = r;
+            if let Some(mut acc) = open.remove(&r.trace_id) {
+                acc.spans.append(&mut r.spans);
+                r.spans = acc.spans;
+            }
+            out.push(r);
+        }
+        out.extend(order.into_iter().filter_map(|id| open.remove(&id)));
+        out
+    }
+
     /// The root span (the run's flow), if any.
     pub fn root(&self) -> Option<&SpanRecord> {
         self.spans.iter().find(|s| s.parent_id.is_none())

@@ -600,6 +600,11 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
+    /// When the run's clock was read: its start, near enough for a part of its trace.
+    pub(crate) fn start_unix_nanos(self) -> u64 {
+        self.base_unix_nanos
+    }
+
     pub(crate) fn unix_nanos(self, at: Instant) -> u64 {
         match at.checked_duration_since(self.base) {
             Some(d) => self.base_unix_nanos + d.as_nanos() as u64,
@@ -620,7 +625,7 @@ impl RunTrace {
             }
         };
         if let Some(chunk) = chunk {
-            let shed = self.sink.spans(self.trace_id, self.clock, chunk);
+            let shed = self.sink.spans(self, chunk);
             self.shed.fetch_add(shed, Ordering::Relaxed);
         }
     }
@@ -662,8 +667,39 @@ pub(crate) struct RunTrace {
     pub(crate) switches: Switches,
     buf: Mutex<Vec<Box<RawSpan>>>,
     sink: TraceSink,
+    /// The run's trace fields, for the parts of its trace exported before it ends.
+    meta: Arc<super::TraceMeta>,
+    /// Parts of this run's trace handed to the exporters so far (by the tracer, or by the
+    /// sink straight from the run when the tracer is behind): the next part's index.
+    parts: Arc<std::sync::atomic::AtomicU32>,
+    /// Whether any chunk of this run went to the tracer (which then holds some of its spans,
+    /// so the run's end must go there too).
+    chunked: std::sync::atomic::AtomicBool,
     /// Spans of this run shed under backlog, for its trace's `spans_dropped`.
     shed: AtomicU64,
+}
+
+impl RunTrace {
+    /// The run's trace fields.
+    pub(crate) fn meta(&self) -> &Arc<super::TraceMeta> {
+        &self.meta
+    }
+    /// The run's clock.
+    pub(crate) fn clock(&self) -> Clock {
+        self.clock
+    }
+    /// The count of this run's parts, shared with whoever makes the next one.
+    pub(crate) fn parts(&self) -> &Arc<std::sync::atomic::AtomicU32> {
+        &self.parts
+    }
+    /// Marks that a chunk of this run went to the tracer; says whether one had before.
+    pub(crate) fn mark_chunked(&self) -> bool {
+        self.chunked.swap(true, Ordering::Relaxed)
+    }
+    /// Whether a chunk of this run went to the tracer.
+    pub(crate) fn chunked(&self) -> bool {
+        self.chunked.load(Ordering::Relaxed)
+    }
 }
 
 /// The handle a run passes down to every node to record spans.
@@ -677,7 +713,7 @@ impl std::fmt::Debug for Recorder {
 }
 
 impl Recorder {
-    pub(crate) fn new(trace_id: TraceId, switches: Switches, sink: TraceSink) -> Self {
+    pub(crate) fn new(trace_id: TraceId, switches: Switches, sink: TraceSink, meta: Arc<super::TraceMeta>) -> Self {
         let base_unix_nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         Recorder(Arc::new(RunTrace {
             trace_id,
@@ -686,6 +722,9 @@ impl Recorder {
             buf: Mutex::new(pooled_buffer()),
             shed: AtomicU64::new(0),
             sink,
+            meta,
+            parts: Arc::default(),
+            chunked: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -788,8 +827,9 @@ impl Recorder {
         (Arc::clone(&self.0) as Arc<dyn crate::flow::generation::GenerationSink>, parent.0)
     }
 
-    pub(crate) fn sink(&self) -> &TraceSink {
-        &self.0.sink
+    /// Hands the run's end record (with its last spans) to the sink.
+    pub(crate) fn end(&self, end: super::TraceEnd) {
+        self.0.sink.end(&self.0, end)
     }
 
     pub(crate) fn trace_id(&self) -> TraceId {
@@ -945,16 +985,16 @@ mod tests {
     struct Chunks(Mutex<Vec<usize>>);
 
     impl SpanSink for Chunks {
-        fn spans(&self, _id: TraceId, _clock: Clock, spans: SpanBuf) -> u64 {
+        fn spans(&self, _run: &RunTrace, spans: SpanBuf) -> u64 {
             self.0.lock().push(spans.len());
             0
         }
-        fn end(&self, _end: TraceEnd) {}
+        fn end(&self, _run: &RunTrace, _end: TraceEnd) {}
     }
 
     fn recorder(switches: Switches) -> (Recorder, Arc<Chunks>) {
         let sink = Arc::new(Chunks::default());
-        (Recorder::new(new_trace_id(), switches, Arc::clone(&sink) as Arc<dyn SpanSink>), sink)
+        (Recorder::new(new_trace_id(), switches, Arc::clone(&sink) as Arc<dyn SpanSink>, Default::default()), sink)
     }
 
     fn records(rec: &Recorder) -> Vec<SpanRecord> {

@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
-use super::model::{SpanRecord, SpanStatus, TraceRecord};
+use std::collections::{HashMap, HashSet};
+
+use super::model::{SpanId, SpanRecord, SpanStatus, TraceRecord};
 
 fn ms(nanos: u64) -> String {
     let ms = nanos as f64 / 1e6;
@@ -88,6 +90,8 @@ impl TraceRecord {
         let mut out = String::new();
         let total = self.end_unix_nanos.saturating_sub(self.start_unix_nanos).max(1);
         let status = match &self.status {
+            // Parts of a run whose end was never recorded (the process stopped mid-run).
+            SpanStatus::Ok if self.is_part() => "in progress (the run's end was not recorded)".to_owned(),
             SpanStatus::Ok => "ok".to_owned(),
             SpanStatus::Error { .. } => "error".to_owned(),
             SpanStatus::Cancelled { .. } => "cancelled".to_owned(),
@@ -102,22 +106,47 @@ impl TraceRecord {
             usage_note(self),
             status_note(&self.status)
         );
-        let mut roots: Vec<&SpanRecord> = self.spans.iter().filter(|s| s.parent_id.is_none()).collect();
+        // Children by parent, once: a streamed run can have millions of spans. A span whose
+        // parent was not recorded is shown at the top rather than lost.
+        let ids: HashSet<SpanId> = self.spans.iter().map(|s| s.span_id).collect();
+        let mut children: HashMap<SpanId, Vec<&SpanRecord>> = HashMap::new();
+        let mut roots: Vec<&SpanRecord> = Vec::new();
+        for s in &self.spans {
+            match s.parent_id.filter(|p| ids.contains(p)) {
+                Some(p) => children.entry(p).or_default().push(s),
+                None => roots.push(s),
+            }
+        }
+        for v in children.values_mut() {
+            v.sort_by_key(|s| (s.start_unix_nanos, s.span_id.0));
+        }
         roots.sort_by_key(|s| (s.start_unix_nanos, s.span_id.0));
+        let view = View { children, bar, total, start: self.start_unix_nanos };
         let n = roots.len();
         for (i, s) in roots.into_iter().enumerate() {
-            self.render_span(&mut out, s, "", i + 1 == n, bar, total);
+            view.render_span(&mut out, s, "", i + 1 == n);
         }
         if self.spans_dropped > 0 {
             let _ = writeln!(out, "({} spans of this run could not be recorded)", self.spans_dropped);
         }
         out
     }
+}
 
-    fn render_span(&self, out: &mut String, s: &SpanRecord, prefix: &str, last: bool, bar: Option<usize>, total: u64) {
+/// A trace being rendered: children by parent, and the timeline's width and span.
+struct View<'a> {
+    children: HashMap<SpanId, Vec<&'a SpanRecord>>,
+    bar: Option<usize>,
+    total: u64,
+    start: u64,
+}
+
+impl View<'_> {
+    fn render_span(&self, out: &mut String, s: &SpanRecord, prefix: &str, last: bool) {
+        let (bar, total) = (self.bar, self.total);
         if let Some(width) = bar {
-            let from = s.start_unix_nanos.saturating_sub(self.start_unix_nanos) as f64 / total as f64;
-            let to = s.end_unix_nanos.saturating_sub(self.start_unix_nanos) as f64 / total as f64;
+            let from = s.start_unix_nanos.saturating_sub(self.start) as f64 / total as f64;
+            let to = s.end_unix_nanos.saturating_sub(self.start) as f64 / total as f64;
             let a = ((from * width as f64) as usize).min(width - 1);
             let b = ((to * width as f64).ceil() as usize).clamp(a + 1, width);
             let line: String = (0..width).map(|i| if i >= a && i < b { '█' } else { '·' }).collect();
@@ -133,10 +162,10 @@ impl TraceRecord {
             status_note(&s.status)
         );
         let child_prefix = format!("{prefix}{}", if last { "   " } else { "│  " });
-        let children = self.children(s.span_id);
+        let children = self.children.get(&s.span_id).map(Vec::as_slice).unwrap_or_default();
         let n = children.len();
-        for (i, c) in children.into_iter().enumerate() {
-            self.render_span(out, c, &child_prefix, i + 1 == n, bar, total);
+        for (i, c) in children.iter().enumerate() {
+            self.render_span(out, c, &child_prefix, i + 1 == n);
         }
     }
 }

@@ -3,46 +3,119 @@
 //! ever competes with a run for the application's worker threads.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::export::{ExportReport, Exporter};
+use crate::export::{ExportReport, Exporter, PART_SPANS};
 use crate::trace::recorder::recycle_spans;
-use crate::trace::{Clock, SpanBuf, SpanRecord, TraceEnd, TraceId, TraceRecord};
+use crate::trace::{Clock, SpanBuf, SpanRecord, SpanStatus, TraceEnd, TraceId, TraceMeta, TraceRecord};
 
 pub(crate) enum TracerMsg {
-    /// A chunk of finished spans of a run still in progress.
-    Spans(TraceId, Clock, SpanBuf),
-    /// The run ended: its last spans and the trace's own record.
-    End(Box<TraceEnd>),
-    /// Deliver what was handed over so far, within the timeout.
-    Flush(Duration, RpcReplyPort<ExportReport>),
+    /// A chunk of finished spans of a run still in progress, with the run's trace fields and
+    /// its count of parts.
+    Spans(TraceId, Clock, Arc<TraceMeta>, Arc<AtomicU32>, SpanBuf),
+    /// The run ended: its last spans and the trace's own record, and its count of parts.
+    End(Box<TraceEnd>, Arc<AtomicU32>),
+    /// Deliver what was handed over so far, by the deadline (on the wall clock, set by the
+    /// caller: a tracer behind on its mailbox gives the exporters only what time is left, so
+    /// what it could not deliver is spilled to their spools before the caller is answered).
+    Flush(Instant, RpcReplyPort<ExportReport>),
     /// Flush, then stop.
-    Shutdown(Duration, RpcReplyPort<ExportReport>),
+    Shutdown(Instant, RpcReplyPort<ExportReport>),
 }
 
 pub(crate) struct TracerActor;
 
+/// What the tracer holds of a run still in progress.
+struct Open {
+    spans: Vec<SpanRecord>,
+    meta: Arc<TraceMeta>,
+    start_unix_nanos: u64,
+    /// The run's count of parts handed to the exporters (shared with the run's sink).
+    parts: Arc<AtomicU32>,
+}
+
+/// A part of a run still in progress: the trace's fields and these spans.
+pub(crate) fn part_record(
+    id: TraceId,
+    meta: &TraceMeta,
+    start_unix_nanos: u64,
+    index: u32,
+    spans: Vec<SpanRecord>,
+) -> TraceRecord {
+    let end_unix_nanos = spans.iter().map(|s| s.end_unix_nanos).max().unwrap_or(start_unix_nanos);
+    TraceRecord {
+        trace_id: id,
+        name: meta.name.clone(),
+        session_id: meta.session_id.clone(),
+        user_id: meta.user_id.clone(),
+        tags: meta.tags.clone(),
+        release: meta.release.clone(),
+        version: meta.version.clone(),
+        metadata: meta.metadata.clone(),
+        start_unix_nanos,
+        end_unix_nanos,
+        input: serde_json::Value::Null,
+        output: serde_json::Value::Null,
+        status: SpanStatus::Ok,
+        action: None,
+        spans_dropped: 0,
+        spans,
+        part: Some(index),
+        parts: 0,
+    }
+}
+
 pub(crate) struct TracerState {
-    exporters: Vec<Arc<dyn Exporter>>,
+    exporters: Arc<[Arc<dyn Exporter>]>,
     /// Spans cast by runs and not yet taken in (shared with the runs' sink).
-    backlog: Arc<std::sync::atomic::AtomicU64>,
-    partial: HashMap<TraceId, Vec<SpanRecord>>,
+    backlog: Arc<AtomicU64>,
+    /// Spans of runs in progress held here (shared with the tracer's handle).
+    held: Arc<AtomicU64>,
+    /// Whether every exporter takes parts, so long runs are streamed.
+    stream: bool,
+    partial: HashMap<TraceId, Open>,
+}
+
+/// What the tracer actor starts with.
+pub(crate) struct TracerArgs {
+    pub(crate) exporters: Arc<[Arc<dyn Exporter>]>,
+    pub(crate) backlog: Arc<AtomicU64>,
+    pub(crate) held: Arc<AtomicU64>,
+}
+
+impl TracerState {
+    /// Hands the spans held for `id` to the exporters as the run's next part.
+    fn export_part(&mut self, id: TraceId) {
+        let Some(open) = self.partial.get_mut(&id) else { return };
+        if open.spans.is_empty() {
+            return;
+        }
+        let spans = std::mem::replace(&mut open.spans, Vec::with_capacity(PART_SPANS));
+        self.held.fetch_sub(spans.len() as u64, Ordering::Relaxed);
+        let index = open.parts.fetch_add(1, Ordering::Relaxed);
+        let part = Arc::new(part_record(id, &open.meta, open.start_unix_nanos, index, spans));
+        for e in self.exporters.iter() {
+            e.export_part(Arc::clone(&part));
+        }
+    }
 }
 
 impl Actor for TracerActor {
     type Msg = TracerMsg;
     type State = TracerState;
-    type Arguments = (Vec<Arc<dyn Exporter>>, Arc<std::sync::atomic::AtomicU64>);
+    type Arguments = TracerArgs;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<TracerMsg>,
-        (exporters, backlog): (Vec<Arc<dyn Exporter>>, Arc<std::sync::atomic::AtomicU64>),
+        TracerArgs { exporters, backlog, held }: TracerArgs,
     ) -> Result<TracerState, ActorProcessingErr> {
-        Ok(TracerState { exporters, backlog, partial: HashMap::new() })
+        let stream = !exporters.is_empty() && exporters.iter().all(|e| e.takes_parts());
+        Ok(TracerState { exporters, backlog, held, stream, partial: HashMap::new() })
     }
 
     async fn handle(
@@ -52,32 +125,65 @@ impl Actor for TracerActor {
         state: &mut TracerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TracerMsg::Spans(id, clock, mut spans) => {
-                state.backlog.fetch_sub(spans.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                state.partial.entry(id).or_default().extend(spans.iter_mut().map(|s| s.take_record(clock)));
+            TracerMsg::Spans(id, clock, meta, parts, mut spans) => {
+                let n = spans.len() as u64;
+                state.backlog.fetch_sub(n, Ordering::Relaxed);
+                state.held.fetch_add(n, Ordering::Relaxed);
+                let open = state.partial.entry(id).or_insert_with(|| Open {
+                    spans: Vec::new(),
+                    meta,
+                    start_unix_nanos: clock.start_unix_nanos(),
+                    parts,
+                });
+                open.spans.extend(spans.iter_mut().map(|s| s.take_record(clock)));
                 recycle_spans(spans);
+                if state.stream && open.spans.len() >= PART_SPANS {
+                    state.export_part(id);
+                }
             }
-            TracerMsg::End(end) => {
-                state.backlog.fetch_sub(end.spans.len() as u64 + 1, std::sync::atomic::Ordering::Relaxed);
-                let mut spans = state.partial.remove(&end.trace_id).unwrap_or_default();
-                let record = end.into_record(&mut spans);
+            TracerMsg::End(end, parts) => {
+                state.backlog.fetch_sub(end.spans.len() as u64 + 1, Ordering::Relaxed);
+                let mut spans = match state.partial.remove(&end.trace_id) {
+                    Some(open) => {
+                        state.held.fetch_sub(open.spans.len() as u64, Ordering::Relaxed);
+                        open.spans
+                    }
+                    None => Vec::new(),
+                };
+                let mut record = end.into_record(&mut spans);
+                record.parts = parts.load(Ordering::Relaxed);
                 let record = Arc::new(record);
-                for e in &state.exporters {
+                for e in state.exporters.iter() {
                     e.export(Arc::clone(&record));
                 }
             }
-            TracerMsg::Flush(timeout, reply) => {
+            TracerMsg::Flush(deadline, reply) => {
+                let timeout = deadline.saturating_duration_since(Instant::now());
                 let _ = reply.send(flush_all(&state.exporters, timeout, false).await);
             }
-            TracerMsg::Shutdown(timeout, reply) => {
-                let mut report = flush_all(&state.exporters, timeout, true).await;
+            TracerMsg::Shutdown(deadline, reply) => {
                 let open = state.partial.len();
+                let held: u64 = state.partial.values().map(|o| o.spans.len() as u64).sum();
+                if state.stream {
+                    // What runs still in progress recorded so far leaves as their last parts.
+                    let ids: Vec<TraceId> = state.partial.keys().copied().collect();
+                    for id in ids {
+                        state.export_part(id);
+                    }
+                }
+                let timeout = deadline.saturating_duration_since(Instant::now());
+                let mut report = flush_all(&state.exporters, timeout, true).await;
                 if open > 0 {
-                    let spans: u64 = state.partial.values().map(|v| v.len() as u64).sum();
-                    report.dropped += spans;
-                    report.reasons.push(format!(
-                        "{open} runs were still in progress at shutdown; their {spans} spans were not exported"
-                    ));
+                    if state.stream {
+                        report.reasons.push(format!(
+                            "{open} runs were still in progress at shutdown: their spans so far were exported as parts, without the run's end"
+                        ));
+                    } else {
+                        report.dropped += held;
+                        report.reasons.push(format!(
+                            "{open} runs were still in progress at shutdown; their {held} spans were not exported"
+                        ));
+                    }
                 }
                 let _ = reply.send(report);
                 myself.stop(None);
@@ -97,7 +203,7 @@ async fn flush_all(exporters: &[Arc<dyn Exporter>], timeout: Duration, shutdown:
 }
 
 impl TraceEnd {
-    fn into_record(self, earlier: &mut Vec<SpanRecord>) -> TraceRecord {
+    pub(crate) fn into_record(self, earlier: &mut Vec<SpanRecord>) -> TraceRecord {
         let TraceEnd {
             trace_id,
             meta,
@@ -131,6 +237,8 @@ impl TraceEnd {
             action,
             spans_dropped,
             spans: std::mem::take(earlier),
+            part: None,
+            parts: 0,
         }
     }
 }
