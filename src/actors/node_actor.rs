@@ -48,11 +48,18 @@ impl Crew {
 pub(crate) struct Alive {
     count: AtomicUsize,
     zero: Notify,
+    /// Whether the run has started any node actor.
+    linked: std::sync::atomic::AtomicBool,
 }
 
 impl Alive {
     pub(crate) fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
+    }
+
+    /// Whether any node actor was started for the run (linked to its supervisor, if it has one).
+    pub(crate) fn linked(&self) -> bool {
+        self.linked.load(Ordering::Relaxed)
     }
 
     /// Waits until no node actor of the run is alive, or `limit` passes; true when none is.
@@ -90,6 +97,7 @@ struct StopGuard<T: Send + 'static> {
 impl<T: Send + 'static> StopGuard<T> {
     fn new(slot: usize, tx: UnboundedSender<Report<T>>, alive: Arc<Alive>) -> Self {
         alive.count.fetch_add(1, Ordering::SeqCst);
+        alive.linked.store(true, Ordering::Relaxed);
         StopGuard { slot, tx, alive }
     }
 }
