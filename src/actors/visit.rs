@@ -797,12 +797,28 @@ async fn run_parallel_items(
     }
     let work =
         Arc::new(Work { node: Arc::clone(node), items: Arc::clone(items), def: nref.clone(), cfg, cx: cx.clone() });
+    if fused(&cfg, cx) {
+        // A small future per item (one attempt, nothing recorded), held inline by its node
+        // actor: no box for the item, and nothing of the recording path to copy.
+        return run_concurrently(&cx.crew, nref.name(), "item", count, cfg.max_concurrency, move |i| {
+            let w = Arc::clone(&work);
+            async move {
+                let def = &w.def.0;
+                let at = PhaseCell::new(Phase::Exec);
+                let exec_cx = once_context(def, &w.cx.params, Some(i));
+                let res = contain_at(&def.name, || at.get(), w.node.exec_once(&*w.items, i, exec_cx, &at)).await?;
+                res.map_err(|(phase, e)| hook_error(&def.name, phase, e))
+            }
+        })
+        .await;
+    }
     run_concurrently(&cx.crew, nref.name(), "item", count, cfg.max_concurrency, move |i| {
         let w = Arc::clone(&work);
-        async move {
+        // Boxed: an item's recorded visit (its retry loop, its spans) is a large future.
+        Box::pin(async move {
             let batch = Batch { node: &w.node, items: &w.items, def: &w.def, cfg: w.cfg, cx: &w.cx };
             batch.run_item(i).await
-        }
+        }) as BoxFuture<'static, Result<Executed, Error>>
     })
     .await
 }
