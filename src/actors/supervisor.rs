@@ -636,3 +636,28 @@ async fn execute(
     drop(finisher.take());
     res
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{FnNode, Node};
+
+    // One thread: the run's answer wakes the test only once its supervisor is back in the pool.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_late_cancel_leaves_the_supervisors_next_run_alone() {
+        let quick = FnNode::new("Quick").into_node();
+        let (first, answer) = start(quick, SharedStore::new(), RunOptions::default()).await.unwrap();
+        assert!(answer.await.unwrap().is_ok());
+        let slow = FnNode::new("Slow")
+            .exec(|_, _| async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(serde_json::Value::Null)
+            })
+            .into_node();
+        let (second, answer) = start(slow, SharedStore::new(), RunOptions::default()).await.unwrap();
+        assert_eq!(first.actor.get_id(), second.actor.get_id(), "the idle supervisor takes the next run");
+        first.cancel("too late: this run has ended");
+        assert!(answer.await.unwrap().is_ok(), "the next run on the same supervisor is not cancelled");
+        second.cancel("now");
+    }
+}

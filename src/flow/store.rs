@@ -196,8 +196,11 @@ pub struct SharedStore {
     // One lock for the map, held only to look up or swap a reference count (values are
     // converted and dropped outside it): a run has a handful of writers, and a sharded map
     // (DashMap, measured) cost more to make per run and to hash into than it gained.
-    map: Arc<RwLock<HashMap<String, Arc<dyn StoreValue>, KeyHash>>>,
+    map: Arc<RwLock<Map>>,
 }
+
+/// The store's entries: each key's value, by reference count.
+type Map = HashMap<String, Arc<dyn StoreValue>, KeyHash>;
 
 /// The store's key hash: FxHash's mixing (rustc's), a word at a time. SipHash, std's default,
 /// was a sixth of a chain node's whole cost for a one-letter key; its resistance to chosen
