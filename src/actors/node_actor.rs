@@ -18,6 +18,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -48,11 +49,18 @@ impl Crew {
 pub(crate) struct Alive {
     count: AtomicUsize,
     zero: Notify,
+    /// Whether the run has started any node actor.
+    linked: std::sync::atomic::AtomicBool,
 }
 
 impl Alive {
     pub(crate) fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)
+    }
+
+    /// Whether any node actor was started for the run (linked to its supervisor, if it has one).
+    pub(crate) fn linked(&self) -> bool {
+        self.linked.load(Ordering::Relaxed)
     }
 
     /// Waits until no node actor of the run is alive, or `limit` passes; true when none is.
@@ -90,6 +98,7 @@ struct StopGuard<T: Send + 'static> {
 impl<T: Send + 'static> StopGuard<T> {
     fn new(slot: usize, tx: UnboundedSender<Report<T>>, alive: Arc<Alive>) -> Self {
         alive.count.fetch_add(1, Ordering::SeqCst);
+        alive.linked.store(true, Ordering::Relaxed);
         StopGuard { slot, tx, alive }
     }
 }
@@ -187,33 +196,52 @@ where
 async fn run_share<T, F>(
     tx: &UnboundedSender<Report<T>>,
     make: Make<F>,
-    mut pending: impl Iterator<Item = usize>,
+    pending: impl Iterator<Item = usize>,
     limit: usize,
 ) where
     T: Send + 'static,
     F: Future<Output = Result<T, Error>> + Send + 'static,
 {
+    let limit = limit.max(1);
+    let mut pending = pending.peekable();
     let mut running = FuturesUnordered::new();
     // What `make` holds (the batch's items, among others) must be let go before the last
     // result is reported: the visit's `post` takes the items back by value.
     let mut make = Some(make);
-    // Boxed once where it is made: an item's future is large (its whole retry loop), and
-    // FuturesUnordered would otherwise copy it several times on the way in.
-    let start = |make: &Make<F>, i: usize| {
-        let fut = Box::pin(make(i));
-        async move { (i, fut.await) }
-    };
-    if let Some(m) = &make {
-        for i in pending.by_ref().take(limit.max(1)) {
-            running.push(start(m, i));
-        }
-    }
-    let mut pending = pending.peekable();
     if pending.peek().is_none() {
         make = None;
     }
-    let mut ready = Ready { results: Vec::new(), tx };
+    let mut ready = Ready { results: Vec::with_capacity(pending.size_hint().0.min(4096)), tx };
     loop {
+        // Start tasks, in order, while there is room. Each is polled once where it is made;
+        // only one that has to wait goes to the running set (a task done at once, like a
+        // CPU-bound item, costs no slot there and no allocation for it).
+        while running.len() < limit {
+            let Some(m) = &make else { break };
+            let Some(i) = pending.next() else { break };
+            let mut fut = Box::pin(m(i));
+            if pending.peek().is_none() {
+                make = None;
+            }
+            match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
+                Poll::Ready(res) => {
+                    let failed = res.is_err();
+                    ready.results.push((i, res));
+                    if failed {
+                        // The first error ends the batch: report it at once.
+                        ready.flush();
+                    }
+                }
+                // The running set polls it again, with its own waker.
+                Poll::Pending => running.push(async move { (i, fut.await) }),
+            }
+        }
+        if running.is_empty() {
+            if make.is_none() {
+                break;
+            }
+            continue;
+        }
         // Collect every result ready now; report them when the next one must be waited for.
         let next = match running.next().now_or_never() {
             Some(next) => next,
@@ -222,16 +250,11 @@ async fn run_share<T, F>(
                 running.next().await
             }
         };
-        let Some((i, res)) = next else { break };
+        let Some((i, res)) = next else { continue };
         let failed = res.is_err();
         ready.results.push((i, res));
         if failed {
-            // The first error ends the batch: report it at once.
             ready.flush();
-        }
-        match (&make, pending.next()) {
-            (Some(m), Some(i)) => running.push(start(m, i)),
-            _ => make = None,
         }
     }
 }

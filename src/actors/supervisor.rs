@@ -1,10 +1,15 @@
-//! The run supervisor: one actor per run.
+//! The run supervisor: an actor dedicated to one run at a time.
 //!
 //! The run executes inside the actor (in `post_start`, which ractor runs under the actor's
 //! kill signal), answers with the run's result, and the actor is the run's failure boundary:
 //! a panic in a node is contained where it happens and comes back as an error naming the
 //! node, and anything that escapes that (a bug in the engine) still ends only this run.
 //! Cancelling is `kill()`: the run's future is dropped, so open spans end as cancelled.
+//!
+//! Supervisors are pooled per tokio runtime: spawning an actor (its ports, its task, its
+//! start) costs more than a whole short run, so a supervisor whose run ended waits for the
+//! next one, and idle ones expire (see [`pool`]). A run still has a supervisor of its own from
+//! its start to its end; one whose run was cancelled is gone with it.
 //!
 //! Where work runs: a sequential chain has no concurrency to gain, so its nodes run inline in
 //! the supervisor's task (spawning an actor per node visit, and a call to it, cost several
@@ -18,6 +23,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
 use super::node_actor::{Alive, Crew};
@@ -86,25 +92,79 @@ impl RunOptions {
     }
 }
 
-/// A run supervisor takes no messages: its run executes in `post_start`, which ractor runs
-/// under the actor's kill signal, so cancelling a run is `kill()`.
+/// A run supervisor takes no ractor messages: its runs arrive over a channel of its own and
+/// execute in `post_start`, which ractor runs under the actor's kill signal, so cancelling a
+/// run is `kill()`.
 pub(crate) enum RunMsg {}
 
-/// Why a run was cancelled, set by whoever cancels it before the kill, read by the run's
-/// trace and by the caller.
-pub(crate) type CancelReason = Arc<parking_lot::Mutex<Option<String>>>;
+/// What a run's caller, its supervisor and its visits share: why it was cancelled (set by
+/// whoever cancels it before the kill, read by the run's trace and by the caller), PocketFlow's
+/// warnings (kept for its [`RunReport`], also when it is cancelled), and who ends it.
+pub(crate) struct RunState {
+    reason: parking_lot::Mutex<Option<String>>,
+    warnings: parking_lot::Mutex<Vec<String>>,
+    ticket: parking_lot::Mutex<Ticket>,
+}
 
-/// PocketFlow's warnings of one run, kept for its [`RunReport`] (also when it is cancelled).
-pub(crate) type Warnings = Arc<parking_lot::Mutex<Vec<String>>>;
+/// Who may end a run's supervisor: the run, when it ends, or a cancel before that. Whoever
+/// comes first decides, so a late cancel never kills a supervisor that has gone on to another
+/// run, and a supervisor that was told to die never takes another run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ticket {
+    Running,
+    Cancelled,
+    Ended,
+}
+
+impl RunState {
+    fn new() -> Arc<RunState> {
+        Arc::new(RunState {
+            reason: parking_lot::Mutex::new(None),
+            warnings: parking_lot::Mutex::new(Vec::new()),
+            ticket: parking_lot::Mutex::new(Ticket::Running),
+        })
+    }
+
+    /// Keeps PocketFlow's warning `message` for the run's report.
+    pub(crate) fn warn(&self, message: String) {
+        self.warnings.lock().push(message);
+    }
+
+    /// Why the run was cancelled, if it was.
+    fn reason(&self) -> Option<String> {
+        self.reason.lock().clone()
+    }
+
+    /// Kills `actor` (cancels the run) if the run has not ended.
+    fn cancel(&self, actor: &ActorRef<RunMsg>) {
+        let mut ticket = self.ticket.lock();
+        if *ticket == Ticket::Running {
+            *ticket = Ticket::Cancelled;
+            actor.kill();
+        }
+    }
+
+    /// Marks the run ended; false when a cancel came first (the supervisor is being killed).
+    fn end(&self) -> bool {
+        let mut ticket = self.ticket.lock();
+        let running = *ticket == Ticket::Running;
+        if running {
+            *ticket = Ticket::Ended;
+        }
+        running
+    }
+}
 
 pub(crate) struct RunArgs {
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
     reply: oneshot::Sender<Result<Action, Error>>,
-    reason: CancelReason,
-    warnings: Warnings,
+    state: Arc<RunState>,
 }
+
+/// Where a supervisor's runs arrive.
+type Runs = UnboundedSender<Box<RunArgs>>;
 
 /// A finished run: its result, its outcome, and PocketFlow's warnings (which also go to
 /// `tracing`, target `flowtrace::flow`).
@@ -129,15 +189,15 @@ pub(crate) struct RunSupervisor;
 
 static LIVE_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// How many run supervisors are alive in this process: runs started and not yet ended.
+/// How many runs are in flight in this process: taken by their supervisor and not yet ended.
 ///
-/// A diagnostic for services (runs in flight) and for leak tests: it counts supervisor actors
-/// from their start to the moment their state is dropped, whichever way they end.
+/// A diagnostic for services (runs in flight) and for leak tests: a run is counted from the
+/// moment its supervisor takes it to the moment its state is dropped, whichever way it ends.
 pub fn live_runs() -> usize {
     LIVE_RUNS.load(std::sync::atomic::Ordering::SeqCst)
 }
 
-/// Counts a live supervisor; held in its state, so a killed actor is counted out too.
+/// Counts a live run; held by the run's future, so a killed run is counted out too.
 pub(crate) struct Live;
 
 impl Live {
@@ -153,86 +213,212 @@ impl Drop for Live {
     }
 }
 
+/// A supervisor's state: where its runs arrive, and its own end of that channel (to put
+/// itself back in the pool).
+pub(crate) struct Inbox {
+    runs: Option<UnboundedReceiver<Box<RunArgs>>>,
+    me: Runs,
+}
+
 impl Actor for RunSupervisor {
     type Msg = RunMsg;
-    type State = (Option<RunArgs>, Live);
-    type Arguments = RunArgs;
+    type State = Inbox;
+    type Arguments = Inbox;
 
-    async fn pre_start(
-        &self,
-        _me: ActorRef<RunMsg>,
-        args: RunArgs,
-    ) -> Result<(Option<RunArgs>, Live), ActorProcessingErr> {
-        Ok((Some(args), Live::new()))
+    async fn pre_start(&self, _me: ActorRef<RunMsg>, inbox: Inbox) -> Result<Inbox, ActorProcessingErr> {
+        Ok(inbox)
     }
 
-    // The run itself. It executes in this actor's own task (no second task, no message back:
-    // both cost more than the whole node budget), and a kill drops it mid-way.
-    async fn post_start(
-        &self,
-        me: ActorRef<RunMsg>,
-        state: &mut (Option<RunArgs>, Live),
-    ) -> Result<(), ActorProcessingErr> {
-        if let Some(RunArgs { root, shared, options, reply, reason, warnings }) = state.0.take() {
-            let crew = Crew::new(Some(me.get_cell()));
-            // Declared before the run's future, so dropped after it when a kill drops both.
-            let mut end = RunEnd { finisher: None, reply: Some(reply), alive: Arc::clone(&crew.alive) };
-            let res = AssertUnwindSafe(execute(root, shared, options, reason, crew, warnings, &mut end.finisher))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|p| Err(panic_error("<engine>", Phase::Exec, p)));
-            drop(end.finisher.take());
-            if let Some(reply) = end.reply.take() {
-                let _ = reply.send(res);
+    // The runs themselves, one after another, in this actor's own task (no task per run, no
+    // ractor message per run: each costs more than a short run's node visits). A kill drops
+    // the run in progress mid-way, and the supervisor with it.
+    async fn post_start(&self, me: ActorRef<RunMsg>, inbox: &mut Inbox) -> Result<(), ActorProcessingErr> {
+        if let Some(mut runs) = inbox.runs.take() {
+            while let Some(args) = runs.recv().await {
+                let linked = supervise(&me, *args).await;
+                // A supervisor that linked node actors has their supervision events queued
+                // (ractor delivers them only between messages): it is not reused.
+                match linked {
+                    Some(false) if pool::put_back(&me, &inbox.me) => {}
+                    _ => break,
+                }
             }
         }
         me.stop(None);
         Ok(())
     }
 
-    // A run supervisor links no actors today; should one fail, log it and stop the run
-    // rather than ractor's default of stopping silently.
+    // Node actors report their end to their run through the crew (see `super::node_actor`);
+    // should a failure reach the supervisor itself, log it.
     async fn handle_supervisor_evt(
         &self,
-        me: ActorRef<RunMsg>,
+        _me: ActorRef<RunMsg>,
         event: SupervisionEvent,
-        _state: &mut (Option<RunArgs>, Live),
+        _inbox: &mut Inbox,
     ) -> Result<(), ActorProcessingErr> {
         if let SupervisionEvent::ActorFailed(who, err) = event {
-            tracing::error!(target: "flowtrace::run", actor = %who.get_id(), "a run's child actor failed: {err}");
-            me.stop(Some(format!("child actor failed: {err}")));
+            tracing::debug!(target: "flowtrace::run", actor = %who.get_id(), "a run's node actor failed: {err}");
         }
         Ok(())
+    }
+}
+
+/// Executes one run and answers it. `None` when a cancel came first (the supervisor is being
+/// killed), else whether the run linked node actors to the supervisor.
+async fn supervise(me: &ActorRef<RunMsg>, args: RunArgs) -> Option<bool> {
+    let RunArgs { root, shared, options, reply, state } = args;
+    let _live = Live::new();
+    let crew = Crew::new(Some(me.get_cell()));
+    let alive = Arc::clone(&crew.alive);
+    // Declared before the run's future, so dropped after it when a kill drops both.
+    let mut end = RunEnd { finisher: None, reply: Some(reply), alive: Arc::clone(&alive) };
+    let res = AssertUnwindSafe(execute(root, shared, options, Arc::clone(&state), crew, &mut end.finisher))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| Err(panic_error("<engine>", Phase::Exec, p)));
+    drop(end.finisher.take());
+    let reusable = state.end();
+    if let Some(reply) = end.reply.take() {
+        let _ = reply.send(res);
+    }
+    reusable.then(|| alive.linked())
+}
+
+/// The idle run supervisors of each tokio runtime.
+///
+/// A run takes an idle supervisor of its runtime, or spawns one; a supervisor whose run ended
+/// comes back (up to [`MAX_IDLE`] per runtime). Idle supervisors expire: a sweeper task of
+/// the runtime, alive only while its pool holds any, stops those idle for a whole sweep
+/// interval, so an idle process goes back to no supervisor tasks at all.
+mod pool {
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+    use ractor::{ActorRef, ActorStatus};
+    use tokio::runtime::{Handle, Id};
+
+    use super::{RunMsg, Runs};
+
+    /// Idle supervisors kept per runtime; more are stopped when their run ends.
+    const MAX_IDLE: usize = 1024;
+    /// An idle supervisor is stopped after one to two of these.
+    const SWEEP: Duration = Duration::from_millis(500);
+
+    pub(super) struct Idle {
+        pub(super) actor: ActorRef<RunMsg>,
+        pub(super) runs: Runs,
+        /// The sweep count when it went idle.
+        epoch: u64,
+    }
+
+    struct RuntimePool {
+        runtime: Id,
+        idle: Vec<Idle>,
+        epoch: u64,
+        sweeping: bool,
+    }
+
+    static POOLS: Mutex<Vec<RuntimePool>> = Mutex::new(Vec::new());
+
+    fn with_pool<R>(runtime: Id, f: impl FnOnce(&mut RuntimePool) -> R) -> R {
+        let mut pools = POOLS.lock();
+        let i = match pools.iter().position(|p| p.runtime == runtime) {
+            Some(i) => i,
+            None => {
+                // A runtime that was shut down leaves its pool behind, every actor in it stopped.
+                pools.retain(|p| p.idle.iter().any(|i| i.actor.get_status() != ActorStatus::Stopped));
+                pools.push(RuntimePool { runtime, idle: Vec::new(), epoch: 0, sweeping: false });
+                pools.len() - 1
+            }
+        };
+        f(&mut pools[i])
+    }
+
+    /// An idle supervisor of the current runtime, if there is one.
+    pub(super) fn take() -> Option<Idle> {
+        let runtime = Handle::try_current().ok()?.id();
+        with_pool(runtime, |p| p.idle.pop())
+    }
+
+    /// Keeps a supervisor whose run ended for the next run; false when enough wait already
+    /// (the supervisor stops).
+    pub(super) fn put_back(actor: &ActorRef<RunMsg>, runs: &Runs) -> bool {
+        let Ok(handle) = Handle::try_current() else {
+            return false;
+        };
+        let runtime = handle.id();
+        let (kept, start_sweeper) = with_pool(runtime, |p| {
+            if p.idle.len() >= MAX_IDLE {
+                return (false, false);
+            }
+            p.idle.push(Idle { actor: actor.clone(), runs: runs.clone(), epoch: p.epoch });
+            let start = !p.sweeping;
+            p.sweeping = true;
+            (true, start)
+        });
+        if start_sweeper {
+            handle.spawn(sweep(runtime));
+        }
+        kept
+    }
+
+    /// Stops the runtime's supervisors idle for a whole interval; ends when none is idle.
+    async fn sweep(runtime: Id) {
+        loop {
+            tokio::time::sleep(SWEEP).await;
+            let (expired, done) = with_pool(runtime, |p| {
+                p.epoch += 1;
+                let now = p.epoch;
+                let (expired, kept): (Vec<Idle>, Vec<Idle>) = p.idle.drain(..).partition(|i| now - i.epoch >= 2);
+                p.idle = kept;
+                let done = p.idle.is_empty();
+                if done {
+                    p.sweeping = false;
+                }
+                (expired, done)
+            });
+            // An idle supervisor waits for its next run: killing it ends no run.
+            for i in expired {
+                i.actor.kill();
+            }
+            if done {
+                return;
+            }
+        }
     }
 }
 
 /// A started run: its supervisor, and how to cancel it.
 pub(crate) struct RunControl {
     actor: ActorRef<RunMsg>,
-    reason: CancelReason,
-    warnings: Warnings,
+    state: Arc<RunState>,
 }
 
 impl RunControl {
-    /// Cancels the run: the first reason given wins.
+    /// Cancels the run: the first reason given wins. No effect once the run has ended.
     pub(crate) fn cancel(&self, reason: impl Into<String>) {
         {
-            let mut r = self.reason.lock();
+            let mut r = self.state.reason.lock();
             if r.is_none() {
                 *r = Some(reason.into());
             }
         }
-        self.actor.kill();
+        self.state.cancel(&self.actor);
     }
 
     /// The run's warnings so far.
     pub(crate) fn warnings(&self) -> Vec<String> {
-        self.warnings.lock().clone()
+        self.state.warnings.lock().clone()
+    }
+
+    /// The run's warnings, taken (the run has ended).
+    fn take_warnings(&self) -> Vec<String> {
+        std::mem::take(&mut *self.state.warnings.lock())
     }
 
     /// The result of a run whose supervisor ended without answering: it was cancelled.
     pub(crate) fn lost(&self) -> Error {
-        match self.reason.lock().clone() {
+        match self.state.reason() {
             Some(reason) => Error::Cancelled { reason },
             None => Error::Engine("the run supervisor stopped without a result".into()),
         }
@@ -264,24 +450,37 @@ pub(crate) async fn run_report(root: NodeRef, shared: SharedStore, options: RunO
     let mut guard = CancelOnDrop(Some(control));
     let res = rx.await;
     let control = guard.0.take().expect("the guard holds the control until here");
-    RunReport { result: res.unwrap_or_else(|_| Err(control.lost())), warnings: control.warnings() }
+    let result = res.unwrap_or_else(|_| Err(control.lost()));
+    RunReport { result, warnings: control.take_warnings() }
 }
 
-/// Spawns the supervisor; the receiver gets the run's result.
+/// Hands the run to an idle supervisor of the runtime, or to a new one; the receiver gets the
+/// run's result.
 pub(crate) async fn start(
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
 ) -> Result<(RunControl, oneshot::Receiver<Result<Action, Error>>), Error> {
     let (tx, rx) = oneshot::channel();
-    let reason = CancelReason::default();
-    let warnings = Warnings::default();
-    let args =
-        RunArgs { root, shared, options, reply: tx, reason: Arc::clone(&reason), warnings: Arc::clone(&warnings) };
-    let (actor, _join) = Actor::spawn(None, RunSupervisor, args)
+    let state = RunState::new();
+    let mut run = Box::new(RunArgs { root, shared, options, reply: tx, state: Arc::clone(&state) });
+    // An idle supervisor may have been stopped (by the sweeper, or with its runtime) since it
+    // was put back: the run comes back, and goes to the next one.
+    while let Some(idle) = pool::take() {
+        match idle.runs.send(run) {
+            Ok(()) => return Ok((RunControl { actor: idle.actor, state }, rx)),
+            Err(tokio::sync::mpsc::error::SendError(r)) => run = r,
+        }
+    }
+    let (runs, inbox) = unbounded_channel();
+    let inbox = Inbox { runs: Some(inbox), me: runs.clone() };
+    let (actor, _join) = Actor::spawn(None, RunSupervisor, inbox)
         .await
         .map_err(|e| Error::Engine(format!("could not start the run supervisor: {e}")))?;
-    Ok((RunControl { actor, reason, warnings }, rx))
+    if runs.send(run).is_err() {
+        return Err(Error::Engine("the run supervisor stopped before its run".into()));
+    }
+    Ok((RunControl { actor, state }, rx))
 }
 
 /// The end of a run as its supervisor holds it: the trace's end and the caller's answer.
@@ -328,14 +527,14 @@ struct TraceFinisher {
     shared: SharedStore,
     input: crate::flow::store::StoreSnapshot,
     start_unix_nanos: u64,
-    cancel_reason: CancelReason,
+    run: Arc<RunState>,
     result: Option<(SpanStatus, Option<String>)>,
 }
 
 impl Drop for TraceFinisher {
     fn drop(&mut self) {
         let (status, action) = self.result.take().unwrap_or_else(|| {
-            let reason = self.cancel_reason.lock().clone().unwrap_or_else(|| "the run was cancelled".into());
+            let reason = self.run.reason().unwrap_or_else(|| "the run was cancelled".into());
             (SpanStatus::Cancelled { reason }, None)
         });
         let end = TraceEnd {
@@ -360,9 +559,8 @@ async fn execute(
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
-    cancel_reason: CancelReason,
+    run: Arc<RunState>,
     crew: Crew,
-    warnings: Warnings,
     finisher: &mut Option<TraceFinisher>,
 ) -> Result<Action, Error> {
     install_panic_hook();
@@ -388,7 +586,7 @@ async fn execute(
                 shared: shared.clone(),
                 input: options.durable.as_ref().and_then(|d| d.input.clone()).unwrap_or_else(|| shared.snapshot()),
                 start_unix_nanos: rec.now_unix_nanos(),
-                cancel_reason: Arc::clone(&cancel_reason),
+                run: Arc::clone(&run),
                 result: None,
             })
         }
@@ -410,7 +608,7 @@ async fn execute(
         parent: resume_span.as_ref().map(|s| s.id()),
         limits: Arc::new(RunLimits { max_steps: options.max_steps }),
         crew: crew.clone(),
-        warnings,
+        run: Arc::clone(&run),
         hook: options.durable.as_ref().map(|d| Arc::clone(&d.hook)),
         progress: None,
     };
@@ -421,7 +619,7 @@ async fn execute(
         Some(limit) => match tokio::time::timeout(limit, visit(&root, &cx)).await {
             Ok(r) => r,
             Err(_) => {
-                *cancel_reason.lock() = Some(format!("run timed out after {limit:?}"));
+                *run.reason.lock() = Some(format!("run timed out after {limit:?}"));
                 // The dropped visit killed its node actors; their spans end (as cancelled)
                 // when they are gone, and belong in the trace.
                 crew.alive.wait_none(Duration::from_secs(5)).await;
@@ -441,4 +639,29 @@ async fn execute(
     }
     drop(finisher.take());
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{FnNode, Node};
+
+    // One thread: the run's answer wakes the test only once its supervisor is back in the pool.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_late_cancel_leaves_the_supervisors_next_run_alone() {
+        let quick = FnNode::new("Quick").into_node();
+        let (first, answer) = start(quick, SharedStore::new(), RunOptions::default()).await.unwrap();
+        assert!(answer.await.unwrap().is_ok());
+        let slow = FnNode::new("Slow")
+            .exec(|_, _| async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(serde_json::Value::Null)
+            })
+            .into_node();
+        let (second, answer) = start(slow, SharedStore::new(), RunOptions::default()).await.unwrap();
+        assert_eq!(first.actor.get_id(), second.actor.get_id(), "the idle supervisor takes the next run");
+        first.cancel("too late: this run has ended");
+        assert!(answer.await.unwrap().is_ok(), "the next run on the same supervisor is not cancelled");
+        second.cancel("now");
+    }
 }

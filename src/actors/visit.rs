@@ -16,10 +16,10 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use super::node_actor::{run_concurrently, Crew};
-use super::supervisor::Warnings;
+use super::supervisor::RunState;
 use crate::error::{BoxError, Error, NodeResult, Phase};
 use crate::flow::batch::BatchFlowDef;
-use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, Prepared};
+use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, GivenError, PhaseCell, Prepared};
 use crate::flow::flows::FlowDef;
 use crate::flow::graph::{NodeConfig, NodeDef, NodeKind, NodeRef};
 use crate::flow::store::{record_reads, record_writes, SharedStore};
@@ -44,8 +44,8 @@ pub(crate) struct VisitCx {
     pub(crate) limits: Arc<RunLimits>,
     /// Where the run's concurrent work goes: node actors linked to its supervisor.
     pub(crate) crew: Crew,
-    /// PocketFlow's warnings of this run, for its report.
-    pub(crate) warnings: Warnings,
+    /// The run's shared state: PocketFlow's warnings of this run go there, for its report.
+    pub(crate) run: Arc<RunState>,
     /// A durable run's hook, for the root flow's loop only (it is not passed to the visits).
     pub(crate) hook: Option<Arc<dyn RunHook>>,
     /// The same hook for a visit of the root flow, so that a sequential batch flow there
@@ -57,7 +57,7 @@ impl VisitCx {
     /// Logs PocketFlow's warning `message` about `node` and keeps it for the run's report.
     pub(crate) fn warn(&self, node: &str, message: String) {
         tracing::warn!(target: "flowtrace::flow", node = %node, "{message}");
-        self.warnings.lock().push(message);
+        self.run.warn(message);
     }
 }
 
@@ -182,6 +182,11 @@ pub(crate) fn install_panic_hook() {
 
 /// Runs a hook's future, turning a panic into [`Error::Panic`] naming the node and phase.
 pub(crate) async fn contain<F: Future>(node: &str, phase: Phase, fut: F) -> Result<F::Output, Error> {
+    contain_at(node, || phase, fut).await
+}
+
+/// [`contain`] for a future that runs several phases: `phase` says which one panicked.
+async fn contain_at<F: Future>(node: &str, phase: impl FnOnce() -> Phase, fut: F) -> Result<F::Output, Error> {
     let mut fut = std::pin::pin!(AssertUnwindSafe(fut).catch_unwind());
     let res = std::future::poll_fn(|cx| {
         let _inside = Contained::enter();
@@ -190,7 +195,7 @@ pub(crate) async fn contain<F: Future>(node: &str, phase: Phase, fut: F) -> Resu
     .await;
     match res {
         Ok(v) => Ok(v),
-        Err(payload) => Err(panic_error(node, phase, payload)),
+        Err(payload) => Err(panic_error(node, phase(), payload)),
     }
 }
 
@@ -407,21 +412,12 @@ async fn run_exec(
                 s.input(|| serde_json::json!({ "error": msg }));
             }
             // A fallback that hands back the error it was given (the default one does) re-raises
-            // exec's error, which belongs to exec; any other error, like a panic, is the
-            // fallback's own and is reported in `Phase::Fallback`.
-            // (By address and message: an address alone could be reused by a new error once the
-            // fallback dropped the one it was given.)
-            let given = (&*err as *const (dyn std::error::Error + Send + Sync)).cast::<()>() as usize;
-            let given_msg = err.to_string();
+            // exec's error, in `Phase::Exec`; any other error, like a panic, is the fallback's own.
+            let given = GivenError::of(&err);
             let res = contain(name, Phase::Fallback, target.fallback(err, cx)).await;
             let res = match res {
                 Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => {
-                    let addr = (&*e as *const (dyn std::error::Error + Send + Sync)).cast::<()>() as usize;
-                    let same = addr == given && e.to_string() == given_msg;
-                    let phase = if same { Phase::Exec } else { Phase::Fallback };
-                    Err(hook_error(name, phase, e))
-                }
+                Ok(Err(e)) => Err(hook_error(name, given.phase_of(&e), e)),
                 Err(panic) => Err(panic),
             };
             if let Some(s) = fspan {
@@ -447,6 +443,44 @@ async fn run_exec(
 
 fn exec_span(attempt: u32) -> tracing::Span {
     tracing::info_span!(target: "flowtrace::node", "phase", phase = "exec", attempt)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fused path
+
+/// Whether a visit may take the fused path: nothing records it (no trace, and no `tracing`
+/// subscriber wants the engine's spans) and its exec runs once, inline, without a time limit.
+/// The fused path does exactly what the phased one does, minus the recording: one future per
+/// visit instead of one per phase, and the typed values never boxed between phases.
+fn fused(cfg: &NodeConfig, cx: &VisitCx) -> bool {
+    cx.trace.is_none()
+        && cfg.max_retries == 1
+        && cfg.timeout.is_none()
+        && !cfg.blocking
+        && !tracing::enabled!(target: "flowtrace::node", tracing::Level::INFO)
+}
+
+/// The exec context of a fused (single, unrecorded) attempt.
+fn once_context(def: &NodeDef, params: &Arc<Params>, item: Option<usize>) -> ExecContext {
+    ExecContext {
+        params: Arc::clone(params),
+        attempt: 0,
+        max_retries: 1,
+        node: Arc::clone(&def.name),
+        item,
+        generations: None,
+    }
+}
+
+/// A plain node's visit on the fused path (see [`fused`]).
+async fn visit_node_fused(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> Result<Action, Error> {
+    let name = &*def.name;
+    let ctx = cx.context(name);
+    let at = PhaseCell::new(Phase::Prep);
+    match contain_at(name, || at.get(), node.visit_once(&ctx, once_context(def, &cx.params, None), &at)).await? {
+        Ok(action) => Ok(action),
+        Err((phase, e)) => Err(hook_error(name, phase, e)),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -731,6 +765,14 @@ impl Batch<'_> {
     /// One item's exec, with its own span under the exec span.
     async fn run_item(&self, index: usize) -> Result<Executed, Error> {
         let cx = self.cx;
+        if fused(&self.cfg, cx) {
+            let def = &self.def.0;
+            let at = PhaseCell::new(Phase::Exec);
+            let exec_cx = once_context(def, &cx.params, Some(index));
+            let res =
+                contain_at(&def.name, || at.get(), self.node.exec_once(&**self.items, index, exec_cx, &at)).await?;
+            return res.map_err(|(phase, e)| hook_error(&def.name, phase, e));
+        }
         let mut span = cx.trace.as_ref().map(|r| r.start(cx.parent, SpanKind::Item, format!("item {index}")));
         if let Some(s) = span.as_mut() {
             s.attr("item_index", index);
@@ -782,12 +824,28 @@ async fn run_parallel_items(
     }
     let work =
         Arc::new(Work { node: Arc::clone(node), items: Arc::clone(items), def: nref.clone(), cfg, cx: cx.clone() });
+    if fused(&cfg, cx) {
+        // A small future per item (one attempt, nothing recorded), held inline by its node
+        // actor: no box for the item, and nothing of the recording path to copy.
+        return run_concurrently(&cx.crew, nref.name(), "item", count, cfg.max_concurrency, move |i| {
+            let w = Arc::clone(&work);
+            async move {
+                let def = &w.def.0;
+                let at = PhaseCell::new(Phase::Exec);
+                let exec_cx = once_context(def, &w.cx.params, Some(i));
+                let res = contain_at(&def.name, || at.get(), w.node.exec_once(&*w.items, i, exec_cx, &at)).await?;
+                res.map_err(|(phase, e)| hook_error(&def.name, phase, e))
+            }
+        })
+        .await;
+    }
     run_concurrently(&cx.crew, nref.name(), "item", count, cfg.max_concurrency, move |i| {
         let w = Arc::clone(&work);
-        async move {
+        // Boxed: an item's recorded visit (its retry loop, its spans) is a large future.
+        Box::pin(async move {
             let batch = Batch { node: &w.node, items: &w.items, def: &w.def, cfg: w.cfg, cx: &w.cx };
             batch.run_item(i).await
-        }
+        }) as BoxFuture<'static, Result<Executed, Error>>
     })
     .await
 }
@@ -855,7 +913,11 @@ async fn orchestrate(
                 return Err(Error::MaxSteps { flow: flow_name.to_owned(), limit });
             }
         }
-        last = visit(&node, cx).await?;
+        last = match &node.0.kind {
+            // Not boxed: the common case of a chain, one future per visit.
+            NodeKind::Node(n) if fused(&node.0.config, cx) => visit_node_fused(n, &node.0, cx).await?,
+            _ => visit(&node, cx).await?,
+        };
         curr = follow(&node, &last, cx);
     }
     Ok(last)

@@ -51,7 +51,11 @@ impl Action {
 
     /// A named action.
     pub fn new(name: impl AsRef<str>) -> Self {
-        Action(Repr::Shared(Arc::from(name.as_ref())))
+        match name.as_ref() {
+            // The action most `post`s return, without an allocation.
+            DEFAULT_ACTION => Action(Repr::Static(DEFAULT_ACTION)),
+            name => Action(Repr::Shared(Arc::from(name))),
+        }
     }
 
     /// A named action from a literal, without allocating.

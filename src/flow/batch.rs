@@ -12,10 +12,13 @@ use serde_json::Value;
 
 use super::action::Action;
 use super::context::{Context, ExecContext, Params};
-use super::erased::{exec_owned, mismatch, prep_owned, prep_ref, ErasedBatch, Executed, PrepValue, Prepared};
+use super::erased::{
+    exec_once, exec_owned, mismatch, prep_owned, prep_ref, ErasedBatch, Executed, PhaseCell, PhaseError, PrepValue,
+    Prepared,
+};
 use super::graph::{wiring_ops, NodeKind, NodeRef};
 use super::node::short_type_name;
-use crate::error::{BoxError, NodeResult};
+use crate::error::{BoxError, NodeResult, Phase};
 
 /// A node whose `exec` runs once per item (PocketFlow's `BatchNode`).
 ///
@@ -173,6 +176,20 @@ impl<B: BatchNode> ErasedBatch for BatchAdapter<B> {
             let items = prep_owned::<Vec<B::Item>>(items)?;
             let outputs = outputs.into_iter().map(exec_owned::<B::Output>).collect::<NodeResult<Vec<_>>>()?;
             self.0.post(ctx, items, outputs).await
+        })
+    }
+
+    fn exec_once<'a>(
+        &'a self,
+        items: &'a dyn PrepValue,
+        i: usize,
+        cx: ExecContext,
+        at: &'a PhaseCell,
+    ) -> BoxFuture<'a, Result<Executed, PhaseError>> {
+        Box::pin(async move {
+            let item = item_at::<B>(items, i).map_err(|e| (Phase::Exec, e))?;
+            let out = exec_once(self.0.exec(item, &cx), |e| self.0.exec_fallback(item, e, &cx), at).await?;
+            Ok(Box::new(out) as Executed)
         })
     }
 }

@@ -7,6 +7,7 @@
 //! contract between what users write and how it runs; nothing here knows of actors or spans.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -14,7 +15,7 @@ use serde::Serialize;
 
 use super::action::Action;
 use super::context::{Context, ExecContext};
-use crate::error::{BoxError, NodeResult};
+use crate::error::{BoxError, NodeResult, Phase};
 
 /// What `prep` produced: shared between attempts (and with a blocking-pool thread), then
 /// handed to `post`.
@@ -101,6 +102,85 @@ pub(crate) fn exec_owned<T: 'static>(e: Executed) -> NodeResult<T> {
     e.into_any().downcast::<T>().map(|b| *b).map_err(|_| mismatch("exec result"))
 }
 
+/// The phase a fused visit (see [`ErasedNode::visit_once`]) is in, kept outside its future so
+/// that a panic, which drops the future, can still be named by phase.
+#[derive(Debug)]
+pub(crate) struct PhaseCell(AtomicU8);
+
+impl PhaseCell {
+    pub(crate) fn new(phase: Phase) -> Self {
+        PhaseCell(AtomicU8::new(phase as u8))
+    }
+
+    pub(crate) fn set(&self, phase: Phase) {
+        self.0.store(phase as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> Phase {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Phase::Prep,
+            1 => Phase::Exec,
+            2 => Phase::Fallback,
+            _ => Phase::Post,
+        }
+    }
+}
+
+/// How a fused visit failed: the phase the error belongs to, and the hook's error.
+pub(crate) type PhaseError = (Phase, BoxError);
+
+/// The error a fallback was given, to tell whether the fallback handed it back.
+///
+/// A fallback that hands back the error it was given (the default one does) re-raises exec's
+/// error, which belongs to exec; any other error is the fallback's own. Compared by address
+/// and message: an address alone could be reused by a new error once the fallback dropped the
+/// one it was given.
+pub(crate) struct GivenError {
+    addr: usize,
+    message: String,
+}
+
+impl GivenError {
+    pub(crate) fn of(e: &BoxError) -> Self {
+        GivenError { addr: addr_of(e), message: e.to_string() }
+    }
+
+    /// The phase of `e`, an error the fallback returned.
+    pub(crate) fn phase_of(&self, e: &BoxError) -> Phase {
+        if addr_of(e) == self.addr && e.to_string() == self.message {
+            Phase::Exec
+        } else {
+            Phase::Fallback
+        }
+    }
+}
+
+fn addr_of(e: &BoxError) -> usize {
+    (&**e as *const (dyn std::error::Error + Send + Sync)).cast::<()>() as usize
+}
+
+/// exec, then the fallback with exec's error when it fails: PocketFlow's single attempt, with
+/// the phase of each error (for [`ErasedNode::visit_once`] and [`ErasedBatch::exec_once`]).
+pub(crate) async fn exec_once<T, X, F>(
+    exec: X,
+    fallback: impl FnOnce(BoxError) -> F,
+    at: &PhaseCell,
+) -> Result<T, PhaseError>
+where
+    X: std::future::Future<Output = NodeResult<T>>,
+    F: std::future::Future<Output = NodeResult<T>>,
+{
+    at.set(Phase::Exec);
+    match exec.await {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            at.set(Phase::Fallback);
+            let given = GivenError::of(&e);
+            fallback(e).await.map_err(|e| (given.phase_of(&e), e))
+        }
+    }
+}
+
 /// A plain node's phases.
 pub(crate) trait ErasedNode: Send + Sync + 'static {
     fn prep<'a>(&'a self, ctx: &'a Context<'a>) -> BoxFuture<'a, NodeResult<Prepared>>;
@@ -116,6 +196,15 @@ pub(crate) trait ErasedNode: Send + Sync + 'static {
     /// The exec result when `max_retries` is 0 and exec never runs.
     fn skipped(&self) -> Option<Executed>;
     fn post<'a>(&'a self, ctx: &'a Context<'a>, prep: Prepared, exec: Executed) -> BoxFuture<'a, NodeResult<Action>>;
+    /// The whole visit in one future, for a visit nothing records whose exec runs once, inline
+    /// and without a time limit: prep, exec, the fallback on exec's error, post. The typed
+    /// values stay inside the future (nothing is boxed between phases); `at` follows the phase.
+    fn visit_once<'a>(
+        &'a self,
+        ctx: &'a Context<'a>,
+        cx: ExecContext,
+        at: &'a PhaseCell,
+    ) -> BoxFuture<'a, Result<Action, PhaseError>>;
 }
 
 /// A batch node's phases: `prep` yields the items (one value holding them all), `exec` runs
@@ -149,4 +238,13 @@ pub(crate) trait ErasedBatch: Send + Sync + 'static {
         items: Prepared,
         outputs: Vec<Executed>,
     ) -> BoxFuture<'a, NodeResult<Action>>;
+    /// Item `i`'s exec and, when it fails, its fallback, in one future: a single attempt that
+    /// nothing records, inline and without a time limit. `at` follows the phase.
+    fn exec_once<'a>(
+        &'a self,
+        items: &'a dyn PrepValue,
+        i: usize,
+        cx: ExecContext,
+        at: &'a PhaseCell,
+    ) -> BoxFuture<'a, Result<Executed, PhaseError>>;
 }

@@ -9,9 +9,11 @@ use serde::Serialize;
 
 use super::action::Action;
 use super::context::{Context, ExecContext};
-use super::erased::{exec_owned, prep_owned, prep_ref, ErasedNode, Executed, PrepValue, Prepared};
+use super::erased::{
+    exec_once, exec_owned, prep_owned, prep_ref, ErasedNode, Executed, PhaseCell, PhaseError, PrepValue, Prepared,
+};
 use super::graph::{NodeKind, NodeRef};
-use crate::error::{BoxError, NodeResult};
+use crate::error::{BoxError, NodeResult, Phase};
 
 /// A step of a flow, with PocketFlow's three phases.
 ///
@@ -151,6 +153,21 @@ impl<N: Node> ErasedNode for NodeAdapter<N> {
             let prep = prep_owned::<N::Prep>(prep)?;
             let exec = exec_owned::<N::Exec>(exec)?;
             self.0.post(ctx, prep, exec).await
+        })
+    }
+
+    fn visit_once<'a>(
+        &'a self,
+        ctx: &'a Context<'a>,
+        cx: ExecContext,
+        at: &'a PhaseCell,
+    ) -> BoxFuture<'a, Result<Action, PhaseError>> {
+        Box::pin(async move {
+            at.set(Phase::Prep);
+            let prep = self.0.prep(ctx).await.map_err(|e| (Phase::Prep, e))?;
+            let exec = exec_once(self.0.exec(&prep, &cx), |e| self.0.exec_fallback(&prep, e, &cx), at).await?;
+            at.set(Phase::Post);
+            self.0.post(ctx, prep, exec).await.map_err(|e| (Phase::Post, e))
         })
     }
 }

@@ -2,10 +2,11 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use dashmap::DashMap;
+use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -17,6 +18,9 @@ pub(crate) trait StoreValue: Any + Send + Sync {
     /// The value to serialise, for a trace (which records it with its own depth limit).
     fn value(&self) -> &dyn erased_serde::Serialize;
     fn as_any(&self) -> &dyn Any;
+    /// The value itself, to overwrite in place (`None` for a JSON value, whose drop must not
+    /// recurse).
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any>;
     fn type_name(&self) -> &'static str;
 }
 
@@ -29,6 +33,9 @@ impl<T: Serialize + Any + Send + Sync> StoreValue for T {
     }
     fn as_any(&self) -> &dyn Any {
         self
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
     }
     fn type_name(&self) -> &'static str {
         std::any::type_name::<T>()
@@ -55,6 +62,9 @@ impl StoreValue for JsonValue {
     }
     fn as_any(&self) -> &dyn Any {
         &self.0
+    }
+    fn as_any_mut(&mut self) -> Option<&mut dyn Any> {
+        None
     }
     fn type_name(&self) -> &'static str {
         std::any::type_name::<Value>()
@@ -143,6 +153,11 @@ pub(crate) async fn record_reads<F: std::future::Future>(fut: F) -> (F::Output, 
 /// At most this many entries are kept per phase: a summary, not a copy of the store.
 const MAX_RECORDED: usize = 64;
 
+/// Whether a traced `prep` on this task records what it reads.
+fn recording_reads() -> bool {
+    READS.try_with(|_| ()).is_ok()
+}
+
 fn note_read(key: &str, v: &Arc<dyn StoreValue>) {
     let _ = READS.try_with(|r| {
         let mut r = r.borrow_mut();
@@ -165,8 +180,8 @@ fn note_write(key: &str) {
 ///
 /// Cloning a `SharedStore` gives another handle to the **same** map, as PocketFlow passes one
 /// dict by reference: writes made by a run are visible to the caller afterwards. It is safe to
-/// write from parallel branches (each key is locked on its own), and [`snapshot`](Self::snapshot)
-/// is cheap because values are reference-counted and serialised only when a trace is exported.
+/// write from parallel branches, and [`snapshot`](Self::snapshot) is cheap because values are
+/// reference-counted and serialised only when a trace is exported.
 ///
 /// ```
 /// use flowtrace::SharedStore;
@@ -176,17 +191,63 @@ fn note_write(key: &str) {
 /// assert_eq!(shared.get::<i64>("current").unwrap(), Some(8));
 /// assert_eq!(shared.get::<f64>("current").unwrap(), Some(8.0)); // converts through JSON
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct SharedStore {
-    map: Arc<DashMap<String, Arc<dyn StoreValue>>>,
+    // One lock for the map, held only to look up or swap a reference count (values are
+    // converted and dropped outside it): a run has a handful of writers, and a sharded map
+    // (DashMap, measured) cost more to make per run and to hash into than it gained.
+    map: Arc<RwLock<Map>>,
 }
 
-impl Default for SharedStore {
-    fn default() -> Self {
-        // Four shards rather than DashMap's default (four per core, each cache-padded): a
-        // store is made per run, and the default's 1 KiB+ shard table was a measurable part
-        // of a short run's cost, for no gain at the handful of writers a run has.
-        SharedStore { map: Arc::new(DashMap::with_shard_amount(4)) }
+/// The store's entries: each key's value, by reference count.
+type Map = HashMap<String, Arc<dyn StoreValue>, KeyHash>;
+
+/// The store's key hash: FxHash's mixing (rustc's), a word at a time. SipHash, std's default,
+/// was a sixth of a chain node's whole cost for a one-letter key; its resistance to chosen
+/// collisions buys nothing here, where the keys are the program's own and a store holds a
+/// handful of them.
+#[derive(Clone, Copy, Default)]
+struct KeyHash;
+
+impl std::hash::BuildHasher for KeyHash {
+    type Hasher = FxHasher;
+    fn build_hasher(&self) -> FxHasher {
+        FxHasher(0)
+    }
+}
+
+struct FxHasher(u64);
+
+impl FxHasher {
+    const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let w = rest.iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b));
+            self.add(w ^ ((rest.len() as u64) << 56));
+        }
+    }
+
+    fn write_u8(&mut self, b: u8) {
+        self.add(u64::from(b));
+    }
+
+    fn finish(&self) -> u64 {
+        // hashbrown takes its 7 control bits from the top of the hash: fold the low bits in.
+        self.0.rotate_left(26)
     }
 }
 
@@ -200,44 +261,67 @@ impl SharedStore {
     pub fn from_json(value: Value) -> Self {
         let store = Self::new();
         if let Value::Object(map) = value {
+            let mut m = store.map.write();
             for (k, v) in map {
-                store.map.insert(k, stored(v));
+                m.insert(k, stored(v));
             }
         }
         store
     }
 
+    /// The value at `key`, a reference count taken under the lock.
+    fn value(&self, key: &str) -> Option<Arc<dyn StoreValue>> {
+        self.map.read().get(key).cloned()
+    }
+
     /// Sets `key` to `value`, replacing what was there.
-    pub fn insert<T: Serialize + Any + Send + Sync>(&self, key: impl Into<String>, value: T) {
-        let key = key.into();
-        note_write(&key);
-        self.map.insert(key, stored(value));
+    pub fn insert<T: Serialize + Any + Send + Sync>(&self, key: impl AsRef<str> + Into<String>, value: T) {
+        note_write(key.as_ref());
+        let mut map = self.map.write();
+        let Some(slot) = map.get_mut(key.as_ref()) else {
+            map.insert(key.into(), stored(value));
+            return;
+        };
+        // An existing key is rewritten in place (no new key). A value of the same type that
+        // nothing else holds (no snapshot, no reader) is overwritten where it is, without a
+        // new allocation; anything else gets a new value, and holders keep the old one.
+        if let Some(v) = Arc::get_mut(slot).and_then(|v| v.as_any_mut()).and_then(|v| v.downcast_mut::<T>()) {
+            let old = std::mem::replace(v, value);
+            drop(map);
+            // The old value goes after the lock is released: its drop is the user type's.
+            drop(old);
+            return;
+        }
+        let old = std::mem::replace(slot, stored(value));
+        drop(map);
+        drop(old);
     }
 
     /// Removes `key`, returning whether it was present.
     pub fn remove(&self, key: &str) -> bool {
         note_write(key);
-        self.map.remove(key).is_some()
+        let old = self.map.write().remove(key);
+        old.is_some()
     }
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &str) -> bool {
-        self.map.contains_key(key)
+        self.map.read().contains_key(key)
     }
 
     /// The number of keys.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.map.read().len()
     }
 
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.read().is_empty()
     }
 
     /// The keys, sorted.
     pub fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self.map.iter().map(|e| e.key().clone()).collect();
+        let mut keys: Vec<String> = self.map.read().keys().cloned().collect();
         keys.sort();
         keys
     }
@@ -245,7 +329,21 @@ impl SharedStore {
     /// Reads `key` as a `T`: a clone when it was stored as a `T`, else a conversion through
     /// JSON (so an `i64` reads as `f64`, and a JSON object as a struct). `Ok(None)` when absent.
     pub fn get<T: DeserializeOwned + Clone + 'static>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        let Some(v) = self.map.get(key).map(|e| Arc::clone(e.value())) else {
+        if !recording_reads() {
+            // A value stored as a `T` is cloned under the read lock (no reference count taken);
+            // anything else is converted outside it.
+            let map = self.map.read();
+            let Some(v) = map.get(key) else {
+                return Ok(None);
+            };
+            if let Some(t) = v.as_any().downcast_ref::<T>() {
+                return Ok(Some(t.clone()));
+            }
+            let v = Arc::clone(v);
+            drop(map);
+            return convert(key, &*v).map(Some);
+        }
+        let Some(v) = self.value(key) else {
             return Ok(None);
         };
         note_read(key, &v);
@@ -259,14 +357,14 @@ impl SharedStore {
 
     /// Reads `key` as JSON.
     pub fn get_json(&self, key: &str) -> Option<Value> {
-        let v = self.map.get(key).map(|e| Arc::clone(e.value()))?;
+        let v = self.value(key)?;
         note_read(key, &v);
         Some(v.to_json().unwrap_or_else(|e| unserialisable(&*v, &e)))
     }
 
     /// Atomically updates `key`: reads it as a `T` (or `init()` when absent), applies `f`,
-    /// and stores the result, holding the key's lock throughout so parallel writers don't
-    /// lose each other's updates. Returns what `f` returned.
+    /// and stores the result, holding the store's write lock throughout so parallel writers
+    /// don't lose each other's updates (`f` must not use the store). Returns what `f` returned.
     pub fn update<T, R>(
         &self,
         key: &str,
@@ -277,29 +375,33 @@ impl SharedStore {
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     {
         note_write(key);
-        let mut entry = self.map.entry(key.to_owned()).or_insert_with(|| stored(init()));
-        note_read(key, entry.value());
-        let mut value: T = convert(key, &**entry.value())?;
+        let mut map = self.map.write();
+        let slot = map.entry(key.to_owned()).or_insert_with(|| stored(init()));
+        note_read(key, slot);
+        let mut value: T = convert(key, &**slot)?;
         let out = f(&mut value);
-        *entry.value_mut() = stored(value);
+        let old = std::mem::replace(slot, stored(value));
+        drop(map);
+        drop(old);
         Ok(out)
     }
 
     /// A point-in-time copy of the store, taken in O(keys) without serialising anything.
     pub fn snapshot(&self) -> StoreSnapshot {
         let mut entries: Vec<(String, Arc<dyn StoreValue>)> =
-            self.map.iter().map(|e| (e.key().clone(), Arc::clone(e.value()))).collect();
+            self.map.read().iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         StoreSnapshot { entries }
     }
 
     /// The current values of `keys` (a removed key as `null`), without serialising them.
     pub(crate) fn entries(&self, keys: &[String]) -> StoreSnapshot {
+        let map = self.map.read();
         let entries = keys
             .iter()
             .take(MAX_RECORDED)
             .map(|k| {
-                let v = self.map.get(k).map(|e| Arc::clone(e.value())).unwrap_or_else(|| Arc::new(Value::Null));
+                let v = map.get(k).cloned().unwrap_or_else(|| Arc::new(Value::Null));
                 (k.clone(), v)
             })
             .collect();
