@@ -36,13 +36,23 @@ fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("export_encode");
     g.throughput(Throughput::Elements(100 * spans_per_trace));
     let resource = wire::resource("bench");
+    {
+        let mut spans = Vec::new();
+        wire::otlp_encode_trace(&trace, &mut spans);
+        let body = wire::otlp_encode_request(&resource, &spans);
+        let json = serde_json::to_vec(&*trace).map(|v| v.len()).unwrap_or(0);
+        eprintln!(
+            "seed trace: {spans_per_trace} spans, {json} bytes as JSON, {} bytes as one OTLP request",
+            body.len()
+        );
+    }
     g.bench_function("otlp_protobuf_100_traces", |b| {
         b.iter(|| {
             let mut spans = Vec::new();
             for _ in 0..100 {
                 wire::otlp_encode_trace(&trace, &mut spans);
             }
-            wire::otlp_encode_request(&resource, spans)
+            wire::otlp_encode_request(&resource, &spans)
         })
     });
     // The privacy scan every destination runs before writing: for a trace with nothing to

@@ -15,9 +15,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use parking_lot::Mutex;
-use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -206,10 +204,13 @@ struct Unit {
     payload: Payload,
 }
 
-#[allow(clippy::large_enum_variant)] // spans are the common case; boxing them would cost an allocation each
 enum Payload {
-    Otlp(Span),
-    Legacy { id: String, json: Vec<u8> },
+    /// An encoded `Span` message.
+    Otlp(Vec<u8>),
+    Legacy {
+        id: String,
+        json: Vec<u8>,
+    },
 }
 
 /// Where a trace in memory came from, for its log record and for counting.
@@ -260,7 +261,8 @@ fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8, environment: Op
         let mut spans = Vec::new();
         otlp::encode_trace_in(&t, environment, &mut spans);
         for s in spans {
-            let size = s.encoded_len() + 4;
+            // The span's field header in the request is at most 4 bytes.
+            let size = s.len() + 4;
             batch.units.push(Unit { trace: idx, weight: 1, size, payload: Payload::Otlp(s) });
         }
     }
@@ -384,6 +386,7 @@ impl HttpExporter {
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let worker = Worker {
             name: name.to_owned(),
+            head: otlp::RequestHead::new(&target.resource),
             target,
             opts,
             client,
@@ -502,6 +505,8 @@ enum Sent {
 
 struct Worker {
     name: String,
+    /// The resource and scope every OTLP request carries, encoded once.
+    head: otlp::RequestHead,
     target: Target,
     opts: DeliveryOptions,
     client: reqwest::Client,
@@ -1018,21 +1023,10 @@ impl Worker {
             (ep, body, "application/json")
         } else {
             let Some(ep) = &self.target.otlp else { return Sent::Rejected("no OTLP endpoint".into()) };
-            // Move the spans into the request for encoding and back again: no copies.
-            let spans = units
-                .iter_mut()
-                .filter_map(|u| match &mut u.payload {
-                    Payload::Otlp(s) => Some(std::mem::take(s)),
-                    Payload::Legacy { .. } => None,
-                })
-                .collect();
-            let (body, spans) = otlp::encode_request_reusing(&self.target.resource, spans);
-            let mut spans = spans.into_iter();
-            for u in units.iter_mut() {
-                if let (Payload::Otlp(s), Some(back)) = (&mut u.payload, spans.next()) {
-                    *s = back;
-                }
-            }
+            let body = self.head.body(units.iter().filter_map(|u| match &u.payload {
+                Payload::Otlp(s) => Some(s.as_slice()),
+                Payload::Legacy { .. } => None,
+            }));
             (ep, body, "application/x-protobuf")
         };
         let mut req = self.client.post(&ep.url).header("content-type", ctype).body(body);
