@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flowtrace::export::__bench as wire;
-use flowtrace::export::{Exporter, Ingestion, LangfuseExporter};
+use flowtrace::export::{Compression, Exporter, Ingestion, LangfuseExporter};
 use flowtrace::prelude::*;
 use flowtrace::trace::TraceRecord;
 
@@ -85,16 +85,19 @@ fn deliver(c: &mut Criterion) {
     let mut g = c.benchmark_group("export_deliver");
     g.sample_size(10);
     g.throughput(Throughput::Elements(1000 * spans_per_trace));
-    for (name, ingestion, on_wire) in [
+    for (name, ingestion, compression, on_wire) in [
         // OTLP carries the trace as attributes of its root span; legacy sends a trace-create.
-        ("otlp_1000_traces", Ingestion::Otel, spans_per_trace - 1),
-        ("legacy_1000_traces", Ingestion::Legacy, spans_per_trace),
+        // A loopback sink gets plain bodies by default; gzip is what a remote Langfuse gets.
+        ("otlp_1000_traces", Ingestion::Otel, Compression::None, spans_per_trace - 1),
+        ("otlp_gzip_1000_traces", Ingestion::Otel, Compression::Gzip, spans_per_trace - 1),
+        ("legacy_1000_traces", Ingestion::Legacy, Compression::None, spans_per_trace),
     ] {
         let sink = sink::Sink::start();
         let exporter = LangfuseExporter::builder()
             .host(format!("http://{}", sink.addr))
             .keys("pk-lf-bench", "sk-lf-bench")
             .ingestion(ingestion)
+            .compression(compression)
             .no_spool()
             .build()
             .expect("exporter");

@@ -447,9 +447,14 @@ fn contains_normalised(key: &str, fragments: &[String]) -> bool {
         n += 1;
     }
     let hay: &[u8] = if heap.is_empty() { &buf[..n] } else { &heap };
-    fragments.iter().any(|f| {
-        let f = f.as_bytes();
-        !f.is_empty() && hay.len() >= f.len() && hay.windows(f.len()).any(|w| w == f)
+    // Every key of every value is checked before export: compare only where a fragment's
+    // first byte is, instead of every window against every fragment.
+    (0..hay.len()).any(|i| {
+        let rest = &hay[i..];
+        fragments.iter().any(|f| {
+            let f = f.as_bytes();
+            f.first() == Some(&rest[0]) && rest.starts_with(f)
+        })
     })
 }
 
