@@ -14,6 +14,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, Instrumentatio
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use serde::Serialize;
+use serde_json::Value;
 
 use super::observation::{self, Level, Levels};
 use crate::trace::{format_timestamp, GenerationRecord, SpanKind, SpanRecord, SpanStatus, TraceRecord};
@@ -113,6 +114,94 @@ fn json(buf: &mut Vec<u8>, v: &impl Serialize) {
     }
 }
 
+/// A JSON value as compact JSON text, the bytes `serde_json::to_writer` gives, written
+/// without a serializer in between: inputs and outputs are most of what an exporter writes.
+fn write_value(buf: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => buf.extend_from_slice(b"null"),
+        Value::Bool(true) => buf.extend_from_slice(b"true"),
+        Value::Bool(false) => buf.extend_from_slice(b"false"),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                write_u64(buf, u);
+            } else if serde_json::to_writer(&mut *buf, n).is_err() {
+                buf.extend_from_slice(b"null");
+            }
+        }
+        Value::String(s) => write_str(buf, s),
+        Value::Array(a) => {
+            buf.push(b'[');
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                write_value(buf, v);
+            }
+            buf.push(b']');
+        }
+        Value::Object(m) => {
+            buf.push(b'{');
+            for (i, (k, v)) in m.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                write_str(buf, k);
+                buf.push(b':');
+                write_value(buf, v);
+            }
+            buf.push(b'}');
+        }
+    }
+}
+
+fn write_u64(buf: &mut Vec<u8>, mut u: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (u % 10) as u8;
+        u /= 10;
+        if u == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn write_str(buf: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = s.as_bytes();
+    buf.reserve(b.len() + 2);
+    buf.push(b'"');
+    let mut start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        if c >= 0x20 && c != b'"' && c != b'\\' {
+            continue;
+        }
+        buf.extend_from_slice(&b[start..i]);
+        match c {
+            b'"' => buf.extend_from_slice(b"\\\""),
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            0x08 => buf.extend_from_slice(b"\\b"),
+            0x0c => buf.extend_from_slice(b"\\f"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            _ => buf.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(c >> 4) as usize], HEX[(c & 0xf) as usize]]),
+        }
+        start = i + 1;
+    }
+    buf.extend_from_slice(&b[start..]);
+    buf.push(b'"');
+}
+
+/// `v` as JSON text in `buf` (replacing what it held).
+fn json_value(buf: &mut Vec<u8>, v: &Value) {
+    buf.clear();
+    write_value(buf, v);
+}
+
 /// The span id used for a trace that has no root span of its own.
 fn synthetic_root_id(trace: &TraceRecord) -> u64 {
     (trace.trace_id.0 as u64) | 1
@@ -199,10 +288,10 @@ fn write_span(
     let (input, output) =
         if is_root { (Some(&trace.input), Some(&trace.output)) } else { (s.input.as_ref(), s.output.as_ref()) };
     if let Some(v) = input {
-        json(jin, v);
+        json_value(jin, v);
     }
     if let Some(v) = output {
-        json(jout, v);
+        json_value(jout, v);
     }
     // Langfuse reads `langfuse.observation.*`; OpenInference backends (Phoenix) `*.value`.
     if input.is_some_and(|v| !v.is_null() || !is_root) {
@@ -808,6 +897,25 @@ mod tests {
                 assert_eq!(serde_json::to_string(&observation::metadata(s)).unwrap(), m.to_string());
                 assert_eq!(serde_json::to_string(&observation::trace_metadata(&t)).unwrap(), tm.to_string());
             }
+        }
+    }
+
+    #[test]
+    fn json_text_is_what_serde_json_writes() {
+        use serde_json::json;
+        let controls: String = (0u8..0x20).map(char::from).chain("\"\\/\u{7f}é✓𝄞".chars()).collect();
+        let values = [
+            json!(null),
+            json!(true),
+            json!([false, 0, 1, u64::MAX, -1, i64::MIN, 1.5, -0.0, 1e300, 123456789.123]),
+            json!({"": "", "a b": {"nested": [[], {}, [[1]]]}, "z": controls}),
+            json!(controls),
+            json!("plain"),
+        ];
+        for v in values {
+            let mut b = Vec::new();
+            json_value(&mut b, &v);
+            assert_eq!(String::from_utf8(b).unwrap(), serde_json::to_string(&v).unwrap());
         }
     }
 

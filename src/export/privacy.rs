@@ -496,19 +496,32 @@ impl KeyIndex {
         ix
     }
 
-    /// Whether `key`, normalised, contains one of the fragments.
+    /// Whether `key`, normalised, contains one of the fragments. Normalises on the fly: a
+    /// fragment has no separators, so no occurrence starts at one.
     fn matches(&self, key: &str) -> bool {
-        with_normalised(key, |hay| {
-            hay.iter().enumerate().any(|(i, &b)| {
-                self.first[(b >> 6) as usize] & (1 << (b & 63)) != 0
-                    && self
-                        .groups
-                        .iter()
-                        .find(|(g, _)| *g == b)
-                        .is_some_and(|(_, list)| list.iter().any(|f| hay[i..].starts_with(f)))
-            })
+        let k = key.as_bytes();
+        (0..k.len()).any(|i| {
+            let b = k[i].to_ascii_lowercase();
+            self.first[(b >> 6) as usize] & (1 << (b & 63)) != 0
+                && self.groups.iter().any(|(g, list)| *g == b && list.iter().any(|f| starts_normalised(&k[i..], f)))
         })
     }
+}
+
+/// Whether `key`, normalised, starts with `fragment` (normalised already).
+fn starts_normalised(key: &[u8], fragment: &[u8]) -> bool {
+    let mut want = fragment.iter();
+    for &c in key {
+        if matches!(c, b'_' | b'-' | b'.' | b' ') {
+            continue;
+        }
+        match want.next() {
+            Some(&w) if w == c.to_ascii_lowercase() => {}
+            Some(_) => return false,
+            None => return true,
+        }
+    }
+    want.next().is_none()
 }
 
 /// Replaces nested values deeper than `max` levels by a marker, in place and without
