@@ -168,6 +168,16 @@ fn write_u64(buf: &mut Vec<u8>, mut u: u64) {
     buf.extend_from_slice(&digits[i..]);
 }
 
+/// Whether any of the eight bytes is a control character, `"` or `\\` (SWAR: a byte
+/// below 0x20, or equal to 0x22 or 0x5c, sets its high bit in the result).
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (below_space | zero_in(w ^ (ONES * b'"' as u64)) | zero_in(w ^ (ONES * b'\\' as u64))) != 0
+}
+
 /// A JSON string, escaped as serde_json escapes it.
 fn write_str(buf: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -175,10 +185,23 @@ fn write_str(buf: &mut Vec<u8>, s: &str) {
     buf.reserve(b.len() + 2);
     buf.push(b'"');
     let mut start = 0;
-    for (i, &c) in b.iter().enumerate() {
+    let mut i = 0;
+    while i < b.len() {
+        // Eight bytes at a time while none needs escaping (most text).
+        if let Some(chunk) = b.get(i..i + 8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            if !needs_escape(u64::from_le_bytes(w)) {
+                i += 8;
+                continue;
+            }
+        }
+        let c = b[i];
+        i += 1;
         if c >= 0x20 && c != b'"' && c != b'\\' {
             continue;
         }
+        let i = i - 1;
         buf.extend_from_slice(&b[start..i]);
         match c {
             b'"' => buf.extend_from_slice(b"\\\""),
@@ -911,6 +934,7 @@ mod tests {
             json!({"": "", "a b": {"nested": [[], {}, [[1]]]}, "z": controls}),
             json!(controls),
             json!("plain"),
+            json!("0123456789abcdef\n0123456789\"0123456789\\0123456789\u{1f}xyz0123456789ü"),
         ];
         for v in values {
             let mut b = Vec::new();

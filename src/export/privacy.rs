@@ -227,7 +227,7 @@ impl Privacy {
     }
 
     fn is_secret(&self, key: &str) -> bool {
-        !self.redact.is_empty() && self.redact_index.matches(key)
+        !self.redact.is_empty() && self.redact_index.matches_cached(key)
     }
 
     /// The string with known secrets and (when on, or `force`d) credential-shaped tokens
@@ -477,14 +477,42 @@ fn contains_normalised(key: &str, fragments: &[String]) -> bool {
 /// fragments starting with that byte.
 #[derive(Debug, Default)]
 struct KeyIndex {
+    /// Tells indexes apart in the per-thread cache of answers.
+    id: u64,
     /// A bit per byte value that starts some fragment.
     first: [u64; 4],
     groups: Vec<(u8, Vec<Box<[u8]>>)>,
 }
 
+/// FNV-1a: the cache's keys are short field names.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type KeyCache = (u64, std::collections::HashMap<Box<str>, bool, std::hash::BuildHasherDefault<Fnv>>);
+
+thread_local! {
+    /// The answers for keys seen on this thread, for one index: the same few field names
+    /// come back in every trace.
+    static KEY_CACHE: std::cell::RefCell<KeyCache> = std::cell::RefCell::default();
+}
+
 impl KeyIndex {
     fn new(fragments: impl IntoIterator<Item = String>) -> Self {
-        let mut ix = KeyIndex::default();
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut ix = KeyIndex { id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed), ..Default::default() };
         for f in fragments {
             let Some(&b) = f.as_bytes().first() else { continue };
             ix.first[(b >> 6) as usize] |= 1 << (b & 63);
@@ -494,6 +522,30 @@ impl KeyIndex {
             }
         }
         ix
+    }
+
+    /// [`matches`](Self::matches), remembered per thread for keys of up to 64 bytes (at most
+    /// 4,096 of them).
+    fn matches_cached(&self, key: &str) -> bool {
+        if key.len() > 64 {
+            return self.matches(key);
+        }
+        KEY_CACHE.with(|c| {
+            let Ok(mut c) = c.try_borrow_mut() else { return self.matches(key) };
+            if c.0 != self.id {
+                c.1.clear();
+                c.0 = self.id;
+            }
+            if let Some(&m) = c.1.get(key) {
+                return m;
+            }
+            let m = self.matches(key);
+            if c.1.len() >= 4096 {
+                c.1.clear();
+            }
+            c.1.insert(key.into(), m);
+            m
+        })
     }
 
     /// Whether `key`, normalised, contains one of the fragments. Normalises on the fly: a
@@ -760,6 +812,9 @@ mod tests {
             let ix = KeyIndex::new(list.iter().cloned());
             for k in keys {
                 assert_eq!(ix.matches(k), contains_normalised(k, list), "{k:?} in {list:?}");
+                // Twice: the second answer comes from the cache.
+                assert_eq!(ix.matches_cached(k), contains_normalised(k, list), "{k:?} in {list:?}");
+                assert_eq!(ix.matches_cached(k), contains_normalised(k, list), "{k:?} in {list:?}");
             }
         }
         let p = Privacy::default().with_extra_redacted_keys(["my-custom"]);
