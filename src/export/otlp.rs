@@ -531,267 +531,6 @@ pub fn encode_request(resource: &Resource, spans: &[Vec<u8>]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-#[allow(dead_code)]
-mod oracle {
-    //! TEMPORARY: the previous prost-struct encoder, to compare bytes with.
-    use super::super::observation::{self, Level, Levels};
-    use crate::trace::{format_timestamp, GenerationRecord, SpanRecord, SpanStatus, TraceRecord};
-    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, KeyValue};
-    use opentelemetry_proto::tonic::trace::v1::{span, status, Span, Status};
-    use serde_json::{Map, Value};
-
-    fn old_metadata(s: &SpanRecord) -> Map<String, Value> {
-        let mut m = s.attributes.clone();
-        m.insert("span_kind".into(), observation::kind_name(s.kind).into());
-        match &s.status {
-            SpanStatus::Error { kind, chain, location, .. } => {
-                m.insert("error_kind".into(), kind.clone().into());
-                if !chain.is_empty() {
-                    m.insert("error_chain".into(), chain.clone().into());
-                }
-                if let Some(l) = location {
-                    m.insert("panic_location".into(), l.clone().into());
-                }
-            }
-            SpanStatus::Cancelled { .. } => {
-                m.insert("error_kind".into(), "cancelled".into());
-            }
-            SpanStatus::Ok => {}
-        }
-        m
-    }
-    fn old_trace_metadata(t: &TraceRecord) -> Map<String, Value> {
-        let mut m = t.metadata.clone();
-        m.insert("framework".into(), "flowtrace".into());
-        if let Some(a) = &t.action {
-            m.insert("action".into(), a.clone().into());
-        }
-        match &t.status {
-            SpanStatus::Ok => {}
-            SpanStatus::Error { kind, message, .. } => {
-                m.insert("status".into(), "error".into());
-                m.insert("error_kind".into(), kind.clone().into());
-                m.insert("error".into(), message.clone().into());
-            }
-            SpanStatus::Cancelled { reason } => {
-                m.insert("status".into(), "cancelled".into());
-                m.insert("error".into(), reason.clone().into());
-            }
-        }
-        if t.spans_dropped > 0 {
-            m.insert("spans_dropped".into(), t.spans_dropped.into());
-        }
-        m
-    }
-    pub(super) fn old_meta_pair(s: &SpanRecord, t: &TraceRecord) -> (Value, Value) {
-        (Value::Object(old_metadata(s)), Value::Object(old_trace_metadata(t)))
-    }
-    pub(super) fn old_spans(t: &TraceRecord, env: Option<&str>) -> Vec<Vec<u8>> {
-        use prost::Message;
-        let mut v = Vec::new();
-        encode_trace_in(t, env, &mut v);
-        v.iter().map(|s| s.encode_to_vec()).collect()
-    }
-    fn kv(key: &str, v: any_value::Value) -> KeyValue {
-        KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
-    }
-
-    fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
-        kv(key, any_value::Value::StringValue(v.into()))
-    }
-
-    fn json_string(v: &Value) -> String {
-        match v {
-            Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
-            other => other.to_string(),
-        }
-    }
-
-    fn otlp_status(s: &SpanStatus) -> Status {
-        match s {
-            SpanStatus::Ok => Status { code: status::StatusCode::Ok as i32, message: String::new() },
-            other => {
-                Status { code: status::StatusCode::Error as i32, message: other.message().unwrap_or("").to_owned() }
-            }
-        }
-    }
-
-    /// The span id used for a trace that has no root span of its own.
-    fn synthetic_root_id(trace: &TraceRecord) -> u64 {
-        (trace.trace_id.0 as u64) | 1
-    }
-
-    /// The trace's context, built once per trace and copied onto every span: on Langfuse's v4
-    /// path observations are queried on their own, so a field only the root carries cannot be
-    /// filtered on anywhere else (§10).
-    struct TraceContext {
-        attrs: Vec<KeyValue>,
-    }
-
-    impl TraceContext {
-        fn new(t: &TraceRecord, environment: Option<&str>) -> Self {
-            let mut attrs = Vec::with_capacity(10);
-            attrs.push(kv_str("langfuse.trace.name", t.name.clone()));
-            if let Some(s) = &t.session_id {
-                attrs.push(kv_str("session.id", s.clone()));
-            }
-            if let Some(u) = &t.user_id {
-                attrs.push(kv_str("user.id", u.clone()));
-            }
-            if !t.tags.is_empty() {
-                let values =
-                    t.tags.iter().map(|t| AnyValue { value: Some(any_value::Value::StringValue(t.clone())) }).collect();
-                attrs.push(kv("langfuse.trace.tags", any_value::Value::ArrayValue(ArrayValue { values })));
-            }
-            if let Some(r) = &t.release {
-                attrs.push(kv_str("langfuse.release", r.clone()));
-            }
-            if let Some(v) = &t.version {
-                attrs.push(kv_str("langfuse.version", v.clone()));
-            }
-            if let Some(e) = environment {
-                attrs.push(kv_str("langfuse.environment", e));
-            }
-            // One JSON object: Langfuse parses it into structured metadata, where a value under
-            // `langfuse.trace.metadata.<key>` would stay a string (§10).
-            let meta = old_trace_metadata(t);
-            attrs.push(kv_str("langfuse.trace.metadata", Value::Object(meta).to_string()));
-            TraceContext { attrs }
-        }
-    }
-
-    fn span_of(trace: &TraceRecord, ctx: &TraceContext, levels: &Levels<'_>, s: &SpanRecord, is_root: bool) -> Span {
-        let mut attrs = Vec::with_capacity(8 + ctx.attrs.len());
-        attrs.push(kv_str("flowtrace.span.kind", observation::kind_name(s.kind)));
-        // The root observation carries the run's input and output (the store at start and end):
-        // the v4 trace view shows the root's, and ignores `langfuse.trace.input/output` (§10).
-        let (input, output) =
-            if is_root { (Some(&trace.input), Some(&trace.output)) } else { (s.input.as_ref(), s.output.as_ref()) };
-        // Langfuse reads `langfuse.observation.*`; OpenInference backends (Phoenix) `*.value`.
-        if let Some(v) = input.filter(|v| !v.is_null() || !is_root) {
-            let j = json_string(v);
-            attrs.push(kv_str("input.value", j.clone()));
-            attrs.push(kv_str("langfuse.observation.input", j));
-        }
-        if let Some(v) = output.filter(|v| !v.is_null() || !is_root) {
-            let j = json_string(v);
-            attrs.push(kv_str("output.value", j.clone()));
-            attrs.push(kv_str("langfuse.observation.output", j));
-        }
-        let level = levels.of(s);
-        if level != Level::Default {
-            attrs.push(kv_str("langfuse.observation.level", level.as_str()));
-            let msg = if is_root && trace.status.is_error() { trace.status.message() } else { s.status.message() };
-            // An event (a PocketFlow warning) is its own message.
-            let msg = msg.or_else(|| (s.kind == crate::trace::SpanKind::Event).then_some(&*s.name));
-            attrs.push(kv_str("langfuse.observation.status_message", msg.unwrap_or("")));
-        }
-        if let SpanStatus::Error { kind, location, .. } = &s.status {
-            attrs.push(kv_str("error.type", kind.clone()));
-            if let Some(l) = location {
-                attrs.push(kv_str("code.location", l.clone()));
-            }
-        }
-        let ty = observation::observation_type(s);
-        if ty != "span" {
-            attrs.push(kv_str("langfuse.observation.type", ty));
-        }
-        if let Some(g) = &s.generation {
-            generation_attributes(g, &mut attrs);
-        }
-        let meta = old_metadata(s);
-        attrs.push(kv_str("langfuse.observation.metadata", Value::Object(meta).to_string()));
-        attrs.extend(ctx.attrs.iter().cloned());
-        if is_root {
-            attrs.push(kv_str("langfuse.trace.input", json_string(&trace.input)));
-            attrs.push(kv_str("langfuse.trace.output", json_string(&trace.output)));
-        }
-        Span {
-            trace_id: trace.trace_id.to_bytes().to_vec(),
-            span_id: s.span_id.to_bytes().to_vec(),
-            parent_span_id: s.parent_id.map(|p| p.to_bytes().to_vec()).unwrap_or_default(),
-            name: s.name.to_string(),
-            kind: span::SpanKind::Internal as i32,
-            start_time_unix_nano: s.start_unix_nanos,
-            end_time_unix_nano: s.end_unix_nanos,
-            attributes: attrs,
-            status: Some(otlp_status(&s.status)),
-            ..Default::default()
-        }
-    }
-
-    /// An LLM call's fields, as Langfuse reads them (§10), plus OpenTelemetry's `gen_ai.*` for
-    /// other backends.
-    fn generation_attributes(g: &GenerationRecord, attrs: &mut Vec<KeyValue>) {
-        if let Some(m) = &g.model {
-            attrs.push(kv_str("langfuse.observation.model.name", m.clone()));
-            attrs.push(kv_str("gen_ai.request.model", m.clone()));
-        }
-        if !g.model_parameters.is_empty() {
-            attrs.push(kv_str(
-                "langfuse.observation.model.parameters",
-                Value::Object(g.model_parameters.clone()).to_string(),
-            ));
-        }
-        if !g.usage.is_empty() {
-            let usage = serde_json::to_string(&g.usage).unwrap_or_default();
-            attrs.push(kv_str("langfuse.observation.usage_details", usage));
-            for (k, otel) in [("input", "gen_ai.usage.input_tokens"), ("output", "gen_ai.usage.output_tokens")] {
-                if let Some(n) = g.usage.get(k) {
-                    attrs.push(kv(otel, any_value::Value::IntValue(*n as i64)));
-                }
-            }
-        }
-        if !g.cost.is_empty() {
-            attrs.push(kv_str("langfuse.observation.cost_details", serde_json::to_string(&g.cost).unwrap_or_default()));
-        }
-        if let Some(t) = g.completion_start_unix_nanos {
-            attrs.push(kv_str("langfuse.observation.completion_start_time", format_timestamp(t)));
-        }
-        if let (Some(n), Some(v)) = (&g.prompt_name, g.prompt_version) {
-            attrs.push(kv_str("langfuse.observation.prompt.name", n.clone()));
-            attrs.push(kv("langfuse.observation.prompt.version", any_value::Value::IntValue(v as i64)));
-        }
-    }
-
-    /// Appends the OTLP spans of `trace` to `out` (a root span is made up when the trace has none,
-    /// so the trace's own fields always travel); returns how many were added.
-    fn _unused_encode_trace(trace: &TraceRecord, out: &mut Vec<Span>) -> usize {
-        encode_trace_in(trace, None, out)
-    }
-
-    /// Like [`encode_trace`], with the Langfuse environment (`langfuse.environment`) on every span.
-    fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, out: &mut Vec<Span>) -> usize {
-        let before = out.len();
-        let folded = observation::fold_generation_nodes(trace);
-        let trace = folded.as_ref().unwrap_or(trace);
-        let ctx = TraceContext::new(trace, environment);
-        let levels = Levels::new(trace);
-        let root = trace.root().map(|r| r.span_id);
-        if root.is_none() {
-            let synthetic = SpanRecord {
-                span_id: crate::trace::SpanId(synthetic_root_id(trace)),
-                parent_id: None,
-                kind: crate::trace::SpanKind::Flow,
-                name: trace.name.as_str().into(),
-                start_unix_nanos: trace.start_unix_nanos,
-                end_unix_nanos: trace.end_unix_nanos,
-                status: trace.status.clone(),
-                input: None,
-                output: None,
-                attributes: Default::default(),
-                generation: None,
-            };
-            out.push(span_of(trace, &ctx, &levels, &synthetic, true));
-        }
-        for s in &trace.spans {
-            out.push(span_of(trace, &ctx, &levels, s, Some(s.span_id) == root));
-        }
-        out.len() - before
-    }
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -894,31 +633,97 @@ mod tests {
         vec![full, ok, rootless, empty]
     }
 
-    #[test]
-    fn the_same_bytes_as_the_prost_encoder() {
-        for (i, t) in traces().iter().enumerate() {
-            for env in [None, Some("production")] {
-                let mut new = Vec::new();
-                encode_trace_in(t, env, &mut new);
-                let old = super::oracle::old_spans(t, env);
-                assert_eq!(new.len(), old.len(), "trace {i}");
-                for (n, o) in new.iter().zip(&old) {
-                    let dn = opentelemetry_proto::tonic::trace::v1::Span::decode(n.as_slice()).unwrap();
-                    let od = opentelemetry_proto::tonic::trace::v1::Span::decode(o.as_slice()).unwrap();
-                    assert_eq!(dn, od, "trace {i}");
-                    assert_eq!(n, o, "trace {i} span {}", dn.name);
+    /// The metadata as it was built before: a copy of the recorded map with entries added.
+    fn metadata_maps(s: &SpanRecord, t: &TraceRecord) -> (Value, Value) {
+        let mut m = s.attributes.clone();
+        m.insert("span_kind".into(), observation::kind_name(s.kind).into());
+        match &s.status {
+            SpanStatus::Error { kind, chain, location, .. } => {
+                m.insert("error_kind".into(), kind.clone().into());
+                if !chain.is_empty() {
+                    m.insert("error_chain".into(), chain.clone().into());
+                }
+                if let Some(l) = location {
+                    m.insert("panic_location".into(), l.clone().into());
                 }
             }
+            SpanStatus::Cancelled { .. } => {
+                m.insert("error_kind".into(), "cancelled".into());
+            }
+            SpanStatus::Ok => {}
         }
+        let mut tm = t.metadata.clone();
+        tm.insert("framework".into(), "flowtrace".into());
+        if let Some(a) = &t.action {
+            tm.insert("action".into(), a.clone().into());
+        }
+        match &t.status {
+            SpanStatus::Ok => {}
+            SpanStatus::Error { kind, message, .. } => {
+                tm.insert("status".into(), "error".into());
+                tm.insert("error_kind".into(), kind.clone().into());
+                tm.insert("error".into(), message.clone().into());
+            }
+            SpanStatus::Cancelled { reason } => {
+                tm.insert("status".into(), "cancelled".into());
+                tm.insert("error".into(), reason.clone().into());
+            }
+        }
+        if t.spans_dropped > 0 {
+            tm.insert("spans_dropped".into(), t.spans_dropped.into());
+        }
+        (Value::Object(m), Value::Object(tm))
     }
 
     #[test]
     fn metadata_as_the_map_was() {
         for t in traces() {
             for s in &t.spans {
-                let (m, tm) = super::oracle::old_meta_pair(s, &t);
+                let (m, tm) = metadata_maps(s, &t);
                 assert_eq!(serde_json::to_string(&observation::metadata(s)).unwrap(), m.to_string());
                 assert_eq!(serde_json::to_string(&observation::trace_metadata(&t)).unwrap(), tm.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn spans_decode_with_their_fields_and_attributes() {
+        for t in traces() {
+            // What the encoder sends: a generation node's calls folded into it.
+            let t = observation::fold_generation_nodes(&t).unwrap_or(t);
+            let mut spans = Vec::new();
+            let n = encode_trace_in(&t, Some("production"), &mut spans);
+            assert_eq!(n, t.spans.len() + usize::from(t.root().is_none()));
+            let body = encode_request(&resource("svc"), &spans);
+            let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+            let got = &req.resource_spans[0].scope_spans[0].spans;
+            assert_eq!(got.len(), n);
+            for g in got {
+                assert_eq!(g.trace_id, t.trace_id.to_bytes());
+                let attr = |k: &str| {
+                    g.attributes.iter().find(|a| a.key == k).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                        any_value::Value::StringValue(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                };
+                assert_eq!(attr("langfuse.environment").as_deref(), Some("production"));
+                assert_eq!(attr("langfuse.trace.name").as_deref(), Some("T"));
+                let meta: Value = serde_json::from_str(&attr("langfuse.observation.metadata").unwrap()).unwrap();
+                assert!(meta["span_kind"].is_string());
+                let Some(rec) = t.spans.iter().find(|s| s.span_id.to_bytes().as_slice() == g.span_id.as_slice()) else {
+                    // The made-up root of a trace without one.
+                    assert!(t.root().is_none() && g.parent_span_id.is_empty());
+                    continue;
+                };
+                assert_eq!(g.name, &*rec.name);
+                assert_eq!((g.start_time_unix_nano, g.end_time_unix_nano), (rec.start_unix_nanos, rec.end_unix_nanos));
+                let is_root = rec.parent_id.is_none();
+                if let (Some(v), false) = (&rec.input, is_root) {
+                    assert_eq!(attr("langfuse.observation.input"), Some(serde_json::to_string(v).unwrap()));
+                }
+                if is_root {
+                    assert_eq!(attr("langfuse.trace.input"), Some(t.input.to_string()));
+                }
             }
         }
     }
