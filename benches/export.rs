@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flowtrace::export::__bench as wire;
-use flowtrace::export::{Exporter, Ingestion, LangfuseExporter};
+use flowtrace::export::{Compression, Exporter, Ingestion, LangfuseExporter};
 use flowtrace::prelude::*;
 use flowtrace::trace::TraceRecord;
 
@@ -36,13 +36,23 @@ fn encode(c: &mut Criterion) {
     let mut g = c.benchmark_group("export_encode");
     g.throughput(Throughput::Elements(100 * spans_per_trace));
     let resource = wire::resource("bench");
+    {
+        let mut spans = Vec::new();
+        wire::otlp_encode_trace(&trace, &mut spans);
+        let body = wire::otlp_encode_request(&resource, &spans);
+        let json = serde_json::to_vec(&*trace).map(|v| v.len()).unwrap_or(0);
+        eprintln!(
+            "seed trace: {spans_per_trace} spans, {json} bytes as JSON, {} bytes as one OTLP request",
+            body.len()
+        );
+    }
     g.bench_function("otlp_protobuf_100_traces", |b| {
         b.iter(|| {
             let mut spans = Vec::new();
             for _ in 0..100 {
                 wire::otlp_encode_trace(&trace, &mut spans);
             }
-            wire::otlp_encode_request(&resource, spans)
+            wire::otlp_encode_request(&resource, &spans)
         })
     });
     // The privacy scan every destination runs before writing: for a trace with nothing to
@@ -75,16 +85,19 @@ fn deliver(c: &mut Criterion) {
     let mut g = c.benchmark_group("export_deliver");
     g.sample_size(10);
     g.throughput(Throughput::Elements(1000 * spans_per_trace));
-    for (name, ingestion, on_wire) in [
+    for (name, ingestion, compression, on_wire) in [
         // OTLP carries the trace as attributes of its root span; legacy sends a trace-create.
-        ("otlp_1000_traces", Ingestion::Otel, spans_per_trace - 1),
-        ("legacy_1000_traces", Ingestion::Legacy, spans_per_trace),
+        // A loopback sink gets plain bodies by default; gzip is what a remote Langfuse gets.
+        ("otlp_1000_traces", Ingestion::Otel, Compression::None, spans_per_trace - 1),
+        ("otlp_gzip_1000_traces", Ingestion::Otel, Compression::Gzip, spans_per_trace - 1),
+        ("legacy_1000_traces", Ingestion::Legacy, Compression::None, spans_per_trace),
     ] {
         let sink = sink::Sink::start();
         let exporter = LangfuseExporter::builder()
             .host(format!("http://{}", sink.addr))
             .keys("pk-lf-bench", "sk-lf-bench")
             .ingestion(ingestion)
+            .compression(compression)
             .no_spool()
             .build()
             .expect("exporter");

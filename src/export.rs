@@ -26,7 +26,7 @@ mod spool;
 
 pub use crate::trace::model::MAX_DEPTH;
 pub(crate) use debug::DebugExporter;
-pub use delivery::DeliveryOptions;
+pub use delivery::{Compression, DeliveryOptions};
 pub use file::JsonlFileExporter;
 pub use langfuse::{
     parse_headers, Ingestion, LangfuseExporter, LangfuseExporterBuilder, OtlpExporter, OtlpExporterBuilder,

@@ -22,8 +22,16 @@ impl Sink {
         let app = axum::Router::new()
             .route(
                 "/api/public/otel/v1/traces",
-                post(move |body: axum::body::Bytes| async move {
-                    let n = count_otlp_spans(&body).expect("OTLP protobuf");
+                post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                    let n = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+                        let mut plain = Vec::new();
+                        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+                            .expect("gzip body");
+                        count_otlp_spans(&plain)
+                    } else {
+                        count_otlp_spans(&body)
+                    }
+                    .expect("OTLP protobuf");
                     otlp.fetch_add(n as u64, Ordering::Relaxed);
                     "{}"
                 }),

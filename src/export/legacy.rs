@@ -52,7 +52,7 @@ struct TraceBody<'a> {
     version: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     environment: Option<&'a str>,
-    metadata: Map<String, Value>,
+    metadata: observation::Metadata<'a>,
 }
 
 #[derive(serde::Serialize)]
@@ -77,7 +77,7 @@ struct SpanBody<'a> {
     version: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     environment: Option<&'a str>,
-    metadata: Map<String, Value>,
+    metadata: observation::Metadata<'a>,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     generation: Option<GenerationFields<'a>>,
 }

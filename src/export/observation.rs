@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use crate::trace::{SpanId, SpanKind, SpanRecord, SpanStatus, TraceRecord};
@@ -215,55 +216,120 @@ pub(crate) fn kind_name(k: SpanKind) -> &'static str {
     }
 }
 
+/// A value added to a span's or trace's attributes in its metadata.
+#[derive(Clone, Copy)]
+enum Extra<'a> {
+    Str(&'a str),
+    Strs(&'a [String]),
+    U64(u64),
+}
+
+impl Serialize for Extra<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Extra::Str(v) => s.serialize_str(v),
+            Extra::Strs(v) => v.serialize(s),
+            Extra::U64(v) => s.serialize_u64(*v),
+        }
+    }
+}
+
+/// Metadata as one JSON object: the recorded entries with a few added under their own keys
+/// (an added key replaces a recorded one of the same name). Serialised straight from the
+/// record, in the order a `serde_json::Map` keeps (sorted keys), so nothing is copied.
+pub(crate) struct Metadata<'a> {
+    base: &'a Map<String, Value>,
+    /// Sorted by key, unique.
+    extras: [Option<(&'static str, Extra<'a>)>; 6],
+}
+
+impl<'a> Metadata<'a> {
+    fn new(base: &'a Map<String, Value>, mut extras: [Option<(&'static str, Extra<'a>)>; 6]) -> Self {
+        // `None`s last; keys are distinct.
+        extras.sort_by(|a, b| match (a, b) {
+            (Some(a), Some(b)) => a.0.cmp(b.0),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        });
+        Metadata { base, extras }
+    }
+
+    fn extras(&self) -> impl Iterator<Item = (&'static str, Extra<'a>)> + '_ {
+        self.extras.iter().map_while(|e| *e)
+    }
+}
+
+impl Serialize for Metadata<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let shadowed = self.extras().filter(|(k, _)| self.base.contains_key(*k)).count();
+        let mut m = s.serialize_map(Some(self.base.len() + self.extras().count() - shadowed))?;
+        let mut extras = self.extras().peekable();
+        for (k, v) in self.base {
+            while let Some((ek, ev)) = extras.next_if(|(ek, _)| *ek < k.as_str()) {
+                m.serialize_entry(ek, &ev)?;
+            }
+            // An added value replaces the recorded one of the same name.
+            if let Some((ek, ev)) = extras.next_if(|(ek, _)| *ek == k.as_str()) {
+                m.serialize_entry(ek, &ev)?;
+                continue;
+            }
+            m.serialize_entry(k, v)?;
+        }
+        for (ek, ev) in extras {
+            m.serialize_entry(ek, &ev)?;
+        }
+        m.end()
+    }
+}
+
 /// An observation's metadata, flat and structured: the span's attributes (`node_type`,
 /// `attempt`, `item_index`, `batch_index`, `changed_keys` …) as top-level keys, plus
 /// `span_kind`, and for a failure `error_kind`, `error_chain` (an array) and `panic_location`.
 /// Top-level keys are what Langfuse lets users filter on.
-pub(crate) fn metadata(s: &SpanRecord) -> Map<String, Value> {
-    let mut m = s.attributes.clone();
-    m.insert("span_kind".into(), kind_name(s.kind).into());
+pub(crate) fn metadata(s: &SpanRecord) -> Metadata<'_> {
+    let mut e = [None; 6];
+    e[0] = Some(("span_kind", Extra::Str(kind_name(s.kind))));
     match &s.status {
         SpanStatus::Error { kind, chain, location, .. } => {
-            m.insert("error_kind".into(), kind.clone().into());
+            e[1] = Some(("error_kind", Extra::Str(kind)));
             if !chain.is_empty() {
-                m.insert("error_chain".into(), chain.clone().into());
+                e[2] = Some(("error_chain", Extra::Strs(chain)));
             }
             if let Some(l) = location {
-                m.insert("panic_location".into(), l.clone().into());
+                e[3] = Some(("panic_location", Extra::Str(l)));
             }
         }
-        SpanStatus::Cancelled { .. } => {
-            m.insert("error_kind".into(), "cancelled".into());
-        }
+        SpanStatus::Cancelled { .. } => e[1] = Some(("error_kind", Extra::Str("cancelled"))),
         SpanStatus::Ok => {}
     }
-    m
+    Metadata::new(&s.attributes, e)
 }
 
 /// The trace's own metadata, as both encoders send it: the user's entries plus
 /// `framework`, the run's `action`, its error, and `spans_dropped` when spans were lost.
-pub(crate) fn trace_metadata(t: &TraceRecord) -> Map<String, Value> {
-    let mut m = t.metadata.clone();
-    m.insert("framework".into(), "flowtrace".into());
+pub(crate) fn trace_metadata(t: &TraceRecord) -> Metadata<'_> {
+    let mut e = [None; 6];
+    e[0] = Some(("framework", Extra::Str("flowtrace")));
     if let Some(a) = &t.action {
-        m.insert("action".into(), a.clone().into());
+        e[1] = Some(("action", Extra::Str(a)));
     }
     match &t.status {
         SpanStatus::Ok => {}
         SpanStatus::Error { kind, message, .. } => {
-            m.insert("status".into(), "error".into());
-            m.insert("error_kind".into(), kind.clone().into());
-            m.insert("error".into(), message.clone().into());
+            e[2] = Some(("status", Extra::Str("error")));
+            e[3] = Some(("error_kind", Extra::Str(kind)));
+            e[4] = Some(("error", Extra::Str(message)));
         }
         SpanStatus::Cancelled { reason } => {
-            m.insert("status".into(), "cancelled".into());
-            m.insert("error".into(), reason.clone().into());
+            e[2] = Some(("status", Extra::Str("cancelled")));
+            e[4] = Some(("error", Extra::Str(reason)));
         }
     }
     if t.spans_dropped > 0 {
-        m.insert("spans_dropped".into(), t.spans_dropped.into());
+        e[5] = Some(("spans_dropped", Extra::U64(t.spans_dropped)));
     }
-    m
+    Metadata::new(&t.metadata, e)
 }
 
 /// Checks an environment name the way Langfuse's SDKs do (`^(?!langfuse)[a-z0-9-_]+$`, at

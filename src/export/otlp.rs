@@ -1,37 +1,228 @@
 //! The OTLP wire format: our span tree as `ExportTraceServiceRequest` protobuf, with the
 //! attributes Langfuse reads (`langfuse.trace.*`, `langfuse.observation.*`, `session.id`,
 //! `user.id`) on top of plain OpenTelemetry fields any OTLP backend understands.
+//!
+//! Spans are written as protobuf straight from the records, into reused buffers: no
+//! intermediate `Span` / `KeyValue` values, no `serde_json::Map` per span. The bytes are the
+//! ones prost writes for the same message (fields in the same order, defaults left out), so
+//! any OTLP decoder reads them; the trace's shared attributes are encoded once per trace and
+//! copied onto each of its spans.
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue};
+use std::cell::RefCell;
+
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
+use serde::Serialize;
 use serde_json::Value;
 
 use super::observation::{self, Level, Levels};
-use crate::trace::{format_timestamp, GenerationRecord, SpanRecord, SpanStatus, TraceRecord};
+use crate::trace::{format_timestamp, GenerationRecord, SpanKind, SpanRecord, SpanStatus, TraceRecord};
 
-fn kv(key: &str, v: any_value::Value) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(v) }), ..Default::default() }
+/// The protobuf wire format, as much of it as OTLP traces need.
+mod wire {
+    pub(super) const VARINT: u32 = 0;
+    pub(super) const FIXED64: u32 = 1;
+    pub(super) const LEN: u32 = 2;
+
+    pub(super) fn varint(buf: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            buf.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        buf.push(v as u8);
+    }
+
+    pub(super) fn varint_len(v: u64) -> usize {
+        // 1 byte per 7 bits, at least one.
+        (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+    }
+
+    /// A field key; every field number used here is below 16, so a key is one byte.
+    pub(super) fn key(buf: &mut Vec<u8>, field: u32, wire_type: u32) {
+        debug_assert!(field < 16);
+        buf.push(((field << 3) | wire_type) as u8);
+    }
+
+    /// The bytes a length-delimited field of `n` content bytes takes.
+    pub(super) fn field_len(n: usize) -> usize {
+        1 + varint_len(n as u64) + n
+    }
+
+    pub(super) fn len_field(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
+        key(buf, field, LEN);
+        varint(buf, data.len() as u64);
+        buf.extend_from_slice(data);
+    }
+
+    /// The header of a length-delimited field whose `n` content bytes follow.
+    pub(super) fn len_header(buf: &mut Vec<u8>, field: u32, n: usize) {
+        key(buf, field, LEN);
+        varint(buf, n as u64);
+    }
 }
 
-fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
-    kv(key, any_value::Value::StringValue(v.into()))
+use wire::{field_len, key, len_field, len_header, varint, varint_len};
+
+/// `Span.attributes`.
+const SPAN_ATTRIBUTES: u32 = 9;
+
+/// A `KeyValue` with a string value (`value` must be UTF-8: a `&str`'s bytes or JSON text).
+fn attr_str(buf: &mut Vec<u8>, key: &str, value: &[u8]) {
+    let any = field_len(value.len());
+    attr_header(buf, key, any);
+    len_field(buf, 1, value);
 }
 
-fn json_string(v: &Value) -> String {
+/// A `KeyValue` with an integer value.
+fn attr_int(buf: &mut Vec<u8>, key: &str, value: i64) {
+    let any = 1 + varint_len(value as u64);
+    attr_header(buf, key, any);
+    wire::key(buf, 3, wire::VARINT);
+    varint(buf, value as u64);
+}
+
+/// A `KeyValue` with an array of strings.
+fn attr_strs(buf: &mut Vec<u8>, key: &str, values: &[String]) {
+    let array: usize = values.iter().map(|v| field_len(field_len(v.len()))).sum();
+    attr_header(buf, key, field_len(array));
+    len_header(buf, 5, array);
+    for v in values {
+        len_header(buf, 1, field_len(v.len()));
+        len_field(buf, 1, v.as_bytes());
+    }
+}
+
+/// The attribute's field, its key, and the header of an `AnyValue` of `any` bytes.
+fn attr_header(buf: &mut Vec<u8>, k: &str, any: usize) {
+    // prost leaves an empty key out; ours never are.
+    let key_len = if k.is_empty() { 0 } else { field_len(k.len()) };
+    len_header(buf, SPAN_ATTRIBUTES, key_len + field_len(any));
+    if !k.is_empty() {
+        len_field(buf, 1, k.as_bytes());
+    }
+    len_header(buf, 2, any);
+}
+
+/// A value as JSON text, appended to `buf` (what `serde_json::to_string` gives).
+fn json(buf: &mut Vec<u8>, v: &impl Serialize) {
+    buf.clear();
+    if serde_json::to_writer(&mut *buf, v).is_err() {
+        // Only a map with non-string keys fails, which a JSON value cannot hold.
+        buf.clear();
+        buf.extend_from_slice(b"null");
+    }
+}
+
+/// A JSON value as compact JSON text, the bytes `serde_json::to_writer` gives, written
+/// without a serializer in between: inputs and outputs are most of what an exporter writes.
+fn write_value(buf: &mut Vec<u8>, v: &Value) {
     match v {
-        Value::String(s) => serde_json::to_string(s).unwrap_or_default(),
-        other => other.to_string(),
+        Value::Null => buf.extend_from_slice(b"null"),
+        Value::Bool(true) => buf.extend_from_slice(b"true"),
+        Value::Bool(false) => buf.extend_from_slice(b"false"),
+        Value::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                write_u64(buf, u);
+            } else if serde_json::to_writer(&mut *buf, n).is_err() {
+                buf.extend_from_slice(b"null");
+            }
+        }
+        Value::String(s) => write_str(buf, s),
+        Value::Array(a) => {
+            buf.push(b'[');
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                write_value(buf, v);
+            }
+            buf.push(b']');
+        }
+        Value::Object(m) => {
+            buf.push(b'{');
+            for (i, (k, v)) in m.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                write_str(buf, k);
+                buf.push(b':');
+                write_value(buf, v);
+            }
+            buf.push(b'}');
+        }
     }
 }
 
-fn otlp_status(s: &SpanStatus) -> Status {
-    match s {
-        SpanStatus::Ok => Status { code: status::StatusCode::Ok as i32, message: String::new() },
-        other => Status { code: status::StatusCode::Error as i32, message: other.message().unwrap_or("").to_owned() },
+fn write_u64(buf: &mut Vec<u8>, mut u: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (u % 10) as u8;
+        u /= 10;
+        if u == 0 {
+            break;
+        }
     }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+/// Whether any of the eight bytes is a control character, `"` or `\\` (SWAR: a byte
+/// below 0x20, or equal to 0x22 or 0x5c, sets its high bit in the result).
+fn needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_in = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (below_space | zero_in(w ^ (ONES * b'"' as u64)) | zero_in(w ^ (ONES * b'\\' as u64))) != 0
+}
+
+/// A JSON string, escaped as serde_json escapes it.
+fn write_str(buf: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = s.as_bytes();
+    buf.reserve(b.len() + 2);
+    buf.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        // Eight bytes at a time while none needs escaping (most text).
+        if let Some(chunk) = b.get(i..i + 8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            if !needs_escape(u64::from_le_bytes(w)) {
+                i += 8;
+                continue;
+            }
+        }
+        let c = b[i];
+        i += 1;
+        if c >= 0x20 && c != b'"' && c != b'\\' {
+            continue;
+        }
+        let i = i - 1;
+        buf.extend_from_slice(&b[start..i]);
+        match c {
+            b'"' => buf.extend_from_slice(b"\\\""),
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            0x08 => buf.extend_from_slice(b"\\b"),
+            0x0c => buf.extend_from_slice(b"\\f"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            _ => buf.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(c >> 4) as usize], HEX[(c & 0xf) as usize]]),
+        }
+        start = i + 1;
+    }
+    buf.extend_from_slice(&b[start..]);
+    buf.push(b'"');
+}
+
+/// `v` as JSON text in `buf` (replacing what it held).
+fn json_value(buf: &mut Vec<u8>, v: &Value) {
+    buf.clear();
+    write_value(buf, v);
 }
 
 /// The span id used for a trace that has no root span of its own.
@@ -39,159 +230,213 @@ fn synthetic_root_id(trace: &TraceRecord) -> u64 {
     (trace.trace_id.0 as u64) | 1
 }
 
-/// The trace's context, built once per trace and copied onto every span: on Langfuse's v4
-/// path observations are queried on their own, so a field only the root carries cannot be
-/// filtered on anywhere else (§10).
-struct TraceContext {
-    attrs: Vec<KeyValue>,
+/// Buffers reused from span to span (and trace to trace on one thread).
+#[derive(Default)]
+struct Scratch {
+    /// The trace's context attributes, encoded.
+    ctx: Vec<u8>,
+    /// JSON text of the span's input and output, and of one more value.
+    input: Vec<u8>,
+    output: Vec<u8>,
+    other: Vec<u8>,
+    /// The span being written.
+    span: Vec<u8>,
 }
 
-impl TraceContext {
-    fn new(t: &TraceRecord, environment: Option<&str>) -> Self {
-        let mut attrs = Vec::with_capacity(10);
-        attrs.push(kv_str("langfuse.trace.name", t.name.clone()));
-        if let Some(s) = &t.session_id {
-            attrs.push(kv_str("session.id", s.clone()));
-        }
-        if let Some(u) = &t.user_id {
-            attrs.push(kv_str("user.id", u.clone()));
-        }
-        if !t.tags.is_empty() {
-            let values =
-                t.tags.iter().map(|t| AnyValue { value: Some(any_value::Value::StringValue(t.clone())) }).collect();
-            attrs.push(kv("langfuse.trace.tags", any_value::Value::ArrayValue(ArrayValue { values })));
-        }
-        if let Some(r) = &t.release {
-            attrs.push(kv_str("langfuse.release", r.clone()));
-        }
-        if let Some(v) = &t.version {
-            attrs.push(kv_str("langfuse.version", v.clone()));
-        }
-        if let Some(e) = environment {
-            attrs.push(kv_str("langfuse.environment", e));
-        }
-        // One JSON object: Langfuse parses it into structured metadata, where a value under
-        // `langfuse.trace.metadata.<key>` would stay a string (§10).
-        let meta = observation::trace_metadata(t);
-        attrs.push(kv_str("langfuse.trace.metadata", Value::Object(meta).to_string()));
-        TraceContext { attrs }
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// The trace's context, encoded once per trace and copied onto every span: on Langfuse's
+/// v4 path observations are queried on their own, so a field only the root carries cannot
+/// be filtered on anywhere else (§10).
+fn trace_context(buf: &mut Vec<u8>, tmp: &mut Vec<u8>, t: &TraceRecord, environment: Option<&str>) {
+    buf.clear();
+    attr_str(buf, "langfuse.trace.name", t.name.as_bytes());
+    if let Some(s) = &t.session_id {
+        attr_str(buf, "session.id", s.as_bytes());
     }
+    if let Some(u) = &t.user_id {
+        attr_str(buf, "user.id", u.as_bytes());
+    }
+    if !t.tags.is_empty() {
+        attr_strs(buf, "langfuse.trace.tags", &t.tags);
+    }
+    if let Some(r) = &t.release {
+        attr_str(buf, "langfuse.release", r.as_bytes());
+    }
+    if let Some(v) = &t.version {
+        attr_str(buf, "langfuse.version", v.as_bytes());
+    }
+    if let Some(e) = environment {
+        attr_str(buf, "langfuse.environment", e.as_bytes());
+    }
+    // One JSON object: Langfuse parses it into structured metadata, where a value under
+    // `langfuse.trace.metadata.<key>` would stay a string (§10).
+    json(tmp, &observation::trace_metadata(t));
+    attr_str(buf, "langfuse.trace.metadata", tmp);
 }
 
-fn span_of(trace: &TraceRecord, ctx: &TraceContext, levels: &Levels<'_>, s: &SpanRecord, is_root: bool) -> Span {
-    let mut attrs = Vec::with_capacity(8 + ctx.attrs.len());
-    attrs.push(kv_str("flowtrace.span.kind", observation::kind_name(s.kind)));
+/// Writes one `Span` message (its content, without a field header) to `out`.
+fn write_span(
+    out: &mut Vec<u8>,
+    sc: &mut Scratch,
+    trace: &TraceRecord,
+    levels: &Levels<'_>,
+    s: &SpanRecord,
+    is_root: bool,
+) {
+    let Scratch { ctx, input: jin, output: jout, other, .. } = sc;
+    len_field(out, 1, &trace.trace_id.to_bytes());
+    len_field(out, 2, &s.span_id.to_bytes());
+    if let Some(p) = s.parent_id {
+        len_field(out, 4, &p.to_bytes());
+    }
+    if !s.name.is_empty() {
+        len_field(out, 5, s.name.as_bytes());
+    }
+    // SPAN_KIND_INTERNAL.
+    key(out, 6, wire::VARINT);
+    varint(out, 1);
+    for (field, t) in [(7, s.start_unix_nanos), (8, s.end_unix_nanos)] {
+        if t != 0 {
+            key(out, field, wire::FIXED64);
+            out.extend_from_slice(&t.to_le_bytes());
+        }
+    }
+
+    attr_str(out, "flowtrace.span.kind", observation::kind_name(s.kind).as_bytes());
     // The root observation carries the run's input and output (the store at start and end):
     // the v4 trace view shows the root's, and ignores `langfuse.trace.input/output` (§10).
     let (input, output) =
         if is_root { (Some(&trace.input), Some(&trace.output)) } else { (s.input.as_ref(), s.output.as_ref()) };
-    // Langfuse reads `langfuse.observation.*`; OpenInference backends (Phoenix) `*.value`.
-    if let Some(v) = input.filter(|v| !v.is_null() || !is_root) {
-        let j = json_string(v);
-        attrs.push(kv_str("input.value", j.clone()));
-        attrs.push(kv_str("langfuse.observation.input", j));
+    if let Some(v) = input {
+        json_value(jin, v);
     }
-    if let Some(v) = output.filter(|v| !v.is_null() || !is_root) {
-        let j = json_string(v);
-        attrs.push(kv_str("output.value", j.clone()));
-        attrs.push(kv_str("langfuse.observation.output", j));
+    if let Some(v) = output {
+        json_value(jout, v);
+    }
+    // Langfuse reads `langfuse.observation.*`; OpenInference backends (Phoenix) `*.value`.
+    if input.is_some_and(|v| !v.is_null() || !is_root) {
+        attr_str(out, "input.value", jin);
+        attr_str(out, "langfuse.observation.input", jin);
+    }
+    if output.is_some_and(|v| !v.is_null() || !is_root) {
+        attr_str(out, "output.value", jout);
+        attr_str(out, "langfuse.observation.output", jout);
     }
     let level = levels.of(s);
     if level != Level::Default {
-        attrs.push(kv_str("langfuse.observation.level", level.as_str()));
+        attr_str(out, "langfuse.observation.level", level.as_str().as_bytes());
         let msg = if is_root && trace.status.is_error() { trace.status.message() } else { s.status.message() };
         // An event (a PocketFlow warning) is its own message.
-        let msg = msg.or_else(|| (s.kind == crate::trace::SpanKind::Event).then_some(&*s.name));
-        attrs.push(kv_str("langfuse.observation.status_message", msg.unwrap_or("")));
+        let msg = msg.or_else(|| (s.kind == SpanKind::Event).then_some(&*s.name));
+        attr_str(out, "langfuse.observation.status_message", msg.unwrap_or("").as_bytes());
     }
     if let SpanStatus::Error { kind, location, .. } = &s.status {
-        attrs.push(kv_str("error.type", kind.clone()));
+        attr_str(out, "error.type", kind.as_bytes());
         if let Some(l) = location {
-            attrs.push(kv_str("code.location", l.clone()));
+            attr_str(out, "code.location", l.as_bytes());
         }
     }
     let ty = observation::observation_type(s);
     if ty != "span" {
-        attrs.push(kv_str("langfuse.observation.type", ty));
+        attr_str(out, "langfuse.observation.type", ty.as_bytes());
     }
     if let Some(g) = &s.generation {
-        generation_attributes(g, &mut attrs);
+        generation_attributes(out, other, g);
     }
-    let meta = observation::metadata(s);
-    attrs.push(kv_str("langfuse.observation.metadata", Value::Object(meta).to_string()));
-    attrs.extend(ctx.attrs.iter().cloned());
+    json(other, &observation::metadata(s));
+    attr_str(out, "langfuse.observation.metadata", other);
+    out.extend_from_slice(ctx);
     if is_root {
-        attrs.push(kv_str("langfuse.trace.input", json_string(&trace.input)));
-        attrs.push(kv_str("langfuse.trace.output", json_string(&trace.output)));
+        // `jin` / `jout` hold the trace's input and output here.
+        attr_str(out, "langfuse.trace.input", jin);
+        attr_str(out, "langfuse.trace.output", jout);
     }
-    Span {
-        trace_id: trace.trace_id.to_bytes().to_vec(),
-        span_id: s.span_id.to_bytes().to_vec(),
-        parent_span_id: s.parent_id.map(|p| p.to_bytes().to_vec()).unwrap_or_default(),
-        name: s.name.to_string(),
-        kind: span::SpanKind::Internal as i32,
-        start_time_unix_nano: s.start_unix_nanos,
-        end_time_unix_nano: s.end_unix_nanos,
-        attributes: attrs,
-        status: Some(otlp_status(&s.status)),
-        ..Default::default()
+
+    let (code, msg) = match &s.status {
+        SpanStatus::Ok => (1, ""),
+        other => (2, other.message().unwrap_or("")),
+    };
+    let msg_len = if msg.is_empty() { 0 } else { field_len(msg.len()) };
+    len_header(out, 15, msg_len + 2);
+    if !msg.is_empty() {
+        len_field(out, 2, msg.as_bytes());
     }
+    key(out, 3, wire::VARINT);
+    varint(out, code);
 }
 
 /// An LLM call's fields, as Langfuse reads them (§10), plus OpenTelemetry's `gen_ai.*` for
 /// other backends.
-fn generation_attributes(g: &GenerationRecord, attrs: &mut Vec<KeyValue>) {
+fn generation_attributes(out: &mut Vec<u8>, tmp: &mut Vec<u8>, g: &GenerationRecord) {
     if let Some(m) = &g.model {
-        attrs.push(kv_str("langfuse.observation.model.name", m.clone()));
-        attrs.push(kv_str("gen_ai.request.model", m.clone()));
+        attr_str(out, "langfuse.observation.model.name", m.as_bytes());
+        attr_str(out, "gen_ai.request.model", m.as_bytes());
     }
     if !g.model_parameters.is_empty() {
-        attrs.push(kv_str(
-            "langfuse.observation.model.parameters",
-            Value::Object(g.model_parameters.clone()).to_string(),
-        ));
+        json(tmp, &g.model_parameters);
+        attr_str(out, "langfuse.observation.model.parameters", tmp);
     }
     if !g.usage.is_empty() {
-        let usage = serde_json::to_string(&g.usage).unwrap_or_default();
-        attrs.push(kv_str("langfuse.observation.usage_details", usage));
+        json(tmp, &g.usage);
+        attr_str(out, "langfuse.observation.usage_details", tmp);
         for (k, otel) in [("input", "gen_ai.usage.input_tokens"), ("output", "gen_ai.usage.output_tokens")] {
             if let Some(n) = g.usage.get(k) {
-                attrs.push(kv(otel, any_value::Value::IntValue(*n as i64)));
+                attr_int(out, otel, *n as i64);
             }
         }
     }
     if !g.cost.is_empty() {
-        attrs.push(kv_str("langfuse.observation.cost_details", serde_json::to_string(&g.cost).unwrap_or_default()));
+        json(tmp, &g.cost);
+        attr_str(out, "langfuse.observation.cost_details", tmp);
     }
     if let Some(t) = g.completion_start_unix_nanos {
-        attrs.push(kv_str("langfuse.observation.completion_start_time", format_timestamp(t)));
+        attr_str(out, "langfuse.observation.completion_start_time", format_timestamp(t).as_bytes());
     }
     if let (Some(n), Some(v)) = (&g.prompt_name, g.prompt_version) {
-        attrs.push(kv_str("langfuse.observation.prompt.name", n.clone()));
-        attrs.push(kv("langfuse.observation.prompt.version", any_value::Value::IntValue(v as i64)));
+        attr_str(out, "langfuse.observation.prompt.name", n.as_bytes());
+        attr_int(out, "langfuse.observation.prompt.version", v as i64);
     }
 }
 
-/// Appends the OTLP spans of `trace` to `out` (a root span is made up when the trace has none,
-/// so the trace's own fields always travel); returns how many were added.
-pub fn encode_trace(trace: &TraceRecord, out: &mut Vec<Span>) -> usize {
+/// Appends the OTLP spans of `trace` to `out`, each an encoded `Span` message (a root span
+/// is made up when the trace has none, so the trace's own fields always travel); returns
+/// how many were added.
+pub fn encode_trace(trace: &TraceRecord, out: &mut Vec<Vec<u8>>) -> usize {
     encode_trace_in(trace, None, out)
 }
 
 /// Like [`encode_trace`], with the Langfuse environment (`langfuse.environment`) on every span.
-pub(super) fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, out: &mut Vec<Span>) -> usize {
+pub(super) fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, out: &mut Vec<Vec<u8>>) -> usize {
+    SCRATCH.with(|sc| match sc.try_borrow_mut() {
+        Ok(mut sc) => encode_with(&mut sc, trace, environment, out),
+        // Not reentrant in practice; fresh buffers if it ever is.
+        Err(_) => encode_with(&mut Scratch::default(), trace, environment, out),
+    })
+}
+
+fn encode_with(sc: &mut Scratch, trace: &TraceRecord, environment: Option<&str>, out: &mut Vec<Vec<u8>>) -> usize {
     let before = out.len();
     let folded = observation::fold_generation_nodes(trace);
     let trace = folded.as_ref().unwrap_or(trace);
-    let ctx = TraceContext::new(trace, environment);
+    trace_context(&mut sc.ctx, &mut sc.other, trace, environment);
     let levels = Levels::new(trace);
     let root = trace.root().map(|r| r.span_id);
+    let mut span = std::mem::take(&mut sc.span);
+    let mut emit = |sc: &mut Scratch, s: &SpanRecord, is_root: bool| {
+        span.clear();
+        write_span(&mut span, sc, trace, &levels, s, is_root);
+        // An exact-size copy: queued spans hold no spare capacity.
+        out.push(span.as_slice().to_vec());
+    };
     // A part of a run in progress has no root yet: the record that ends the run brings it.
     if root.is_none() && !trace.is_part() {
         let synthetic = SpanRecord {
             span_id: crate::trace::SpanId(synthetic_root_id(trace)),
             parent_id: None,
-            kind: crate::trace::SpanKind::Flow,
+            kind: SpanKind::Flow,
             name: trace.name.as_str().into(),
             start_unix_nanos: trace.start_unix_nanos,
             end_unix_nanos: trace.end_unix_nanos,
@@ -201,12 +446,21 @@ pub(super) fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, ou
             attributes: Default::default(),
             generation: None,
         };
-        out.push(span_of(trace, &ctx, &levels, &synthetic, true));
+        emit(sc, &synthetic, true);
     }
     for s in &trace.spans {
-        out.push(span_of(trace, &ctx, &levels, s, Some(s.span_id) == root));
+        emit(sc, s, Some(s.span_id) == root);
     }
+    sc.span = span;
     out.len() - before
+}
+
+fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
+        ..Default::default()
+    }
 }
 
 /// The resource every request carries: `service.name` and the SDK's name and version.
@@ -230,29 +484,328 @@ pub(super) fn add_resource_attributes(resource: &mut Resource, attrs: &[(String,
     }
 }
 
-/// One `ExportTraceServiceRequest` holding `spans`, protobuf-encoded.
-pub fn encode_request(resource: &Resource, spans: Vec<Span>) -> Vec<u8> {
-    encode_request_reusing(resource, spans).0
+/// The parts of a request that are the same for every request of an exporter: the
+/// resource and the instrumentation scope, encoded.
+#[derive(Debug, Clone)]
+pub(super) struct RequestHead {
+    resource: Vec<u8>,
+    scope: Vec<u8>,
 }
 
-/// Like [`encode_request`], handing the spans back (for a retry) instead of dropping them.
-pub(super) fn encode_request_reusing(resource: &Resource, spans: Vec<Span>) -> (Vec<u8>, Vec<Span>) {
-    let req = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(resource.clone()),
-            scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope {
-                    name: "flowtrace".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ..Default::default()
-                }),
-                spans,
-                ..Default::default()
-            }],
+impl RequestHead {
+    pub(super) fn new(resource: &Resource) -> Self {
+        let scope = InstrumentationScope {
+            name: "flowtrace".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
             ..Default::default()
-        }],
-    };
-    let body = req.encode_to_vec();
-    let spans = req.resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans).collect();
-    (body, spans)
+        };
+        RequestHead { resource: resource.encode_to_vec(), scope: scope.encode_to_vec() }
+    }
+
+    /// One `ExportTraceServiceRequest` holding `spans` (encoded `Span` messages): one
+    /// resource, one scope. The body is sized exactly and written once.
+    pub(super) fn body<'a, I>(&self, spans: I) -> Vec<u8>
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: Clone,
+    {
+        let spans = spans.into_iter();
+        let spans_len: usize = spans.clone().map(|s| field_len(s.len())).sum();
+        let scope_spans = field_len(self.scope.len()) + spans_len;
+        let resource_spans = field_len(self.resource.len()) + field_len(scope_spans);
+        let mut b = Vec::with_capacity(field_len(resource_spans));
+        len_header(&mut b, 1, resource_spans);
+        len_field(&mut b, 1, &self.resource);
+        len_header(&mut b, 2, scope_spans);
+        len_field(&mut b, 1, &self.scope);
+        for s in spans {
+            len_field(&mut b, 2, s);
+        }
+        debug_assert_eq!(b.len(), b.capacity());
+        b
+    }
+}
+
+/// One `ExportTraceServiceRequest` holding `spans` (encoded `Span` messages), protobuf-encoded.
+pub fn encode_request(resource: &Resource, spans: &[Vec<u8>]) -> Vec<u8> {
+    RequestHead::new(resource).body(spans.iter().map(Vec::as_slice))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use serde_json::Value;
+
+    fn span(id: u64, parent: Option<u64>, kind: SpanKind, name: &str) -> SpanRecord {
+        SpanRecord {
+            span_id: crate::trace::SpanId(id),
+            parent_id: parent.map(crate::trace::SpanId),
+            kind,
+            name: name.into(),
+            start_unix_nanos: 1_795_892_413_638_615_123 + id,
+            end_unix_nanos: 1_795_892_413_738_615_123 + id,
+            status: SpanStatus::Ok,
+            input: None,
+            output: None,
+            attributes: Default::default(),
+            generation: None,
+        }
+    }
+
+    fn traces() -> Vec<TraceRecord> {
+        use serde_json::json;
+        let obj = |v: Value| v.as_object().cloned().unwrap();
+        let mut root = span(1, None, SpanKind::Flow, "Flow");
+        root.attributes = obj(json!({"span_kind": "shadowed", "a": 1, "zz": [1, {"b": null}]}));
+        let mut node = span(2, Some(1), SpanKind::Node, "Node");
+        node.attributes = obj(json!({"node_type": "N", "observation_type": "agent", "error_kind": "x"}));
+        node.input = Some(json!("text with \"quotes\" and ünïcode"));
+        node.output = Some(Value::Null);
+        let mut a0 = span(3, Some(2), SpanKind::Attempt, "attempt 0");
+        a0.attributes = obj(json!({"attempt": 0}));
+        a0.status = SpanStatus::Error {
+            kind: "node_failed".into(),
+            message: "boom".into(),
+            chain: vec!["boom".into(), "cause".into()],
+            location: Some("src/x.rs:1:2".into()),
+        };
+        let mut a1 = span(4, Some(2), SpanKind::Attempt, "attempt 1");
+        a1.attributes = obj(json!({"attempt": 1, "level": "WARNING"}));
+        let mut ev = span(5, Some(1), SpanKind::Event, "Flow ends: x");
+        ev.end_unix_nanos = ev.start_unix_nanos;
+        let mut gen = span(6, Some(2), SpanKind::Generation, "llm");
+        gen.input = Some(json!([{"role": "user", "content": "hi"}]));
+        gen.output = Some(json!({"content": "yo"}));
+        gen.generation = Some(Box::new(GenerationRecord {
+            model: Some("gpt-4o-mini".into()),
+            model_parameters: obj(json!({"temperature": 0.2})),
+            usage: [("input".to_string(), 3u64), ("output".into(), 5)].into_iter().collect(),
+            cost: [("input".to_string(), 0.000_012)].into_iter().collect(),
+            completion_start_unix_nanos: Some(1_795_892_413_700_000_000),
+            prompt_name: Some("p".into()),
+            prompt_version: Some(2),
+        }));
+        let mut cancelled = span(7, Some(1), SpanKind::Node, "");
+        cancelled.status = SpanStatus::Cancelled { reason: "operator stop".into() };
+        let mut gen_node = span(8, Some(1), SpanKind::Node, "GenNode");
+        gen_node.attributes = obj(json!({"observation_type": "generation"}));
+        let mut gen_exec = span(9, Some(8), SpanKind::Exec, "GenNode.exec");
+        gen_exec.start_unix_nanos = 0;
+        let mut gen2 = gen.clone();
+        gen2.span_id = crate::trace::SpanId(10);
+        gen2.parent_id = Some(crate::trace::SpanId(9));
+        let full = TraceRecord {
+            trace_id: crate::trace::TraceId(0x0123456789abcdef0123456789abcdef),
+            name: "T".into(),
+            session_id: Some("s".into()),
+            user_id: Some("u".into()),
+            tags: vec!["a".into(), "b".into()],
+            release: Some("r".into()),
+            version: Some("v".into()),
+            metadata: obj(json!({"framework": "mine", "k": "v", "status": 3})),
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            input: json!({"x": 1}),
+            output: json!({"x": 2, "deep": [[[]]]}),
+            status: SpanStatus::Error {
+                kind: "flow_failed".into(),
+                message: "disk full".into(),
+                chain: vec![],
+                location: None,
+            },
+            action: Some("done".into()),
+            spans_dropped: 3,
+            part: None,
+            parts: 0,
+            spans: vec![a0, a1, gen, node, ev, cancelled, gen2, gen_exec, gen_node, root],
+        };
+        let mut ok = full.clone();
+        ok.status = SpanStatus::Ok;
+        ok.input = Value::Null;
+        ok.output = Value::Null;
+        ok.tags.clear();
+        ok.session_id = None;
+        ok.metadata.clear();
+        ok.spans_dropped = 0;
+        let mut rootless = full.clone();
+        rootless.spans.retain(|s| s.parent_id.is_some());
+        rootless.status = SpanStatus::Cancelled { reason: "stop".into() };
+        let mut empty = ok.clone();
+        empty.spans.clear();
+        vec![full, ok, rootless, empty]
+    }
+
+    /// The metadata as it was built before: a copy of the recorded map with entries added.
+    fn metadata_maps(s: &SpanRecord, t: &TraceRecord) -> (Value, Value) {
+        let mut m = s.attributes.clone();
+        m.insert("span_kind".into(), observation::kind_name(s.kind).into());
+        match &s.status {
+            SpanStatus::Error { kind, chain, location, .. } => {
+                m.insert("error_kind".into(), kind.clone().into());
+                if !chain.is_empty() {
+                    m.insert("error_chain".into(), chain.clone().into());
+                }
+                if let Some(l) = location {
+                    m.insert("panic_location".into(), l.clone().into());
+                }
+            }
+            SpanStatus::Cancelled { .. } => {
+                m.insert("error_kind".into(), "cancelled".into());
+            }
+            SpanStatus::Ok => {}
+        }
+        let mut tm = t.metadata.clone();
+        tm.insert("framework".into(), "flowtrace".into());
+        if let Some(a) = &t.action {
+            tm.insert("action".into(), a.clone().into());
+        }
+        match &t.status {
+            SpanStatus::Ok => {}
+            SpanStatus::Error { kind, message, .. } => {
+                tm.insert("status".into(), "error".into());
+                tm.insert("error_kind".into(), kind.clone().into());
+                tm.insert("error".into(), message.clone().into());
+            }
+            SpanStatus::Cancelled { reason } => {
+                tm.insert("status".into(), "cancelled".into());
+                tm.insert("error".into(), reason.clone().into());
+            }
+        }
+        if t.spans_dropped > 0 {
+            tm.insert("spans_dropped".into(), t.spans_dropped.into());
+        }
+        (Value::Object(m), Value::Object(tm))
+    }
+
+    #[test]
+    fn metadata_as_the_map_was() {
+        for t in traces() {
+            for s in &t.spans {
+                let (m, tm) = metadata_maps(s, &t);
+                assert_eq!(serde_json::to_string(&observation::metadata(s)).unwrap(), m.to_string());
+                assert_eq!(serde_json::to_string(&observation::trace_metadata(&t)).unwrap(), tm.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn spans_decode_with_their_fields_and_attributes() {
+        for t in traces() {
+            // What the encoder sends: a generation node's calls folded into it.
+            let t = observation::fold_generation_nodes(&t).unwrap_or(t);
+            let mut spans = Vec::new();
+            let n = encode_trace_in(&t, Some("production"), &mut spans);
+            assert_eq!(n, t.spans.len() + usize::from(t.root().is_none()));
+            let body = encode_request(&resource("svc"), &spans);
+            let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+            let got = &req.resource_spans[0].scope_spans[0].spans;
+            assert_eq!(got.len(), n);
+            for g in got {
+                assert_eq!(g.trace_id, t.trace_id.to_bytes());
+                let attr = |k: &str| {
+                    g.attributes.iter().find(|a| a.key == k).and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                        any_value::Value::StringValue(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                };
+                assert_eq!(attr("langfuse.environment").as_deref(), Some("production"));
+                assert_eq!(attr("langfuse.trace.name").as_deref(), Some("T"));
+                let meta: Value = serde_json::from_str(&attr("langfuse.observation.metadata").unwrap()).unwrap();
+                assert!(meta["span_kind"].is_string());
+                let Some(rec) = t.spans.iter().find(|s| s.span_id.to_bytes().as_slice() == g.span_id.as_slice()) else {
+                    // The made-up root of a trace without one.
+                    assert!(t.root().is_none() && g.parent_span_id.is_empty());
+                    continue;
+                };
+                assert_eq!(g.name, &*rec.name);
+                assert_eq!((g.start_time_unix_nano, g.end_time_unix_nano), (rec.start_unix_nanos, rec.end_unix_nanos));
+                let is_root = rec.parent_id.is_none();
+                if let (Some(v), false) = (&rec.input, is_root) {
+                    assert_eq!(attr("langfuse.observation.input"), Some(serde_json::to_string(v).unwrap()));
+                }
+                if is_root {
+                    assert_eq!(attr("langfuse.trace.input"), Some(t.input.to_string()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_text_is_what_serde_json_writes() {
+        use serde_json::json;
+        let controls: String = (0u8..0x20).map(char::from).chain("\"\\/\u{7f}é✓𝄞".chars()).collect();
+        let values = [
+            json!(null),
+            json!(true),
+            json!([false, 0, 1, u64::MAX, -1, i64::MIN, 1.5, -0.0, 1e300, 123456789.123]),
+            json!({"": "", "a b": {"nested": [[], {}, [[1]]]}, "z": controls}),
+            json!(controls),
+            json!("plain"),
+            json!("0123456789abcdef\n0123456789\"0123456789\\0123456789\u{1f}xyz0123456789ü"),
+        ];
+        for v in values {
+            let mut b = Vec::new();
+            json_value(&mut b, &v);
+            assert_eq!(String::from_utf8(b).unwrap(), serde_json::to_string(&v).unwrap());
+        }
+    }
+
+    #[test]
+    fn varints_take_their_length() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
+            let mut b = Vec::new();
+            varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v), "{v}");
+            assert_eq!(prost::encoding::encoded_len_varint(v), b.len(), "{v}");
+        }
+    }
+
+    #[test]
+    fn attributes_decode_as_prost_writes_them() {
+        let mut b = Vec::new();
+        attr_str(&mut b, "k", b"v");
+        attr_int(&mut b, "n", -3);
+        attr_strs(&mut b, "tags", &["a".into(), String::new()]);
+        let span = opentelemetry_proto::tonic::trace::v1::Span::decode(b.as_slice()).unwrap();
+        let want = opentelemetry_proto::tonic::trace::v1::Span {
+            attributes: vec![
+                kv_str("k", "v"),
+                KeyValue {
+                    key: "n".into(),
+                    value: Some(AnyValue { value: Some(any_value::Value::IntValue(-3)) }),
+                    ..Default::default()
+                },
+                KeyValue {
+                    key: "tags".into(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::ArrayValue(opentelemetry_proto::tonic::common::v1::ArrayValue {
+                            values: ["a", ""]
+                                .iter()
+                                .map(|s| AnyValue { value: Some(any_value::Value::StringValue((*s).into())) })
+                                .collect(),
+                        })),
+                    }),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(span, want);
+        assert_eq!(b, want.encode_to_vec(), "the same bytes as prost");
+    }
+
+    #[test]
+    fn a_request_holds_its_spans_under_one_resource_and_scope() {
+        let r = resource("svc");
+        let spans = vec![vec![0x2a, 0x01, b'a'], vec![0x2a, 0x01, b'b']];
+        let body = encode_request(&r, &spans);
+        let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        assert_eq!(req.resource_spans.len(), 1);
+        let rs = &req.resource_spans[0];
+        assert_eq!(rs.resource.as_ref(), Some(&r));
+        let ss = &rs.scope_spans[0];
+        assert_eq!(ss.scope.as_ref().map(|s| s.name.as_str()), Some("flowtrace"));
+        assert_eq!(ss.spans.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
 }

@@ -52,6 +52,8 @@ pub struct Privacy {
     mask: Option<MaskFn>,
     /// Normalised key fragments (see [`normalise`]).
     redact: Vec<String>,
+    /// The same, grouped by first byte (kept in step with `redact`).
+    redact_index: Arc<KeyIndex>,
     /// Whether credential-shaped strings are redacted whatever their key.
     values: bool,
     /// Exact values never to let out (the exporter's own keys, for one).
@@ -80,6 +82,7 @@ impl Default for Privacy {
         Privacy {
             mask: None,
             redact: DEFAULT_REDACTED_KEYS.iter().map(|s| normalise(s)).collect(),
+            redact_index: Arc::new(KeyIndex::new(DEFAULT_REDACTED_KEYS.iter().map(|s| normalise(s)))),
             values: true,
             secrets: Vec::new(),
             max_value_bytes: 1_000_000,
@@ -113,6 +116,7 @@ impl Privacy {
     /// Replaces the redacted key fragments (an empty list redacts no key).
     pub fn with_redacted_keys<S: Into<String>>(mut self, keys: impl IntoIterator<Item = S>) -> Self {
         self.redact = keys.into_iter().map(|k| normalise(&k.into())).filter(|k| !k.is_empty()).collect();
+        self.redact_index = Arc::new(KeyIndex::new(self.redact.iter().cloned()));
         self
     }
     /// Adds key fragments to the redacted ones.
@@ -123,6 +127,7 @@ impl Privacy {
                 self.redact.push(k);
             }
         }
+        self.redact_index = Arc::new(KeyIndex::new(self.redact.iter().cloned()));
         self
     }
     /// Whether credential-shaped strings (`Bearer …`, `Basic …`, `sk-…`, `pk-lf-…`, JWTs) are
@@ -222,7 +227,7 @@ impl Privacy {
     }
 
     fn is_secret(&self, key: &str) -> bool {
-        !self.redact.is_empty() && contains_normalised(key, &self.redact)
+        !self.redact.is_empty() && self.redact_index.matches_cached(key)
     }
 
     /// The string with known secrets and (when on, or `force`d) credential-shaped tokens
@@ -259,7 +264,15 @@ impl Privacy {
             }
             None => false,
         };
-        let mut stack: Vec<(&Value, usize)> = vec![(v, 1)];
+        // A plain value needs no stack (most inputs and outputs of small nodes are one).
+        match v {
+            Value::Null | Value::Bool(_) => return self.max_value_bytes < 5,
+            Value::Number(_) => return self.max_value_bytes < 24,
+            Value::String(s) => return self.max_value_bytes < 2 + 6 * s.len() || self.str_dirty(s),
+            Value::Array(_) | Value::Object(_) => {}
+        }
+        let mut stack: Vec<(&Value, usize)> = Vec::with_capacity(16);
+        stack.push((v, 1));
         while let Some((v, depth)) = stack.pop() {
             match v {
                 Value::Null | Value::Bool(_) => {
@@ -428,9 +441,9 @@ fn normalise(key: &str) -> String {
     key.bytes().filter(|b| !matches!(b, b'_' | b'-' | b'.' | b' ')).map(|b| b.to_ascii_lowercase() as char).collect()
 }
 
-/// Whether `key`, normalised, contains one of `fragments` (already normalised). Allocates
-/// nothing for keys up to 128 bytes.
-fn contains_normalised(key: &str, fragments: &[String]) -> bool {
+/// `key` as compared with the redaction list (see [`normalise`]), on the stack for keys up
+/// to 128 bytes.
+fn with_normalised<R>(key: &str, f: impl FnOnce(&[u8]) -> R) -> R {
     let mut buf = [0u8; 128];
     let mut heap = Vec::new();
     let mut n = 0;
@@ -446,11 +459,121 @@ fn contains_normalised(key: &str, fragments: &[String]) -> bool {
         }
         n += 1;
     }
-    let hay: &[u8] = if heap.is_empty() { &buf[..n] } else { &heap };
-    fragments.iter().any(|f| {
-        let f = f.as_bytes();
-        !f.is_empty() && hay.len() >= f.len() && hay.windows(f.len()).any(|w| w == f)
+    f(if heap.is_empty() { &buf[..n] } else { &heap })
+}
+
+/// Whether `key`, normalised, contains one of `fragments` (already normalised).
+fn contains_normalised(key: &str, fragments: &[String]) -> bool {
+    with_normalised(key, |hay| {
+        fragments.iter().any(|f| {
+            let f = f.as_bytes();
+            !f.is_empty() && hay.len() >= f.len() && hay.windows(f.len()).any(|w| w == f)
+        })
     })
+}
+
+/// Normalised key fragments grouped by their first byte: every key of every exported value
+/// is checked, so a check looks only where a fragment can start, and there only at the
+/// fragments starting with that byte.
+#[derive(Debug, Default)]
+struct KeyIndex {
+    /// Tells indexes apart in the per-thread cache of answers.
+    id: u64,
+    /// A bit per byte value that starts some fragment.
+    first: [u64; 4],
+    groups: Vec<(u8, Vec<Box<[u8]>>)>,
+}
+
+/// FNV-1a: the cache's keys are short field names.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type KeyCache = (u64, std::collections::HashMap<Box<str>, bool, std::hash::BuildHasherDefault<Fnv>>);
+
+thread_local! {
+    /// The answers for keys seen on this thread, for one index: the same few field names
+    /// come back in every trace.
+    static KEY_CACHE: std::cell::RefCell<KeyCache> = std::cell::RefCell::default();
+}
+
+impl KeyIndex {
+    fn new(fragments: impl IntoIterator<Item = String>) -> Self {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut ix = KeyIndex { id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed), ..Default::default() };
+        for f in fragments {
+            let Some(&b) = f.as_bytes().first() else { continue };
+            ix.first[(b >> 6) as usize] |= 1 << (b & 63);
+            match ix.groups.iter_mut().find(|(g, _)| *g == b) {
+                Some((_, list)) => list.push(f.into_bytes().into()),
+                None => ix.groups.push((b, vec![f.into_bytes().into()])),
+            }
+        }
+        ix
+    }
+
+    /// [`matches`](Self::matches), remembered per thread for keys of up to 64 bytes (at most
+    /// 4,096 of them).
+    fn matches_cached(&self, key: &str) -> bool {
+        if key.len() > 64 {
+            return self.matches(key);
+        }
+        KEY_CACHE.with(|c| {
+            let Ok(mut c) = c.try_borrow_mut() else { return self.matches(key) };
+            if c.0 != self.id {
+                c.1.clear();
+                c.0 = self.id;
+            }
+            if let Some(&m) = c.1.get(key) {
+                return m;
+            }
+            let m = self.matches(key);
+            if c.1.len() >= 4096 {
+                c.1.clear();
+            }
+            c.1.insert(key.into(), m);
+            m
+        })
+    }
+
+    /// Whether `key`, normalised, contains one of the fragments. Normalises on the fly: a
+    /// fragment has no separators, so no occurrence starts at one.
+    fn matches(&self, key: &str) -> bool {
+        let k = key.as_bytes();
+        (0..k.len()).any(|i| {
+            let b = k[i].to_ascii_lowercase();
+            self.first[(b >> 6) as usize] & (1 << (b & 63)) != 0
+                && self.groups.iter().any(|(g, list)| *g == b && list.iter().any(|f| starts_normalised(&k[i..], f)))
+        })
+    }
+}
+
+/// Whether `key`, normalised, starts with `fragment` (normalised already).
+fn starts_normalised(key: &[u8], fragment: &[u8]) -> bool {
+    let mut want = fragment.iter();
+    for &c in key {
+        if matches!(c, b'_' | b'-' | b'.' | b' ') {
+            continue;
+        }
+        match want.next() {
+            Some(&w) if w == c.to_ascii_lowercase() => {}
+            Some(_) => return false,
+            None => return true,
+        }
+    }
+    want.next().is_none()
 }
 
 /// Replaces nested values deeper than `max` levels by a marker, in place and without
@@ -498,6 +621,11 @@ fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
 fn credential_spans(s: &str, first: bool) -> Vec<(usize, usize)> {
     let b = s.as_bytes();
     let mut out = Vec::new();
+    // The shortest credential found below takes 14 bytes (`Basic ` and 8, `pk-lf-` and 8);
+    // most strings in a trace are shorter.
+    if b.len() < 14 {
+        return out;
+    }
     let mut i = 0;
     while i < b.len() {
         // Every pattern starts a word with one of these letters: the rest is skipped cheaply.
@@ -661,6 +789,52 @@ fn redact_fields(text: &str, fragments: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shortest_credentials_are_found() {
+        for s in ["Basic abcdefgh", "pk-lf-abcdefgh", "sk-abcdefghijklmnop", "eyJabcdefgh.abcdefghij."] {
+            assert_eq!(credential_spans(s, true).len(), 1, "{s}");
+            assert!(credential_spans(&s[..s.len() - 1], true).is_empty(), "{s}");
+        }
+    }
+
+    #[test]
+    fn the_key_index_agrees_with_the_plain_search() {
+        let keys = [
+            "apiKey",
+            "x-api-key",
+            "customer_tier",
+            "description",
+            "access_token",
+            "tok",
+            "ppwd",
+            "sessionid",
+            "",
+            "S.E.C.R.E.T",
+            "changed_keys",
+            "my_custom_field",
+            &"k".repeat(200),
+            &format!("{}secret", "x".repeat(130)),
+        ];
+        let lists: [Vec<String>; 3] = [
+            DEFAULT_REDACTED_KEYS.iter().map(|s| normalise(s)).collect(),
+            vec!["customfield".into(), "c".into(), "pwd".into()],
+            Vec::new(),
+        ];
+        for list in &lists {
+            let ix = KeyIndex::new(list.iter().cloned());
+            for k in keys {
+                assert_eq!(ix.matches(k), contains_normalised(k, list), "{k:?} in {list:?}");
+                // Twice: the second answer comes from the cache.
+                assert_eq!(ix.matches_cached(k), contains_normalised(k, list), "{k:?} in {list:?}");
+                assert_eq!(ix.matches_cached(k), contains_normalised(k, list), "{k:?} in {list:?}");
+            }
+        }
+        let p = Privacy::default().with_extra_redacted_keys(["my-custom"]);
+        assert!(p.is_secret("MY_CUSTOM_FIELD") && p.is_secret("api_key"));
+        let p = Privacy::default().with_redacted_keys(["only"]);
+        assert!(p.is_secret("not_only_this") && !p.is_secret("api_key"));
+    }
 
     #[test]
     fn keys_match_whatever_their_spelling() {

@@ -64,6 +64,11 @@ pub struct Received {
     pub body_sizes: Vec<usize>,
     /// Statuses answered with the request headers echoed in the body.
     pub echoed: Vec<u16>,
+    /// The most requests that were waiting on a `Fault::Slow` at once.
+    pub max_concurrent: usize,
+    /// `Content-Encoding` of each request (empty when none), in arrival order.
+    pub encodings: Vec<String>,
+    waiting: usize,
 }
 
 struct Inner {
@@ -295,8 +300,17 @@ async fn common(state: &Arc<Mutex<Inner>>, path: &str, h: &HeaderMap, body: &Byt
         Some(resp)
     };
     let unauthorised = || json!({"error":"UnauthorizedError","message":"Invalid credentials. Confirm that you've configured the correct host."});
+    state.lock().rx.encodings.push(h.get("content-encoding").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned());
     match fault {
-        Fault::Slow(d) => tokio::time::sleep(d).await,
+        Fault::Slow(d) => {
+            {
+                let mut s = state.lock();
+                s.rx.waiting += 1;
+                s.rx.max_concurrent = s.rx.max_concurrent.max(s.rx.waiting);
+            }
+            tokio::time::sleep(d).await;
+            state.lock().rx.waiting -= 1;
+        }
         Fault::Status { code, times } if times > 0 => {
             if let Fault::Status { times, .. } = &mut state.lock().fault {
                 *times -= 1;
@@ -347,6 +361,18 @@ async fn otlp(State(state): State<Arc<Mutex<Inner>>>, h: HeaderMap, body: Bytes)
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": format!("unsupported content type {ct}")})))
             .into_response();
     }
+    // Content-Encoding: gzip is accepted, as Langfuse's OTLP route does.
+    let gzipped = h.get("content-encoding").and_then(|v| v.to_str().ok()) == Some("gzip");
+    let body = if gzipped {
+        let mut plain = Vec::new();
+        if std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain).is_err() {
+            state.lock().rx.requests.push((path.into(), 400));
+            return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "bad gzip body"}))).into_response();
+        }
+        Bytes::from(plain)
+    } else {
+        body
+    };
     let req = match ExportTraceServiceRequest::decode(body) {
         Ok(r) => r,
         Err(e) => {
