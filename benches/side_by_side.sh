@@ -73,6 +73,8 @@ for p in peer-floxide peer-graphflow peer-dagrs peer-pocketflow; do peer_run $p 
 rs_run concurrent --mode traced --flows 1000 --n 1 --repeat 3
 rs_run concurrent --mode traced --flows 10000 --n 1 --repeat 2
 rs_run concurrent --mode traced --flows 100000 --n 1 --repeat 1
+# one traced run looping 1,000,000 steps (4,000,001 spans): streamed out as it goes
+rs_run loop --mode traced --n 1000000 --repeat 1
 # CPU-bound parallel batch (1,000 items of about 50 µs) against the same items one by one
 rs_run cpu --mode untraced --n 10 --repeat 3
 rs_run cpu_serial --mode untraced --n 10 --repeat 3
