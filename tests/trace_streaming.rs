@@ -6,6 +6,7 @@
 
 #[path = "support/langfuse_server.rs"]
 mod langfuse_server;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,18 +18,7 @@ use flowtrace::prelude::*;
 use flowtrace::trace::TraceRecord;
 use langfuse_server::{attr_str, fast_delivery, LangfuseServer, PK, SK};
 use serde_json::Value;
-
-/// Polls `cond` until it holds or `limit` passes.
-async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    cond()
-}
+use support::eventually;
 
 fn tempdir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("flowtrace-stream-{name}-{}", std::process::id()));

@@ -47,8 +47,22 @@ pub(crate) fn part_record(
     spans: Vec<SpanRecord>,
 ) -> TraceRecord {
     let end_unix_nanos = spans.iter().map(|s| s.end_unix_nanos).max().unwrap_or(start_unix_nanos);
+    let mut part = trace_shell(id, meta, start_unix_nanos, end_unix_nanos, spans);
+    part.part = Some(index);
+    part
+}
+
+/// A trace record with the run's trace fields and these spans; input, output, status and the
+/// rest as for a run not ended yet (null, ok, none).
+fn trace_shell(
+    trace_id: TraceId,
+    meta: &TraceMeta,
+    start_unix_nanos: u64,
+    end_unix_nanos: u64,
+    spans: Vec<SpanRecord>,
+) -> TraceRecord {
     TraceRecord {
-        trace_id: id,
+        trace_id,
         name: meta.name.clone(),
         session_id: meta.session_id.clone(),
         user_id: meta.user_id.clone(),
@@ -64,7 +78,7 @@ pub(crate) fn part_record(
         action: None,
         spans_dropped: 0,
         spans,
-        part: Some(index),
+        part: None,
         parts: 0,
     }
 }
@@ -220,25 +234,12 @@ impl TraceEnd {
         earlier.reserve(spans.len());
         earlier.extend(spans.iter_mut().map(|s| s.take_record(clock)));
         recycle_spans(spans);
-        TraceRecord {
-            trace_id,
-            name: meta.name.clone(),
-            session_id: meta.session_id.clone(),
-            user_id: meta.user_id.clone(),
-            tags: meta.tags.clone(),
-            release: meta.release.clone(),
-            version: meta.version.clone(),
-            metadata: meta.metadata.clone(),
-            start_unix_nanos,
-            end_unix_nanos,
-            input: input.to_json(),
-            output: output.to_json(),
-            status,
-            action,
-            spans_dropped,
-            spans: std::mem::take(earlier),
-            part: None,
-            parts: 0,
-        }
+        let mut record = trace_shell(trace_id, &meta, start_unix_nanos, end_unix_nanos, std::mem::take(earlier));
+        record.input = input.to_json();
+        record.output = output.to_json();
+        record.status = status;
+        record.action = action;
+        record.spans_dropped = spans_dropped;
+        record
     }
 }
