@@ -53,6 +53,24 @@ fn checksum(bytes: &[u8]) -> u32 {
     h
 }
 
+/// A frame's header: payload length, sequence and checksum.
+struct FrameHead {
+    len: u32,
+    seq: u64,
+    sum: u32,
+}
+
+/// Reads the next frame's header, or `None` at the end of the data (or a torn header).
+fn read_head(r: &mut impl Read) -> Option<FrameHead> {
+    let mut head = [0u8; HEADER];
+    r.read_exact(&mut head).ok()?;
+    Some(FrameHead {
+        len: u32::from_le_bytes([head[0], head[1], head[2], head[3]]),
+        seq: u64::from_le_bytes(head[4..12].try_into().unwrap_or([0; 8])),
+        sum: u32::from_le_bytes([head[12], head[13], head[14], head[15]]),
+    })
+}
+
 #[derive(Debug)]
 struct Segment {
     first: u64,
@@ -349,8 +367,7 @@ impl Log {
                 break;
             }
             let Some(r) = self.reader.as_mut() else { break };
-            let mut head = [0u8; HEADER];
-            if r.file.read_exact(&mut head).is_err() {
+            let Some(FrameHead { len, seq, sum }) = read_head(&mut r.file) else {
                 // End of this segment: the next one, if any, starts where this one ended.
                 let next = self.segments.iter().find(|s| s.first > r.segment).map(|s| s.first);
                 self.reader = None;
@@ -361,10 +378,7 @@ impl Log {
                     }
                     _ => break,
                 }
-            }
-            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-            let seq = u64::from_le_bytes(head[4..12].try_into().unwrap_or([0; 8]));
-            let sum = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
+            };
             if len > MAX_RECORD || seq != r.next {
                 // Corrupt: nothing after it in this segment can be trusted.
                 bad += self.skip_segment();
@@ -426,11 +440,7 @@ impl Log {
         let Ok(f) = File::open(&s.path) else { return false };
         let mut r = Reader { segment: s.first, file: BufReader::with_capacity(256 << 10, f), next: s.first };
         while r.next < seq {
-            let mut head = [0u8; HEADER];
-            if r.file.read_exact(&mut head).is_err() {
-                return false;
-            }
-            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+            let Some(FrameHead { len, .. }) = read_head(&mut r.file) else { return false };
             if r.file.seek_relative(len as i64).is_err() {
                 return false;
             }
@@ -532,13 +542,7 @@ pub(super) fn peek(dir: &Path) -> std::io::Result<Vec<TraceRecord>> {
     segs.sort();
     for p in segs {
         let mut r = BufReader::new(File::open(&p)?);
-        loop {
-            let mut head = [0u8; HEADER];
-            if r.read_exact(&mut head).is_err() {
-                break;
-            }
-            let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-            let seq = u64::from_le_bytes(head[4..12].try_into().unwrap_or([0; 8]));
+        while let Some(FrameHead { len, seq, .. }) = read_head(&mut r) {
             if len > MAX_RECORD {
                 break;
             }
@@ -575,14 +579,7 @@ fn scan_valid(path: &Path, first: u64) -> std::io::Result<(u64, u64)> {
     let mut r = BufReader::new(File::open(path)?);
     let (mut end, mut next) = (0u64, first);
     let mut payload = Vec::new();
-    loop {
-        let mut head = [0u8; HEADER];
-        if r.read_exact(&mut head).is_err() {
-            break;
-        }
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-        let seq = u64::from_le_bytes(head[4..12].try_into().unwrap_or([0; 8]));
-        let sum = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
+    while let Some(FrameHead { len, seq, sum }) = read_head(&mut r) {
         if len > MAX_RECORD || seq != next {
             break;
         }
