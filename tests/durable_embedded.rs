@@ -4,6 +4,8 @@
 
 #[path = "support/child.rs"]
 mod child;
+#[path = "support/counted_batch.rs"]
+mod counted_batch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use counted_batch::batch_flow;
 use flowtrace::durable::{CheckpointStore, DurableRuns, EmbeddedStore, ResultStatus, RunPhase, Submission};
 use flowtrace::prelude::*;
 use parking_lot::Mutex;
@@ -203,48 +206,6 @@ fn duplicate_node_names_are_refused_at_registration() {
         .unwrap_err();
     assert!(err.to_string().contains("two nodes named 'Same'"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `Before` >> a sequential batch flow over items i0..i4 >> `After`; item `fail_at` fails on
-/// its first execution. Every execution is counted by name (and the batch's `params` calls).
-fn batch_flow(counts: &Arc<Mutex<HashMap<String, u32>>>, fail_at: &'static str) -> Flow {
-    let count = |counts: &Arc<Mutex<HashMap<String, u32>>>, key: &str| -> u32 {
-        let mut c = counts.lock();
-        let n = c.entry(key.to_owned()).or_default();
-        *n += 1;
-        *n
-    };
-    let c = Arc::clone(counts);
-    let item = FnNode::new("Item")
-        .prep(move |ctx| {
-            let key: String = ctx.param("item").expect("the item param");
-            if count(&c, &key) == 1 && key == fail_at {
-                return Err(format!("{key} fails on its first execution").into());
-            }
-            ctx.shared().insert(format!("done_{key}"), true);
-            Ok(Value::Null)
-        })
-        .into_node();
-    let c = Arc::clone(counts);
-    let batch = BatchFlow::named("Items", &item).params(move |_| {
-        count(&c, "params");
-        Ok((0..5).map(|i| json!({ "item": format!("i{i}") }).as_object().unwrap().clone()).collect())
-    });
-    let (c1, c2) = (Arc::clone(counts), Arc::clone(counts));
-    let before = FnNode::new("Before")
-        .prep(move |_| {
-            count(&c1, "Before");
-            Ok(Value::Null)
-        })
-        .into_node();
-    let after = FnNode::new("After")
-        .prep(move |_| {
-            count(&c2, "After");
-            Ok(Value::Null)
-        })
-        .into_node();
-    let _ = &before >> batch.as_node() >> &after;
-    Flow::named("batched", &before)
 }
 
 #[tokio::test]
