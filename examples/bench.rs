@@ -86,28 +86,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One [`Step`] looping until `x` reaches `steps`.
-fn looping(steps: i64) -> Flow {
-    struct Again(i64);
-    impl Node for Again {
-        type Prep = i64;
-        type Exec = i64;
-        async fn prep(&self, ctx: &Context<'_>) -> NodeResult<i64> {
-            Ok(ctx.shared().require("x")?)
-        }
-        async fn exec(&self, x: &i64, _cx: &ExecContext) -> NodeResult<i64> {
-            Ok(x + 1)
-        }
-        async fn post(&self, ctx: &Context<'_>, _p: i64, x: i64) -> NodeResult<Action> {
-            ctx.shared().insert("x", x);
-            Ok(Action::new(if x < self.0 { "again" } else { "done" }))
-        }
-    }
-    let step = Again(steps).into_node();
-    step.next_on("again", &step);
-    Flow::named("LoopFlow", &step)
-}
-
 async fn run(flow: &Flow, shared: &SharedStore, tracer: Option<&Tracer>) {
     match tracer {
         Some(t) => flow.traced(flow.name().to_owned()).tracer(t).run(shared).await,

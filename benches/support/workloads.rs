@@ -38,6 +38,28 @@ pub fn chain(n: usize) -> Flow {
     Flow::named("ChainFlow", &nodes[0])
 }
 
+/// One [`Step`] looping until `x` reaches `steps`.
+pub fn looping(steps: i64) -> Flow {
+    struct Again(i64);
+    impl Node for Again {
+        type Prep = i64;
+        type Exec = i64;
+        async fn prep(&self, ctx: &Context<'_>) -> NodeResult<i64> {
+            Ok(ctx.shared().require("x")?)
+        }
+        async fn exec(&self, x: &i64, _cx: &ExecContext) -> NodeResult<i64> {
+            Ok(x + 1)
+        }
+        async fn post(&self, ctx: &Context<'_>, _p: i64, x: i64) -> NodeResult<Action> {
+            ctx.shared().insert("x", x);
+            Ok(Action::new(if x < self.0 { "again" } else { "done" }))
+        }
+    }
+    let step = Again(steps).into_node();
+    step.next_on("again", &step);
+    Flow::named("LoopFlow", &step)
+}
+
 /// Adds one to each item (bench_parallel.py's `Double`).
 pub struct PlusOne;
 
