@@ -4,6 +4,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -117,6 +118,35 @@ pub enum StoreError {
     Missing(String),
 }
 
+/// How many recording scopes ([`record_writes`], [`record_reads`]) are alive in the process.
+/// While there are none, which is always so when nothing is traced, a store's reads and writes
+/// skip looking for one in their task (a task-local look-up per access was a tenth of the
+/// store's cost).
+static RECORDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a recording scope in [`RECORDING`] while alive (it lives in the scope's future, so a
+/// dropped one is counted out too).
+struct Recording;
+
+impl Recording {
+    fn on() -> Self {
+        RECORDING.fetch_add(1, Ordering::Relaxed);
+        Recording
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        RECORDING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether any task may be recording what it reads or writes. A task's own scope is counted
+/// before its future first runs, so a task inside one always sees a non-zero count.
+fn any_recording() -> bool {
+    RECORDING.load(Ordering::Relaxed) != 0
+}
+
 tokio::task_local! {
     /// Keys written while a traced `post` runs on this task, so its span can list them.
     static WRITES: RefCell<Vec<String>>;
@@ -124,6 +154,7 @@ tokio::task_local! {
 
 /// Runs `fut` recording the keys it writes to any store; returns them with its output.
 pub(crate) async fn record_writes<F: std::future::Future>(fut: F) -> (F::Output, Vec<String>) {
+    let _on = Recording::on();
     WRITES
         .scope(RefCell::new(Vec::new()), async move {
             let out = fut.await;
@@ -141,6 +172,7 @@ tokio::task_local! {
 
 /// Runs `fut` recording the entries it reads from any store; returns them with its output.
 pub(crate) async fn record_reads<F: std::future::Future>(fut: F) -> (F::Output, StoreSnapshot) {
+    let _on = Recording::on();
     READS
         .scope(RefCell::new(Vec::new()), async move {
             let out = fut.await;
@@ -155,10 +187,13 @@ const MAX_RECORDED: usize = 64;
 
 /// Whether a traced `prep` on this task records what it reads.
 fn recording_reads() -> bool {
-    READS.try_with(|_| ()).is_ok()
+    any_recording() && READS.try_with(|_| ()).is_ok()
 }
 
 fn note_read(key: &str, v: &Arc<dyn StoreValue>) {
+    if !any_recording() {
+        return;
+    }
     let _ = READS.try_with(|r| {
         let mut r = r.borrow_mut();
         if r.len() < MAX_RECORDED && !r.iter().any(|(k, _)| k == key) {
@@ -168,6 +203,9 @@ fn note_read(key: &str, v: &Arc<dyn StoreValue>) {
 }
 
 fn note_write(key: &str) {
+    if !any_recording() {
+        return;
+    }
     let _ = WRITES.try_with(|w| {
         let mut w = w.borrow_mut();
         if !w.iter().any(|k| k == key) {
