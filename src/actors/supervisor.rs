@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 
 use super::node_actor::{Alive, Crew};
 use super::tracer::Tracer;
-use super::visit::{install_panic_hook, panic_error, visit, RunLimits, VisitCx};
+use super::visit::{install_panic_hook, panic_error, visit_root, RunLimits, VisitCx};
 use crate::error::{Error, Phase};
 use crate::flow::graph::NodeRef;
 use crate::flow::store::SharedStore;
@@ -163,8 +163,8 @@ pub(crate) struct RunArgs {
     state: Arc<RunState>,
 }
 
-/// Where a supervisor's runs arrive.
-type Runs = UnboundedSender<Box<RunArgs>>;
+/// Where a supervisor's runs arrive (by value: a box per run cost an allocation).
+type Runs = UnboundedSender<RunArgs>;
 
 /// A finished run: its result, its outcome, and PocketFlow's warnings (which also go to
 /// `tracing`, target `flowtrace::flow`).
@@ -216,8 +216,11 @@ impl Drop for Live {
 /// A supervisor's state: where its runs arrive, and its own end of that channel (to put
 /// itself back in the pool).
 pub(crate) struct Inbox {
-    runs: Option<UnboundedReceiver<Box<RunArgs>>>,
+    runs: Option<UnboundedReceiver<RunArgs>>,
     me: Runs,
+    /// The count of the current run's node actors: the same one from run to run, as a
+    /// supervisor is reused only after runs that started none (so it is zero, and unlinked).
+    alive: Arc<Alive>,
 }
 
 impl Actor for RunSupervisor {
@@ -235,7 +238,7 @@ impl Actor for RunSupervisor {
     async fn post_start(&self, me: ActorRef<RunMsg>, inbox: &mut Inbox) -> Result<(), ActorProcessingErr> {
         if let Some(mut runs) = inbox.runs.take() {
             while let Some(args) = runs.recv().await {
-                let linked = supervise(&me, *args).await;
+                let linked = supervise(&me, args, &inbox.alive).await;
                 // A supervisor that linked node actors has their supervision events queued
                 // (ractor delivers them only between messages): it is not reused.
                 match linked {
@@ -265,11 +268,11 @@ impl Actor for RunSupervisor {
 
 /// Executes one run and answers it. `None` when a cancel came first (the supervisor is being
 /// killed), else whether the run linked node actors to the supervisor.
-async fn supervise(me: &ActorRef<RunMsg>, args: RunArgs) -> Option<bool> {
+async fn supervise(me: &ActorRef<RunMsg>, args: RunArgs, alive: &Arc<Alive>) -> Option<bool> {
     let RunArgs { root, shared, options, reply, state } = args;
     let _live = Live::new();
-    let crew = Crew::new(Some(me.get_cell()));
-    let alive = Arc::clone(&crew.alive);
+    let crew = Crew { supervisor: Some(me.get_cell()), alive: Arc::clone(alive) };
+    let alive = Arc::clone(alive);
     // Declared before the run's future, so dropped after it when a kill drops both.
     let mut end = RunEnd { finisher: None, reply: Some(reply), alive: Arc::clone(&alive) };
     let res = AssertUnwindSafe(execute(root, shared, options, Arc::clone(&state), crew, &mut end.finisher))
@@ -463,7 +466,7 @@ pub(crate) async fn start(
 ) -> Result<(RunControl, oneshot::Receiver<Result<Action, Error>>), Error> {
     let (tx, rx) = oneshot::channel();
     let state = RunState::new();
-    let mut run = Box::new(RunArgs { root, shared, options, reply: tx, state: Arc::clone(&state) });
+    let mut run = RunArgs { root, shared, options, reply: tx, state: Arc::clone(&state) };
     // An idle supervisor may have been stopped (by the sweeper, or with its runtime) since it
     // was put back: the run comes back, and goes to the next one.
     while let Some(idle) = pool::take() {
@@ -473,7 +476,7 @@ pub(crate) async fn start(
         }
     }
     let (runs, inbox) = unbounded_channel();
-    let inbox = Inbox { runs: Some(inbox), me: runs.clone() };
+    let inbox = Inbox { runs: Some(inbox), me: runs.clone(), alive: Arc::new(Alive::default()) };
     let (actor, _join) = Actor::spawn(None, RunSupervisor, inbox)
         .await
         .map_err(|e| Error::Engine(format!("could not start the run supervisor: {e}")))?;
@@ -606,7 +609,7 @@ async fn execute(
         params,
         trace: recorder,
         parent: resume_span.as_ref().map(|s| s.id()),
-        limits: Arc::new(RunLimits { max_steps: options.max_steps }),
+        limits: RunLimits { max_steps: options.max_steps },
         crew: crew.clone(),
         run: Arc::clone(&run),
         hook: options.durable.as_ref().map(|d| Arc::clone(&d.hook)),
@@ -616,7 +619,7 @@ async fn execute(
         cx.warn(root.name(), "Node won't run successors. Use Flow.".into());
     }
     let res = match options.timeout {
-        Some(limit) => match tokio::time::timeout(limit, visit(&root, &cx)).await {
+        Some(limit) => match tokio::time::timeout(limit, visit_root(&root, &cx)).await {
             Ok(r) => r,
             Err(_) => {
                 *run.reason.lock() = Some(format!("run timed out after {limit:?}"));
@@ -626,7 +629,7 @@ async fn execute(
                 Err(Error::Timeout { node: None, after: limit })
             }
         },
-        None => visit(&root, &cx).await,
+        None => visit_root(&root, &cx).await,
     };
     if let Some(s) = resume_span {
         s.end_with(res.as_ref().map(|_| ()));
