@@ -186,14 +186,25 @@ pub(crate) async fn record_reads<F: std::future::Future>(fut: F) -> (F::Output, 
 const MAX_RECORDED: usize = 64;
 
 /// Whether a traced `prep` on this task records what it reads.
+#[inline]
 fn recording_reads() -> bool {
-    any_recording() && READS.try_with(|_| ()).is_ok()
+    any_recording() && in_read_scope()
 }
 
+#[cold]
+fn in_read_scope() -> bool {
+    READS.try_with(|_| ()).is_ok()
+}
+
+#[inline]
 fn note_read(key: &str, v: &Arc<dyn StoreValue>) {
-    if !any_recording() {
-        return;
+    if any_recording() {
+        note_read_slow(key, v);
     }
+}
+
+#[cold]
+fn note_read_slow(key: &str, v: &Arc<dyn StoreValue>) {
     let _ = READS.try_with(|r| {
         let mut r = r.borrow_mut();
         if r.len() < MAX_RECORDED && !r.iter().any(|(k, _)| k == key) {
@@ -202,10 +213,15 @@ fn note_read(key: &str, v: &Arc<dyn StoreValue>) {
     });
 }
 
+#[inline]
 fn note_write(key: &str) {
-    if !any_recording() {
-        return;
+    if any_recording() {
+        note_write_slow(key);
     }
+}
+
+#[cold]
+fn note_write_slow(key: &str) {
     let _ = WRITES.try_with(|w| {
         let mut w = w.borrow_mut();
         if !w.iter().any(|k| k == key) {
@@ -237,8 +253,112 @@ pub struct SharedStore {
     map: Arc<RwLock<Map>>,
 }
 
+/// One entry: a key and its value, by reference count.
+type Entry = (String, Arc<dyn StoreValue>);
+
 /// The store's entries: each key's value, by reference count.
-type Map = HashMap<String, Arc<dyn StoreValue>, KeyHash>;
+///
+/// A store holds a handful of keys, and up to [`SCAN_MAX`] of them are found by a scan (a
+/// length and a byte comparison each), which costs less than hashing the key and probing a
+/// table did (a fifth of a chain node's cost went to the two look-ups of its read and its
+/// write); a store that grows past that moves to a hash map, for good.
+enum Map {
+    Few(Vec<Entry>),
+    Many(HashMap<String, Arc<dyn StoreValue>, KeyHash>),
+}
+
+/// The most keys a store finds by scanning.
+const SCAN_MAX: usize = 8;
+
+impl Default for Map {
+    fn default() -> Self {
+        Map::Few(Vec::new())
+    }
+}
+
+impl Map {
+    fn get(&self, key: &str) -> Option<&Arc<dyn StoreValue>> {
+        match self {
+            Map::Few(v) => v.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            Map::Many(m) => m.get(key),
+        }
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut Arc<dyn StoreValue>> {
+        match self {
+            Map::Few(v) => v.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
+            Map::Many(m) => m.get_mut(key),
+        }
+    }
+
+    /// Sets `key` (known to be absent) to `value`.
+    fn insert_new(&mut self, key: String, value: Arc<dyn StoreValue>) -> &mut Arc<dyn StoreValue> {
+        if let Map::Few(v) = self {
+            if v.len() >= SCAN_MAX {
+                let mut m = HashMap::with_capacity_and_hasher(2 * SCAN_MAX, KeyHash);
+                m.extend(v.drain(..));
+                *self = Map::Many(m);
+            }
+        }
+        match self {
+            Map::Few(v) => {
+                v.push((key, value));
+                let last = v.len() - 1;
+                &mut v[last].1
+            }
+            Map::Many(m) => m.entry(key).insert_entry(value).into_mut(),
+        }
+    }
+
+    /// Sets `key` to `value`, returning the value it replaced.
+    fn insert(&mut self, key: String, value: Arc<dyn StoreValue>) -> Option<Arc<dyn StoreValue>> {
+        match self.get_mut(&key) {
+            Some(slot) => Some(std::mem::replace(slot, value)),
+            None => {
+                self.insert_new(key, value);
+                None
+            }
+        }
+    }
+
+    /// The value at `key`, made with `init` when absent.
+    fn get_or_insert_with(
+        &mut self,
+        key: &str,
+        init: impl FnOnce() -> Arc<dyn StoreValue>,
+    ) -> &mut Arc<dyn StoreValue> {
+        // Looked up twice when absent: the borrow checker does not let a miss fall through.
+        if self.get(key).is_some() {
+            return self.get_mut(key).expect("just found");
+        }
+        self.insert_new(key.to_owned(), init())
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Arc<dyn StoreValue>> {
+        match self {
+            Map::Few(v) => {
+                let i = v.iter().position(|(k, _)| k == key)?;
+                Some(v.swap_remove(i).1)
+            }
+            Map::Many(m) => m.remove(key),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Map::Few(v) => v.len(),
+            Map::Many(m) => m.len(),
+        }
+    }
+
+    /// Every entry, in no particular order.
+    fn iter(&self) -> Box<dyn Iterator<Item = (&String, &Arc<dyn StoreValue>)> + '_> {
+        match self {
+            Map::Few(v) => Box::new(v.iter().map(|(k, v)| (k, v))),
+            Map::Many(m) => Box::new(m.iter()),
+        }
+    }
+}
 
 /// The store's key hash: FxHash's mixing (rustc's), a word at a time. SipHash, std's default,
 /// was a sixth of a chain node's whole cost for a one-letter key; its resistance to chosen
@@ -317,7 +437,7 @@ impl SharedStore {
         note_write(key.as_ref());
         let mut map = self.map.write();
         let Some(slot) = map.get_mut(key.as_ref()) else {
-            map.insert(key.into(), stored(value));
+            map.insert_new(key.into(), stored(value));
             return;
         };
         // An existing key is rewritten in place (no new key). A value of the same type that
@@ -344,7 +464,7 @@ impl SharedStore {
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &str) -> bool {
-        self.map.read().contains_key(key)
+        self.map.read().get(key).is_some()
     }
 
     /// The number of keys.
@@ -354,12 +474,12 @@ impl SharedStore {
 
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.read().is_empty()
+        self.map.read().len() == 0
     }
 
     /// The keys, sorted.
     pub fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self.map.read().keys().cloned().collect();
+        let mut keys: Vec<String> = self.map.read().iter().map(|(k, _)| k.clone()).collect();
         keys.sort();
         keys
     }
@@ -414,7 +534,7 @@ impl SharedStore {
     {
         note_write(key);
         let mut map = self.map.write();
-        let slot = map.entry(key.to_owned()).or_insert_with(|| stored(init()));
+        let slot = map.get_or_insert_with(key, || stored(init()));
         note_read(key, slot);
         let mut value: T = convert(key, &**slot)?;
         let out = f(&mut value);
