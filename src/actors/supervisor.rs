@@ -21,10 +21,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::oneshot;
 
 use super::node_actor::{Alive, Crew};
 use super::tracer::Tracer;
@@ -104,6 +103,19 @@ pub(crate) struct RunState {
     reason: parking_lot::Mutex<Option<String>>,
     warnings: parking_lot::Mutex<Vec<String>>,
     ticket: parking_lot::Mutex<Ticket>,
+    /// The run's result, for its caller (see [`Reply`] and [`Answer`]).
+    answer: parking_lot::Mutex<Outcome>,
+    /// The caller waiting for the answer.
+    caller: AtomicWaker,
+}
+
+/// Where a run's result stands, for its caller.
+enum Outcome {
+    Pending,
+    Ready(Result<Action, Error>),
+    /// The supervisor let go of the run without an answer (it was killed), or the answer was
+    /// taken.
+    Gone,
 }
 
 /// Who may end a run's supervisor: the run, when it ends, or a cancel before that. Whoever
@@ -122,6 +134,8 @@ impl RunState {
             reason: parking_lot::Mutex::new(None),
             warnings: parking_lot::Mutex::new(Vec::new()),
             ticket: parking_lot::Mutex::new(Ticket::Running),
+            answer: parking_lot::Mutex::new(Outcome::Pending),
+            caller: AtomicWaker::new(),
         })
     }
 
@@ -159,12 +173,151 @@ pub(crate) struct RunArgs {
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
-    reply: oneshot::Sender<Result<Action, Error>>,
+    reply: Reply,
     state: Arc<RunState>,
 }
 
-/// Where a supervisor's runs arrive (by value: a box per run cost an allocation).
-type Runs = UnboundedSender<RunArgs>;
+/// The supervisor's end of a run's answer: [`send`](Self::send) gives the caller the result;
+/// dropped without sending (the run was killed), it tells the caller the answer is gone.
+///
+/// The answer lives in the run's state, which caller and supervisor share already: a channel
+/// of its own (an allocation, and more atomics to send and to wait) cost a tenth of a short run.
+pub(crate) struct Reply(Option<Arc<RunState>>);
+
+impl Reply {
+    fn send(mut self, res: Result<Action, Error>) {
+        if let Some(state) = self.0.take() {
+            *state.answer.lock() = Outcome::Ready(res);
+            state.caller.wake();
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.take() {
+            {
+                let mut answer = state.answer.lock();
+                if matches!(*answer, Outcome::Pending) {
+                    *answer = Outcome::Gone;
+                }
+            }
+            state.caller.wake();
+        }
+    }
+}
+
+/// The run's supervisor ended without answering.
+#[derive(Debug)]
+pub(crate) struct NoAnswer;
+
+/// The caller's end of a run's answer: the result, or [`NoAnswer`].
+pub(crate) struct Answer(Arc<RunState>);
+
+impl std::future::Future for Answer {
+    type Output = Result<Result<Action, Error>, NoAnswer>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let state = &self.0;
+        let take = || {
+            let mut answer = state.answer.lock();
+            if matches!(*answer, Outcome::Pending) {
+                return None;
+            }
+            match std::mem::replace(&mut *answer, Outcome::Gone) {
+                Outcome::Ready(res) => Some(Ok(res)),
+                _ => Some(Err(NoAnswer)),
+            }
+        };
+        if let Some(out) = take() {
+            return std::task::Poll::Ready(out);
+        }
+        // Registered, then looked at again: an answer given in between is not missed.
+        state.caller.register(cx.waker());
+        match take() {
+            Some(out) => std::task::Poll::Ready(out),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// Where a supervisor's next run waits for it.
+///
+/// A supervisor takes one run at a time, and only from a caller that took it out of the pool
+/// (or spawned it), so one slot is enough: a channel (its blocks, its permits) cost more than
+/// a short run's node visits.
+struct Mailbox {
+    slot: parking_lot::Mutex<Slot>,
+    supervisor: AtomicWaker,
+}
+
+struct Slot {
+    run: Option<RunArgs>,
+    /// The supervisor no longer takes runs (it stopped, or was killed).
+    closed: bool,
+}
+
+/// Where a caller hands a supervisor its run.
+#[derive(Clone)]
+pub(crate) struct Runs(Arc<Mailbox>);
+
+impl Runs {
+    fn new() -> (Runs, Inlet) {
+        let mailbox = Arc::new(Mailbox {
+            slot: parking_lot::Mutex::new(Slot { run: None, closed: false }),
+            supervisor: AtomicWaker::new(),
+        });
+        (Runs(Arc::clone(&mailbox)), Inlet(mailbox))
+    }
+
+    /// Hands `run` over; gives it back when the supervisor takes no more runs.
+    fn send(&self, run: RunArgs) -> Result<(), RunArgs> {
+        {
+            let mut slot = self.0.slot.lock();
+            if slot.closed || slot.run.is_some() {
+                return Err(run);
+            }
+            slot.run = Some(run);
+        }
+        self.0.supervisor.wake();
+        Ok(())
+    }
+}
+
+/// The supervisor's end of its [`Mailbox`]: dropped (the supervisor stopped or was killed), it
+/// closes the mailbox, and a run handed over just before is dropped unanswered (its caller
+/// gets [`NoAnswer`]).
+pub(crate) struct Inlet(Arc<Mailbox>);
+
+impl Inlet {
+    /// The next run.
+    async fn recv(&mut self) -> Option<RunArgs> {
+        std::future::poll_fn(|cx| {
+            let take = || self.0.slot.lock().run.take();
+            if let Some(run) = take() {
+                return std::task::Poll::Ready(Some(run));
+            }
+            // Registered, then looked at again: a run handed over in between is not missed.
+            self.0.supervisor.register(cx.waker());
+            match take() {
+                Some(run) => std::task::Poll::Ready(Some(run)),
+                None => std::task::Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Inlet {
+    fn drop(&mut self) {
+        let run = {
+            let mut slot = self.0.slot.lock();
+            slot.closed = true;
+            slot.run.take()
+        };
+        drop(run);
+    }
+}
 
 /// A finished run: its result, its outcome, and PocketFlow's warnings (which also go to
 /// `tracing`, target `flowtrace::flow`).
@@ -216,7 +369,7 @@ impl Drop for Live {
 /// A supervisor's state: where its runs arrive, and its own end of that channel (to put
 /// itself back in the pool).
 pub(crate) struct Inbox {
-    runs: Option<UnboundedReceiver<RunArgs>>,
+    runs: Option<Inlet>,
     me: Runs,
     /// The count of the current run's node actors: the same one from run to run, as a
     /// supervisor is reused only after runs that started none (so it is zero, and unlinked).
@@ -463,19 +616,19 @@ pub(crate) async fn start(
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
-) -> Result<(RunControl, oneshot::Receiver<Result<Action, Error>>), Error> {
-    let (tx, rx) = oneshot::channel();
+) -> Result<(RunControl, Answer), Error> {
     let state = RunState::new();
-    let mut run = RunArgs { root, shared, options, reply: tx, state: Arc::clone(&state) };
+    let rx = Answer(Arc::clone(&state));
+    let mut run = RunArgs { root, shared, options, reply: Reply(Some(Arc::clone(&state))), state: Arc::clone(&state) };
     // An idle supervisor may have been stopped (by the sweeper, or with its runtime) since it
     // was put back: the run comes back, and goes to the next one.
     while let Some(idle) = pool::take() {
         match idle.runs.send(run) {
             Ok(()) => return Ok((RunControl { actor: idle.actor, state }, rx)),
-            Err(tokio::sync::mpsc::error::SendError(r)) => run = r,
+            Err(r) => run = r,
         }
     }
-    let (runs, inbox) = unbounded_channel();
+    let (runs, inbox) = Runs::new();
     let inbox = Inbox { runs: Some(inbox), me: runs.clone(), alive: Arc::new(Alive::default()) };
     let (actor, _join) = Actor::spawn(None, RunSupervisor, inbox)
         .await
@@ -494,7 +647,7 @@ pub(crate) async fn start(
 /// which must not arrive before the trace is complete) waits for them, off the supervisor.
 struct RunEnd {
     finisher: Option<TraceFinisher>,
-    reply: Option<oneshot::Sender<Result<Action, Error>>>,
+    reply: Option<Reply>,
     alive: Arc<Alive>,
 }
 
