@@ -592,42 +592,76 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Runs `root` under a fresh supervisor actor and waits for its result.
-pub(crate) async fn run(root: NodeRef, shared: SharedStore, options: RunOptions) -> Result<Action, Error> {
-    run_report(root, shared, options).await.result
+/// Runs `root` under a supervisor actor of its own and waits for its result.
+///
+/// The run is handed over when this is called (see [`run_report`]).
+pub(crate) fn run(
+    root: NodeRef,
+    shared: SharedStore,
+    options: RunOptions,
+) -> impl std::future::Future<Output = Result<Action, Error>> + Send {
+    let report = run_report(root, shared, options);
+    async move { report.await.result }
 }
 
 /// Runs `root` as [`run`] does, and reports its warnings with its result.
-pub(crate) async fn run_report(root: NodeRef, shared: SharedStore, options: RunOptions) -> RunReport {
-    let (control, rx) = match start(root, shared, options).await {
-        Ok(started) => started,
-        Err(e) => return RunReport { result: Err(e), warnings: Vec::new() },
-    };
-    let mut guard = CancelOnDrop(Some(control));
-    let res = rx.await;
-    let control = guard.0.take().expect("the guard holds the control until here");
-    let result = res.unwrap_or_else(|_| Err(control.lost()));
-    RunReport { result, warnings: control.take_warnings() }
+///
+/// The run is handed to an idle supervisor when this is called, so the returned future holds
+/// only the run's control and answer: a caller's future (often a task of its own, which tokio
+/// moves several times) stays small. Dropping it cancels the run.
+pub(crate) fn run_report(
+    root: NodeRef,
+    shared: SharedStore,
+    options: RunOptions,
+) -> impl std::future::Future<Output = RunReport> + Send {
+    let handed = hand_over(root, shared, options).map(|(control, rx)| (CancelOnDrop(Some(control)), rx));
+    async move {
+        let (mut guard, rx) = match handed {
+            Ok(started) => started,
+            // No idle supervisor: spawning one is the rare case, boxed to keep this future small.
+            Err(run) => match Box::pin(spawn_for(*run)).await {
+                Ok((control, rx)) => (CancelOnDrop(Some(control)), rx),
+                Err(e) => return RunReport { result: Err(e), warnings: Vec::new() },
+            },
+        };
+        let res = rx.await;
+        let control = guard.0.take().expect("the guard holds the control until here");
+        let result = res.unwrap_or_else(|_| Err(control.lost()));
+        RunReport { result, warnings: control.take_warnings() }
+    }
 }
 
-/// Hands the run to an idle supervisor of the runtime, or to a new one; the receiver gets the
+/// Hands the run to an idle supervisor of the runtime, or to a new one; the answer gets the
 /// run's result.
 pub(crate) async fn start(
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
 ) -> Result<(RunControl, Answer), Error> {
+    match hand_over(root, shared, options) {
+        Ok(started) => Ok(started),
+        Err(run) => Box::pin(spawn_for(*run)).await,
+    }
+}
+
+/// Hands the run to an idle supervisor of the runtime; gives it back when none takes it.
+fn hand_over(root: NodeRef, shared: SharedStore, options: RunOptions) -> Result<(RunControl, Answer), Box<RunArgs>> {
     let state = RunState::new();
-    let rx = Answer(Arc::clone(&state));
     let mut run = RunArgs { root, shared, options, reply: Reply(Some(Arc::clone(&state))), state: Arc::clone(&state) };
     // An idle supervisor may have been stopped (by the sweeper, or with its runtime) since it
     // was put back: the run comes back, and goes to the next one.
     while let Some(idle) = pool::take() {
         match idle.runs.send(run) {
-            Ok(()) => return Ok((RunControl { actor: idle.actor, state }, rx)),
+            Ok(()) => return Ok((RunControl { actor: idle.actor, state: Arc::clone(&state) }, Answer(state))),
             Err(r) => run = r,
         }
     }
+    Err(Box::new(run))
+}
+
+/// Starts a new supervisor for `run` (no idle one took it).
+async fn spawn_for(run: RunArgs) -> Result<(RunControl, Answer), Error> {
+    let state = Arc::clone(&run.state);
     let (runs, inbox) = Runs::new();
     let inbox = Inbox { runs: Some(inbox), me: runs.clone(), alive: Arc::new(Alive::default()) };
     let (actor, _join) = Actor::spawn(None, RunSupervisor, inbox)
@@ -636,7 +670,7 @@ pub(crate) async fn start(
     if runs.send(run).is_err() {
         return Err(Error::Engine("the run supervisor stopped before its run".into()));
     }
-    Ok((RunControl { actor, state }, rx))
+    Ok((RunControl { actor, state: Arc::clone(&state) }, Answer(state)))
 }
 
 /// The end of a run as its supervisor holds it: the trace's end and the caller's answer.
