@@ -277,6 +277,7 @@ impl Default for Map {
 }
 
 impl Map {
+    #[inline]
     fn get(&self, key: &str) -> Option<&Arc<dyn StoreValue>> {
         match self {
             Map::Few(v) => v.iter().find(|(k, _)| k == key).map(|(_, v)| v),
@@ -284,6 +285,7 @@ impl Map {
         }
     }
 
+    #[inline]
     fn get_mut(&mut self, key: &str) -> Option<&mut Arc<dyn StoreValue>> {
         match self {
             Map::Few(v) => v.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
