@@ -639,6 +639,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_store_that_grows_past_the_scanned_few_keeps_every_key() {
+        let s = SharedStore::new();
+        for i in 0..3 * SCAN_MAX as i64 {
+            s.insert(format!("k{i}"), i);
+            // Rewritten once in each form: the scan's slot and the hash map's.
+            s.insert(format!("k{i}"), i * 10);
+        }
+        assert_eq!(s.len(), 3 * SCAN_MAX);
+        for i in 0..3 * SCAN_MAX as i64 {
+            assert_eq!(s.get::<i64>(&format!("k{i}")).unwrap(), Some(i * 10));
+        }
+        assert!(s.remove("k3"));
+        assert!(!s.remove("k3"));
+        assert!(!s.contains_key("k3"));
+        s.update("k4", || 0_i64, |v| *v += 1).unwrap();
+        assert_eq!(s.get::<i64>("k4").unwrap(), Some(41));
+        s.update("new", || 7_i64, |v| *v += 1).unwrap();
+        assert_eq!(s.get::<i64>("new").unwrap(), Some(8));
+        let keys = s.keys();
+        assert_eq!(keys.len(), 3 * SCAN_MAX);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys come sorted");
+    }
+
+    #[test]
+    fn a_few_keys_are_removed_and_rewritten_in_place() {
+        let s = SharedStore::new();
+        s.insert("a", 1_i64);
+        s.insert("b", 2_i64);
+        s.insert("c", 3_i64);
+        assert!(s.remove("a"));
+        assert_eq!(s.keys(), vec!["b", "c"]);
+        s.insert("a", 4_i64);
+        assert_eq!(s.to_json(), serde_json::json!({"a": 4, "b": 2, "c": 3}));
+        assert!(!s.is_empty());
+    }
+
+    #[test]
     fn snapshot_is_not_affected_by_later_writes() {
         let s = SharedStore::new();
         s.insert("a", 1);
