@@ -270,17 +270,18 @@ impl Runs {
         (Runs(Arc::clone(&mailbox)), Inlet(mailbox))
     }
 
-    /// Hands `run` over; gives it back when the supervisor takes no more runs.
-    fn send(&self, run: RunArgs) -> Result<(), RunArgs> {
+    /// Hands `run` over; gives it back (`Some`) when the supervisor takes no more runs.
+    #[must_use = "a run given back was not handed over"]
+    fn send(&self, run: RunArgs) -> Option<RunArgs> {
         {
             let mut slot = self.0.slot.lock();
             if slot.closed || slot.run.is_some() {
-                return Err(run);
+                return Some(run);
             }
             slot.run = Some(run);
         }
         self.0.supervisor.wake();
-        Ok(())
+        None
     }
 }
 
@@ -435,7 +436,7 @@ async fn supervise(me: &ActorRef<RunMsg>, args: RunArgs, alive: &Arc<Alive>) -> 
     drop(end.finisher.take());
     let reusable = state.end();
     if let Some(reply) = end.reply.take() {
-        let _ = reply.send(res);
+        reply.send(res);
     }
     reusable.then(|| alive.linked())
 }
@@ -652,8 +653,8 @@ fn hand_over(root: NodeRef, shared: SharedStore, options: RunOptions) -> Result<
     // was put back: the run comes back, and goes to the next one.
     while let Some(idle) = pool::take() {
         match idle.runs.send(run) {
-            Ok(()) => return Ok((RunControl { actor: idle.actor, state: Arc::clone(&state) }, Answer(state))),
-            Err(r) => run = r,
+            None => return Ok((RunControl { actor: idle.actor, state: Arc::clone(&state) }, Answer(state))),
+            Some(r) => run = r,
         }
     }
     Err(Box::new(run))
@@ -667,7 +668,7 @@ async fn spawn_for(run: RunArgs) -> Result<(RunControl, Answer), Error> {
     let (actor, _join) = Actor::spawn(None, RunSupervisor, inbox)
         .await
         .map_err(|e| Error::Engine(format!("could not start the run supervisor: {e}")))?;
-    if runs.send(run).is_err() {
+    if runs.send(run).is_some() {
         return Err(Error::Engine("the run supervisor stopped before its run".into()));
     }
     Ok((RunControl { actor, state: Arc::clone(&state) }, Answer(state)))
