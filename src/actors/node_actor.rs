@@ -39,6 +39,7 @@ pub(crate) struct Crew {
 }
 
 impl Crew {
+    #[cfg(test)]
     pub(crate) fn new(supervisor: Option<ActorCell>) -> Self {
         Crew { supervisor, alive: Arc::new(Alive::default()) }
     }

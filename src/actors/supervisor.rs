@@ -21,14 +21,13 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::oneshot;
 
 use super::node_actor::{Alive, Crew};
 use super::tracer::Tracer;
-use super::visit::{install_panic_hook, panic_error, visit, RunLimits, VisitCx};
+use super::visit::{install_panic_hook, panic_error, visit_root, RunLimits, VisitCx};
 use crate::error::{Error, Phase};
 use crate::flow::graph::NodeRef;
 use crate::flow::store::SharedStore;
@@ -104,6 +103,19 @@ pub(crate) struct RunState {
     reason: parking_lot::Mutex<Option<String>>,
     warnings: parking_lot::Mutex<Vec<String>>,
     ticket: parking_lot::Mutex<Ticket>,
+    /// The run's result, for its caller (see [`Reply`] and [`Answer`]).
+    answer: parking_lot::Mutex<Outcome>,
+    /// The caller waiting for the answer.
+    caller: AtomicWaker,
+}
+
+/// Where a run's result stands, for its caller.
+enum Outcome {
+    Pending,
+    Ready(Result<Action, Error>),
+    /// The supervisor let go of the run without an answer (it was killed), or the answer was
+    /// taken.
+    Gone,
 }
 
 /// Who may end a run's supervisor: the run, when it ends, or a cancel before that. Whoever
@@ -122,6 +134,8 @@ impl RunState {
             reason: parking_lot::Mutex::new(None),
             warnings: parking_lot::Mutex::new(Vec::new()),
             ticket: parking_lot::Mutex::new(Ticket::Running),
+            answer: parking_lot::Mutex::new(Outcome::Pending),
+            caller: AtomicWaker::new(),
         })
     }
 
@@ -159,12 +173,152 @@ pub(crate) struct RunArgs {
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
-    reply: oneshot::Sender<Result<Action, Error>>,
+    reply: Reply,
     state: Arc<RunState>,
 }
 
-/// Where a supervisor's runs arrive.
-type Runs = UnboundedSender<Box<RunArgs>>;
+/// The supervisor's end of a run's answer: [`send`](Self::send) gives the caller the result;
+/// dropped without sending (the run was killed), it tells the caller the answer is gone.
+///
+/// The answer lives in the run's state, which caller and supervisor share already: a channel
+/// of its own (an allocation, and more atomics to send and to wait) cost a tenth of a short run.
+pub(crate) struct Reply(Option<Arc<RunState>>);
+
+impl Reply {
+    fn send(mut self, res: Result<Action, Error>) {
+        if let Some(state) = self.0.take() {
+            *state.answer.lock() = Outcome::Ready(res);
+            state.caller.wake();
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.take() {
+            {
+                let mut answer = state.answer.lock();
+                if matches!(*answer, Outcome::Pending) {
+                    *answer = Outcome::Gone;
+                }
+            }
+            state.caller.wake();
+        }
+    }
+}
+
+/// The run's supervisor ended without answering.
+#[derive(Debug)]
+pub(crate) struct NoAnswer;
+
+/// The caller's end of a run's answer: the result, or [`NoAnswer`].
+pub(crate) struct Answer(Arc<RunState>);
+
+impl std::future::Future for Answer {
+    type Output = Result<Result<Action, Error>, NoAnswer>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let state = &self.0;
+        let take = || {
+            let mut answer = state.answer.lock();
+            if matches!(*answer, Outcome::Pending) {
+                return None;
+            }
+            match std::mem::replace(&mut *answer, Outcome::Gone) {
+                Outcome::Ready(res) => Some(Ok(res)),
+                _ => Some(Err(NoAnswer)),
+            }
+        };
+        if let Some(out) = take() {
+            return std::task::Poll::Ready(out);
+        }
+        // Registered, then looked at again: an answer given in between is not missed.
+        state.caller.register(cx.waker());
+        match take() {
+            Some(out) => std::task::Poll::Ready(out),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// Where a supervisor's next run waits for it.
+///
+/// A supervisor takes one run at a time, and only from a caller that took it out of the pool
+/// (or spawned it), so one slot is enough: a channel (its blocks, its permits) cost more than
+/// a short run's node visits.
+struct Mailbox {
+    slot: parking_lot::Mutex<Slot>,
+    supervisor: AtomicWaker,
+}
+
+struct Slot {
+    run: Option<RunArgs>,
+    /// The supervisor no longer takes runs (it stopped, or was killed).
+    closed: bool,
+}
+
+/// Where a caller hands a supervisor its run.
+#[derive(Clone)]
+pub(crate) struct Runs(Arc<Mailbox>);
+
+impl Runs {
+    fn new() -> (Runs, Inlet) {
+        let mailbox = Arc::new(Mailbox {
+            slot: parking_lot::Mutex::new(Slot { run: None, closed: false }),
+            supervisor: AtomicWaker::new(),
+        });
+        (Runs(Arc::clone(&mailbox)), Inlet(mailbox))
+    }
+
+    /// Hands `run` over; gives it back (`Some`) when the supervisor takes no more runs.
+    #[must_use = "a run given back was not handed over"]
+    fn send(&self, run: RunArgs) -> Option<RunArgs> {
+        {
+            let mut slot = self.0.slot.lock();
+            if slot.closed || slot.run.is_some() {
+                return Some(run);
+            }
+            slot.run = Some(run);
+        }
+        self.0.supervisor.wake();
+        None
+    }
+}
+
+/// The supervisor's end of its [`Mailbox`]: dropped (the supervisor stopped or was killed), it
+/// closes the mailbox, and a run handed over just before is dropped unanswered (its caller
+/// gets [`NoAnswer`]).
+pub(crate) struct Inlet(Arc<Mailbox>);
+
+impl Inlet {
+    /// The next run.
+    async fn recv(&mut self) -> Option<RunArgs> {
+        std::future::poll_fn(|cx| {
+            let take = || self.0.slot.lock().run.take();
+            if let Some(run) = take() {
+                return std::task::Poll::Ready(Some(run));
+            }
+            // Registered, then looked at again: a run handed over in between is not missed.
+            self.0.supervisor.register(cx.waker());
+            match take() {
+                Some(run) => std::task::Poll::Ready(Some(run)),
+                None => std::task::Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for Inlet {
+    fn drop(&mut self) {
+        let run = {
+            let mut slot = self.0.slot.lock();
+            slot.closed = true;
+            slot.run.take()
+        };
+        drop(run);
+    }
+}
 
 /// A finished run: its result, its outcome, and PocketFlow's warnings (which also go to
 /// `tracing`, target `flowtrace::flow`).
@@ -216,8 +370,11 @@ impl Drop for Live {
 /// A supervisor's state: where its runs arrive, and its own end of that channel (to put
 /// itself back in the pool).
 pub(crate) struct Inbox {
-    runs: Option<UnboundedReceiver<Box<RunArgs>>>,
+    runs: Option<Inlet>,
     me: Runs,
+    /// The count of the current run's node actors: the same one from run to run, as a
+    /// supervisor is reused only after runs that started none (so it is zero, and unlinked).
+    alive: Arc<Alive>,
 }
 
 impl Actor for RunSupervisor {
@@ -235,7 +392,7 @@ impl Actor for RunSupervisor {
     async fn post_start(&self, me: ActorRef<RunMsg>, inbox: &mut Inbox) -> Result<(), ActorProcessingErr> {
         if let Some(mut runs) = inbox.runs.take() {
             while let Some(args) = runs.recv().await {
-                let linked = supervise(&me, *args).await;
+                let linked = supervise(&me, args, &inbox.alive).await;
                 // A supervisor that linked node actors has their supervision events queued
                 // (ractor delivers them only between messages): it is not reused.
                 match linked {
@@ -265,11 +422,11 @@ impl Actor for RunSupervisor {
 
 /// Executes one run and answers it. `None` when a cancel came first (the supervisor is being
 /// killed), else whether the run linked node actors to the supervisor.
-async fn supervise(me: &ActorRef<RunMsg>, args: RunArgs) -> Option<bool> {
+async fn supervise(me: &ActorRef<RunMsg>, args: RunArgs, alive: &Arc<Alive>) -> Option<bool> {
     let RunArgs { root, shared, options, reply, state } = args;
     let _live = Live::new();
-    let crew = Crew::new(Some(me.get_cell()));
-    let alive = Arc::clone(&crew.alive);
+    let crew = Crew { supervisor: Some(me.get_cell()), alive: Arc::clone(alive) };
+    let alive = Arc::clone(alive);
     // Declared before the run's future, so dropped after it when a kill drops both.
     let mut end = RunEnd { finisher: None, reply: Some(reply), alive: Arc::clone(&alive) };
     let res = AssertUnwindSafe(execute(root, shared, options, Arc::clone(&state), crew, &mut end.finisher))
@@ -279,7 +436,7 @@ async fn supervise(me: &ActorRef<RunMsg>, args: RunArgs) -> Option<bool> {
     drop(end.finisher.take());
     let reusable = state.end();
     if let Some(reply) = end.reply.take() {
-        let _ = reply.send(res);
+        reply.send(res);
     }
     reusable.then(|| alive.linked())
 }
@@ -436,51 +593,85 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Runs `root` under a fresh supervisor actor and waits for its result.
-pub(crate) async fn run(root: NodeRef, shared: SharedStore, options: RunOptions) -> Result<Action, Error> {
-    run_report(root, shared, options).await.result
+/// Runs `root` under a supervisor actor of its own and waits for its result.
+///
+/// The run is handed over when this is called (see [`run_report`]).
+pub(crate) fn run(
+    root: NodeRef,
+    shared: SharedStore,
+    options: RunOptions,
+) -> impl std::future::Future<Output = Result<Action, Error>> + Send {
+    let report = run_report(root, shared, options);
+    async move { report.await.result }
 }
 
 /// Runs `root` as [`run`] does, and reports its warnings with its result.
-pub(crate) async fn run_report(root: NodeRef, shared: SharedStore, options: RunOptions) -> RunReport {
-    let (control, rx) = match start(root, shared, options).await {
-        Ok(started) => started,
-        Err(e) => return RunReport { result: Err(e), warnings: Vec::new() },
-    };
-    let mut guard = CancelOnDrop(Some(control));
-    let res = rx.await;
-    let control = guard.0.take().expect("the guard holds the control until here");
-    let result = res.unwrap_or_else(|_| Err(control.lost()));
-    RunReport { result, warnings: control.take_warnings() }
+///
+/// The run is handed to an idle supervisor when this is called, so the returned future holds
+/// only the run's control and answer: a caller's future (often a task of its own, which tokio
+/// moves several times) stays small. Dropping it cancels the run.
+pub(crate) fn run_report(
+    root: NodeRef,
+    shared: SharedStore,
+    options: RunOptions,
+) -> impl std::future::Future<Output = RunReport> + Send {
+    let handed = hand_over(root, shared, options).map(|(control, rx)| (CancelOnDrop(Some(control)), rx));
+    async move {
+        let (mut guard, rx) = match handed {
+            Ok(started) => started,
+            // No idle supervisor: spawning one is the rare case, boxed to keep this future small.
+            Err(run) => match Box::pin(spawn_for(*run)).await {
+                Ok((control, rx)) => (CancelOnDrop(Some(control)), rx),
+                Err(e) => return RunReport { result: Err(e), warnings: Vec::new() },
+            },
+        };
+        let res = rx.await;
+        let control = guard.0.take().expect("the guard holds the control until here");
+        let result = res.unwrap_or_else(|_| Err(control.lost()));
+        RunReport { result, warnings: control.take_warnings() }
+    }
 }
 
-/// Hands the run to an idle supervisor of the runtime, or to a new one; the receiver gets the
+/// Hands the run to an idle supervisor of the runtime, or to a new one; the answer gets the
 /// run's result.
 pub(crate) async fn start(
     root: NodeRef,
     shared: SharedStore,
     options: RunOptions,
-) -> Result<(RunControl, oneshot::Receiver<Result<Action, Error>>), Error> {
-    let (tx, rx) = oneshot::channel();
+) -> Result<(RunControl, Answer), Error> {
+    match hand_over(root, shared, options) {
+        Ok(started) => Ok(started),
+        Err(run) => Box::pin(spawn_for(*run)).await,
+    }
+}
+
+/// Hands the run to an idle supervisor of the runtime; gives it back when none takes it.
+fn hand_over(root: NodeRef, shared: SharedStore, options: RunOptions) -> Result<(RunControl, Answer), Box<RunArgs>> {
     let state = RunState::new();
-    let mut run = Box::new(RunArgs { root, shared, options, reply: tx, state: Arc::clone(&state) });
+    let mut run = RunArgs { root, shared, options, reply: Reply(Some(Arc::clone(&state))), state: Arc::clone(&state) };
     // An idle supervisor may have been stopped (by the sweeper, or with its runtime) since it
     // was put back: the run comes back, and goes to the next one.
     while let Some(idle) = pool::take() {
         match idle.runs.send(run) {
-            Ok(()) => return Ok((RunControl { actor: idle.actor, state }, rx)),
-            Err(tokio::sync::mpsc::error::SendError(r)) => run = r,
+            None => return Ok((RunControl { actor: idle.actor, state: Arc::clone(&state) }, Answer(state))),
+            Some(r) => run = r,
         }
     }
-    let (runs, inbox) = unbounded_channel();
-    let inbox = Inbox { runs: Some(inbox), me: runs.clone() };
+    Err(Box::new(run))
+}
+
+/// Starts a new supervisor for `run` (no idle one took it).
+async fn spawn_for(run: RunArgs) -> Result<(RunControl, Answer), Error> {
+    let state = Arc::clone(&run.state);
+    let (runs, inbox) = Runs::new();
+    let inbox = Inbox { runs: Some(inbox), me: runs.clone(), alive: Arc::new(Alive::default()) };
     let (actor, _join) = Actor::spawn(None, RunSupervisor, inbox)
         .await
         .map_err(|e| Error::Engine(format!("could not start the run supervisor: {e}")))?;
-    if runs.send(run).is_err() {
+    if runs.send(run).is_some() {
         return Err(Error::Engine("the run supervisor stopped before its run".into()));
     }
-    Ok((RunControl { actor, state }, rx))
+    Ok((RunControl { actor, state: Arc::clone(&state) }, Answer(state)))
 }
 
 /// The end of a run as its supervisor holds it: the trace's end and the caller's answer.
@@ -491,7 +682,7 @@ pub(crate) async fn start(
 /// which must not arrive before the trace is complete) waits for them, off the supervisor.
 struct RunEnd {
     finisher: Option<TraceFinisher>,
-    reply: Option<oneshot::Sender<Result<Action, Error>>>,
+    reply: Option<Reply>,
     alive: Arc<Alive>,
 }
 
@@ -606,7 +797,7 @@ async fn execute(
         params,
         trace: recorder,
         parent: resume_span.as_ref().map(|s| s.id()),
-        limits: Arc::new(RunLimits { max_steps: options.max_steps }),
+        limits: RunLimits { max_steps: options.max_steps },
         crew: crew.clone(),
         run: Arc::clone(&run),
         hook: options.durable.as_ref().map(|d| Arc::clone(&d.hook)),
@@ -616,7 +807,7 @@ async fn execute(
         cx.warn(root.name(), "Node won't run successors. Use Flow.".into());
     }
     let res = match options.timeout {
-        Some(limit) => match tokio::time::timeout(limit, visit(&root, &cx)).await {
+        Some(limit) => match tokio::time::timeout(limit, visit_root(&root, &cx)).await {
             Ok(r) => r,
             Err(_) => {
                 *run.reason.lock() = Some(format!("run timed out after {limit:?}"));
@@ -626,7 +817,7 @@ async fn execute(
                 Err(Error::Timeout { node: None, after: limit })
             }
         },
-        None => visit(&root, &cx).await,
+        None => visit_root(&root, &cx).await,
     };
     if let Some(s) = resume_span {
         s.end_with(res.as_ref().map(|_| ()));

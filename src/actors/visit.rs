@@ -29,7 +29,7 @@ use crate::trace::recorder::{capture, capture_as, error_status, OpenSpan};
 use crate::trace::Recorder;
 
 /// Limits that hold for a whole run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RunLimits {
     pub(crate) max_steps: Option<u64>,
 }
@@ -41,7 +41,7 @@ pub(crate) struct VisitCx {
     pub(crate) params: Arc<Params>,
     pub(crate) trace: Option<Recorder>,
     pub(crate) parent: Option<SpanId>,
-    pub(crate) limits: Arc<RunLimits>,
+    pub(crate) limits: RunLimits,
     /// Where the run's concurrent work goes: node actors linked to its supervisor.
     pub(crate) crew: Crew,
     /// The run's shared state: PocketFlow's warnings of this run go there, for its report.
@@ -270,6 +270,21 @@ pub(crate) fn visit<'a>(node: &'a NodeRef, cx: &'a VisitCx) -> BoxFuture<'a, Res
     }
 }
 
+/// A run's root visit: a flow whose visits nothing records is visited in place (no box, no
+/// `tracing` span for it); anything else goes through [`visit`].
+pub(crate) async fn visit_root(node: &NodeRef, cx: &VisitCx) -> Result<Action, Error> {
+    match &node.0.kind {
+        NodeKind::Flow(f)
+            if cx.hook.is_none()
+                && unrecorded(cx)
+                && !tracing::enabled!(target: "flowtrace::flow", tracing::Level::INFO) =>
+        {
+            visit_flow(node, f, cx).await
+        }
+        _ => visit(node, cx).await,
+    }
+}
+
 /// The `tracing` span of one phase (a child of the visit's `node` span).
 fn phase_span(phase: &'static str) -> tracing::Span {
     tracing::info_span!(target: "flowtrace::node", "phase", phase)
@@ -453,11 +468,17 @@ fn exec_span(attempt: u32) -> tracing::Span {
 /// The fused path does exactly what the phased one does, minus the recording: one future per
 /// visit instead of one per phase, and the typed values never boxed between phases.
 fn fused(cfg: &NodeConfig, cx: &VisitCx) -> bool {
-    cx.trace.is_none()
-        && cfg.max_retries == 1
-        && cfg.timeout.is_none()
-        && !cfg.blocking
-        && !tracing::enabled!(target: "flowtrace::node", tracing::Level::INFO)
+    single_attempt(cfg) && unrecorded(cx)
+}
+
+/// Whether a node's exec runs once, inline, without a time limit (the node's part of [`fused`]).
+fn single_attempt(cfg: &NodeConfig) -> bool {
+    cfg.max_retries == 1 && cfg.timeout.is_none() && !cfg.blocking
+}
+
+/// Whether nothing records the visits made with `cx` (the run's part of [`fused`]).
+fn unrecorded(cx: &VisitCx) -> bool {
+    cx.trace.is_none() && !tracing::enabled!(target: "flowtrace::node", tracing::Level::INFO)
 }
 
 /// The exec context of a fused (single, unrecorded) attempt.
@@ -863,7 +884,15 @@ async fn visit_flow(node: &NodeRef, flow: &FlowDef, cx: &VisitCx) -> Result<Acti
             s.input(|| serde_json::json!({ "params": *p }));
         }
     }
-    let inner = cx.with_parent(span.as_ref().map(|s| s.id()));
+    // Untraced, the flow's nodes see the flow's own context (no span to hang under, and no
+    // batch progress to drop): no copy of it per flow visit.
+    let owned;
+    let inner = if span.is_none() && cx.progress.is_none() {
+        cx
+    } else {
+        owned = cx.with_parent(span.as_ref().map(|s| s.id()));
+        &owned
+    };
     let ctx = cx.context(name);
     let res = async {
         let prep = match &flow.prep {
@@ -872,7 +901,7 @@ async fn visit_flow(node: &NodeRef, flow: &FlowDef, cx: &VisitCx) -> Result<Acti
         };
         let start = flow.start.read().clone();
         let max_steps = flow.max_steps.or(cx.limits.max_steps);
-        let last = orchestrate(name, start, max_steps, &inner).await?;
+        let last = orchestrate(name, start, max_steps, inner).await?;
         match &flow.post {
             Some(f) => guarded(name, Phase::Post, async { f(&ctx, prep, last) }).await,
             None => Ok(last),
@@ -906,6 +935,9 @@ async fn orchestrate(
     let mut curr = start;
     let mut last = Action::none();
     let mut steps = 0_u64;
+    // Asked once per loop rather than once per visit: whether a subscriber wants the engine's
+    // spans is a look-up, and a loop's visits are recorded alike.
+    let unrecorded = unrecorded(cx);
     while let Some(node) = curr {
         steps += 1;
         if let Some(limit) = max_steps {
@@ -915,7 +947,9 @@ async fn orchestrate(
         }
         last = match &node.0.kind {
             // Not boxed: the common case of a chain, one future per visit.
-            NodeKind::Node(n) if fused(&node.0.config, cx) => visit_node_fused(n, &node.0, cx).await?,
+            NodeKind::Node(n) if unrecorded && single_attempt(&node.0.config) => {
+                visit_node_fused(n, &node.0, cx).await?
+            }
             _ => visit(&node, cx).await?,
         };
         curr = follow(&node, &last, cx);

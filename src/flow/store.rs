@@ -4,6 +4,7 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -117,6 +118,35 @@ pub enum StoreError {
     Missing(String),
 }
 
+/// How many recording scopes ([`record_writes`], [`record_reads`]) are alive in the process.
+/// While there are none, which is always so when nothing is traced, a store's reads and writes
+/// skip looking for one in their task (a task-local look-up per access was a tenth of the
+/// store's cost).
+static RECORDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a recording scope in [`RECORDING`] while alive (it lives in the scope's future, so a
+/// dropped one is counted out too).
+struct Recording;
+
+impl Recording {
+    fn on() -> Self {
+        RECORDING.fetch_add(1, Ordering::Relaxed);
+        Recording
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        RECORDING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether any task may be recording what it reads or writes. A task's own scope is counted
+/// before its future first runs, so a task inside one always sees a non-zero count.
+fn any_recording() -> bool {
+    RECORDING.load(Ordering::Relaxed) != 0
+}
+
 tokio::task_local! {
     /// Keys written while a traced `post` runs on this task, so its span can list them.
     static WRITES: RefCell<Vec<String>>;
@@ -124,6 +154,7 @@ tokio::task_local! {
 
 /// Runs `fut` recording the keys it writes to any store; returns them with its output.
 pub(crate) async fn record_writes<F: std::future::Future>(fut: F) -> (F::Output, Vec<String>) {
+    let _on = Recording::on();
     WRITES
         .scope(RefCell::new(Vec::new()), async move {
             let out = fut.await;
@@ -141,6 +172,7 @@ tokio::task_local! {
 
 /// Runs `fut` recording the entries it reads from any store; returns them with its output.
 pub(crate) async fn record_reads<F: std::future::Future>(fut: F) -> (F::Output, StoreSnapshot) {
+    let _on = Recording::on();
     READS
         .scope(RefCell::new(Vec::new()), async move {
             let out = fut.await;
@@ -154,11 +186,25 @@ pub(crate) async fn record_reads<F: std::future::Future>(fut: F) -> (F::Output, 
 const MAX_RECORDED: usize = 64;
 
 /// Whether a traced `prep` on this task records what it reads.
+#[inline]
 fn recording_reads() -> bool {
+    any_recording() && in_read_scope()
+}
+
+#[cold]
+fn in_read_scope() -> bool {
     READS.try_with(|_| ()).is_ok()
 }
 
+#[inline]
 fn note_read(key: &str, v: &Arc<dyn StoreValue>) {
+    if any_recording() {
+        note_read_slow(key, v);
+    }
+}
+
+#[cold]
+fn note_read_slow(key: &str, v: &Arc<dyn StoreValue>) {
     let _ = READS.try_with(|r| {
         let mut r = r.borrow_mut();
         if r.len() < MAX_RECORDED && !r.iter().any(|(k, _)| k == key) {
@@ -167,7 +213,15 @@ fn note_read(key: &str, v: &Arc<dyn StoreValue>) {
     });
 }
 
+#[inline]
 fn note_write(key: &str) {
+    if any_recording() {
+        note_write_slow(key);
+    }
+}
+
+#[cold]
+fn note_write_slow(key: &str) {
     let _ = WRITES.try_with(|w| {
         let mut w = w.borrow_mut();
         if !w.iter().any(|k| k == key) {
@@ -199,8 +253,114 @@ pub struct SharedStore {
     map: Arc<RwLock<Map>>,
 }
 
+/// One entry: a key and its value, by reference count.
+type Entry = (String, Arc<dyn StoreValue>);
+
 /// The store's entries: each key's value, by reference count.
-type Map = HashMap<String, Arc<dyn StoreValue>, KeyHash>;
+///
+/// A store holds a handful of keys, and up to [`SCAN_MAX`] of them are found by a scan (a
+/// length and a byte comparison each), which costs less than hashing the key and probing a
+/// table did (a fifth of a chain node's cost went to the two look-ups of its read and its
+/// write); a store that grows past that moves to a hash map, for good.
+enum Map {
+    Few(Vec<Entry>),
+    Many(HashMap<String, Arc<dyn StoreValue>, KeyHash>),
+}
+
+/// The most keys a store finds by scanning.
+const SCAN_MAX: usize = 8;
+
+impl Default for Map {
+    fn default() -> Self {
+        Map::Few(Vec::new())
+    }
+}
+
+impl Map {
+    #[inline]
+    fn get(&self, key: &str) -> Option<&Arc<dyn StoreValue>> {
+        match self {
+            Map::Few(v) => v.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            Map::Many(m) => m.get(key),
+        }
+    }
+
+    #[inline]
+    fn get_mut(&mut self, key: &str) -> Option<&mut Arc<dyn StoreValue>> {
+        match self {
+            Map::Few(v) => v.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
+            Map::Many(m) => m.get_mut(key),
+        }
+    }
+
+    /// Sets `key` (known to be absent) to `value`.
+    fn insert_new(&mut self, key: String, value: Arc<dyn StoreValue>) -> &mut Arc<dyn StoreValue> {
+        if let Map::Few(v) = self {
+            if v.len() >= SCAN_MAX {
+                let mut m = HashMap::with_capacity_and_hasher(2 * SCAN_MAX, KeyHash);
+                m.extend(v.drain(..));
+                *self = Map::Many(m);
+            }
+        }
+        match self {
+            Map::Few(v) => {
+                v.push((key, value));
+                let last = v.len() - 1;
+                &mut v[last].1
+            }
+            Map::Many(m) => m.entry(key).insert_entry(value).into_mut(),
+        }
+    }
+
+    /// Sets `key` to `value`, returning the value it replaced.
+    fn insert(&mut self, key: String, value: Arc<dyn StoreValue>) -> Option<Arc<dyn StoreValue>> {
+        match self.get_mut(&key) {
+            Some(slot) => Some(std::mem::replace(slot, value)),
+            None => {
+                self.insert_new(key, value);
+                None
+            }
+        }
+    }
+
+    /// The value at `key`, made with `init` when absent.
+    fn get_or_insert_with(
+        &mut self,
+        key: &str,
+        init: impl FnOnce() -> Arc<dyn StoreValue>,
+    ) -> &mut Arc<dyn StoreValue> {
+        // Looked up twice when absent: the borrow checker does not let a miss fall through.
+        if self.get(key).is_some() {
+            return self.get_mut(key).expect("just found");
+        }
+        self.insert_new(key.to_owned(), init())
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Arc<dyn StoreValue>> {
+        match self {
+            Map::Few(v) => {
+                let i = v.iter().position(|(k, _)| k == key)?;
+                Some(v.swap_remove(i).1)
+            }
+            Map::Many(m) => m.remove(key),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Map::Few(v) => v.len(),
+            Map::Many(m) => m.len(),
+        }
+    }
+
+    /// Every entry, in no particular order.
+    fn iter(&self) -> Box<dyn Iterator<Item = (&String, &Arc<dyn StoreValue>)> + '_> {
+        match self {
+            Map::Few(v) => Box::new(v.iter().map(|(k, v)| (k, v))),
+            Map::Many(m) => Box::new(m.iter()),
+        }
+    }
+}
 
 /// The store's key hash: FxHash's mixing (rustc's), a word at a time. SipHash, std's default,
 /// was a sixth of a chain node's whole cost for a one-letter key; its resistance to chosen
@@ -279,7 +439,7 @@ impl SharedStore {
         note_write(key.as_ref());
         let mut map = self.map.write();
         let Some(slot) = map.get_mut(key.as_ref()) else {
-            map.insert(key.into(), stored(value));
+            map.insert_new(key.into(), stored(value));
             return;
         };
         // An existing key is rewritten in place (no new key). A value of the same type that
@@ -306,7 +466,7 @@ impl SharedStore {
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &str) -> bool {
-        self.map.read().contains_key(key)
+        self.map.read().get(key).is_some()
     }
 
     /// The number of keys.
@@ -316,12 +476,12 @@ impl SharedStore {
 
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.read().is_empty()
+        self.map.read().len() == 0
     }
 
     /// The keys, sorted.
     pub fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self.map.read().keys().cloned().collect();
+        let mut keys: Vec<String> = self.map.read().iter().map(|(k, _)| k.clone()).collect();
         keys.sort();
         keys
     }
@@ -376,7 +536,7 @@ impl SharedStore {
     {
         note_write(key);
         let mut map = self.map.write();
-        let slot = map.entry(key.to_owned()).or_insert_with(|| stored(init()));
+        let slot = map.get_or_insert_with(key, || stored(init()));
         note_read(key, slot);
         let mut value: T = convert(key, &**slot)?;
         let out = f(&mut value);
@@ -477,6 +637,43 @@ impl fmt::Debug for StoreSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_that_grows_past_the_scanned_few_keeps_every_key() {
+        let s = SharedStore::new();
+        for i in 0..3 * SCAN_MAX as i64 {
+            s.insert(format!("k{i}"), i);
+            // Rewritten once in each form: the scan's slot and the hash map's.
+            s.insert(format!("k{i}"), i * 10);
+        }
+        assert_eq!(s.len(), 3 * SCAN_MAX);
+        for i in 0..3 * SCAN_MAX as i64 {
+            assert_eq!(s.get::<i64>(&format!("k{i}")).unwrap(), Some(i * 10));
+        }
+        assert!(s.remove("k3"));
+        assert!(!s.remove("k3"));
+        assert!(!s.contains_key("k3"));
+        s.update("k4", || 0_i64, |v| *v += 1).unwrap();
+        assert_eq!(s.get::<i64>("k4").unwrap(), Some(41));
+        s.update("new", || 7_i64, |v| *v += 1).unwrap();
+        assert_eq!(s.get::<i64>("new").unwrap(), Some(8));
+        let keys = s.keys();
+        assert_eq!(keys.len(), 3 * SCAN_MAX);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys come sorted");
+    }
+
+    #[test]
+    fn a_few_keys_are_removed_and_rewritten_in_place() {
+        let s = SharedStore::new();
+        s.insert("a", 1_i64);
+        s.insert("b", 2_i64);
+        s.insert("c", 3_i64);
+        assert!(s.remove("a"));
+        assert_eq!(s.keys(), vec!["b", "c"]);
+        s.insert("a", 4_i64);
+        assert_eq!(s.to_json(), serde_json::json!({"a": 4, "b": 2, "c": 3}));
+        assert!(!s.is_empty());
+    }
 
     #[test]
     fn snapshot_is_not_affected_by_later_writes() {
