@@ -610,9 +610,9 @@ struct Memory {
 }
 
 /// The most spans the worker holds in memory (batching, ready or in flight; an encoded OTLP
-/// span with its trace's context costs about 3 KB, so some 100 MB); past it new traces go to
+/// span with its trace's context costs about 3 KB, so some 50 MB); past it new traces go to
 /// the log only, read back when there is room.
-const MAX_MEMORY_SPANS: u64 = 32_768;
+const MAX_MEMORY_SPANS: u64 = 16_384;
 /// The most spans waiting in the queue between the tracer and the worker; past it an exporter
 /// with a spool appends straight to its log (read back when the worker has room).
 const MAX_QUEUED_SPANS: u64 = 16_384;

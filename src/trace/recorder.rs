@@ -573,7 +573,12 @@ impl RawSpan {
                 input = Some(r.to_json());
             }
             if let Some((action, changed)) = lazy.changes {
-                output = Some(serde_json::json!({ "action": action, "changed": changed.to_json() }));
+                // By hand, not `json!`: the macro serialises its values again (a copy of the
+                // whole changed map, then a free of the original).
+                let mut m = serde_json::Map::new();
+                m.insert("action".to_owned(), action);
+                m.insert("changed".to_owned(), changed.to_json());
+                output = Some(Value::Object(m));
             }
         }
         SpanRecord {
