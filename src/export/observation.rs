@@ -54,6 +54,11 @@ fn attempt_of(s: &SpanRecord) -> Option<u64> {
 impl<'a> Levels<'a> {
     pub(crate) fn new(trace: &'a TraceRecord) -> Self {
         let mut last_attempt: HashMap<SpanId, u64> = HashMap::new();
+        // Only a failed span looks up its parents and retries: most traces have none, and
+        // need neither map.
+        if !trace.spans.iter().any(|s| matches!(s.status, SpanStatus::Error { .. })) {
+            return Levels { trace, by_id: HashMap::new(), last_attempt };
+        }
         for s in &trace.spans {
             if let (Some(p), Some(n)) = (s.parent_id, attempt_of(s)) {
                 let e = last_attempt.entry(p).or_default();
@@ -257,6 +262,59 @@ impl<'a> Metadata<'a> {
 
     fn extras(&self) -> impl Iterator<Item = (&'static str, Extra<'a>)> + '_ {
         self.extras.iter().map_while(|e| *e)
+    }
+}
+
+impl Metadata<'_> {
+    /// The object as compact JSON text appended to `buf`: the bytes `serde_json` writes for
+    /// it (tested), without a serializer or a map in between.
+    pub(crate) fn write_json(&self, buf: &mut Vec<u8>) {
+        use super::otlp::{write_str, write_value};
+        fn entry(buf: &mut Vec<u8>, first: &mut bool, k: &str) {
+            if !std::mem::take(first) {
+                buf.push(b',');
+            }
+            write_str(buf, k);
+            buf.push(b':');
+        }
+        fn extra(buf: &mut Vec<u8>, v: Extra<'_>) {
+            match v {
+                Extra::Str(s) => write_str(buf, s),
+                Extra::Strs(a) => {
+                    buf.push(b'[');
+                    for (i, s) in a.iter().enumerate() {
+                        if i > 0 {
+                            buf.push(b',');
+                        }
+                        write_str(buf, s);
+                    }
+                    buf.push(b']');
+                }
+                Extra::U64(n) => super::otlp::write_u64(buf, n),
+            }
+        }
+        buf.push(b'{');
+        let mut first = true;
+        let mut extras = self.extras().peekable();
+        for (k, v) in self.base {
+            while let Some((ek, ev)) = extras.next_if(|(ek, _)| *ek < k.as_str()) {
+                entry(buf, &mut first, ek);
+                extra(buf, ev);
+            }
+            // An added value replaces the recorded one of the same name.
+            if let Some((ek, ev)) = extras.next_if(|(ek, _)| *ek == k.as_str()) {
+                entry(buf, &mut first, ek);
+                extra(buf, ev);
+                continue;
+            }
+            entry(buf, &mut first, k);
+            write_value(buf, v);
+        }
+        for (ek, ev) in extras {
+            entry(buf, &mut first, ek);
+            extra(buf, ev);
+        }
+        buf.push(b'}');
     }
 }
 

@@ -116,7 +116,7 @@ fn json(buf: &mut Vec<u8>, v: &impl Serialize) {
 
 /// A JSON value as compact JSON text, the bytes `serde_json::to_writer` gives, written
 /// without a serializer in between: inputs and outputs are most of what an exporter writes.
-fn write_value(buf: &mut Vec<u8>, v: &Value) {
+pub(super) fn write_value(buf: &mut Vec<u8>, v: &Value) {
     match v {
         Value::Null => buf.extend_from_slice(b"null"),
         Value::Bool(true) => buf.extend_from_slice(b"true"),
@@ -139,22 +139,39 @@ fn write_value(buf: &mut Vec<u8>, v: &Value) {
             }
             buf.push(b']');
         }
-        Value::Object(m) => {
-            buf.push(b'{');
-            for (i, (k, v)) in m.iter().enumerate() {
-                if i > 0 {
-                    buf.push(b',');
-                }
-                write_str(buf, k);
-                buf.push(b':');
-                write_value(buf, v);
-            }
-            buf.push(b'}');
-        }
+        Value::Object(m) => write_map(buf, m),
     }
 }
 
-fn write_u64(buf: &mut Vec<u8>, mut u: u64) {
+/// A JSON object as compact JSON text (see [`write_value`]).
+pub(super) fn write_map(buf: &mut Vec<u8>, m: &serde_json::Map<String, Value>) {
+    buf.push(b'{');
+    for (i, (k, v)) in m.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        write_str(buf, k);
+        buf.push(b':');
+        write_value(buf, v);
+    }
+    buf.push(b'}');
+}
+
+/// Token counts as a JSON object (see [`write_value`]).
+fn write_counts(buf: &mut Vec<u8>, m: &std::collections::BTreeMap<String, u64>) {
+    buf.push(b'{');
+    for (i, (k, v)) in m.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        write_str(buf, k);
+        buf.push(b':');
+        write_u64(buf, *v);
+    }
+    buf.push(b'}');
+}
+
+pub(super) fn write_u64(buf: &mut Vec<u8>, mut u: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -179,7 +196,7 @@ fn needs_escape(w: u64) -> bool {
 }
 
 /// A JSON string, escaped as serde_json escapes it.
-fn write_str(buf: &mut Vec<u8>, s: &str) {
+pub(super) fn write_str(buf: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let b = s.as_bytes();
     buf.reserve(b.len() + 2);
@@ -187,13 +204,21 @@ fn write_str(buf: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     let mut i = 0;
     while i < b.len() {
-        // Eight bytes at a time while none needs escaping (most text).
+        // Eight bytes at a time while none needs escaping (most text); the last few padded
+        // with a byte that needs none.
         if let Some(chunk) = b.get(i..i + 8) {
             let mut w = [0u8; 8];
             w.copy_from_slice(chunk);
             if !needs_escape(u64::from_le_bytes(w)) {
                 i += 8;
                 continue;
+            }
+        } else {
+            let mut w = [b'a'; 8];
+            let tail = &b[i..];
+            w[..tail.len()].copy_from_slice(tail);
+            if !needs_escape(u64::from_le_bytes(w)) {
+                break;
             }
         }
         let c = b[i];
@@ -273,7 +298,8 @@ fn trace_context(buf: &mut Vec<u8>, tmp: &mut Vec<u8>, t: &TraceRecord, environm
     }
     // One JSON object: Langfuse parses it into structured metadata, where a value under
     // `langfuse.trace.metadata.<key>` would stay a string (§10).
-    json(tmp, &observation::trace_metadata(t));
+    tmp.clear();
+    observation::trace_metadata(t).write_json(tmp);
     attr_str(buf, "langfuse.trace.metadata", tmp);
 }
 
@@ -346,7 +372,8 @@ fn write_span(
     if let Some(g) = &s.generation {
         generation_attributes(out, other, g);
     }
-    json(other, &observation::metadata(s));
+    other.clear();
+    observation::metadata(s).write_json(other);
     attr_str(out, "langfuse.observation.metadata", other);
     out.extend_from_slice(ctx);
     if is_root {
@@ -376,11 +403,13 @@ fn generation_attributes(out: &mut Vec<u8>, tmp: &mut Vec<u8>, g: &GenerationRec
         attr_str(out, "gen_ai.request.model", m.as_bytes());
     }
     if !g.model_parameters.is_empty() {
-        json(tmp, &g.model_parameters);
+        tmp.clear();
+        write_map(tmp, &g.model_parameters);
         attr_str(out, "langfuse.observation.model.parameters", tmp);
     }
     if !g.usage.is_empty() {
-        json(tmp, &g.usage);
+        tmp.clear();
+        write_counts(tmp, &g.usage);
         attr_str(out, "langfuse.observation.usage_details", tmp);
         for (k, otel) in [("input", "gen_ai.usage.input_tokens"), ("output", "gen_ai.usage.output_tokens")] {
             if let Some(n) = g.usage.get(k) {
@@ -685,6 +714,11 @@ mod tests {
                 let (m, tm) = metadata_maps(s, &t);
                 assert_eq!(serde_json::to_string(&observation::metadata(s)).unwrap(), m.to_string());
                 assert_eq!(serde_json::to_string(&observation::trace_metadata(&t)).unwrap(), tm.to_string());
+                let (mut got, mut got_t) = (Vec::new(), Vec::new());
+                observation::metadata(s).write_json(&mut got);
+                observation::trace_metadata(&t).write_json(&mut got_t);
+                assert_eq!(String::from_utf8(got).unwrap(), m.to_string(), "written by hand");
+                assert_eq!(String::from_utf8(got_t).unwrap(), tm.to_string(), "written by hand");
             }
         }
     }

@@ -58,6 +58,8 @@ pub struct Privacy {
     values: bool,
     /// Exact values never to let out (the exporter's own keys, for one).
     secrets: Vec<String>,
+    /// What a string scan looks for, in one pass (kept in step with `secrets` and `values`).
+    scan: Arc<StrScan>,
     max_value_bytes: usize,
     max_depth: usize,
     sample_rate: f64,
@@ -85,6 +87,7 @@ impl Default for Privacy {
             redact_index: Arc::new(KeyIndex::new(DEFAULT_REDACTED_KEYS.iter().map(|s| normalise(s)))),
             values: true,
             secrets: Vec::new(),
+            scan: Arc::new(StrScan::new(&[], true)),
             max_value_bytes: 1_000_000,
             max_depth: MAX_DEPTH,
             sample_rate: 1.0,
@@ -134,6 +137,7 @@ impl Privacy {
     /// redacted whatever their key (default on).
     pub fn with_value_redaction(mut self, on: bool) -> Self {
         self.values = on;
+        self.scan = Arc::new(StrScan::new(&self.secrets, on));
         self
     }
     /// Exact values replaced wherever they appear in a string (values shorter than 6
@@ -147,6 +151,7 @@ impl Privacy {
         }
         // Longest first, so a value containing another is replaced whole.
         self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        self.scan = Arc::new(StrScan::new(&self.secrets, self.values));
         self
     }
     /// Values larger than this (serialised) are replaced by a visible truncation marker.
@@ -249,8 +254,10 @@ impl Privacy {
         out
     }
 
+    /// Whether `s` holds a known secret or (when on) a credential-shaped token: one pass over
+    /// its bytes for both.
     fn str_dirty(&self, s: &str) -> bool {
-        self.secrets.iter().any(|x| s.contains(x.as_str())) || (self.values && !credential_spans(s, true).is_empty())
+        self.scan.dirty(s.as_bytes())
     }
 
     /// Whether `v` needs any change: a secret key not yet redacted, a string to scrub, too
@@ -429,6 +436,71 @@ impl Privacy {
             self.scrub_status(&mut s.status);
         }
         limit_values(&t, self.max_value_bytes).unwrap_or(t)
+    }
+}
+
+/// The string scan of [`Privacy::needs_work`]: known secrets and credential-shaped tokens
+/// looked for in one pass, stopping only at bytes one of them can start with.
+#[derive(Debug)]
+struct StrScan {
+    /// Per byte value: [`CRED`] when a credential can start with it, [`SECRET`] when a
+    /// secret does.
+    starts: [u8; 256],
+    /// Secrets as bytes, longest first.
+    secrets: Vec<Box<[u8]>>,
+    /// Shorter strings cannot hold anything looked for.
+    min_len: usize,
+}
+
+const CRED: u8 = 1;
+const SECRET: u8 = 2;
+
+impl StrScan {
+    fn new(secrets: &[String], values: bool) -> Self {
+        let mut starts = [0u8; 256];
+        let mut min_len = usize::MAX;
+        if values {
+            for c in 0..=255u8 {
+                if starts_credential(c) {
+                    starts[c as usize] |= CRED;
+                }
+            }
+            min_len = MIN_CREDENTIAL;
+        }
+        for x in secrets {
+            if let Some(&c) = x.as_bytes().first() {
+                starts[c as usize] |= SECRET;
+                min_len = min_len.min(x.len());
+            }
+        }
+        StrScan { starts, secrets: secrets.iter().map(|x| x.as_bytes().into()).collect(), min_len }
+    }
+
+    /// What `secrets.iter().any(|x| s.contains(x)) || !credential_spans(s, true).is_empty()`
+    /// says (the latter only with value redaction on), in one pass: a credential starts a
+    /// word, and before the first one every word start is tried, so trying each word start
+    /// in turn finds the same.
+    fn dirty(&self, b: &[u8]) -> bool {
+        if b.len() < self.min_len {
+            return false;
+        }
+        let cred_ok = b.len() >= MIN_CREDENTIAL;
+        for (i, &c) in b.iter().enumerate() {
+            let f = self.starts[c as usize];
+            if f == 0 {
+                continue;
+            }
+            if f & CRED != 0 && cred_ok && (i == 0 || !is_word_byte(b[i - 1])) && credential_at(b, i).is_some() {
+                return true;
+            }
+            if f & SECRET != 0 {
+                let rest = &b[i..];
+                if self.secrets.iter().any(|x| rest.len() >= x.len() && rest[1] == x[1] && rest.starts_with(x)) {
+                    return true;
+                }
+            }
+        }
+        false
     }
 }
 
@@ -616,86 +688,100 @@ fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle)
 }
 
-/// The byte ranges of credential-shaped tokens in `s` (only the first when `first`): the
+/// The shortest credential [`credential_at`] finds takes 14 bytes (`Basic ` and 8, `pk-lf-`
+/// and 8); most strings in a trace are shorter.
+const MIN_CREDENTIAL: usize = 14;
+
+/// Whether a credential pattern can start with this byte (at the start of a word).
+fn starts_credential(c: u8) -> bool {
+    matches!(c, b'b' | b'B' | b's' | b'p' | b'e')
+}
+
+/// The credential-shaped token starting at `i` (a word start whose byte passes
+/// [`starts_credential`]), as the byte range to hide and where scanning resumes: the
 /// credentials after `Bearer ` or `Basic `, `sk-…` and `pk-lf-…` keys, and JWTs.
+fn credential_at(b: &[u8], i: usize) -> Option<(usize, usize)> {
+    let rest = &b[i..];
+    // `Bearer <token>` / `Basic <token>`: keep the scheme, hide the credentials.
+    let scheme = [&b"bearer"[..], &b"basic"[..]].into_iter().find(|w| starts_with_ci(rest, w));
+    if let Some(w) = scheme {
+        let mut j = i + w.len();
+        let sep = j;
+        while j < b.len() && (b[j] == b' ' || b[j] == b'\t') {
+            j += 1;
+        }
+        let from = j;
+        while j < b.len() && is_token_byte(b[j]) {
+            j += 1;
+        }
+        if j > sep && from > sep && j - from >= 8 {
+            return Some((from, j));
+        }
+    }
+    // API keys: `sk-…` (OpenAI, Anthropic, Langfuse secret keys) and `pk-lf-…`.
+    let prefix = if rest.starts_with(b"pk-lf-") {
+        Some((6, 8))
+    } else if rest.starts_with(b"sk-") {
+        Some((3, 16))
+    } else {
+        None
+    };
+    if let Some((len, min)) = prefix {
+        let mut j = i + len;
+        while j < b.len() && is_word_byte(b[j]) {
+            j += 1;
+        }
+        if j - i - len >= min {
+            return Some((i, j));
+        }
+    }
+    // JWT: three base64url segments, the first a JSON object (`eyJ`).
+    if rest.starts_with(b"eyJ") {
+        let mut j = i;
+        let mut segs = [0usize; 3];
+        let mut seg = 0;
+        while j < b.len() && seg < 3 {
+            if b[j].is_ascii_alphanumeric() || b[j] == b'-' || b[j] == b'_' {
+                segs[seg] += 1;
+            } else if b[j] == b'.' && seg < 2 {
+                seg += 1;
+            } else {
+                break;
+            }
+            j += 1;
+        }
+        if seg == 2 && segs[0] >= 10 && segs[1] >= 10 {
+            return Some((i, j));
+        }
+    }
+    None
+}
+
+/// The byte ranges of credential-shaped tokens in `s` (only the first when `first`), see
+/// [`credential_at`].
 fn credential_spans(s: &str, first: bool) -> Vec<(usize, usize)> {
     let b = s.as_bytes();
     let mut out = Vec::new();
-    // The shortest credential found below takes 14 bytes (`Basic ` and 8, `pk-lf-` and 8);
-    // most strings in a trace are shorter.
-    if b.len() < 14 {
+    if b.len() < MIN_CREDENTIAL {
         return out;
     }
     let mut i = 0;
     while i < b.len() {
         // Every pattern starts a word with one of these letters: the rest is skipped cheaply.
-        if !matches!(b[i], b'b' | b'B' | b's' | b'p' | b'e') || (i > 0 && is_word_byte(b[i - 1])) {
+        if !starts_credential(b[i]) || (i > 0 && is_word_byte(b[i - 1])) {
             i += 1;
             continue;
         }
-        if first && !out.is_empty() {
-            break;
-        }
-        let rest = &b[i..];
-        // `Bearer <token>` / `Basic <token>`: keep the scheme, hide the credentials.
-        let scheme = [&b"bearer"[..], &b"basic"[..]].into_iter().find(|w| starts_with_ci(rest, w));
-        if let Some(w) = scheme {
-            let mut j = i + w.len();
-            let sep = j;
-            while j < b.len() && (b[j] == b' ' || b[j] == b'\t') {
-                j += 1;
-            }
-            let from = j;
-            while j < b.len() && is_token_byte(b[j]) {
-                j += 1;
-            }
-            if j > sep && from > sep && j - from >= 8 {
-                out.push((from, j));
-                i = j;
-                continue;
-            }
-        }
-        // API keys: `sk-…` (OpenAI, Anthropic, Langfuse secret keys) and `pk-lf-…`.
-        let prefix = if rest.starts_with(b"pk-lf-") {
-            Some((6, 8))
-        } else if rest.starts_with(b"sk-") {
-            Some((3, 16))
-        } else {
-            None
-        };
-        if let Some((len, min)) = prefix {
-            let mut j = i + len;
-            while j < b.len() && is_word_byte(b[j]) {
-                j += 1;
-            }
-            if j - i - len >= min {
-                out.push((i, j));
-                i = j;
-                continue;
-            }
-        }
-        // JWT: three base64url segments, the first a JSON object (`eyJ`).
-        if rest.starts_with(b"eyJ") {
-            let mut j = i;
-            let mut segs = [0usize; 3];
-            let mut seg = 0;
-            while j < b.len() && seg < 3 {
-                if b[j].is_ascii_alphanumeric() || b[j] == b'-' || b[j] == b'_' {
-                    segs[seg] += 1;
-                } else if b[j] == b'.' && seg < 2 {
-                    seg += 1;
-                } else {
+        match credential_at(b, i) {
+            Some((from, to)) => {
+                out.push((from, to));
+                if first {
                     break;
                 }
-                j += 1;
+                i = to;
             }
-            if seg == 2 && segs[0] >= 10 && segs[1] >= 10 {
-                out.push((i, j));
-                i = j;
-                continue;
-            }
+            None => i += 1,
         }
-        i += 1;
     }
     out
 }
@@ -795,6 +881,55 @@ mod tests {
         for s in ["Basic abcdefgh", "pk-lf-abcdefgh", "sk-abcdefghijklmnop", "eyJabcdefgh.abcdefghij."] {
             assert_eq!(credential_spans(s, true).len(), 1, "{s}");
             assert!(credential_spans(&s[..s.len() - 1], true).is_empty(), "{s}");
+        }
+    }
+
+    #[test]
+    fn the_one_pass_string_scan_agrees_with_the_searches_it_replaces() {
+        let secrets: Vec<String> = vec!["pk-lf-bench".into(), "sk-lf-bench-secret".into(), "cGstbGY6c2s=".into()];
+        let mut texts: Vec<String> = [
+            "",
+            "short",
+            "plain text without anything in it at all",
+            "Authorization: Bearer abcdefgh12345678",
+            "bearer abcdefg",
+            "xbearer abcdefgh12345678",
+            "key sk-proj-0123456789abcdef0123 ok",
+            "desk-lamp-0123456789abcdefgh",
+            "pk-lf-1234abcd-5678",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_X",
+            "the pk-lf-bench key",
+            "xpk-lf-benchx",
+            "pk-lf-benc",
+            "sk-lf-bench-secre and more text here",
+            "prefix cGstbGY6c2s=",
+            "cGstbGY6c2s",
+            "ünïcode sk-lf-bench-secret ✓",
+            "Basic abcdefgh",
+            "Basic abcdefg",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Every cut of every text: a pattern at either end, or cut short.
+        let cuts: Vec<String> = texts
+            .iter()
+            .flat_map(|t| {
+                (0..=t.len())
+                    .filter(|&i| t.is_char_boundary(i))
+                    .flat_map(move |i| [t[..i].to_string(), t[i..].to_string()])
+            })
+            .collect();
+        texts.extend(cuts);
+        for values in [true, false] {
+            for secrets in [&secrets[..], &[]] {
+                let scan = StrScan::new(secrets, values);
+                for t in &texts {
+                    let want = secrets.iter().any(|x| t.contains(x.as_str()))
+                        || (values && !credential_spans(t, true).is_empty());
+                    assert_eq!(scan.dirty(t.as_bytes()), want, "{t:?} values={values} secrets={}", secrets.len());
+                }
+            }
         }
     }
 
