@@ -9,6 +9,7 @@
 //! copied onto each of its spans.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -201,46 +202,38 @@ pub(super) fn write_str(buf: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     buf.reserve(b.len() + 2);
     buf.push(b'"');
-    let mut start = 0;
     let mut i = 0;
     while i < b.len() {
-        // Eight bytes at a time while none needs escaping (most text); the last few padded
-        // with a byte that needs none.
+        // Eight bytes at a time while none needs escaping (most text), scanned and copied as
+        // one word.
         if let Some(chunk) = b.get(i..i + 8) {
             let mut w = [0u8; 8];
             w.copy_from_slice(chunk);
             if !needs_escape(u64::from_le_bytes(w)) {
+                buf.extend_from_slice(&w);
                 i += 8;
                 continue;
             }
-        } else {
-            let mut w = [b'a'; 8];
-            let tail = &b[i..];
-            w[..tail.len()].copy_from_slice(tail);
-            if !needs_escape(u64::from_le_bytes(w)) {
-                break;
+        }
+        // Byte by byte up to the next word (or the end).
+        let end = (i + 8).min(b.len());
+        for &c in &b[i..end] {
+            match c {
+                b'"' => buf.extend_from_slice(b"\\\""),
+                b'\\' => buf.extend_from_slice(b"\\\\"),
+                0x08 => buf.extend_from_slice(b"\\b"),
+                0x0c => buf.extend_from_slice(b"\\f"),
+                b'\n' => buf.extend_from_slice(b"\\n"),
+                b'\r' => buf.extend_from_slice(b"\\r"),
+                b'\t' => buf.extend_from_slice(b"\\t"),
+                0..0x20 => {
+                    buf.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(c >> 4) as usize], HEX[(c & 0xf) as usize]])
+                }
+                _ => buf.push(c),
             }
         }
-        let c = b[i];
-        i += 1;
-        if c >= 0x20 && c != b'"' && c != b'\\' {
-            continue;
-        }
-        let i = i - 1;
-        buf.extend_from_slice(&b[start..i]);
-        match c {
-            b'"' => buf.extend_from_slice(b"\\\""),
-            b'\\' => buf.extend_from_slice(b"\\\\"),
-            0x08 => buf.extend_from_slice(b"\\b"),
-            0x0c => buf.extend_from_slice(b"\\f"),
-            b'\n' => buf.extend_from_slice(b"\\n"),
-            b'\r' => buf.extend_from_slice(b"\\r"),
-            b'\t' => buf.extend_from_slice(b"\\t"),
-            _ => buf.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(c >> 4) as usize], HEX[(c & 0xf) as usize]]),
-        }
-        start = i + 1;
+        i = end;
     }
-    buf.extend_from_slice(&b[start..]);
     buf.push(b'"');
 }
 
@@ -264,8 +257,9 @@ struct Scratch {
     input: Vec<u8>,
     output: Vec<u8>,
     other: Vec<u8>,
-    /// The span being written.
-    span: Vec<u8>,
+    /// The trace's spans, one after another, and where each ends.
+    spans: Vec<u8>,
+    ends: Vec<usize>,
 }
 
 thread_local! {
@@ -439,26 +433,83 @@ pub fn encode_trace(trace: &TraceRecord, out: &mut Vec<Vec<u8>>) -> usize {
 
 /// Like [`encode_trace`], with the Langfuse environment (`langfuse.environment`) on every span.
 pub(super) fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, out: &mut Vec<Vec<u8>>) -> usize {
-    SCRATCH.with(|sc| match sc.try_borrow_mut() {
-        Ok(mut sc) => encode_with(&mut sc, trace, environment, out),
-        // Not reentrant in practice; fresh buffers if it ever is.
-        Err(_) => encode_with(&mut Scratch::default(), trace, environment, out),
+    with_scratch(|sc| {
+        let (mut spans, mut ends) = (std::mem::take(&mut sc.spans), std::mem::take(&mut sc.ends));
+        encode_with(sc, trace, environment, &mut spans, &mut ends);
+        let mut at = 0;
+        for &end in &ends {
+            // An exact-size copy: queued spans hold no spare capacity.
+            out.push(spans[at..end].to_vec());
+            at = end;
+        }
+        let n = ends.len();
+        (sc.spans, sc.ends) = (spans, ends);
+        n
     })
 }
 
-fn encode_with(sc: &mut Scratch, trace: &TraceRecord, environment: Option<&str>, out: &mut Vec<Vec<u8>>) -> usize {
-    let before = out.len();
+/// One encoded `Span` message: a range of its trace's buffer, which all the trace's spans share
+/// (one allocation per trace, not one per span).
+#[derive(Debug, Clone)]
+pub(super) struct SpanBytes {
+    buf: Arc<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl SpanBytes {
+    /// The message's bytes.
+    pub(super) fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+    /// Its length in bytes.
+    pub(super) fn len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// Like [`encode_trace_in`], each span handed to `each` as a range of one buffer per trace.
+pub(super) fn encode_trace_shared(trace: &TraceRecord, environment: Option<&str>, mut each: impl FnMut(SpanBytes)) {
+    with_scratch(|sc| {
+        let (mut spans, mut ends) = (std::mem::take(&mut sc.spans), std::mem::take(&mut sc.ends));
+        encode_with(sc, trace, environment, &mut spans, &mut ends);
+        let buf: Arc<[u8]> = Arc::from(spans.as_slice());
+        let mut start = 0;
+        for &end in &ends {
+            each(SpanBytes { buf: Arc::clone(&buf), start, end });
+            start = end;
+        }
+        (sc.spans, sc.ends) = (spans, ends);
+    })
+}
+
+/// The thread's scratch buffers (fresh ones if they are in use, which they are not in practice).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|sc| match sc.try_borrow_mut() {
+        Ok(mut sc) => f(&mut sc),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// Writes the trace's spans one after another into `spans` (cleared first), the end of each in
+/// `ends`.
+fn encode_with(
+    sc: &mut Scratch,
+    trace: &TraceRecord,
+    environment: Option<&str>,
+    spans: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
+) {
+    spans.clear();
+    ends.clear();
     let folded = observation::fold_generation_nodes(trace);
     let trace = folded.as_ref().unwrap_or(trace);
     trace_context(&mut sc.ctx, &mut sc.other, trace, environment);
     let levels = Levels::new(trace);
     let root = trace.root().map(|r| r.span_id);
-    let mut span = std::mem::take(&mut sc.span);
     let mut emit = |sc: &mut Scratch, s: &SpanRecord, is_root: bool| {
-        span.clear();
-        write_span(&mut span, sc, trace, &levels, s, is_root);
-        // An exact-size copy: queued spans hold no spare capacity.
-        out.push(span.as_slice().to_vec());
+        write_span(spans, sc, trace, &levels, s, is_root);
+        ends.push(spans.len());
     };
     // A part of a run in progress has no root yet: the record that ends the run brings it.
     if root.is_none() && !trace.is_part() {
@@ -480,8 +531,6 @@ fn encode_with(sc: &mut Scratch, trace: &TraceRecord, environment: Option<&str>,
     for s in &trace.spans {
         emit(sc, s, Some(s.span_id) == root);
     }
-    sc.span = span;
-    out.len() - before
 }
 
 fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
@@ -762,6 +811,18 @@ mod tests {
                     assert_eq!(attr("langfuse.trace.input"), Some(t.input.to_string()));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn shared_buffers_hold_the_same_spans() {
+        for t in traces() {
+            let mut spans = Vec::new();
+            encode_trace_in(&t, Some("production"), &mut spans);
+            let mut shared = Vec::new();
+            encode_trace_shared(&t, Some("production"), |s| shared.push(s));
+            assert_eq!(shared.iter().map(SpanBytes::as_slice).collect::<Vec<_>>(), spans);
+            assert!(shared.iter().zip(&spans).all(|(s, v)| s.len() == v.len()));
         }
     }
 

@@ -262,7 +262,7 @@ impl Privacy {
 
     /// Whether `v` needs any change: a secret key not yet redacted, a string to scrub, too
     /// deep, or perhaps over the size limit. Iterative: any depth is safe to look at.
-    fn needs_work(&self, v: &Value) -> bool {
+    fn needs_work<'t>(&self, v: &'t Value, stack: &mut Vec<(&'t Value, usize)>) -> bool {
         let mut budget = self.max_value_bytes;
         let mut take = |n: usize| match budget.checked_sub(n) {
             Some(rest) => {
@@ -278,7 +278,8 @@ impl Privacy {
             Value::String(s) => return self.max_value_bytes < 2 + 6 * s.len() || self.str_dirty(s),
             Value::Array(_) | Value::Object(_) => {}
         }
-        let mut stack: Vec<(&Value, usize)> = Vec::with_capacity(16);
+        // One stack for the whole trace (the caller's): left empty on `false`.
+        stack.clear();
         stack.push((v, 1));
         while let Some((v, depth)) = stack.pop() {
             match v {
@@ -320,8 +321,8 @@ impl Privacy {
         false
     }
 
-    fn map_dirty(&self, m: &serde_json::Map<String, Value>) -> bool {
-        m.iter().any(|(k, v)| (self.is_secret(k) && !is_redacted(v)) || self.needs_work(v))
+    fn map_dirty<'t>(&self, m: &'t serde_json::Map<String, Value>, stack: &mut Vec<(&'t Value, usize)>) -> bool {
+        m.iter().any(|(k, v)| (self.is_secret(k) && !is_redacted(v)) || self.needs_work(v, stack))
     }
 
     fn status_dirty(&self, s: &SpanStatus) -> bool {
@@ -364,15 +365,17 @@ impl Privacy {
     /// common case costs a scan, not a copy. Applying it twice changes nothing the second time.
     pub fn apply_shared(&self, trace: Arc<TraceRecord>) -> Arc<TraceRecord> {
         let t = &*trace;
+        let mut stack = Vec::new();
+        let st = &mut stack;
         let dirty = self.mask.is_some()
-            || self.needs_work(&t.input)
-            || self.needs_work(&t.output)
-            || self.map_dirty(&t.metadata)
+            || self.needs_work(&t.input, st)
+            || self.needs_work(&t.output, st)
+            || self.map_dirty(&t.metadata, st)
             || self.status_dirty(&t.status)
             || t.spans.iter().any(|s| {
-                s.input.as_ref().is_some_and(|v| self.needs_work(v))
-                    || s.output.as_ref().is_some_and(|v| self.needs_work(v))
-                    || self.map_dirty(&s.attributes)
+                s.input.as_ref().is_some_and(|v| self.needs_work(v, st))
+                    || s.output.as_ref().is_some_and(|v| self.needs_work(v, st))
+                    || self.map_dirty(&s.attributes, st)
                     || self.status_dirty(&s.status)
             });
         if dirty {
