@@ -260,6 +260,8 @@ struct Scratch {
     /// The trace's spans, one after another, and where each ends.
     spans: Vec<u8>,
     ends: Vec<usize>,
+    /// The bytes of the last trace written into a buffer of its own.
+    last_len: usize,
 }
 
 thread_local! {
@@ -452,7 +454,7 @@ pub(super) fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, ou
 /// (one allocation per trace, not one per span).
 #[derive(Debug, Clone)]
 pub(super) struct SpanBytes {
-    buf: Arc<[u8]>,
+    buf: Arc<Vec<u8>>,
     start: usize,
     end: usize,
 }
@@ -471,15 +473,19 @@ impl SpanBytes {
 /// Like [`encode_trace_in`], each span handed to `each` as a range of one buffer per trace.
 pub(super) fn encode_trace_shared(trace: &TraceRecord, environment: Option<&str>, mut each: impl FnMut(SpanBytes)) {
     with_scratch(|sc| {
-        let (mut spans, mut ends) = (std::mem::take(&mut sc.spans), std::mem::take(&mut sc.ends));
+        // Written straight into the buffer the spans keep (not copied into it), sized like
+        // the last trace's: traces of one exporter are much alike.
+        let mut spans = Vec::with_capacity(sc.last_len);
+        let mut ends = std::mem::take(&mut sc.ends);
         encode_with(sc, trace, environment, &mut spans, &mut ends);
-        let buf: Arc<[u8]> = Arc::from(spans.as_slice());
+        sc.last_len = spans.len();
+        let buf = Arc::new(spans);
         let mut start = 0;
         for &end in &ends {
             each(SpanBytes { buf: Arc::clone(&buf), start, end });
             start = end;
         }
-        (sc.spans, sc.ends) = (spans, ends);
+        sc.ends = ends;
     })
 }
 
@@ -610,7 +616,7 @@ pub fn encode_request(resource: &Resource, spans: &[Vec<u8>]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use serde_json::Value;
@@ -631,7 +637,7 @@ mod tests {
         }
     }
 
-    fn traces() -> Vec<TraceRecord> {
+    pub(crate) fn traces() -> Vec<TraceRecord> {
         use serde_json::json;
         let obj = |v: Value| v.as_object().cloned().unwrap();
         let mut root = span(1, None, SpanKind::Flow, "Flow");
