@@ -8,27 +8,53 @@ use serde_json::{json, Value};
 
 use super::observation::{self, Levels};
 use super::otlp::{write_map, write_str, write_u64, write_value};
-use crate::trace::{GenerationRecord, SpanId, SpanKind, SpanRecord, TraceRecord};
+use crate::trace::{GenerationRecord, SpanId, SpanKind, TraceRecord};
 
-/// A fresh envelope id (UUID-shaped, unique within and across processes in practice).
+/// A fresh envelope id (UUID-shaped, unique within and across processes in practice): the
+/// event count mixed (SplitMix64, a bijection) with two halves of a per-process random seed.
 pub(super) fn envelope_id() -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
-    let seed = SEED.get_or_init(Default::default);
+    static SEED: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    let &(sa, sb) = SEED.get_or_init(|| {
+        let seed = std::collections::hash_map::RandomState::new();
+        let half = |x: u64| {
+            let mut h = seed.build_hasher();
+            h.write_u64(x);
+            h.finish()
+        };
+        (half(0), half(1))
+    });
+    fn mix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let mut a = seed.build_hasher();
-    a.write_u64(n);
-    let mut b = seed.build_hasher();
-    b.write_u64(!n);
-    let v = ((a.finish() as u128) << 64) | b.finish() as u128;
+    let v = ((mix(sa ^ n) as u128) << 64) | mix(sb ^ n) as u128;
     // Mark as a version-4 UUID so strict validators accept it.
     let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    crate::trace::TraceId(v).to_uuid()
+    uuid(v)
+}
+
+/// `v` as a UUID (8-4-4-4-12 lower-case hex digits), what `TraceId::to_uuid` writes.
+fn uuid(v: u128) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut digit = 0;
+    for (i, c) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            continue;
+        }
+        *c = HEX[((v >> (124 - 4 * digit)) & 0xf) as usize];
+        digit += 1;
+    }
+    out.iter().map(|&b| b as char).collect()
 }
 
 /// The observation id Langfuse gets for one of our spans: its 16 hex digits.
 #[cfg(test)]
-pub(super) fn observation_id(s: &SpanRecord) -> String {
+pub(super) fn observation_id(s: &crate::trace::SpanRecord) -> String {
     s.span_id.to_string()
 }
 
@@ -213,7 +239,7 @@ pub(super) fn encode_trace_bytes_in(
     let before = out.len();
     let folded = observation::fold_generation_nodes(t);
     let t = folded.as_ref().unwrap_or(t);
-    let trace_id = t.trace_id.to_uuid();
+    let trace_id = uuid(t.trace_id.0);
     let levels = Levels::new(t);
     let root = t.root().map(|r| r.span_id);
 
@@ -626,6 +652,16 @@ mod tests {
                 assert_eq!(without_ids(new), without_ids(old));
             }
         }
+    }
+
+    #[test]
+    fn ids_are_uuids() {
+        for v in [0u128, 1, u128::MAX, 0x0123456789abcdef0123456789abcdef] {
+            assert_eq!(uuid(v), crate::trace::TraceId(v).to_uuid());
+        }
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| envelope_id()).collect();
+        assert_eq!(ids.len(), 10_000, "distinct");
+        assert!(ids.iter().all(|id| id.len() == 36 && id.as_bytes()[14] == b'4'), "version 4");
     }
 
     #[test]

@@ -196,43 +196,76 @@ fn needs_escape(w: u64) -> bool {
     (below_space | zero_in(w ^ (ONES * b'"' as u64)) | zero_in(w ^ (ONES * b'\\' as u64))) != 0
 }
 
-/// A JSON string, escaped as serde_json escapes it.
-pub(super) fn write_str(buf: &mut Vec<u8>, s: &str) {
+/// Eight bytes of `b` from `at`, as one little-endian word.
+fn word(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Bytes of a JSON string, escaped as serde_json escapes them, one at a time.
+fn escape_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &c in b {
+        if c >= 0x20 && c != b'"' && c != b'\\' {
+            buf.push(c);
+            continue;
+        }
+        match c {
+            b'"' => buf.extend_from_slice(b"\\\""),
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            0x08 => buf.extend_from_slice(b"\\b"),
+            0x0c => buf.extend_from_slice(b"\\f"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            _ => buf.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(c >> 4) as usize], HEX[(c & 0xf) as usize]]),
+        }
+    }
+}
+
+/// A JSON string, escaped as serde_json escapes it: checked and copied eight bytes at a time
+/// (most text needs no escape), byte by byte only around a byte that does.
+pub(super) fn write_str(buf: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     buf.reserve(b.len() + 2);
     buf.push(b'"');
+    if b.len() < 8 {
+        // Padded with a byte that needs no escape.
+        let mut w = u64::from_le_bytes(*b"aaaaaaaa");
+        for (j, &c) in b.iter().enumerate() {
+            w = (w & !(0xff << (8 * j))) | (u64::from(c) << (8 * j));
+        }
+        if needs_escape(w) {
+            escape_bytes(buf, b);
+        } else {
+            buf.extend_from_slice(b);
+        }
+        buf.push(b'"');
+        return;
+    }
     let mut i = 0;
-    while i < b.len() {
-        // Eight bytes at a time while none needs escaping (most text), scanned and copied as
-        // one word.
-        if let Some(chunk) = b.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            if !needs_escape(u64::from_le_bytes(w)) {
-                buf.extend_from_slice(&w);
-                i += 8;
-                continue;
-            }
+    while i + 8 <= b.len() {
+        let w = word(b, i);
+        if needs_escape(w) {
+            escape_bytes(buf, &b[i..i + 8]);
+        } else {
+            buf.extend_from_slice(&w.to_le_bytes());
         }
-        // Byte by byte up to the next word (or the end).
-        let end = (i + 8).min(b.len());
-        for &c in &b[i..end] {
-            match c {
-                b'"' => buf.extend_from_slice(b"\\\""),
-                b'\\' => buf.extend_from_slice(b"\\\\"),
-                0x08 => buf.extend_from_slice(b"\\b"),
-                0x0c => buf.extend_from_slice(b"\\f"),
-                b'\n' => buf.extend_from_slice(b"\\n"),
-                b'\r' => buf.extend_from_slice(b"\\r"),
-                b'\t' => buf.extend_from_slice(b"\\t"),
-                0..0x20 => {
-                    buf.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(c >> 4) as usize], HEX[(c & 0xf) as usize]])
-                }
-                _ => buf.push(c),
-            }
+        i += 8;
+    }
+    if i < b.len() {
+        // The string's last eight bytes, some of them written already: when none needs an
+        // escape, those went out as they are, so they are taken back and the word written
+        // whole.
+        let from = b.len() - 8;
+        let w = word(b, from);
+        if needs_escape(w) {
+            escape_bytes(buf, &b[i..]);
+        } else {
+            buf.truncate(buf.len() - (i - from));
+            buf.extend_from_slice(&w.to_le_bytes());
         }
-        i = end;
     }
     buf.push(b'"');
 }
@@ -845,6 +878,17 @@ pub(super) mod tests {
             json!("plain"),
             json!("0123456789abcdef\n0123456789\"0123456789\\0123456789\u{1f}xyz0123456789ü"),
         ];
+        let mut values = values.to_vec();
+        for len in 0..26 {
+            for at in 0..len {
+                for c in ['"', '\\', '\n', '\u{1}', 'é'] {
+                    let mut s: Vec<char> = "abcdefghijklmnopqrstuvwxyz"[..len].chars().collect();
+                    s[at] = c;
+                    values.push(json!(s.into_iter().collect::<String>()));
+                }
+            }
+            values.push(json!("abcdefghijklmnopqrstuvwxyz"[..len]));
+        }
         for v in values {
             let mut b = Vec::new();
             json_value(&mut b, &v);
