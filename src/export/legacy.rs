@@ -49,7 +49,8 @@ fn uuid(v: u128) -> String {
         *c = HEX[((v >> (124 - 4 * digit)) & 0xf) as usize];
         digit += 1;
     }
-    out.iter().map(|&b| b as char).collect()
+    // ASCII throughout.
+    std::str::from_utf8(&out).map(str::to_owned).unwrap_or_default()
 }
 
 /// The observation id Langfuse gets for one of our spans: its 16 hex digits.

@@ -559,29 +559,32 @@ struct KeyIndex {
     groups: Vec<(u8, Vec<Box<[u8]>>)>,
 }
 
-/// FNV-1a: the cache's keys are short field names.
-#[derive(Default)]
-struct Fnv(u64);
+/// Slots of the per-thread cache of key answers (a power of two).
+const KEY_SLOTS: usize = 1024;
 
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for &b in bytes {
-            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = h;
-    }
+/// The answers for keys seen on this thread, for one index (its id): direct-mapped, a key's
+/// slot chosen from its length and its first and last eight bytes, a newer key in the same
+/// slot replacing an older one. The same few field names come back in every trace.
+struct KeyCache {
+    id: u64,
+    slots: Vec<Option<(Box<str>, bool)>>,
 }
 
-type KeyCache = (u64, std::collections::HashMap<Box<str>, bool, std::hash::BuildHasherDefault<Fnv>>);
-
 thread_local! {
-    /// The answers for keys seen on this thread, for one index: the same few field names
-    /// come back in every trace.
-    static KEY_CACHE: std::cell::RefCell<KeyCache> = std::cell::RefCell::default();
+    static KEY_CACHE: std::cell::RefCell<KeyCache> = const { std::cell::RefCell::new(KeyCache { id: 0, slots: Vec::new() }) };
+}
+
+/// The cache slot of a key (at most 64 bytes).
+fn key_slot(k: &[u8]) -> usize {
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        let n = b.len().min(8);
+        w[..n].copy_from_slice(&b[..n]);
+        u64::from_le_bytes(w)
+    };
+    let (head, tail) = (word(k), word(&k[k.len().saturating_sub(8)..]));
+    let h = (head ^ tail.rotate_left(29) ^ k.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 54) as usize & (KEY_SLOTS - 1)
 }
 
 impl KeyIndex {
@@ -600,25 +603,26 @@ impl KeyIndex {
     }
 
     /// [`matches`](Self::matches), remembered per thread for keys of up to 64 bytes (at most
-    /// 4,096 of them).
+    /// [`KEY_SLOTS`] of them).
     fn matches_cached(&self, key: &str) -> bool {
         if key.len() > 64 {
             return self.matches(key);
         }
         KEY_CACHE.with(|c| {
             let Ok(mut c) = c.try_borrow_mut() else { return self.matches(key) };
-            if c.0 != self.id {
-                c.1.clear();
-                c.0 = self.id;
+            if c.id != self.id || c.slots.is_empty() {
+                c.slots.clear();
+                c.slots.resize(KEY_SLOTS, None);
+                c.id = self.id;
             }
-            if let Some(&m) = c.1.get(key) {
-                return m;
+            let slot = &mut c.slots[key_slot(key.as_bytes())];
+            if let Some((k, m)) = slot {
+                if **k == *key {
+                    return *m;
+                }
             }
             let m = self.matches(key);
-            if c.1.len() >= 4096 {
-                c.1.clear();
-            }
-            c.1.insert(key.into(), m);
+            *slot = Some((key.into(), m));
             m
         })
     }
@@ -966,6 +970,15 @@ mod tests {
                 // Twice: the second answer comes from the cache.
                 assert_eq!(ix.matches_cached(k), contains_normalised(k, list), "{k:?} in {list:?}");
                 assert_eq!(ix.matches_cached(k), contains_normalised(k, list), "{k:?} in {list:?}");
+            }
+        }
+        // More keys than the cache has slots: colliding keys replace each other, answers stay right.
+        let ix = KeyIndex::new(lists[0].iter().cloned());
+        let many: Vec<String> =
+            (0..3 * KEY_SLOTS).map(|i| if i % 3 == 0 { format!("k{i}_token") } else { format!("field_{i}") }).collect();
+        for _ in 0..2 {
+            for k in &many {
+                assert_eq!(ix.matches_cached(k), k.ends_with("token"), "{k}");
             }
         }
         let p = Privacy::default().with_extra_redacted_keys(["my-custom"]);
