@@ -74,18 +74,9 @@ fn key(buf: &mut Vec<u8>, k: &str) {
 
 /// A timestamp as `format_timestamp` writes it, quoted, without a `String` in between.
 fn timestamp(buf: &mut Vec<u8>, unix_nanos: u64) {
-    fn pad(buf: &mut Vec<u8>, mut v: u64, width: usize) {
-        let mut d = [b'0'; 20];
-        let mut i = d.len();
-        loop {
-            i -= 1;
-            d[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        buf.extend_from_slice(&d[i.min(d.len() - width)..]);
+    /// `v` (below 100) as two digits.
+    fn two(buf: &mut Vec<u8>, v: u64) {
+        buf.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
     }
     let secs = unix_nanos / 1_000_000_000;
     let micros = (unix_nanos % 1_000_000_000) / 1_000;
@@ -101,21 +92,29 @@ fn timestamp(buf: &mut Vec<u8>, unix_nanos: u64) {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
+    let y = (if m <= 2 { y + 1 } else { y }) as u64;
     buf.push(b'"');
-    pad(buf, y as u64, 4);
+    if y < 10_000 {
+        two(buf, y / 100);
+        two(buf, y % 100);
+    } else {
+        // Past year 9999 (a broken clock): all the digits, as `{:04}` writes them.
+        write_u64(buf, y);
+    }
     buf.push(b'-');
-    pad(buf, m as u64, 2);
+    two(buf, m as u64);
     buf.push(b'-');
-    pad(buf, d as u64, 2);
+    two(buf, d as u64);
     buf.push(b'T');
-    pad(buf, sod / 3_600, 2);
+    two(buf, sod / 3_600);
     buf.push(b':');
-    pad(buf, (sod % 3_600) / 60, 2);
+    two(buf, (sod % 3_600) / 60);
     buf.push(b':');
-    pad(buf, sod % 60, 2);
+    two(buf, sod % 60);
     buf.push(b'.');
-    pad(buf, micros, 6);
+    two(buf, micros / 10_000);
+    two(buf, (micros / 100) % 100);
+    two(buf, micros % 100);
     buf.extend_from_slice(b"Z\"");
 }
 
