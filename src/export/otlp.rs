@@ -507,11 +507,16 @@ impl SpanBytes {
 pub(super) fn encode_trace_shared(trace: &TraceRecord, environment: Option<&str>, mut each: impl FnMut(SpanBytes)) {
     with_scratch(|sc| {
         // Written straight into the buffer the spans keep (not copied into it), sized like
-        // the last trace's: traces of one exporter are much alike.
-        let mut spans = Vec::with_capacity(sc.last_len);
+        // the last trace's with an eighth to spare: traces of one exporter are much alike.
+        let mut spans = Vec::with_capacity(sc.last_len + sc.last_len / 8);
         let mut ends = std::mem::take(&mut sc.ends);
         encode_with(sc, trace, environment, &mut spans, &mut ends);
         sc.last_len = spans.len();
+        // Queued spans hold little spare room: after a large trace (a long run's part) or a
+        // buffer that grew, the buffer is cut down to size.
+        if spans.capacity() > spans.len() + spans.len() / 4 + 256 {
+            spans.shrink_to_fit();
+        }
         let buf = Arc::new(spans);
         let mut start = 0;
         for &end in &ends {
@@ -862,6 +867,8 @@ pub(super) mod tests {
             encode_trace_shared(&t, Some("production"), |s| shared.push(s));
             assert_eq!(shared.iter().map(SpanBytes::as_slice).collect::<Vec<_>>(), spans);
             assert!(shared.iter().zip(&spans).all(|(s, v)| s.len() == v.len()));
+            let buf = shared.first().map(|s| Arc::clone(&s.buf));
+            assert!(buf.is_none_or(|b| b.capacity() <= b.len() + b.len() / 4 + 256), "little spare room");
         }
     }
 
