@@ -334,3 +334,38 @@ async fn the_trace_file_is_redacted_like_every_destination() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn one_secret_deep_inside_an_otherwise_clean_trace_is_still_redacted() {
+    // The scan shares a clean trace (no copy); one value needing redaction anywhere, however
+    // deep or late, means a copy with that value redacted.
+    let clean = || {
+        let mut t = full(json!({"user": "ann", "note": "nothing to hide here, just ordinary text"}));
+        let mut s = t.spans[0].clone();
+        for i in 2..40u64 {
+            s.span_id = flowtrace::trace::SpanId(i);
+            t.spans.push(s.clone());
+        }
+        t
+    };
+    let p = Privacy::default().with_secret_values(["known-secret-value"]);
+    let shared = std::sync::Arc::new(clean());
+    assert!(std::sync::Arc::ptr_eq(&p.apply_shared(shared.clone()), &shared), "nothing to change: no copy");
+    let deep = json!({"a": [{"b": {"c": [1, "x", {"d": "text then Bearer abcdefgh12345678 and more"}]}}]});
+    let leaks: [(&str, serde_json::Value); 3] = [
+        ("abcdefgh12345678", deep),
+        ("known-secret-value", json!(["ok", {"k": "ends with known-secret-value"}])),
+        ("hidden", json!({"x": {"y": {"client_secret": "hidden"}}})),
+    ];
+    for (leak, value) in leaks {
+        let mut t = clean();
+        let last = t.spans.len() - 1;
+        t.spans[last].output = Some(json!({"wrapped": value}));
+        let shared = std::sync::Arc::new(t);
+        let out = p.apply_shared(shared.clone());
+        assert!(!std::sync::Arc::ptr_eq(&out, &shared), "{leak}: a copy");
+        let text = serde_json::to_string(&*out).unwrap();
+        assert!(!text.contains(leak) && text.contains(REDACTED), "{leak} in {text}");
+        assert!(text.contains("nothing to hide here"), "the rest stays");
+    }
+}

@@ -232,8 +232,8 @@ struct Unit {
 }
 
 enum Payload {
-    /// An encoded `Span` message.
-    Otlp(Vec<u8>),
+    /// An encoded `Span` message (a range of its trace's buffer).
+    Otlp(otlp::SpanBytes),
     Legacy {
         id: String,
         json: Vec<u8>,
@@ -285,13 +285,11 @@ fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8, environment: Op
             });
         }
     } else {
-        let mut spans = Vec::new();
-        otlp::encode_trace_in(&t, environment, &mut spans);
-        for s in spans {
+        otlp::encode_trace_shared(&t, environment, |s| {
             // The span's field header in the request is at most 4 bytes.
             let size = s.len() + 4;
             batch.units.push(Unit { trace: idx, weight: 1, size, payload: Payload::Otlp(s) });
-        }
+        });
     }
     // Make the weights add up to the trace's span count plus one for the trace itself.
     let n = (batch.units.len() - before) as u64;

@@ -54,6 +54,11 @@ fn attempt_of(s: &SpanRecord) -> Option<u64> {
 impl<'a> Levels<'a> {
     pub(crate) fn new(trace: &'a TraceRecord) -> Self {
         let mut last_attempt: HashMap<SpanId, u64> = HashMap::new();
+        // Only a failed span looks up its parents and retries: most traces have none, and
+        // need neither map.
+        if !trace.spans.iter().any(|s| matches!(s.status, SpanStatus::Error { .. })) {
+            return Levels { trace, by_id: HashMap::new(), last_attempt };
+        }
         for s in &trace.spans {
             if let (Some(p), Some(n)) = (s.parent_id, attempt_of(s)) {
                 let e = last_attempt.entry(p).or_default();
@@ -244,19 +249,76 @@ pub(crate) struct Metadata<'a> {
 }
 
 impl<'a> Metadata<'a> {
-    fn new(base: &'a Map<String, Value>, mut extras: [Option<(&'static str, Extra<'a>)>; 6]) -> Self {
-        // `None`s last; keys are distinct.
-        extras.sort_by(|a, b| match (a, b) {
-            (Some(a), Some(b)) => a.0.cmp(b.0),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-            (None, None) => std::cmp::Ordering::Equal,
-        });
-        Metadata { base, extras }
+    /// `extras` come in key order (with gaps): they are moved up over the gaps, not sorted.
+    fn new(base: &'a Map<String, Value>, extras: [Option<(&'static str, Extra<'a>)>; 6]) -> Self {
+        let mut packed = [None; 6];
+        let mut n = 0;
+        for e in extras.into_iter().flatten() {
+            packed[n] = Some(e);
+            n += 1;
+        }
+        debug_assert!(
+            packed[..n].windows(2).all(|w| matches!(w, [Some(a), Some(b)] if a.0 < b.0)),
+            "extras in key order"
+        );
+        Metadata { base, extras: packed }
     }
 
     fn extras(&self) -> impl Iterator<Item = (&'static str, Extra<'a>)> + '_ {
         self.extras.iter().map_while(|e| *e)
+    }
+}
+
+impl Metadata<'_> {
+    /// The object as compact JSON text appended to `buf`: the bytes `serde_json` writes for
+    /// it (tested), without a serializer or a map in between.
+    pub(crate) fn write_json(&self, buf: &mut Vec<u8>) {
+        use super::otlp::{write_str, write_value};
+        fn entry(buf: &mut Vec<u8>, first: &mut bool, k: &str) {
+            if !std::mem::take(first) {
+                buf.push(b',');
+            }
+            write_str(buf, k);
+            buf.push(b':');
+        }
+        fn extra(buf: &mut Vec<u8>, v: Extra<'_>) {
+            match v {
+                Extra::Str(s) => write_str(buf, s),
+                Extra::Strs(a) => {
+                    buf.push(b'[');
+                    for (i, s) in a.iter().enumerate() {
+                        if i > 0 {
+                            buf.push(b',');
+                        }
+                        write_str(buf, s);
+                    }
+                    buf.push(b']');
+                }
+                Extra::U64(n) => super::otlp::write_u64(buf, n),
+            }
+        }
+        buf.push(b'{');
+        let mut first = true;
+        let mut extras = self.extras().peekable();
+        for (k, v) in self.base {
+            while let Some((ek, ev)) = extras.next_if(|(ek, _)| *ek < k.as_str()) {
+                entry(buf, &mut first, ek);
+                extra(buf, ev);
+            }
+            // An added value replaces the recorded one of the same name.
+            if let Some((ek, ev)) = extras.next_if(|(ek, _)| *ek == k.as_str()) {
+                entry(buf, &mut first, ek);
+                extra(buf, ev);
+                continue;
+            }
+            entry(buf, &mut first, k);
+            write_value(buf, v);
+        }
+        for (ek, ev) in extras {
+            entry(buf, &mut first, ek);
+            extra(buf, ev);
+        }
+        buf.push(b'}');
     }
 }
 
@@ -288,46 +350,49 @@ impl Serialize for Metadata<'_> {
 /// `span_kind`, and for a failure `error_kind`, `error_chain` (an array) and `panic_location`.
 /// Top-level keys are what Langfuse lets users filter on.
 pub(crate) fn metadata(s: &SpanRecord) -> Metadata<'_> {
+    // In key order (see `Metadata::new`).
     let mut e = [None; 6];
-    e[0] = Some(("span_kind", Extra::Str(kind_name(s.kind))));
     match &s.status {
         SpanStatus::Error { kind, chain, location, .. } => {
-            e[1] = Some(("error_kind", Extra::Str(kind)));
             if !chain.is_empty() {
-                e[2] = Some(("error_chain", Extra::Strs(chain)));
+                e[0] = Some(("error_chain", Extra::Strs(chain)));
             }
+            e[1] = Some(("error_kind", Extra::Str(kind)));
             if let Some(l) = location {
-                e[3] = Some(("panic_location", Extra::Str(l)));
+                e[2] = Some(("panic_location", Extra::Str(l)));
             }
         }
         SpanStatus::Cancelled { .. } => e[1] = Some(("error_kind", Extra::Str("cancelled"))),
         SpanStatus::Ok => {}
     }
+    e[3] = Some(("span_kind", Extra::Str(kind_name(s.kind))));
     Metadata::new(&s.attributes, e)
 }
 
 /// The trace's own metadata, as both encoders send it: the user's entries plus
 /// `framework`, the run's `action`, its error, and `spans_dropped` when spans were lost.
 pub(crate) fn trace_metadata(t: &TraceRecord) -> Metadata<'_> {
+    // In key order (see `Metadata::new`): action, error, error_kind, framework,
+    // spans_dropped, status.
     let mut e = [None; 6];
-    e[0] = Some(("framework", Extra::Str("flowtrace")));
     if let Some(a) = &t.action {
-        e[1] = Some(("action", Extra::Str(a)));
+        e[0] = Some(("action", Extra::Str(a)));
     }
     match &t.status {
         SpanStatus::Ok => {}
         SpanStatus::Error { kind, message, .. } => {
-            e[2] = Some(("status", Extra::Str("error")));
-            e[3] = Some(("error_kind", Extra::Str(kind)));
-            e[4] = Some(("error", Extra::Str(message)));
+            e[1] = Some(("error", Extra::Str(message)));
+            e[2] = Some(("error_kind", Extra::Str(kind)));
+            e[5] = Some(("status", Extra::Str("error")));
         }
         SpanStatus::Cancelled { reason } => {
-            e[2] = Some(("status", Extra::Str("cancelled")));
-            e[4] = Some(("error", Extra::Str(reason)));
+            e[1] = Some(("error", Extra::Str(reason)));
+            e[5] = Some(("status", Extra::Str("cancelled")));
         }
     }
+    e[3] = Some(("framework", Extra::Str("flowtrace")));
     if t.spans_dropped > 0 {
-        e[5] = Some(("spans_dropped", Extra::U64(t.spans_dropped)));
+        e[4] = Some(("spans_dropped", Extra::U64(t.spans_dropped)));
     }
     Metadata::new(&t.metadata, e)
 }

@@ -9,6 +9,7 @@
 //! copied onto each of its spans.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -116,7 +117,7 @@ fn json(buf: &mut Vec<u8>, v: &impl Serialize) {
 
 /// A JSON value as compact JSON text, the bytes `serde_json::to_writer` gives, written
 /// without a serializer in between: inputs and outputs are most of what an exporter writes.
-fn write_value(buf: &mut Vec<u8>, v: &Value) {
+pub(super) fn write_value(buf: &mut Vec<u8>, v: &Value) {
     match v {
         Value::Null => buf.extend_from_slice(b"null"),
         Value::Bool(true) => buf.extend_from_slice(b"true"),
@@ -139,22 +140,39 @@ fn write_value(buf: &mut Vec<u8>, v: &Value) {
             }
             buf.push(b']');
         }
-        Value::Object(m) => {
-            buf.push(b'{');
-            for (i, (k, v)) in m.iter().enumerate() {
-                if i > 0 {
-                    buf.push(b',');
-                }
-                write_str(buf, k);
-                buf.push(b':');
-                write_value(buf, v);
-            }
-            buf.push(b'}');
-        }
+        Value::Object(m) => write_map(buf, m),
     }
 }
 
-fn write_u64(buf: &mut Vec<u8>, mut u: u64) {
+/// A JSON object as compact JSON text (see [`write_value`]).
+pub(super) fn write_map(buf: &mut Vec<u8>, m: &serde_json::Map<String, Value>) {
+    buf.push(b'{');
+    for (i, (k, v)) in m.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        write_str(buf, k);
+        buf.push(b':');
+        write_value(buf, v);
+    }
+    buf.push(b'}');
+}
+
+/// Token counts as a JSON object (see [`write_value`]).
+fn write_counts(buf: &mut Vec<u8>, m: &std::collections::BTreeMap<String, u64>) {
+    buf.push(b'{');
+    for (i, (k, v)) in m.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        write_str(buf, k);
+        buf.push(b':');
+        write_u64(buf, *v);
+    }
+    buf.push(b'}');
+}
+
+pub(super) fn write_u64(buf: &mut Vec<u8>, mut u: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -178,31 +196,21 @@ fn needs_escape(w: u64) -> bool {
     (below_space | zero_in(w ^ (ONES * b'"' as u64)) | zero_in(w ^ (ONES * b'\\' as u64))) != 0
 }
 
-/// A JSON string, escaped as serde_json escapes it.
-fn write_str(buf: &mut Vec<u8>, s: &str) {
+/// Eight bytes of `b` from `at`, as one little-endian word.
+fn word(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Bytes of a JSON string, escaped as serde_json escapes them, one at a time.
+fn escape_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let b = s.as_bytes();
-    buf.reserve(b.len() + 2);
-    buf.push(b'"');
-    let mut start = 0;
-    let mut i = 0;
-    while i < b.len() {
-        // Eight bytes at a time while none needs escaping (most text).
-        if let Some(chunk) = b.get(i..i + 8) {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(chunk);
-            if !needs_escape(u64::from_le_bytes(w)) {
-                i += 8;
-                continue;
-            }
-        }
-        let c = b[i];
-        i += 1;
+    for &c in b {
         if c >= 0x20 && c != b'"' && c != b'\\' {
+            buf.push(c);
             continue;
         }
-        let i = i - 1;
-        buf.extend_from_slice(&b[start..i]);
         match c {
             b'"' => buf.extend_from_slice(b"\\\""),
             b'\\' => buf.extend_from_slice(b"\\\\"),
@@ -213,9 +221,52 @@ fn write_str(buf: &mut Vec<u8>, s: &str) {
             b'\t' => buf.extend_from_slice(b"\\t"),
             _ => buf.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(c >> 4) as usize], HEX[(c & 0xf) as usize]]),
         }
-        start = i + 1;
     }
-    buf.extend_from_slice(&b[start..]);
+}
+
+/// A JSON string, escaped as serde_json escapes it: checked and copied eight bytes at a time
+/// (most text needs no escape), byte by byte only around a byte that does.
+pub(super) fn write_str(buf: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    buf.reserve(b.len() + 2);
+    buf.push(b'"');
+    if b.len() < 8 {
+        // Padded with a byte that needs no escape.
+        let mut w = u64::from_le_bytes(*b"aaaaaaaa");
+        for (j, &c) in b.iter().enumerate() {
+            w = (w & !(0xff << (8 * j))) | (u64::from(c) << (8 * j));
+        }
+        if needs_escape(w) {
+            escape_bytes(buf, b);
+        } else {
+            buf.extend_from_slice(b);
+        }
+        buf.push(b'"');
+        return;
+    }
+    let mut i = 0;
+    while i + 8 <= b.len() {
+        let w = word(b, i);
+        if needs_escape(w) {
+            escape_bytes(buf, &b[i..i + 8]);
+        } else {
+            buf.extend_from_slice(&w.to_le_bytes());
+        }
+        i += 8;
+    }
+    if i < b.len() {
+        // The string's last eight bytes, some of them written already: when none needs an
+        // escape, those went out as they are, so they are taken back and the word written
+        // whole.
+        let from = b.len() - 8;
+        let w = word(b, from);
+        if needs_escape(w) {
+            escape_bytes(buf, &b[i..]);
+        } else {
+            buf.truncate(buf.len() - (i - from));
+            buf.extend_from_slice(&w.to_le_bytes());
+        }
+    }
     buf.push(b'"');
 }
 
@@ -239,8 +290,11 @@ struct Scratch {
     input: Vec<u8>,
     output: Vec<u8>,
     other: Vec<u8>,
-    /// The span being written.
-    span: Vec<u8>,
+    /// The trace's spans, one after another, and where each ends.
+    spans: Vec<u8>,
+    ends: Vec<usize>,
+    /// The bytes of the last trace written into a buffer of its own.
+    last_len: usize,
 }
 
 thread_local! {
@@ -273,7 +327,8 @@ fn trace_context(buf: &mut Vec<u8>, tmp: &mut Vec<u8>, t: &TraceRecord, environm
     }
     // One JSON object: Langfuse parses it into structured metadata, where a value under
     // `langfuse.trace.metadata.<key>` would stay a string (§10).
-    json(tmp, &observation::trace_metadata(t));
+    tmp.clear();
+    observation::trace_metadata(t).write_json(tmp);
     attr_str(buf, "langfuse.trace.metadata", tmp);
 }
 
@@ -346,7 +401,8 @@ fn write_span(
     if let Some(g) = &s.generation {
         generation_attributes(out, other, g);
     }
-    json(other, &observation::metadata(s));
+    other.clear();
+    observation::metadata(s).write_json(other);
     attr_str(out, "langfuse.observation.metadata", other);
     out.extend_from_slice(ctx);
     if is_root {
@@ -376,11 +432,13 @@ fn generation_attributes(out: &mut Vec<u8>, tmp: &mut Vec<u8>, g: &GenerationRec
         attr_str(out, "gen_ai.request.model", m.as_bytes());
     }
     if !g.model_parameters.is_empty() {
-        json(tmp, &g.model_parameters);
+        tmp.clear();
+        write_map(tmp, &g.model_parameters);
         attr_str(out, "langfuse.observation.model.parameters", tmp);
     }
     if !g.usage.is_empty() {
-        json(tmp, &g.usage);
+        tmp.clear();
+        write_counts(tmp, &g.usage);
         attr_str(out, "langfuse.observation.usage_details", tmp);
         for (k, otel) in [("input", "gen_ai.usage.input_tokens"), ("output", "gen_ai.usage.output_tokens")] {
             if let Some(n) = g.usage.get(k) {
@@ -410,26 +468,92 @@ pub fn encode_trace(trace: &TraceRecord, out: &mut Vec<Vec<u8>>) -> usize {
 
 /// Like [`encode_trace`], with the Langfuse environment (`langfuse.environment`) on every span.
 pub(super) fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, out: &mut Vec<Vec<u8>>) -> usize {
-    SCRATCH.with(|sc| match sc.try_borrow_mut() {
-        Ok(mut sc) => encode_with(&mut sc, trace, environment, out),
-        // Not reentrant in practice; fresh buffers if it ever is.
-        Err(_) => encode_with(&mut Scratch::default(), trace, environment, out),
+    with_scratch(|sc| {
+        let (mut spans, mut ends) = (std::mem::take(&mut sc.spans), std::mem::take(&mut sc.ends));
+        encode_with(sc, trace, environment, &mut spans, &mut ends);
+        let mut at = 0;
+        for &end in &ends {
+            // An exact-size copy: queued spans hold no spare capacity.
+            out.push(spans[at..end].to_vec());
+            at = end;
+        }
+        let n = ends.len();
+        (sc.spans, sc.ends) = (spans, ends);
+        n
     })
 }
 
-fn encode_with(sc: &mut Scratch, trace: &TraceRecord, environment: Option<&str>, out: &mut Vec<Vec<u8>>) -> usize {
-    let before = out.len();
+/// One encoded `Span` message: a range of its trace's buffer, which all the trace's spans share
+/// (one allocation per trace, not one per span).
+#[derive(Debug, Clone)]
+pub(super) struct SpanBytes {
+    buf: Arc<Vec<u8>>,
+    start: usize,
+    end: usize,
+}
+
+impl SpanBytes {
+    /// The message's bytes.
+    pub(super) fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+    /// Its length in bytes.
+    pub(super) fn len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// Like [`encode_trace_in`], each span handed to `each` as a range of one buffer per trace.
+pub(super) fn encode_trace_shared(trace: &TraceRecord, environment: Option<&str>, mut each: impl FnMut(SpanBytes)) {
+    with_scratch(|sc| {
+        // Written straight into the buffer the spans keep (not copied into it), sized like
+        // the last trace's with an eighth to spare: traces of one exporter are much alike.
+        let mut spans = Vec::with_capacity(sc.last_len + sc.last_len / 8);
+        let mut ends = std::mem::take(&mut sc.ends);
+        encode_with(sc, trace, environment, &mut spans, &mut ends);
+        sc.last_len = spans.len();
+        // Queued spans hold little spare room: after a large trace (a long run's part) or a
+        // buffer that grew, the buffer is cut down to size.
+        if spans.capacity() > spans.len() + spans.len() / 4 + 256 {
+            spans.shrink_to_fit();
+        }
+        let buf = Arc::new(spans);
+        let mut start = 0;
+        for &end in &ends {
+            each(SpanBytes { buf: Arc::clone(&buf), start, end });
+            start = end;
+        }
+        sc.ends = ends;
+    })
+}
+
+/// The thread's scratch buffers (fresh ones if they are in use, which they are not in practice).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|sc| match sc.try_borrow_mut() {
+        Ok(mut sc) => f(&mut sc),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// Writes the trace's spans one after another into `spans` (cleared first), the end of each in
+/// `ends`.
+fn encode_with(
+    sc: &mut Scratch,
+    trace: &TraceRecord,
+    environment: Option<&str>,
+    spans: &mut Vec<u8>,
+    ends: &mut Vec<usize>,
+) {
+    spans.clear();
+    ends.clear();
     let folded = observation::fold_generation_nodes(trace);
     let trace = folded.as_ref().unwrap_or(trace);
     trace_context(&mut sc.ctx, &mut sc.other, trace, environment);
     let levels = Levels::new(trace);
     let root = trace.root().map(|r| r.span_id);
-    let mut span = std::mem::take(&mut sc.span);
     let mut emit = |sc: &mut Scratch, s: &SpanRecord, is_root: bool| {
-        span.clear();
-        write_span(&mut span, sc, trace, &levels, s, is_root);
-        // An exact-size copy: queued spans hold no spare capacity.
-        out.push(span.as_slice().to_vec());
+        write_span(spans, sc, trace, &levels, s, is_root);
+        ends.push(spans.len());
     };
     // A part of a run in progress has no root yet: the record that ends the run brings it.
     if root.is_none() && !trace.is_part() {
@@ -451,8 +575,6 @@ fn encode_with(sc: &mut Scratch, trace: &TraceRecord, environment: Option<&str>,
     for s in &trace.spans {
         emit(sc, s, Some(s.span_id) == root);
     }
-    sc.span = span;
-    out.len() - before
 }
 
 fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
@@ -532,7 +654,7 @@ pub fn encode_request(resource: &Resource, spans: &[Vec<u8>]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use serde_json::Value;
@@ -553,7 +675,7 @@ mod tests {
         }
     }
 
-    fn traces() -> Vec<TraceRecord> {
+    pub(crate) fn traces() -> Vec<TraceRecord> {
         use serde_json::json;
         let obj = |v: Value| v.as_object().cloned().unwrap();
         let mut root = span(1, None, SpanKind::Flow, "Flow");
@@ -685,6 +807,11 @@ mod tests {
                 let (m, tm) = metadata_maps(s, &t);
                 assert_eq!(serde_json::to_string(&observation::metadata(s)).unwrap(), m.to_string());
                 assert_eq!(serde_json::to_string(&observation::trace_metadata(&t)).unwrap(), tm.to_string());
+                let (mut got, mut got_t) = (Vec::new(), Vec::new());
+                observation::metadata(s).write_json(&mut got);
+                observation::trace_metadata(&t).write_json(&mut got_t);
+                assert_eq!(String::from_utf8(got).unwrap(), m.to_string(), "written by hand");
+                assert_eq!(String::from_utf8(got_t).unwrap(), tm.to_string(), "written by hand");
             }
         }
     }
@@ -732,6 +859,20 @@ mod tests {
     }
 
     #[test]
+    fn shared_buffers_hold_the_same_spans() {
+        for t in traces() {
+            let mut spans = Vec::new();
+            encode_trace_in(&t, Some("production"), &mut spans);
+            let mut shared = Vec::new();
+            encode_trace_shared(&t, Some("production"), |s| shared.push(s));
+            assert_eq!(shared.iter().map(SpanBytes::as_slice).collect::<Vec<_>>(), spans);
+            assert!(shared.iter().zip(&spans).all(|(s, v)| s.len() == v.len()));
+            let buf = shared.first().map(|s| Arc::clone(&s.buf));
+            assert!(buf.is_none_or(|b| b.capacity() <= b.len() + b.len() / 4 + 256), "little spare room");
+        }
+    }
+
+    #[test]
     fn json_text_is_what_serde_json_writes() {
         use serde_json::json;
         let controls: String = (0u8..0x20).map(char::from).chain("\"\\/\u{7f}é✓𝄞".chars()).collect();
@@ -744,6 +885,17 @@ mod tests {
             json!("plain"),
             json!("0123456789abcdef\n0123456789\"0123456789\\0123456789\u{1f}xyz0123456789ü"),
         ];
+        let mut values = values.to_vec();
+        for len in 0..26 {
+            for at in 0..len {
+                for c in ['"', '\\', '\n', '\u{1}', 'é'] {
+                    let mut s: Vec<char> = "abcdefghijklmnopqrstuvwxyz"[..len].chars().collect();
+                    s[at] = c;
+                    values.push(json!(s.into_iter().collect::<String>()));
+                }
+            }
+            values.push(json!("abcdefghijklmnopqrstuvwxyz"[..len]));
+        }
         for v in values {
             let mut b = Vec::new();
             json_value(&mut b, &v);

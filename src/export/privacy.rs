@@ -58,6 +58,8 @@ pub struct Privacy {
     values: bool,
     /// Exact values never to let out (the exporter's own keys, for one).
     secrets: Vec<String>,
+    /// What a string scan looks for, in one pass (kept in step with `secrets` and `values`).
+    scan: Arc<StrScan>,
     max_value_bytes: usize,
     max_depth: usize,
     sample_rate: f64,
@@ -85,6 +87,7 @@ impl Default for Privacy {
             redact_index: Arc::new(KeyIndex::new(DEFAULT_REDACTED_KEYS.iter().map(|s| normalise(s)))),
             values: true,
             secrets: Vec::new(),
+            scan: Arc::new(StrScan::new(&[], true)),
             max_value_bytes: 1_000_000,
             max_depth: MAX_DEPTH,
             sample_rate: 1.0,
@@ -134,6 +137,7 @@ impl Privacy {
     /// redacted whatever their key (default on).
     pub fn with_value_redaction(mut self, on: bool) -> Self {
         self.values = on;
+        self.scan = Arc::new(StrScan::new(&self.secrets, on));
         self
     }
     /// Exact values replaced wherever they appear in a string (values shorter than 6
@@ -147,6 +151,7 @@ impl Privacy {
         }
         // Longest first, so a value containing another is replaced whole.
         self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        self.scan = Arc::new(StrScan::new(&self.secrets, self.values));
         self
     }
     /// Values larger than this (serialised) are replaced by a visible truncation marker.
@@ -249,13 +254,15 @@ impl Privacy {
         out
     }
 
+    /// Whether `s` holds a known secret or (when on) a credential-shaped token: one pass over
+    /// its bytes for both.
     fn str_dirty(&self, s: &str) -> bool {
-        self.secrets.iter().any(|x| s.contains(x.as_str())) || (self.values && !credential_spans(s, true).is_empty())
+        self.scan.dirty(s.as_bytes())
     }
 
     /// Whether `v` needs any change: a secret key not yet redacted, a string to scrub, too
     /// deep, or perhaps over the size limit. Iterative: any depth is safe to look at.
-    fn needs_work(&self, v: &Value) -> bool {
+    fn needs_work<'t>(&self, v: &'t Value, stack: &mut Vec<(&'t Value, usize)>) -> bool {
         let mut budget = self.max_value_bytes;
         let mut take = |n: usize| match budget.checked_sub(n) {
             Some(rest) => {
@@ -271,7 +278,8 @@ impl Privacy {
             Value::String(s) => return self.max_value_bytes < 2 + 6 * s.len() || self.str_dirty(s),
             Value::Array(_) | Value::Object(_) => {}
         }
-        let mut stack: Vec<(&Value, usize)> = Vec::with_capacity(16);
+        // One stack for the whole trace (the caller's): left empty on `false`.
+        stack.clear();
         stack.push((v, 1));
         while let Some((v, depth)) = stack.pop() {
             match v {
@@ -313,8 +321,8 @@ impl Privacy {
         false
     }
 
-    fn map_dirty(&self, m: &serde_json::Map<String, Value>) -> bool {
-        m.iter().any(|(k, v)| (self.is_secret(k) && !is_redacted(v)) || self.needs_work(v))
+    fn map_dirty<'t>(&self, m: &'t serde_json::Map<String, Value>, stack: &mut Vec<(&'t Value, usize)>) -> bool {
+        m.iter().any(|(k, v)| (self.is_secret(k) && !is_redacted(v)) || self.needs_work(v, stack))
     }
 
     fn status_dirty(&self, s: &SpanStatus) -> bool {
@@ -357,15 +365,17 @@ impl Privacy {
     /// common case costs a scan, not a copy. Applying it twice changes nothing the second time.
     pub fn apply_shared(&self, trace: Arc<TraceRecord>) -> Arc<TraceRecord> {
         let t = &*trace;
+        let mut stack = Vec::new();
+        let st = &mut stack;
         let dirty = self.mask.is_some()
-            || self.needs_work(&t.input)
-            || self.needs_work(&t.output)
-            || self.map_dirty(&t.metadata)
+            || self.needs_work(&t.input, st)
+            || self.needs_work(&t.output, st)
+            || self.map_dirty(&t.metadata, st)
             || self.status_dirty(&t.status)
             || t.spans.iter().any(|s| {
-                s.input.as_ref().is_some_and(|v| self.needs_work(v))
-                    || s.output.as_ref().is_some_and(|v| self.needs_work(v))
-                    || self.map_dirty(&s.attributes)
+                s.input.as_ref().is_some_and(|v| self.needs_work(v, st))
+                    || s.output.as_ref().is_some_and(|v| self.needs_work(v, st))
+                    || self.map_dirty(&s.attributes, st)
                     || self.status_dirty(&s.status)
             });
         if dirty {
@@ -432,6 +442,71 @@ impl Privacy {
     }
 }
 
+/// The string scan of [`Privacy::needs_work`]: known secrets and credential-shaped tokens
+/// looked for in one pass, stopping only at bytes one of them can start with.
+#[derive(Debug)]
+struct StrScan {
+    /// Per byte value: [`CRED`] when a credential can start with it, [`SECRET`] when a
+    /// secret does.
+    starts: [u8; 256],
+    /// Secrets as bytes, longest first.
+    secrets: Vec<Box<[u8]>>,
+    /// Shorter strings cannot hold anything looked for.
+    min_len: usize,
+}
+
+const CRED: u8 = 1;
+const SECRET: u8 = 2;
+
+impl StrScan {
+    fn new(secrets: &[String], values: bool) -> Self {
+        let mut starts = [0u8; 256];
+        let mut min_len = usize::MAX;
+        if values {
+            for c in 0..=255u8 {
+                if starts_credential(c) {
+                    starts[c as usize] |= CRED;
+                }
+            }
+            min_len = MIN_CREDENTIAL;
+        }
+        for x in secrets {
+            if let Some(&c) = x.as_bytes().first() {
+                starts[c as usize] |= SECRET;
+                min_len = min_len.min(x.len());
+            }
+        }
+        StrScan { starts, secrets: secrets.iter().map(|x| x.as_bytes().into()).collect(), min_len }
+    }
+
+    /// What `secrets.iter().any(|x| s.contains(x)) || !credential_spans(s, true).is_empty()`
+    /// says (the latter only with value redaction on), in one pass: a credential starts a
+    /// word, and before the first one every word start is tried, so trying each word start
+    /// in turn finds the same.
+    fn dirty(&self, b: &[u8]) -> bool {
+        if b.len() < self.min_len {
+            return false;
+        }
+        let cred_ok = b.len() >= MIN_CREDENTIAL;
+        for (i, &c) in b.iter().enumerate() {
+            let f = self.starts[c as usize];
+            if f == 0 {
+                continue;
+            }
+            if f & CRED != 0 && cred_ok && (i == 0 || !is_word_byte(b[i - 1])) && credential_at(b, i).is_some() {
+                return true;
+            }
+            if f & SECRET != 0 {
+                let rest = &b[i..];
+                if self.secrets.iter().any(|x| rest.len() >= x.len() && rest[1] == x[1] && rest.starts_with(x)) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
 fn is_redacted(v: &Value) -> bool {
     v.as_str() == Some(REDACTED)
 }
@@ -484,29 +559,32 @@ struct KeyIndex {
     groups: Vec<(u8, Vec<Box<[u8]>>)>,
 }
 
-/// FNV-1a: the cache's keys are short field names.
-#[derive(Default)]
-struct Fnv(u64);
+/// Slots of the per-thread cache of key answers (a power of two).
+const KEY_SLOTS: usize = 1024;
 
-impl std::hash::Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for &b in bytes {
-            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        self.0 = h;
-    }
+/// The answers for keys seen on this thread, for one index (its id): direct-mapped, a key's
+/// slot chosen from its length and its first and last eight bytes, a newer key in the same
+/// slot replacing an older one. The same few field names come back in every trace.
+struct KeyCache {
+    id: u64,
+    slots: Vec<Option<(Box<str>, bool)>>,
 }
 
-type KeyCache = (u64, std::collections::HashMap<Box<str>, bool, std::hash::BuildHasherDefault<Fnv>>);
-
 thread_local! {
-    /// The answers for keys seen on this thread, for one index: the same few field names
-    /// come back in every trace.
-    static KEY_CACHE: std::cell::RefCell<KeyCache> = std::cell::RefCell::default();
+    static KEY_CACHE: std::cell::RefCell<KeyCache> = const { std::cell::RefCell::new(KeyCache { id: 0, slots: Vec::new() }) };
+}
+
+/// The cache slot of a key (at most 64 bytes).
+fn key_slot(k: &[u8]) -> usize {
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        let n = b.len().min(8);
+        w[..n].copy_from_slice(&b[..n]);
+        u64::from_le_bytes(w)
+    };
+    let (head, tail) = (word(k), word(&k[k.len().saturating_sub(8)..]));
+    let h = (head ^ tail.rotate_left(29) ^ k.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 54) as usize & (KEY_SLOTS - 1)
 }
 
 impl KeyIndex {
@@ -525,25 +603,26 @@ impl KeyIndex {
     }
 
     /// [`matches`](Self::matches), remembered per thread for keys of up to 64 bytes (at most
-    /// 4,096 of them).
+    /// [`KEY_SLOTS`] of them).
     fn matches_cached(&self, key: &str) -> bool {
         if key.len() > 64 {
             return self.matches(key);
         }
         KEY_CACHE.with(|c| {
             let Ok(mut c) = c.try_borrow_mut() else { return self.matches(key) };
-            if c.0 != self.id {
-                c.1.clear();
-                c.0 = self.id;
+            if c.id != self.id || c.slots.is_empty() {
+                c.slots.clear();
+                c.slots.resize(KEY_SLOTS, None);
+                c.id = self.id;
             }
-            if let Some(&m) = c.1.get(key) {
-                return m;
+            let slot = &mut c.slots[key_slot(key.as_bytes())];
+            if let Some((k, m)) = slot {
+                if **k == *key {
+                    return *m;
+                }
             }
             let m = self.matches(key);
-            if c.1.len() >= 4096 {
-                c.1.clear();
-            }
-            c.1.insert(key.into(), m);
+            *slot = Some((key.into(), m));
             m
         })
     }
@@ -616,86 +695,100 @@ fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle)
 }
 
-/// The byte ranges of credential-shaped tokens in `s` (only the first when `first`): the
+/// The shortest credential [`credential_at`] finds takes 14 bytes (`Basic ` and 8, `pk-lf-`
+/// and 8); most strings in a trace are shorter.
+const MIN_CREDENTIAL: usize = 14;
+
+/// Whether a credential pattern can start with this byte (at the start of a word).
+fn starts_credential(c: u8) -> bool {
+    matches!(c, b'b' | b'B' | b's' | b'p' | b'e')
+}
+
+/// The credential-shaped token starting at `i` (a word start whose byte passes
+/// [`starts_credential`]), as the byte range to hide and where scanning resumes: the
 /// credentials after `Bearer ` or `Basic `, `sk-…` and `pk-lf-…` keys, and JWTs.
+fn credential_at(b: &[u8], i: usize) -> Option<(usize, usize)> {
+    let rest = &b[i..];
+    // `Bearer <token>` / `Basic <token>`: keep the scheme, hide the credentials.
+    let scheme = [&b"bearer"[..], &b"basic"[..]].into_iter().find(|w| starts_with_ci(rest, w));
+    if let Some(w) = scheme {
+        let mut j = i + w.len();
+        let sep = j;
+        while j < b.len() && (b[j] == b' ' || b[j] == b'\t') {
+            j += 1;
+        }
+        let from = j;
+        while j < b.len() && is_token_byte(b[j]) {
+            j += 1;
+        }
+        if j > sep && from > sep && j - from >= 8 {
+            return Some((from, j));
+        }
+    }
+    // API keys: `sk-…` (OpenAI, Anthropic, Langfuse secret keys) and `pk-lf-…`.
+    let prefix = if rest.starts_with(b"pk-lf-") {
+        Some((6, 8))
+    } else if rest.starts_with(b"sk-") {
+        Some((3, 16))
+    } else {
+        None
+    };
+    if let Some((len, min)) = prefix {
+        let mut j = i + len;
+        while j < b.len() && is_word_byte(b[j]) {
+            j += 1;
+        }
+        if j - i - len >= min {
+            return Some((i, j));
+        }
+    }
+    // JWT: three base64url segments, the first a JSON object (`eyJ`).
+    if rest.starts_with(b"eyJ") {
+        let mut j = i;
+        let mut segs = [0usize; 3];
+        let mut seg = 0;
+        while j < b.len() && seg < 3 {
+            if b[j].is_ascii_alphanumeric() || b[j] == b'-' || b[j] == b'_' {
+                segs[seg] += 1;
+            } else if b[j] == b'.' && seg < 2 {
+                seg += 1;
+            } else {
+                break;
+            }
+            j += 1;
+        }
+        if seg == 2 && segs[0] >= 10 && segs[1] >= 10 {
+            return Some((i, j));
+        }
+    }
+    None
+}
+
+/// The byte ranges of credential-shaped tokens in `s` (only the first when `first`), see
+/// [`credential_at`].
 fn credential_spans(s: &str, first: bool) -> Vec<(usize, usize)> {
     let b = s.as_bytes();
     let mut out = Vec::new();
-    // The shortest credential found below takes 14 bytes (`Basic ` and 8, `pk-lf-` and 8);
-    // most strings in a trace are shorter.
-    if b.len() < 14 {
+    if b.len() < MIN_CREDENTIAL {
         return out;
     }
     let mut i = 0;
     while i < b.len() {
         // Every pattern starts a word with one of these letters: the rest is skipped cheaply.
-        if !matches!(b[i], b'b' | b'B' | b's' | b'p' | b'e') || (i > 0 && is_word_byte(b[i - 1])) {
+        if !starts_credential(b[i]) || (i > 0 && is_word_byte(b[i - 1])) {
             i += 1;
             continue;
         }
-        if first && !out.is_empty() {
-            break;
-        }
-        let rest = &b[i..];
-        // `Bearer <token>` / `Basic <token>`: keep the scheme, hide the credentials.
-        let scheme = [&b"bearer"[..], &b"basic"[..]].into_iter().find(|w| starts_with_ci(rest, w));
-        if let Some(w) = scheme {
-            let mut j = i + w.len();
-            let sep = j;
-            while j < b.len() && (b[j] == b' ' || b[j] == b'\t') {
-                j += 1;
-            }
-            let from = j;
-            while j < b.len() && is_token_byte(b[j]) {
-                j += 1;
-            }
-            if j > sep && from > sep && j - from >= 8 {
-                out.push((from, j));
-                i = j;
-                continue;
-            }
-        }
-        // API keys: `sk-…` (OpenAI, Anthropic, Langfuse secret keys) and `pk-lf-…`.
-        let prefix = if rest.starts_with(b"pk-lf-") {
-            Some((6, 8))
-        } else if rest.starts_with(b"sk-") {
-            Some((3, 16))
-        } else {
-            None
-        };
-        if let Some((len, min)) = prefix {
-            let mut j = i + len;
-            while j < b.len() && is_word_byte(b[j]) {
-                j += 1;
-            }
-            if j - i - len >= min {
-                out.push((i, j));
-                i = j;
-                continue;
-            }
-        }
-        // JWT: three base64url segments, the first a JSON object (`eyJ`).
-        if rest.starts_with(b"eyJ") {
-            let mut j = i;
-            let mut segs = [0usize; 3];
-            let mut seg = 0;
-            while j < b.len() && seg < 3 {
-                if b[j].is_ascii_alphanumeric() || b[j] == b'-' || b[j] == b'_' {
-                    segs[seg] += 1;
-                } else if b[j] == b'.' && seg < 2 {
-                    seg += 1;
-                } else {
+        match credential_at(b, i) {
+            Some((from, to)) => {
+                out.push((from, to));
+                if first {
                     break;
                 }
-                j += 1;
+                i = to;
             }
-            if seg == 2 && segs[0] >= 10 && segs[1] >= 10 {
-                out.push((i, j));
-                i = j;
-                continue;
-            }
+            None => i += 1,
         }
-        i += 1;
     }
     out
 }
@@ -799,6 +892,55 @@ mod tests {
     }
 
     #[test]
+    fn the_one_pass_string_scan_agrees_with_the_searches_it_replaces() {
+        let secrets: Vec<String> = vec!["pk-lf-bench".into(), "sk-lf-bench-secret".into(), "cGstbGY6c2s=".into()];
+        let mut texts: Vec<String> = [
+            "",
+            "short",
+            "plain text without anything in it at all",
+            "Authorization: Bearer abcdefgh12345678",
+            "bearer abcdefg",
+            "xbearer abcdefgh12345678",
+            "key sk-proj-0123456789abcdef0123 ok",
+            "desk-lamp-0123456789abcdefgh",
+            "pk-lf-1234abcd-5678",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_X",
+            "the pk-lf-bench key",
+            "xpk-lf-benchx",
+            "pk-lf-benc",
+            "sk-lf-bench-secre and more text here",
+            "prefix cGstbGY6c2s=",
+            "cGstbGY6c2s",
+            "ünïcode sk-lf-bench-secret ✓",
+            "Basic abcdefgh",
+            "Basic abcdefg",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Every cut of every text: a pattern at either end, or cut short.
+        let cuts: Vec<String> = texts
+            .iter()
+            .flat_map(|t| {
+                (0..=t.len())
+                    .filter(|&i| t.is_char_boundary(i))
+                    .flat_map(move |i| [t[..i].to_string(), t[i..].to_string()])
+            })
+            .collect();
+        texts.extend(cuts);
+        for values in [true, false] {
+            for secrets in [&secrets[..], &[]] {
+                let scan = StrScan::new(secrets, values);
+                for t in &texts {
+                    let want = secrets.iter().any(|x| t.contains(x.as_str()))
+                        || (values && !credential_spans(t, true).is_empty());
+                    assert_eq!(scan.dirty(t.as_bytes()), want, "{t:?} values={values} secrets={}", secrets.len());
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_key_index_agrees_with_the_plain_search() {
         let keys = [
             "apiKey",
@@ -828,6 +970,15 @@ mod tests {
                 // Twice: the second answer comes from the cache.
                 assert_eq!(ix.matches_cached(k), contains_normalised(k, list), "{k:?} in {list:?}");
                 assert_eq!(ix.matches_cached(k), contains_normalised(k, list), "{k:?} in {list:?}");
+            }
+        }
+        // More keys than the cache has slots: colliding keys replace each other, answers stay right.
+        let ix = KeyIndex::new(lists[0].iter().cloned());
+        let many: Vec<String> =
+            (0..3 * KEY_SLOTS).map(|i| if i % 3 == 0 { format!("k{i}_token") } else { format!("field_{i}") }).collect();
+        for _ in 0..2 {
+            for k in &many {
+                assert_eq!(ix.matches_cached(k), k.ends_with("token"), "{k}");
             }
         }
         let p = Privacy::default().with_extra_redacted_keys(["my-custom"]);
