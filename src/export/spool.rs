@@ -30,6 +30,10 @@ use std::path::{Path, PathBuf};
 
 use crate::trace::TraceRecord;
 
+mod record;
+
+pub(super) use record::Encoder;
+
 const SEGMENT_SUFFIX: &str = ".seg";
 const ACK_FILE: &str = "ack";
 const LOCK_FILE: &str = "lock";
@@ -51,6 +55,42 @@ fn checksum(bytes: &[u8]) -> u32 {
         h = h.wrapping_mul(0x0100_0193);
     }
     h
+}
+
+/// Reads a payload back: the binary record, or JSON (a `{` first) as earlier versions wrote.
+fn decode(payload: &[u8]) -> Option<TraceRecord> {
+    match payload.first() {
+        Some(b'{') => serde_json::from_slice(payload).ok(),
+        _ => record::decode(payload).ok(),
+    }
+}
+
+/// A frame encoded outside the log's lock: header (its sequence filled in when appended)
+/// and payload. Keep one per thread and reuse it: its buffer and tables keep their memory.
+#[derive(Debug, Default)]
+pub(super) struct Frame {
+    enc: Encoder,
+    buf: Vec<u8>,
+}
+
+impl Frame {
+    /// Encodes `t` (replacing what the frame held).
+    pub(super) fn encode(&mut self, t: &TraceRecord) {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0; HEADER]);
+        self.enc.encode(t, &mut self.buf);
+        let len = (self.buf.len() - HEADER) as u32;
+        let sum = checksum(&self.buf[HEADER..]);
+        self.buf[0..4].copy_from_slice(&len.to_le_bytes());
+        self.buf[12..16].copy_from_slice(&sum.to_le_bytes());
+    }
+
+    /// Lets go of the memory a large record (a long run's part) needed.
+    pub(super) fn trim(&mut self) {
+        if self.buf.capacity() > 1 << 20 {
+            self.buf = Vec::new();
+        }
+    }
 }
 
 /// A frame's header: payload length, sequence and checksum.
@@ -120,6 +160,10 @@ pub(super) struct Log {
     ack_written: u64,
     /// Whether this is the main folder (it adopts the folders of other processes).
     main: bool,
+    /// The frame [`append`](Self::append) encodes into.
+    frame: Frame,
+    /// The payload [`read`](Self::read) reads into.
+    read_buf: Vec<u8>,
 }
 
 /// Why a record could not be appended.
@@ -227,6 +271,8 @@ impl Log {
             dirty: false,
             ack_written: floor,
             main,
+            frame: Frame::default(),
+            read_buf: Vec::new(),
         };
         log.migrate_old_files();
         Ok(log)
@@ -264,29 +310,33 @@ impl Log {
 
     /// Appends one trace; returns its sequence number.
     pub(super) fn append(&mut self, t: &TraceRecord) -> Result<u64, AppendError> {
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.encode(t);
+        let r = self.append_frame(&mut frame);
+        self.frame = frame;
+        r
+    }
+
+    /// Appends a frame encoded by the caller (outside the lock); returns its sequence number.
+    /// One `write`: once this returns, a SIGKILL of the process does not lose the record.
+    pub(super) fn append_frame(&mut self, frame: &mut Frame) -> Result<u64, AppendError> {
         let io = |why: String, dir: &Path| AppendError::Io { dir: dir.display().to_string(), why };
         if self.lock.is_none() {
             return Err(io("the spool is closed".into(), &self.dir));
         }
-        let mut frame = Vec::with_capacity(1024);
-        frame.extend_from_slice(&[0; HEADER]);
-        serde_json::to_writer(&mut frame, t).map_err(|e| io(format!("cannot serialise a trace: {e}"), &self.dir))?;
-        let len = (frame.len() - HEADER) as u32;
+        let size = frame.buf.len() as u64;
         let used = self.bytes();
-        if used + frame.len() as u64 > self.max_bytes {
+        if used + size > self.max_bytes {
             return Err(AppendError::Full { dir: self.dir.display().to_string(), used, max: self.max_bytes });
         }
         let seq = self.next_seq;
-        let sum = checksum(&frame[HEADER..]);
-        frame[0..4].copy_from_slice(&len.to_le_bytes());
-        frame[4..12].copy_from_slice(&seq.to_le_bytes());
-        frame[12..16].copy_from_slice(&sum.to_le_bytes());
-        if self.segments.back().is_some_and(|s| s.bytes > 0 && s.bytes + frame.len() as u64 > self.segment_bytes) {
+        frame.buf[4..12].copy_from_slice(&seq.to_le_bytes());
+        if self.segments.back().is_some_and(|s| s.bytes > 0 && s.bytes + size > self.segment_bytes) {
             self.rotate().map_err(|e| io(e.to_string(), &self.dir))?;
         }
-        self.active.write_all(&frame).map_err(|e| io(e.to_string(), &self.dir))?;
+        self.active.write_all(&frame.buf).map_err(|e| io(e.to_string(), &self.dir))?;
         if let Some(s) = self.segments.back_mut() {
-            s.bytes += frame.len() as u64;
+            s.bytes += size;
         }
         self.next_seq += 1;
         self.dirty = true;
@@ -296,6 +346,13 @@ impl Log {
     /// Appends a trace the caller does not keep in memory: it is read back later.
     pub(super) fn append_unread(&mut self, t: &TraceRecord) -> Result<u64, AppendError> {
         let seq = self.append(t)?;
+        self.unread = true;
+        Ok(seq)
+    }
+
+    /// [`append_unread`](Self::append_unread) of a frame encoded by the caller.
+    pub(super) fn append_frame_unread(&mut self, frame: &mut Frame) -> Result<u64, AppendError> {
+        let seq = self.append_frame(frame)?;
         self.unread = true;
         Ok(seq)
     }
@@ -392,19 +449,20 @@ impl Log {
                 }
                 continue;
             }
-            let mut payload = vec![0u8; len as usize];
-            if r.file.read_exact(&mut payload).is_err() || checksum(&payload) != sum {
+            let payload = &mut self.read_buf;
+            payload.resize(len as usize, 0);
+            if r.file.read_exact(payload).is_err() || checksum(payload) != sum {
                 self.ack(seq);
                 bad += 1;
                 self.reader = None;
                 continue;
             }
-            match serde_json::from_slice::<TraceRecord>(&payload) {
-                Ok(trace) => {
+            match decode(payload) {
+                Some(trace) => {
                     spans += spans_of(&trace);
                     out.push(Stored { seq, trace });
                 }
-                Err(_) => {
+                None => {
                     self.ack(seq);
                     bad += 1;
                 }
@@ -551,7 +609,7 @@ pub(super) fn peek(dir: &Path) -> std::io::Result<Vec<TraceRecord>> {
                 break; // being written
             }
             if seq >= floor {
-                if let Ok(t) = serde_json::from_slice::<TraceRecord>(&payload) {
+                if let Some(t) = decode(&payload) {
                     out.push(t);
                 }
             }
