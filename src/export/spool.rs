@@ -715,6 +715,56 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
     }
 
+    /// A frame as the previous version wrote it: the trace as JSON.
+    fn json_frame(seq: u64, t: &TraceRecord) -> Vec<u8> {
+        let payload = serde_json::to_vec(t).unwrap();
+        let mut f = Vec::new();
+        f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        f.extend_from_slice(&seq.to_le_bytes());
+        f.extend_from_slice(&checksum(&payload).to_le_bytes());
+        f.extend_from_slice(&payload);
+        f
+    }
+
+    #[test]
+    fn json_records_left_by_the_previous_version_are_read_beside_binary_ones() {
+        let d = dir("json");
+        fs::create_dir_all(&d).unwrap();
+        let mut seg = json_frame(0, &trace("old 0"));
+        seg.extend(json_frame(1, &trace("old 1")));
+        fs::write(d.join(segment_name(0)), seg).unwrap();
+        let mut log = Log::open_with(&d, 1 << 20, 1 << 20).unwrap();
+        assert!(log.has_unread());
+        assert_eq!(log.append_unread(&trace("new 2")).unwrap(), 2, "appends follow the old records");
+        let (got, bad) = log.read(10, |_| false);
+        assert_eq!(bad, 0);
+        assert_eq!(got.iter().map(|r| r.trace.name.as_str()).collect::<Vec<_>>(), ["old 0", "old 1", "new 2"]);
+        let names: Vec<String> = peek(&d).unwrap().into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["old 0", "old 1", "new 2"]);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_record_that_does_not_decode_is_counted_not_delivered() {
+        let d = dir("undecodable");
+        {
+            let mut log = Log::open_with(&d, 1 << 20, 1 << 20).unwrap();
+            log.append(&trace("good")).unwrap();
+        }
+        // A frame whose checksum holds but whose payload is no record (an unknown version).
+        let payload = [0x7fu8, 1, 2, 3];
+        let mut f = Vec::new();
+        f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        f.extend_from_slice(&1u64.to_le_bytes());
+        f.extend_from_slice(&checksum(&payload).to_le_bytes());
+        f.extend_from_slice(&payload);
+        fs::OpenOptions::new().append(true).open(d.join(segment_name(0))).unwrap().write_all(&f).unwrap();
+        let mut log = Log::open_with(&d, 1 << 20, 1 << 20).unwrap();
+        let (got, bad) = log.read(10, |_| false);
+        assert_eq!((got.len(), bad), (1, 1));
+        let _ = fs::remove_dir_all(&d);
+    }
+
     #[test]
     fn the_cap_counts_bytes_on_disk() {
         let d = dir("cap");

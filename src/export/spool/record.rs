@@ -146,11 +146,20 @@ fn unzigzag(z: u64) -> i64 {
     ((z >> 1) as i64) ^ -((z & 1) as i64)
 }
 
-/// Encodes records; keep one and reuse it (its tables keep their memory).
+/// Encodes records; keep one and reuse it (its tables keep their memory, so encoding
+/// allocates nothing once they have grown).
 #[derive(Default)]
 pub(crate) struct Encoder {
-    strings: FxMap<Box<str>, u32>,
+    strings: Strings,
     spans: FxMap<u64, u32>,
+}
+
+/// The record's string table as the encoder keeps it: by hash, the index of the last string
+/// with that hash, and where each indexed string's bytes are in the output (no copies).
+#[derive(Default)]
+struct Strings {
+    by_hash: FxMap<u64, u32>,
+    at: Vec<(usize, usize)>,
 }
 
 impl std::fmt::Debug for Encoder {
@@ -161,13 +170,14 @@ impl std::fmt::Debug for Encoder {
 
 struct Enc<'e> {
     out: &'e mut Vec<u8>,
-    strings: &'e mut FxMap<Box<str>, u32>,
+    strings: &'e mut Strings,
 }
 
 impl Encoder {
     /// Appends `t`'s payload (version byte first) to `out`.
     pub(crate) fn encode(&mut self, t: &TraceRecord, out: &mut Vec<u8>) {
-        self.strings.clear();
+        self.strings.by_hash.clear();
+        self.strings.at.clear();
         self.spans.clear();
         for (i, s) in t.spans.iter().enumerate() {
             self.spans.entry(s.span_id.0).or_insert(i as u32);
@@ -252,15 +262,26 @@ impl Enc<'_> {
 
     fn str(&mut self, s: &str) {
         if s.len() <= MAX_INTERNED {
-            if let Some(i) = self.strings.get(s) {
-                let i = *i as u64;
-                self.uint(i << 1 | 1);
-                return;
+            let mut h = Fx::default();
+            h.write_u64(s.len() as u64);
+            h.write(s.as_bytes());
+            let h = h.finish();
+            if let Some(&i) = self.strings.by_hash.get(&h) {
+                let (pos, len) = self.strings.at[i as usize];
+                if self.out.get(pos..pos + len) == Some(s.as_bytes()) {
+                    self.uint((i as u64) << 1 | 1);
+                    return;
+                }
             }
-            let n = self.strings.len() as u32;
-            self.strings.insert(s.into(), n);
+            // New (or its hash's slot held another string: both keep their indexes, and
+            // the slot now names this one).
+            self.uint((s.len() as u64) << 1);
+            let i = self.strings.at.len() as u32;
+            self.strings.at.push((self.out.len(), s.len()));
+            self.strings.by_hash.insert(h, i);
+        } else {
+            self.uint((s.len() as u64) << 1);
         }
-        self.uint((s.len() as u64) << 1);
         self.out.extend_from_slice(s.as_bytes());
     }
 
