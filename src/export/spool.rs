@@ -35,7 +35,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, File};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::trace::TraceRecord;
@@ -135,6 +135,8 @@ struct Reader {
     file: BufReader<File>,
     /// The sequence of the next frame in `file`.
     next: u64,
+    /// Where that frame starts in the file.
+    pos: u64,
 }
 
 /// A record read back from the log.
@@ -442,15 +444,25 @@ impl Log {
             let Some(FrameHead { len, seq, sum }) = read_head(&mut r.file) else {
                 // End of this segment: the next one, if any, starts where this one ended.
                 let next = self.segments.iter().find(|s| s.first > r.segment).map(|s| s.first);
-                self.reader = None;
                 match next {
                     Some(first) if first >= self.scan => {
+                        self.reader = None;
                         self.scan = first;
                         continue;
                     }
-                    _ => break,
+                    Some(_) => self.reader = None,
+                    // The end of the newest segment: the reader stays here, so what is
+                    // appended next is read on from this frame, not by reading the segment
+                    // again from its start.
+                    None => {
+                        if r.file.seek(SeekFrom::Start(r.pos)).is_err() {
+                            self.reader = None;
+                        }
+                    }
                 }
+                break;
             };
+            r.pos += HEADER as u64;
             if len > MAX_RECORD || seq != r.next {
                 // Corrupt: nothing after it in this segment can be trusted.
                 bad += self.skip_segment();
@@ -458,6 +470,7 @@ impl Log {
             }
             r.next += 1;
             self.scan = seq + 1;
+            r.pos += len as u64;
             if seq < self.floor || self.done.contains(&seq) || skip(seq) {
                 if r.file.seek_relative(len as i64).is_err() {
                     self.reader = None;
@@ -510,14 +523,21 @@ impl Log {
             self.scan = self.segments.front().map(|s| s.first).unwrap_or(self.next_seq).max(seq);
             return false;
         };
-        let Ok(f) = File::open(&s.path) else { return false };
-        let mut r = Reader { segment: s.first, file: BufReader::with_capacity(256 << 10, f), next: s.first };
+        // A reader already in that segment, before `seq`, goes on from where it is.
+        let mut r = match self.reader.take() {
+            Some(r) if r.segment == s.first && r.next <= seq => r,
+            _ => {
+                let Ok(f) = File::open(&s.path) else { return false };
+                Reader { segment: s.first, file: BufReader::with_capacity(256 << 10, f), next: s.first, pos: 0 }
+            }
+        };
         while r.next < seq {
             let Some(FrameHead { len, .. }) = read_head(&mut r.file) else { return false };
             if r.file.seek_relative(len as i64).is_err() {
                 return false;
             }
             r.next += 1;
+            r.pos += HEADER as u64 + len as u64;
         }
         self.reader = Some(r);
         true
@@ -773,6 +793,35 @@ mod tests {
         let (got, _) = log.read(10, |_| false);
         assert_eq!(got.iter().map(|r| r.trace.name.as_str()).collect::<Vec<_>>(), ["whole"]);
         assert_eq!(log.append(&trace("next")).unwrap(), 1, "the torn record's number is reused");
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn reading_at_the_writers_heels_goes_on_where_it_stopped() {
+        let d = dir("heels");
+        let mut log = Log::open_with(&d, 1 << 20, 200).unwrap();
+        let mut seen = Vec::new();
+        let mut n = 0;
+        for round in 0..12 {
+            for _ in 0..round % 4 {
+                log.append_unread(&trace(&format!("t{n}"))).unwrap();
+                n += 1;
+            }
+            let (got, bad) = log.read(2, |_| false);
+            assert_eq!(bad, 0);
+            for r in got {
+                seen.push(r.seq);
+                log.ack(r.seq);
+            }
+        }
+        while let (got, 0) = log.read(10, |_| false) {
+            if got.is_empty() {
+                break;
+            }
+            seen.extend(got.iter().map(|r| r.seq));
+        }
+        assert!(log.segments.back().is_some_and(|s| s.first > 0), "small segments rotate");
+        assert_eq!(seen, (0..n).collect::<Vec<u64>>(), "every record once, in order");
         let _ = fs::remove_dir_all(&d);
     }
 
