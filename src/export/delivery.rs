@@ -844,8 +844,12 @@ impl Worker {
             if !log.has_unread() {
                 return;
             }
-            let want = (cap - mem.traces).min(self.opts.max_batch_spans.max(1) * self.opts.max_in_flight.max(1));
-            log.read_spans(want, MAX_MEMORY_SPANS.saturating_sub(mem.spans), |s| mem.seqs.contains(&s))
+            // Enough for every request slot and one batch more: reading on is cheap (the
+            // reader stays where it stopped), while records read ahead only hold memory.
+            let per_refill = self.opts.max_batch_spans.max(1) * (self.opts.max_in_flight.max(1) + 1);
+            let want = (cap - mem.traces).min(per_refill);
+            let spans = MAX_MEMORY_SPANS.saturating_sub(mem.spans).min(per_refill as u64);
+            log.read_spans(want, spans, |s| mem.seqs.contains(&s))
         };
         if bad > 0 {
             self.stats.drop_spans(bad, format!("{}: unreadable records in the spool (traces, not spans)", self.name));
