@@ -78,6 +78,101 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
+/// One real trace of the bench's chain of ten nodes (50 spans and the trace itself).
+fn chain_trace(rt: &tokio::runtime::Runtime) -> Arc<TraceRecord> {
+    rt.block_on(async {
+        let memory = MemoryExporter::new();
+        let tracer = Tracer::builder().exporter(memory.clone()).build().expect("tracer");
+        let shared = SharedStore::new();
+        shared.insert("x", 0_i64);
+        workloads::chain(10).traced("ChainFlow").tracer(&tracer).run(&shared).await.expect("run");
+        tracer.flush(Duration::from_secs(5)).await;
+        memory.traces().pop().expect("trace")
+    })
+}
+
+/// The write-ahead spool: a chain trace as a log record (binary, and JSON as before), and
+/// appended to and read back from a log on disk.
+fn spool(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let trace = chain_trace(&rt);
+    let spans = trace.spans.len() as u64 + 1;
+    let mut bin = Vec::new();
+    wire::spool::encode(&trace, &mut bin);
+    let json = serde_json::to_vec(&*trace).expect("json");
+    eprintln!(
+        "chain trace: {spans} spans; record {} B binary ({:.1} B/span), {} B JSON ({:.1} B/span), 16 B frame header",
+        bin.len(),
+        bin.len() as f64 / spans as f64,
+        json.len(),
+        json.len() as f64 / spans as f64
+    );
+    let mut g = c.benchmark_group("spool");
+    g.throughput(Throughput::Elements(100 * spans));
+    g.bench_function("encode_binary_100_traces", |b| {
+        let mut out = Vec::new();
+        b.iter(|| {
+            out.clear();
+            for _ in 0..100 {
+                wire::spool::encode(&trace, &mut out);
+            }
+            out.len()
+        })
+    });
+    g.bench_function("encode_json_100_traces", |b| {
+        let mut out = Vec::new();
+        b.iter(|| {
+            out.clear();
+            for _ in 0..100 {
+                serde_json::to_writer(&mut out, &*trace).expect("json");
+            }
+            out.len()
+        })
+    });
+    g.bench_function("decode_binary_100_traces", |b| {
+        b.iter(|| (0..100).filter_map(|_| wire::spool::decode(&bin)).count())
+    });
+    g.bench_function("decode_json_100_traces", |b| {
+        b.iter(|| (0..100).filter_map(|_| serde_json::from_slice::<TraceRecord>(&json).ok()).count())
+    });
+    let dir = std::env::temp_dir().join(format!("flowtrace-bench-spool-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut log = wire::spool::Spool::open(&dir).expect("spool");
+    // Appends and reads are paired so the log's acknowledged segments go and the disk stays
+    // small; the two are timed apart.
+    g.bench_function("append_100_traces", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                for _ in 0..100 {
+                    log.append(&trace);
+                }
+                total += start.elapsed();
+                assert_eq!(log.read_and_ack(100), 100);
+            }
+            total
+        })
+    });
+    g.bench_function("read_back_100_traces", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                for _ in 0..100 {
+                    log.append(&trace);
+                }
+                let start = Instant::now();
+                assert_eq!(log.read_and_ack(100), 100);
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+    drop(log);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn deliver(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let trace = seed_trace(&rt);
@@ -135,6 +230,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = encode, deliver
+    targets = encode, spool, deliver
 }
 criterion_main!(benches);

@@ -46,6 +46,7 @@ pub fn read_spool(dir: impl AsRef<std::path::Path>) -> std::io::Result<Vec<Trace
 pub mod __bench {
     pub use super::legacy::{batch_body as legacy_batch_body, encode_trace as legacy_encode_trace};
     pub use super::otlp::{encode_request as otlp_encode_request, encode_trace as otlp_encode_trace, resource};
+    pub use super::spool::bench as spool;
 }
 
 use std::sync::Arc;

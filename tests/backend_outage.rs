@@ -89,3 +89,56 @@ async fn backend_down_mid_load_then_back_loses_nothing() {
     assert_eq!(server.otlp_span_ids().len(), expected);
     let _ = std::fs::remove_dir_all(&spool);
 }
+
+/// A frame of the spool's log as versions before the binary record wrote it: length,
+/// sequence, FNV-1a checksum of the payload, and the trace as JSON.
+fn json_frame(seq: u64, t: &flowtrace::trace::TraceRecord) -> Vec<u8> {
+    let payload = serde_json::to_vec(t).unwrap();
+    let sum = payload.iter().fold(0x811c_9dc5u32, |h, b| (h ^ *b as u32).wrapping_mul(0x0100_0193));
+    let mut f = Vec::new();
+    f.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    f.extend_from_slice(&seq.to_le_bytes());
+    f.extend_from_slice(&sum.to_le_bytes());
+    f.extend_from_slice(&payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_left_by_the_previous_version_is_delivered() {
+    // Real traces, as a process of the previous version would have spooled them.
+    let memory = MemoryExporter::new();
+    let tracer = Tracer::builder().exporter(memory.clone()).build().unwrap();
+    let flow = flow();
+    for _ in 0..5 {
+        flow.traced("Outage").tracer(&tracer).run(&SharedStore::new()).await.unwrap();
+    }
+    tracer.flush(T).await;
+    let traces = memory.traces();
+    assert_eq!(traces.len(), 5);
+    let spool = std::env::temp_dir().join(format!("flowtrace-old-spool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&spool);
+    std::fs::create_dir_all(&spool).unwrap();
+    let mut segment = Vec::new();
+    for (i, t) in traces.iter().enumerate() {
+        segment.extend(json_frame(i as u64, t));
+    }
+    std::fs::write(spool.join(format!("{:020}.seg", 0)), segment).unwrap();
+    assert_eq!(flowtrace::export::read_spool(&spool).unwrap().len(), 5, "the JSON records read back");
+
+    let server = LangfuseServer::start().await;
+    let lf = LangfuseExporter::builder()
+        .host(server.url())
+        .keys(PK, SK)
+        .ingestion(Ingestion::Otel)
+        .spool_dir(&spool)
+        .options(langfuse_server::fast_delivery())
+        .build()
+        .unwrap();
+    let report = lf.shutdown(T).await;
+    let spans: u64 = traces.iter().map(|t| t.spans.len() as u64 + 1).sum();
+    assert_eq!((report.from_spool, report.dropped), (spans, 0), "{report:?}");
+    let expected: usize = traces.iter().map(|t| t.spans.len()).sum();
+    assert_eq!(server.otlp_span_ids().len(), expected);
+    assert!(flowtrace::export::read_spool(&spool).unwrap().is_empty(), "the spool is drained");
+    let _ = std::fs::remove_dir_all(&spool);
+}

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::privacy::Privacy;
-use super::spool::{spans_of, Log};
+use super::spool::{spans_of, Frame, Log};
 use super::{legacy, otlp, ExportReport, Exporter};
 use crate::trace::TraceRecord;
 
@@ -424,6 +424,7 @@ impl HttpExporter {
             next_probe: Cell::new(Instant::now()),
             last_failure: Cell::new(None),
             epoch: Cell::new(0),
+            frame: std::cell::RefCell::default(),
         };
         std::thread::Builder::new()
             .name(format!("flowtrace-export-{name}"))
@@ -501,7 +502,15 @@ impl Exporter for HttpExporter {
         match &self.log {
             Some(log) => {
                 let t = self.privacy.apply_shared(trace);
-                match log.lock().append_unread(&t) {
+                // Encoded before the lock is taken: the worker and other runs append too.
+                let appended = RUN_FRAME.with(|f| {
+                    let mut f = f.borrow_mut();
+                    f.encode(&t);
+                    let r = log.lock().append_frame_unread(&mut f);
+                    f.trim();
+                    r
+                });
+                match appended {
                     Ok(_) => {
                         self.stats.spooled.fetch_add(n, Ordering::Relaxed);
                     }
@@ -526,6 +535,11 @@ impl Exporter for HttpExporter {
     fn shutdown(&self, timeout: Duration) -> BoxFuture<'_, ExportReport> {
         self.wait(timeout, true)
     }
+}
+
+thread_local! {
+    /// The frame a run's thread encodes a trace into when the queue is full.
+    static RUN_FRAME: std::cell::RefCell<Frame> = std::cell::RefCell::default();
 }
 
 /// How one request went.
@@ -569,6 +583,8 @@ struct Worker {
     /// Bumped at every deadline spill: traces that entered memory before it are counted as
     /// spooled, and as `from_spool` when delivered after all.
     epoch: Cell<u64>,
+    /// The frame traces are encoded into before the log's lock is taken.
+    frame: std::cell::RefCell<Frame>,
 }
 
 /// What became of a batch: the traces (by index) with undelivered spans and their weight.
@@ -774,8 +790,17 @@ impl Worker {
         let room = mem.has_room(cap) && !(self.down.get() && self.log.is_some());
         let mut seq = None;
         if let Some(log) = &self.log {
-            let mut log = log.lock();
-            let appended = if room { log.append(&t) } else { log.append_unread(&t) };
+            let mut frame = self.frame.borrow_mut();
+            frame.encode(&t);
+            let appended = {
+                let mut log = log.lock();
+                if room {
+                    log.append_frame(&mut frame)
+                } else {
+                    log.append_frame_unread(&mut frame)
+                }
+            };
+            frame.trim();
             match appended {
                 Ok(s) if room => seq = Some(s),
                 Ok(_) => {
@@ -817,8 +842,12 @@ impl Worker {
             if !log.has_unread() {
                 return;
             }
-            let want = (cap - mem.traces).min(self.opts.max_batch_spans.max(1) * self.opts.max_in_flight.max(1));
-            log.read_spans(want, MAX_MEMORY_SPANS.saturating_sub(mem.spans), |s| mem.seqs.contains(&s))
+            // Enough for every request slot and one batch more: reading on is cheap (the
+            // reader stays where it stopped), while records read ahead only hold memory.
+            let per_refill = self.opts.max_batch_spans.max(1) * (self.opts.max_in_flight.max(1) + 1);
+            let want = (cap - mem.traces).min(per_refill);
+            let spans = MAX_MEMORY_SPANS.saturating_sub(mem.spans).min(per_refill as u64);
+            log.read_spans(want, spans, |s| mem.seqs.contains(&s))
         };
         if bad > 0 {
             self.stats.drop_spans(bad, format!("{}: unreadable records in the spool (traces, not spans)", self.name));
