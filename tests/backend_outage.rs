@@ -27,6 +27,18 @@ fn flow() -> Flow {
     Flow::named("Outage", &a)
 }
 
+/// The Langfuse exporter of these tests: OTLP, quick retries, its spool in `spool`.
+fn exporter(server: &LangfuseServer, spool: &std::path::Path) -> LangfuseExporter {
+    LangfuseExporter::builder()
+        .host(server.url())
+        .keys(PK, SK)
+        .ingestion(Ingestion::Otel)
+        .spool_dir(spool)
+        .options(langfuse_server::fast_delivery())
+        .build()
+        .expect("the test's exporter builds")
+}
+
 async fn load(rt: &Runtime, flow: &Flow, n: usize) {
     let mut handles = Vec::new();
     for _ in 0..n {
@@ -42,14 +54,7 @@ async fn backend_down_mid_load_then_back_loses_nothing() {
     let server = LangfuseServer::start().await;
     let spool = std::env::temp_dir().join(format!("flowtrace-outage-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&spool);
-    let lf = LangfuseExporter::builder()
-        .host(server.url())
-        .keys(PK, SK)
-        .ingestion(Ingestion::Otel)
-        .spool_dir(&spool)
-        .options(langfuse_server::fast_delivery())
-        .build()
-        .unwrap();
+    let lf = exporter(&server, &spool);
     let memory = MemoryExporter::new();
     let tracer = Tracer::builder().exporter(lf.clone()).exporter(memory.clone()).build().unwrap();
     let rt = Runtime::builder().max_in_flight(64).tracer(&tracer).build().unwrap();
@@ -126,14 +131,7 @@ async fn a_spool_left_by_the_previous_version_is_delivered() {
     assert_eq!(flowtrace::export::read_spool(&spool).unwrap().len(), 5, "the JSON records read back");
 
     let server = LangfuseServer::start().await;
-    let lf = LangfuseExporter::builder()
-        .host(server.url())
-        .keys(PK, SK)
-        .ingestion(Ingestion::Otel)
-        .spool_dir(&spool)
-        .options(langfuse_server::fast_delivery())
-        .build()
-        .unwrap();
+    let lf = exporter(&server, &spool);
     let report = lf.shutdown(T).await;
     let spans: u64 = traces.iter().map(|t| t.spans.len() as u64 + 1).sum();
     assert_eq!((report.from_spool, report.dropped), (spans, 0), "{report:?}");

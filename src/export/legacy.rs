@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{json, Value};
 
 use super::observation::{self, Levels};
-use super::otlp::{write_map, write_str, write_u64, write_value};
+use super::otlp::{write_map, write_object, write_str, write_u64, write_value};
 use crate::trace::{GenerationRecord, SpanId, SpanKind, TraceRecord};
 
 /// A fresh envelope id (UUID-shaped, unique within and across processes in practice): the
@@ -80,19 +80,10 @@ fn timestamp(buf: &mut Vec<u8>, unix_nanos: u64) {
     }
     let secs = unix_nanos / 1_000_000_000;
     let micros = (unix_nanos % 1_000_000_000) / 1_000;
-    let days = (secs / 86_400) as i64;
     let sod = secs % 86_400;
-    // Howard Hinnant's civil-from-days (as in `format_timestamp`; days are never negative).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = (if m <= 2 { y + 1 } else { y }) as u64;
+    // Days are never negative here: the year is too.
+    let (y, m, d) = crate::trace::model::civil_from_days((secs / 86_400) as i64);
+    let y = y as u64;
     buf.push(b'"');
     if y < 10_000 {
         two(buf, y / 100);
@@ -191,29 +182,11 @@ fn generation_fields(buf: &mut Vec<u8>, g: &GenerationRecord) {
     }
     if !g.usage.is_empty() {
         key(buf, "usageDetails");
-        buf.push(b'{');
-        for (i, (k, v)) in g.usage.iter().enumerate() {
-            if i > 0 {
-                buf.push(b',');
-            }
-            write_str(buf, k);
-            buf.push(b':');
-            write_u64(buf, *v);
-        }
-        buf.push(b'}');
+        write_object(buf, &g.usage, |b, v| write_u64(b, *v));
     }
     if !g.cost.is_empty() {
         key(buf, "costDetails");
-        buf.push(b'{');
-        for (i, (k, v)) in g.cost.iter().enumerate() {
-            if i > 0 {
-                buf.push(b',');
-            }
-            write_str(buf, k);
-            buf.push(b':');
-            float(buf, *v);
-        }
-        buf.push(b'}');
+        write_object(buf, &g.cost, |b, v| float(b, *v));
     }
     if let Some(t) = g.completion_start_unix_nanos {
         key(buf, "completionStartTime");

@@ -146,28 +146,24 @@ pub(super) fn write_value(buf: &mut Vec<u8>, v: &Value) {
 
 /// A JSON object as compact JSON text (see [`write_value`]).
 pub(super) fn write_map(buf: &mut Vec<u8>, m: &serde_json::Map<String, Value>) {
-    buf.push(b'{');
-    for (i, (k, v)) in m.iter().enumerate() {
-        if i > 0 {
-            buf.push(b',');
-        }
-        write_str(buf, k);
-        buf.push(b':');
-        write_value(buf, v);
-    }
-    buf.push(b'}');
+    write_object(buf, m, write_value);
 }
 
-/// Token counts as a JSON object (see [`write_value`]).
-fn write_counts(buf: &mut Vec<u8>, m: &std::collections::BTreeMap<String, u64>) {
+/// A JSON object of `entries`, each value written by `value`: one writer for the maps of
+/// values, token counts and costs.
+pub(super) fn write_object<'a, V: 'a>(
+    buf: &mut Vec<u8>,
+    entries: impl IntoIterator<Item = (&'a String, V)>,
+    mut value: impl FnMut(&mut Vec<u8>, V),
+) {
     buf.push(b'{');
-    for (i, (k, v)) in m.iter().enumerate() {
+    for (i, (k, v)) in entries.into_iter().enumerate() {
         if i > 0 {
             buf.push(b',');
         }
         write_str(buf, k);
         buf.push(b':');
-        write_u64(buf, *v);
+        value(buf, v);
     }
     buf.push(b'}');
 }
@@ -438,7 +434,7 @@ fn generation_attributes(out: &mut Vec<u8>, tmp: &mut Vec<u8>, g: &GenerationRec
     }
     if !g.usage.is_empty() {
         tmp.clear();
-        write_counts(tmp, &g.usage);
+        write_object(tmp, &g.usage, |b, v| write_u64(b, *v));
         attr_str(out, "langfuse.observation.usage_details", tmp);
         for (k, otel) in [("input", "gen_ai.usage.input_tokens"), ("output", "gen_ai.usage.output_tokens")] {
             if let Some(n) = g.usage.get(k) {

@@ -504,13 +504,9 @@ pub(crate) fn depth_marker(max: usize) -> Value {
     Value::String(format!("<truncated: nested deeper than {max} levels>"))
 }
 
-/// Formats Unix nanoseconds as ISO-8601 UTC with microseconds: `2026-11-28T19:00:13.638615Z`.
-pub fn format_timestamp(unix_nanos: u64) -> String {
-    let secs = (unix_nanos / 1_000_000_000) as i64;
-    let micros = (unix_nanos % 1_000_000_000) / 1_000;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil-from-days.
+/// The calendar date (year, month, day) of a count of days since 1970-01-01: Howard Hinnant's
+/// civil-from-days.
+pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -520,7 +516,15 @@ pub fn format_timestamp(unix_nanos: u64) -> String {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// Formats Unix nanoseconds as ISO-8601 UTC with microseconds: `2026-11-28T19:00:13.638615Z`.
+pub fn format_timestamp(unix_nanos: u64) -> String {
+    let secs = (unix_nanos / 1_000_000_000) as i64;
+    let micros = (unix_nanos % 1_000_000_000) / 1_000;
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", sod / 3_600, (sod % 3_600) / 60, sod % 60)
 }
 
