@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use counted_batch::batch_flow;
+use counted_batch::{assert_resumed_once_each, batch_flow};
 use flowtrace::durable::{CheckpointStore, DurableRuns, EmbeddedStore, ResultStatus, RunPhase, Submission};
 use flowtrace::prelude::*;
 use parking_lot::Mutex;
@@ -230,16 +230,7 @@ async fn a_run_resumed_inside_a_sequential_batch_does_not_repeat_completed_items
     let done = runs.resume(&first.run_id, None).await.unwrap();
     assert_eq!(done.status, ResultStatus::Completed, "{done:?}");
     let store = done.store.unwrap();
-    for i in 0..5 {
-        assert_eq!(store[format!("done_i{i}")], true, "item i{i} is done: {store}");
-    }
-    let counts = counts.lock().clone();
-    let expect: HashMap<String, u32> =
-        [("Before", 1), ("params", 1), ("i0", 1), ("i1", 1), ("i2", 1), ("i3", 2), ("i4", 1), ("After", 1)]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect();
-    assert_eq!(counts, expect, "completed items are not executed again; only the one in flight is");
+    assert_resumed_once_each(&store, &counts, "completed items are not executed again; only the one in flight is");
     assert!(runs.state(&first.run_id).await.unwrap().unwrap().batch.is_none(), "the finished visit clears it");
 
     tracer.flush(Duration::from_secs(5)).await;

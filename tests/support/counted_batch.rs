@@ -49,3 +49,17 @@ pub fn batch_flow(counts: &Arc<Mutex<HashMap<String, u32>>>, fail_at: &'static s
     let _ = &before >> batch.as_node() >> &after;
     Flow::named("batched", &before)
 }
+
+/// After a resume with `i3` in flight: every item is done (in `store`), and only `i3` ran twice.
+pub fn assert_resumed_once_each(store: &Value, counts: &Arc<Mutex<HashMap<String, u32>>>, why: &str) {
+    for i in 0..5 {
+        assert_eq!(store[format!("done_i{i}")], true, "item i{i} is done: {store}");
+    }
+    let counts = counts.lock().clone();
+    let expect: HashMap<String, u32> =
+        [("Before", 1), ("params", 1), ("i0", 1), ("i1", 1), ("i2", 1), ("i3", 2), ("i4", 1), ("After", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+    assert_eq!(counts, expect, "{why}");
+}
