@@ -503,13 +503,7 @@ impl Exporter for HttpExporter {
             Some(log) => {
                 let t = self.privacy.apply_shared(trace);
                 // Encoded before the lock is taken: the worker and other runs append too.
-                let appended = RUN_FRAME.with(|f| {
-                    let mut f = f.borrow_mut();
-                    f.encode(&t);
-                    let r = log.lock().append_frame_unread(&mut f);
-                    f.trim();
-                    r
-                });
+                let appended = RUN_FRAME.with(|f| f.borrow_mut().append_to(log, &t, true));
                 match appended {
                     Ok(_) => {
                         self.stats.spooled.fetch_add(n, Ordering::Relaxed);
@@ -790,17 +784,7 @@ impl Worker {
         let room = mem.has_room(cap) && !(self.down.get() && self.log.is_some());
         let mut seq = None;
         if let Some(log) = &self.log {
-            let mut frame = self.frame.borrow_mut();
-            frame.encode(&t);
-            let appended = {
-                let mut log = log.lock();
-                if room {
-                    log.append_frame(&mut frame)
-                } else {
-                    log.append_frame_unread(&mut frame)
-                }
-            };
-            frame.trim();
+            let appended = self.frame.borrow_mut().append_to(log, &t, !room);
             match appended {
                 Ok(s) if room => seq = Some(s),
                 Ok(_) => {

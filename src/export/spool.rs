@@ -96,10 +96,31 @@ impl Frame {
     }
 
     /// Lets go of the memory a large record (a long run's part) needed.
-    pub(super) fn trim(&mut self) {
+    fn trim(&mut self) {
         if self.buf.capacity() > 1 << 20 {
             self.buf = Vec::new();
         }
+    }
+
+    /// Encodes `t` here, then appends it to `log` under its lock, which so covers the `write`
+    /// alone; `unread` as [`Log::append_frame_unread`]. Returns the record's sequence number.
+    pub(super) fn append_to(
+        &mut self,
+        log: &parking_lot::Mutex<Log>,
+        t: &TraceRecord,
+        unread: bool,
+    ) -> Result<u64, AppendError> {
+        self.encode(t);
+        let appended = {
+            let mut log = log.lock();
+            if unread {
+                log.append_frame_unread(self)
+            } else {
+                log.append_frame(self)
+            }
+        };
+        self.trim();
+        appended
     }
 }
 
