@@ -219,7 +219,7 @@ impl std::future::Future for Answer {
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
         let state = &self.0;
-        let take = || {
+        take_or_wait(&state.caller, cx, || {
             let mut answer = state.answer.lock();
             if matches!(*answer, Outcome::Pending) {
                 return None;
@@ -228,16 +228,24 @@ impl std::future::Future for Answer {
                 Outcome::Ready(res) => Some(Ok(res)),
                 _ => Some(Err(NoAnswer)),
             }
-        };
-        if let Some(out) = take() {
-            return std::task::Poll::Ready(out);
-        }
-        // Registered, then looked at again: an answer given in between is not missed.
-        state.caller.register(cx.waker());
-        match take() {
-            Some(out) => std::task::Poll::Ready(out),
-            None => std::task::Poll::Pending,
-        }
+        })
+    }
+}
+
+/// What `take` finds, or, once the task's waker is registered with `waker`, what `take` finds
+/// when it looks again: something given in between is not missed.
+fn take_or_wait<T>(
+    waker: &AtomicWaker,
+    cx: &mut std::task::Context<'_>,
+    mut take: impl FnMut() -> Option<T>,
+) -> std::task::Poll<T> {
+    if let Some(v) = take() {
+        return std::task::Poll::Ready(v);
+    }
+    waker.register(cx.waker());
+    match take() {
+        Some(v) => std::task::Poll::Ready(v),
+        None => std::task::Poll::Pending,
     }
 }
 
@@ -293,19 +301,10 @@ pub(crate) struct Inlet(Arc<Mailbox>);
 impl Inlet {
     /// The next run.
     async fn recv(&mut self) -> Option<RunArgs> {
-        std::future::poll_fn(|cx| {
-            let take = || self.0.slot.lock().run.take();
-            if let Some(run) = take() {
-                return std::task::Poll::Ready(Some(run));
-            }
-            // Registered, then looked at again: a run handed over in between is not missed.
-            self.0.supervisor.register(cx.waker());
-            match take() {
-                Some(run) => std::task::Poll::Ready(Some(run)),
-                None => std::task::Poll::Pending,
-            }
-        })
-        .await
+        let mailbox = &self.0;
+        let run =
+            std::future::poll_fn(|cx| take_or_wait(&mailbox.supervisor, cx, || mailbox.slot.lock().run.take())).await;
+        Some(run)
     }
 }
 
