@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::observation::{self, Levels};
 use super::otlp::{write_map, write_object, write_str, write_u64, write_value};
-use crate::trace::{GenerationRecord, SpanId, SpanKind, TraceRecord};
+use crate::trace::{GenerationRecord, SpanId, SpanKind, TraceId, TraceRecord};
 
 /// A fresh envelope id (UUID-shaped, unique within and across processes in practice): the
 /// event count mixed (SplitMix64, a bijection) with two halves of a per-process random seed.
@@ -34,23 +34,7 @@ pub(super) fn envelope_id() -> String {
     let v = ((mix(sa ^ n) as u128) << 64) | mix(sb ^ n) as u128;
     // Mark as a version-4 UUID so strict validators accept it.
     let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    uuid(v)
-}
-
-/// `v` as a UUID (8-4-4-4-12 lower-case hex digits), what `TraceId::to_uuid` writes.
-fn uuid(v: u128) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [b'-'; 36];
-    let mut digit = 0;
-    for (i, c) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
-        }
-        *c = HEX[((v >> (124 - 4 * digit)) & 0xf) as usize];
-        digit += 1;
-    }
-    // ASCII throughout.
-    std::str::from_utf8(&out).map(str::to_owned).unwrap_or_default()
+    TraceId(v).to_uuid()
 }
 
 /// The observation id Langfuse gets for one of our spans: its 16 hex digits.
@@ -212,7 +196,7 @@ pub(super) fn encode_trace_bytes_in(
     let before = out.len();
     let folded = observation::fold_generation_nodes(t);
     let t = folded.as_ref().unwrap_or(t);
-    let trace_id = uuid(t.trace_id.0);
+    let trace_id = t.trace_id.to_uuid();
     let levels = Levels::new(t);
     let root = t.root().map(|r| r.span_id);
 
@@ -630,7 +614,9 @@ mod tests {
     #[test]
     fn ids_are_uuids() {
         for v in [0u128, 1, u128::MAX, 0x0123456789abcdef0123456789abcdef] {
-            assert_eq!(uuid(v), crate::trace::TraceId(v).to_uuid());
+            let h = format!("{v:032x}");
+            let text = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
+            assert_eq!(TraceId(v).to_uuid(), text);
         }
         let ids: std::collections::HashSet<String> = (0..10_000).map(|_| envelope_id()).collect();
         assert_eq!(ids.len(), 10_000, "distinct");

@@ -19,8 +19,19 @@ impl TraceId {
     }
     /// The id formatted as a UUID (8-4-4-4-12), as Langfuse's legacy API shows ids.
     pub fn to_uuid(self) -> String {
-        let h = format!("{:032x}", self.0);
-        format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        // Digit by digit into a fixed buffer: every legacy event carries one.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'-'; 36];
+        let mut digit = 0;
+        for (i, c) in out.iter_mut().enumerate() {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                continue;
+            }
+            *c = HEX[((self.0 >> (124 - 4 * digit)) & 0xf) as usize];
+            digit += 1;
+        }
+        // ASCII throughout.
+        std::str::from_utf8(&out).map(str::to_owned).unwrap_or_default()
     }
 }
 
