@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{json, Value};
 
 use super::observation::{self, Levels};
-use super::otlp::{write_map, write_object, write_str, write_u64, write_value};
+use super::otlp::{write_f64, write_map, write_object, write_str, write_u64, write_value};
 use crate::trace::{GenerationRecord, SpanId, SpanKind, TraceId, TraceRecord};
 
 /// A fresh envelope id (UUID-shaped, unique within and across processes in practice): the
@@ -105,13 +105,6 @@ fn span_id(buf: &mut Vec<u8>, id: SpanId) {
     buf.extend_from_slice(&d);
 }
 
-/// An `f64` as serde_json writes it.
-fn float(buf: &mut Vec<u8>, v: f64) {
-    if serde_json::to_writer(&mut *buf, &v).is_err() {
-        buf.extend_from_slice(b"null");
-    }
-}
-
 /// The envelope of one event up to its body: `{"id":…,"type":…,"timestamp":…,"body":`.
 fn envelope(buf: &mut Vec<u8>, id: &str, ty: &str, at: u64) {
     buf.extend_from_slice(b"{\"id\":");
@@ -155,7 +148,7 @@ fn generation_fields(buf: &mut Vec<u8>, g: &GenerationRecord) {
             }
             if let Some(c) = g.cost.get(k) {
                 sep(buf, cost);
-                float(buf, *c);
+                write_f64(buf, *c);
             }
         }
         if !g.usage.is_empty() {
@@ -170,7 +163,7 @@ fn generation_fields(buf: &mut Vec<u8>, g: &GenerationRecord) {
     }
     if !g.cost.is_empty() {
         key(buf, "costDetails");
-        write_object(buf, &g.cost, |b, v| float(b, *v));
+        write_object(buf, &g.cost, |b, v| write_f64(b, *v));
     }
     if let Some(t) = g.completion_start_unix_nanos {
         key(buf, "completionStartTime");

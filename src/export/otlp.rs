@@ -14,7 +14,6 @@ use std::sync::Arc;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
-use serde::Serialize;
 use serde_json::Value;
 
 use super::observation::{self, Level, Levels};
@@ -105,12 +104,9 @@ fn attr_header(buf: &mut Vec<u8>, k: &str, any: usize) {
     len_header(buf, 2, any);
 }
 
-/// A value as JSON text, appended to `buf` (what `serde_json::to_string` gives).
-fn json(buf: &mut Vec<u8>, v: &impl Serialize) {
-    buf.clear();
-    if serde_json::to_writer(&mut *buf, v).is_err() {
-        // Only a map with non-string keys fails, which a JSON value cannot hold.
-        buf.clear();
+/// A number as JSON text, what serde_json writes (`null` for one JSON cannot hold).
+pub(super) fn write_f64(buf: &mut Vec<u8>, v: f64) {
+    if serde_json::to_writer(&mut *buf, &v).is_err() {
         buf.extend_from_slice(b"null");
     }
 }
@@ -443,7 +439,8 @@ fn generation_attributes(out: &mut Vec<u8>, tmp: &mut Vec<u8>, g: &GenerationRec
         }
     }
     if !g.cost.is_empty() {
-        json(tmp, &g.cost);
+        tmp.clear();
+        write_object(tmp, &g.cost, |b, v| write_f64(b, *v));
         attr_str(out, "langfuse.observation.cost_details", tmp);
     }
     if let Some(t) = g.completion_start_unix_nanos {
