@@ -297,7 +297,7 @@ impl Map {
     fn insert_new(&mut self, key: String, value: Arc<dyn StoreValue>) -> &mut Arc<dyn StoreValue> {
         if let Map::Few(v) = self {
             if v.len() >= SCAN_MAX {
-                let mut m = HashMap::with_capacity_and_hasher(2 * SCAN_MAX, KeyHash);
+                let mut m = HashMap::with_capacity_and_hasher(2 * SCAN_MAX, KeyHash::default());
                 m.extend(v.drain(..));
                 *self = Map::Many(m);
             }
@@ -362,54 +362,10 @@ impl Map {
     }
 }
 
-/// The store's key hash: FxHash's mixing (rustc's), a word at a time. SipHash, std's default,
-/// was a sixth of a chain node's whole cost for a one-letter key; its resistance to chosen
-/// collisions buys nothing here, where the keys are the program's own and a store holds a
-/// handful of them.
-#[derive(Clone, Copy, Default)]
-struct KeyHash;
-
-impl std::hash::BuildHasher for KeyHash {
-    type Hasher = FxHasher;
-    fn build_hasher(&self) -> FxHasher {
-        FxHasher(0)
-    }
-}
-
-struct FxHasher(u64);
-
-impl FxHasher {
-    const K: u64 = 0xf135_7aea_2e62_a9c5;
-
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
-    }
-}
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let w = rest.iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b));
-            self.add(w ^ ((rest.len() as u64) << 56));
-        }
-    }
-
-    fn write_u8(&mut self, b: u8) {
-        self.add(u64::from(b));
-    }
-
-    fn finish(&self) -> u64 {
-        // hashbrown takes its 7 control bits from the top of the hash: fold the low bits in.
-        self.0.rotate_left(26)
-    }
-}
+/// The store's key hash: FxHash (rustc's). SipHash, std's default, was a sixth of a chain
+/// node's whole cost for a one-letter key; its resistance to chosen collisions buys nothing
+/// here, where the keys are the program's own and a store holds a handful of them.
+type KeyHash = rustc_hash::FxBuildHasher;
 
 impl SharedStore {
     /// An empty store.

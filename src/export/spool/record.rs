@@ -36,8 +36,8 @@
 //! new version byte; the spool reads every version it ever wrote (and JSON payloads, which
 //! start with `{`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BTreeMap;
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use serde_json::{Map, Number, Value};
@@ -107,36 +107,9 @@ fn kind_byte(k: SpanKind) -> u8 {
     }
 }
 
-/// A hasher for the encoder's tables (FxHash's step): the keys are short strings and span
-/// ids, hashed once per record; SipHash's defence against chosen keys buys nothing here.
-#[derive(Default)]
-struct Fx(u64);
-
-impl Hasher for Fx {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.write_u64(u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
-        }
-        for b in chunks.remainder() {
-            self.write_u64(*b as u64);
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(i as u64)
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64)
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+/// The encoder's tables (FxHash): the keys are short strings' hashes and span ids, hashed
+/// once per record; SipHash's defence against chosen keys buys nothing here.
+type FxMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 fn zigzag(d: i64) -> u64 {
     ((d << 1) ^ (d >> 63)) as u64
@@ -262,7 +235,7 @@ impl Enc<'_> {
 
     fn str(&mut self, s: &str) {
         if s.len() <= MAX_INTERNED {
-            let mut h = Fx::default();
+            let mut h = rustc_hash::FxHasher::default();
             h.write_u64(s.len() as u64);
             h.write(s.as_bytes());
             let h = h.finish();
