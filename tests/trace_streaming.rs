@@ -212,6 +212,33 @@ async fn the_trace_file_holds_parts_that_merge_back_into_one_trace() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_output_keeps_a_long_run_streaming() {
+    let dir = tempdir("debug");
+    let path = dir.join("traces.jsonl");
+    let tracer = Tracer::builder().exporter(JsonlFileExporter::new(&path).unwrap()).debug(true).build().unwrap();
+    let g = gate(1_500);
+    let run = {
+        let (flow, tracer) = (looping(2_000, Arc::clone(&g)), tracer.clone());
+        tokio::spawn(async move { flow.traced("DebugLong").tracer(&tracer).run(&SharedStore::new()).await })
+    };
+    assert!(eventually(Duration::from_secs(30), || g.reached.load(Ordering::Relaxed)).await);
+    // 1,499 steps of four spans ended: without streaming the tracer would hold all of them.
+    let streamed = eventually(Duration::from_secs(30), || tracer.held_spans() < PART_SPANS as u64).await;
+    let held = tracer.held_spans();
+    g.open.store(true, Ordering::Relaxed);
+    run.await.unwrap().unwrap();
+    assert!(streamed, "the tracer holds {held} spans of the run in progress");
+    let report = tracer.flush(Duration::from_secs(30)).await;
+    assert!(report.is_complete(), "{report:?}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let records: Vec<TraceRecord> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(records.iter().any(TraceRecord::is_part), "the file got parts while the run went on");
+    let merged = TraceRecord::merge_parts(records);
+    assert_eq!(merged.len(), 1);
+    assert_eq!(merged[0].spans.len(), whole(2_000).await.spans.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exporter_without_parts_gets_the_whole_trace() {
     let t = whole(1_000).await;
     assert!(t.spans.len() > 2 * PART_SPANS);

@@ -336,7 +336,7 @@ impl Tracer {
             b = b.exporter(file);
         }
         if config.debug() {
-            b = b.exporter(DebugExporter::new(crate::export::Privacy::from_config(config)));
+            b.debug_privacy = Some(crate::export::Privacy::from_config(config));
         }
         b.build()
     }
@@ -389,6 +389,8 @@ pub struct TracerBuilder {
     switches: Switches,
     sample_rate: Option<f64>,
     debug: bool,
+    /// The privacy rules of the debug output (the configuration's, from `from_config`).
+    debug_privacy: Option<crate::export::Privacy>,
     session_id: Option<String>,
     user_id: Option<String>,
 }
@@ -486,7 +488,11 @@ impl TracerBuilder {
                 ConfigError::new("sample_rate", sample_rate.to_string(), "expected a number from 0 to 1").into()
             );
         }
-        let exporters: Arc<[Arc<dyn Exporter>]> = self.exporters.into();
+        let mut exporters = self.exporters;
+        if self.debug {
+            exporters.push(Arc::new(DebugExporter::new(self.debug_privacy.unwrap_or_default())));
+        }
+        let exporters: Arc<[Arc<dyn Exporter>]> = exporters.into();
         let stream = !exporters.is_empty() && exporters.iter().all(|e| e.takes_parts());
         let (tx, rx) = std::sync::mpsc::channel();
         let backlog = Arc::new(AtomicU64::new(0));

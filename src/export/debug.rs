@@ -18,12 +18,9 @@ impl DebugExporter {
     }
 }
 
-impl Exporter for DebugExporter {
-    fn name(&self) -> &str {
-        "debug"
-    }
-    fn export(&self, trace: Arc<TraceRecord>) {
-        let trace = self.0.apply_shared(trace);
+impl DebugExporter {
+    /// A line per span, as pocketflow-tracing prints them when they complete.
+    fn span_lines(trace: &TraceRecord) {
         for s in &trace.spans {
             tracing::info!(
                 target: "flowtrace::trace",
@@ -32,7 +29,37 @@ impl Exporter for DebugExporter {
                 s.end_unix_nanos.saturating_sub(s.start_unix_nanos) as f64 / 1e6
             );
         }
-        tracing::info!(target: "flowtrace::trace", "[TRACING] Trace finished: {}\n{}", trace.name, trace.render_tree());
+    }
+}
+
+impl Exporter for DebugExporter {
+    fn name(&self) -> &str {
+        "debug"
+    }
+    fn export(&self, trace: Arc<TraceRecord>) {
+        let trace = self.0.apply_shared(trace);
+        Self::span_lines(&trace);
+        if trace.parts > 0 {
+            // A streamed run: its earlier spans were printed as their parts came, and the tree
+            // of a run that long would be as long as the run.
+            tracing::info!(
+                target: "flowtrace::trace",
+                "[TRACING] Trace finished: {} (streamed in {} parts before this one; the tree shows its last spans)\n{}",
+                trace.name,
+                trace.parts,
+                trace.render_tree()
+            );
+        } else {
+            tracing::info!(target: "flowtrace::trace", "[TRACING] Trace finished: {}\n{}", trace.name, trace.render_tree());
+        }
+    }
+    // Printing a part as it comes keeps a long run streaming with debug output on (the tracer
+    // streams only while every exporter takes parts).
+    fn takes_parts(&self) -> bool {
+        true
+    }
+    fn export_part(&self, part: Arc<TraceRecord>) {
+        Self::span_lines(&self.0.apply_shared(part));
     }
     fn flush(&self, _timeout: Duration) -> futures::future::BoxFuture<'_, ExportReport> {
         Box::pin(async { ExportReport::default() })
