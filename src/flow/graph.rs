@@ -74,7 +74,11 @@ pub(crate) struct NodeDef {
     /// Successors in insertion order (PocketFlow lists them in that order in warnings). Weak:
     /// the graph's [`Arena`] owns every node, so a loop is no reference cycle.
     pub(crate) successors: RwLock<Vec<Edge>>,
+    /// Whether `successors` has any (read without its lock, by every run of a flow).
+    wired: std::sync::atomic::AtomicBool,
     pub(crate) params: RwLock<Arc<Params>>,
+    /// Whether `params` has any (read without its lock, by every run of a flow).
+    has_params: std::sync::atomic::AtomicBool,
     /// Fixed once the node is shared (cloned or wired): set only through a unique handle.
     pub(crate) config: NodeConfig,
     /// Whether an arena owns this node (it has been wired).
@@ -84,6 +88,18 @@ pub(crate) struct NodeDef {
 }
 
 impl NodeDef {
+    /// The node's params for a run of it: without its lock, and without a reference count
+    /// every run of the node shares, when it has none.
+    pub(crate) fn run_params(&self) -> Arc<Params> {
+        thread_local! {
+            static NONE: Arc<Params> = Arc::new(Params::new());
+        }
+        if self.has_params.load(Ordering::Acquire) {
+            return Arc::clone(&self.params.read());
+        }
+        NONE.with(Arc::clone)
+    }
+
     /// The node's name for an exec context.
     pub(crate) fn exec_name(&self) -> super::context::NodeName {
         match self.literal_name {
@@ -195,7 +211,9 @@ impl NodeRef {
             names,
             kind,
             successors: RwLock::new(Vec::new()),
+            wired: std::sync::atomic::AtomicBool::new(false),
             params: RwLock::new(Arc::new(Params::new())),
+            has_params: std::sync::atomic::AtomicBool::new(false),
             config: NodeConfig::default(),
             owned: std::sync::atomic::AtomicBool::new(false),
             wiring_warnings: RwLock::new(Vec::new()),
@@ -297,6 +315,7 @@ impl NodeRef {
             succ.push((Arc::from(action), target));
         }
         drop(succ);
+        self.0.wired.store(true, Ordering::Release);
         rewired();
     }
 
@@ -313,13 +332,18 @@ impl NodeRef {
 
     /// Whether any successor is wired.
     pub fn has_successors(&self) -> bool {
-        !self.0.successors.read().is_empty()
+        // Edges are never removed: a flag, not the lock every run of a flow would take.
+        self.0.wired.load(Ordering::Acquire)
     }
 
     /// Replaces the node's params (PocketFlow's `set_params`: never merges). Inside a flow a
     /// node sees the run's params instead; its own are used when it runs alone.
     pub fn set_params(&self, params: Params) {
-        *self.0.params.write() = Arc::new(params);
+        let any = !params.is_empty();
+        let mut slot = self.0.params.write();
+        *slot = Arc::new(params);
+        // Under the lock: the flag follows the last params set.
+        self.0.has_params.store(any, Ordering::Release);
     }
 
     /// The node's own params.
