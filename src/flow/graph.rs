@@ -222,9 +222,10 @@ impl NodeRef {
         NodeRef(def, Arena::new())
     }
 
-    /// Notes that the node's name is the literal `name` (see [`NodeDef::literal_name`]).
-    pub(crate) fn with_name_of(mut self, name: &std::borrow::Cow<'static, str>) -> Self {
-        if let (std::borrow::Cow::Borrowed(literal), Some(def)) = (name, self.unique_def()) {
+    /// Notes that the node's name is the literal `name`, if it is one (see
+    /// [`NodeDef::literal_name`]).
+    pub(crate) fn with_literal_name(mut self, name: Option<&'static str>) -> Self {
+        if let (Some(literal), Some(def)) = (name, self.unique_def()) {
             def.literal_name = Some(literal);
         }
         self
