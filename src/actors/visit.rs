@@ -1152,3 +1152,55 @@ async fn run_param_set(
     end_flow_span(span, &res);
     res.map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::flow::{Flow, FnNode, Node};
+
+    /// A node that appends its name to the store's `path`.
+    fn step(name: &'static str) -> FnNode {
+        FnNode::new(name).post(move |ctx, _, _| {
+            let mut path: Vec<String> = ctx.shared().get("path")?.unwrap_or_default();
+            path.push(name.to_owned());
+            ctx.shared().insert("path", path);
+            Ok(Action::none())
+        })
+    }
+
+    // Runs follow their flow's plan; one whose graph is rewired while it runs follows the new
+    // wiring from there, as it would the live graph.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_run_follows_wiring_changed_while_it_runs() {
+        let c = step("C").into_node();
+        let b = step("B").into_node();
+        let rewire: Arc<Mutex<Option<(NodeRef, NodeRef)>>> = Arc::default();
+        let hook = Arc::clone(&rewire);
+        let a = FnNode::new("A")
+            .post(move |_, _, _| {
+                if let Some((from, to)) = hook.lock().unwrap().take() {
+                    from.next(&to);
+                }
+                Ok(Action::none())
+            })
+            .into_node();
+        a.next(&b);
+        let flow = Flow::new(&a);
+
+        let shared = SharedStore::new();
+        flow.run(&shared).await.unwrap();
+        assert_eq!(shared.get::<Vec<String>>("path").unwrap(), Some(vec!["B".to_owned()]));
+
+        *rewire.lock().unwrap() = Some((a.clone(), c.clone()));
+        let shared = SharedStore::new();
+        flow.run(&shared).await.unwrap();
+        assert_eq!(shared.get::<Vec<String>>("path").unwrap(), Some(vec!["C".to_owned()]), "rewired mid-run");
+
+        // And the next run plans the new wiring.
+        let shared = SharedStore::new();
+        flow.run(&shared).await.unwrap();
+        assert_eq!(shared.get::<Vec<String>>("path").unwrap(), Some(vec!["C".to_owned()]));
+    }
+}
