@@ -18,6 +18,7 @@
 //! actors the supervisor spawns linked to itself, one per worker thread (`super::node_actor`).
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -340,14 +341,34 @@ impl RunReport {
 
 pub(crate) struct RunSupervisor;
 
-static LIVE_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// How many stripes the process's run counts and supervisor pools have (see [`stripe`]).
+const STRIPES: usize = 8;
+
+/// This thread's stripe: threads take stripes in turn, so the few worker threads of a runtime
+/// each write a cache line of their own where every run would otherwise write one for all.
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    }
+    STRIPE.with(|s| *s)
+}
+
+/// One stripe's count of live runs, on a cache line of its own.
+#[repr(align(128))]
+struct LiveCount(AtomicIsize);
+
+/// Runs counted in on a stripe's thread, less those counted out there (a run can end on
+/// another thread than it started on, so one stripe alone can be negative).
+static LIVE_RUNS: [LiveCount; STRIPES] = [const { LiveCount(AtomicIsize::new(0)) }; STRIPES];
 
 /// How many runs are in flight in this process: taken by their supervisor and not yet ended.
 ///
 /// A diagnostic for services (runs in flight) and for leak tests: a run is counted from the
 /// moment its supervisor takes it to the moment its state is dropped, whichever way it ends.
 pub fn live_runs() -> usize {
-    LIVE_RUNS.load(std::sync::atomic::Ordering::SeqCst)
+    let sum: isize = LIVE_RUNS.iter().map(|c| c.0.load(Ordering::SeqCst)).sum();
+    sum.max(0) as usize
 }
 
 /// Counts a live run; held by the run's future, so a killed run is counted out too.
@@ -355,14 +376,14 @@ pub(crate) struct Live;
 
 impl Live {
     fn new() -> Self {
-        LIVE_RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LIVE_RUNS[stripe()].0.fetch_add(1, Ordering::SeqCst);
         Live
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        LIVE_RUNS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        LIVE_RUNS[stripe()].0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -374,6 +395,9 @@ pub(crate) struct Inbox {
     /// The count of the current run's node actors: the same one from run to run, as a
     /// supervisor is reused only after runs that started none (so it is zero, and unlinked).
     alive: Arc<Alive>,
+    /// The runtime the supervisor's task lives in (`None`: none could be found, and the
+    /// supervisor is not pooled).
+    runtime: Option<tokio::runtime::Id>,
 }
 
 impl Actor for RunSupervisor {
@@ -394,8 +418,8 @@ impl Actor for RunSupervisor {
                 let linked = supervise(&me, args, &inbox.alive).await;
                 // A supervisor that linked node actors has their supervision events queued
                 // (ractor delivers them only between messages): it is not reused.
-                match linked {
-                    Some(false) if pool::put_back(&me, &inbox.me) => {}
+                match (linked, inbox.runtime) {
+                    (Some(false), Some(runtime)) if pool::put_back(runtime, &me, &inbox.me) => {}
                     _ => break,
                 }
             }
@@ -443,9 +467,14 @@ async fn supervise(me: &ActorRef<RunMsg>, args: RunArgs, alive: &Arc<Alive>) -> 
 /// The idle run supervisors of each tokio runtime.
 ///
 /// A run takes an idle supervisor of its runtime, or spawns one; a supervisor whose run ended
-/// comes back (up to [`MAX_IDLE`] per runtime). Idle supervisors expire: a sweeper task of
-/// the runtime, alive only while its pool holds any, stops those idle for a whole sweep
+/// comes back (up to [`MAX_IDLE`] per runtime and stripe). Idle supervisors expire: a sweeper
+/// task of the runtime, alive only while its pool holds any, stops those idle for a whole sweep
 /// interval, so an idle process goes back to no supervisor tasks at all.
+///
+/// The pools are striped by thread (see [`super::stripe`]): a supervisor goes back to the
+/// stripe of the thread its run ended on, and a run looks in its own thread's stripe first.
+/// With one pool for all, every run's start and end took a lock whose cache line went back
+/// and forth between the worker threads, the most of a short run's cost on two threads.
 mod pool {
     use std::time::Duration;
 
@@ -453,9 +482,9 @@ mod pool {
     use ractor::{ActorRef, ActorStatus};
     use tokio::runtime::{Handle, Id};
 
-    use super::{RunMsg, Runs};
+    use super::{stripe, RunMsg, Runs, STRIPES};
 
-    /// Idle supervisors kept per runtime; more are stopped when their run ends.
+    /// Idle supervisors kept per runtime and stripe; more are stopped when their run ends.
     const MAX_IDLE: usize = 1024;
     /// An idle supervisor is stopped after one to two of these.
     const SWEEP: Duration = Duration::from_millis(500);
@@ -474,10 +503,14 @@ mod pool {
         sweeping: bool,
     }
 
-    static POOLS: Mutex<Vec<RuntimePool>> = Mutex::new(Vec::new());
+    /// One stripe's pools, on a cache line of its own.
+    #[repr(align(128))]
+    struct Stripe(Mutex<Vec<RuntimePool>>);
 
-    fn with_pool<R>(runtime: Id, f: impl FnOnce(&mut RuntimePool) -> R) -> R {
-        let mut pools = POOLS.lock();
+    static POOLS: [Stripe; STRIPES] = [const { Stripe(Mutex::new(Vec::new())) }; STRIPES];
+
+    fn with_pool<R>(stripe: usize, runtime: Id, f: impl FnOnce(&mut RuntimePool) -> R) -> R {
+        let mut pools = POOLS[stripe].0.lock();
         let i = match pools.iter().position(|p| p.runtime == runtime) {
             Some(i) => i,
             None => {
@@ -490,20 +523,22 @@ mod pool {
         f(&mut pools[i])
     }
 
-    /// An idle supervisor of the current runtime, if there is one.
+    /// An idle supervisor of the current runtime, if there is one: of this thread's stripe,
+    /// else of any.
     pub(super) fn take() -> Option<Idle> {
         let runtime = Handle::try_current().ok()?.id();
-        with_pool(runtime, |p| p.idle.pop())
+        let own = stripe();
+        (0..STRIPES).map(|k| (own + k) % STRIPES).find_map(|s| {
+            let mut pools = POOLS[s].0.lock();
+            pools.iter_mut().find(|p| p.runtime == runtime).and_then(|p| p.idle.pop())
+        })
     }
 
-    /// Keeps a supervisor whose run ended for the next run; false when enough wait already
-    /// (the supervisor stops).
-    pub(super) fn put_back(actor: &ActorRef<RunMsg>, runs: &Runs) -> bool {
-        let Ok(handle) = Handle::try_current() else {
-            return false;
-        };
-        let runtime = handle.id();
-        let (kept, start_sweeper) = with_pool(runtime, |p| {
+    /// Keeps a supervisor of `runtime` whose run ended for the next run; false when enough
+    /// wait already (the supervisor stops).
+    pub(super) fn put_back(runtime: Id, actor: &ActorRef<RunMsg>, runs: &Runs) -> bool {
+        let s = stripe();
+        let (kept, start_sweeper) = with_pool(s, runtime, |p| {
             if p.idle.len() >= MAX_IDLE {
                 return (false, false);
             }
@@ -513,16 +548,24 @@ mod pool {
             (true, start)
         });
         if start_sweeper {
-            handle.spawn(sweep(runtime));
+            match Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(sweep(s, runtime));
+                }
+                Err(_) => {
+                    with_pool(s, runtime, |p| p.sweeping = false);
+                }
+            }
         }
         kept
     }
 
-    /// Stops the runtime's supervisors idle for a whole interval; ends when none is idle.
-    async fn sweep(runtime: Id) {
+    /// Stops the supervisors of a runtime's pool in `stripe` idle for a whole interval; ends
+    /// when none is idle there.
+    async fn sweep(stripe: usize, runtime: Id) {
         loop {
             tokio::time::sleep(SWEEP).await;
-            let (expired, done) = with_pool(runtime, |p| {
+            let (expired, done) = with_pool(stripe, runtime, |p| {
                 p.epoch += 1;
                 let now = p.epoch;
                 let (expired, kept): (Vec<Idle>, Vec<Idle>) = p.idle.drain(..).partition(|i| now - i.epoch >= 2);
@@ -663,7 +706,8 @@ fn hand_over(root: NodeRef, shared: SharedStore, options: RunOptions) -> Result<
 async fn spawn_for(run: RunArgs) -> Result<(RunControl, Answer), Error> {
     let state = Arc::clone(&run.state);
     let (runs, inbox) = Runs::new();
-    let inbox = Inbox { runs: Some(inbox), me: runs.clone(), alive: Arc::new(Alive::default()) };
+    let runtime = tokio::runtime::Handle::try_current().ok().map(|h| h.id());
+    let inbox = Inbox { runs: Some(inbox), me: runs.clone(), alive: Arc::new(Alive::default()), runtime };
     let (actor, _join) = Actor::spawn(None, RunSupervisor, inbox)
         .await
         .map_err(|e| Error::Engine(format!("could not start the run supervisor: {e}")))?;
@@ -756,7 +800,7 @@ async fn execute(
     install_panic_hook();
     let params = match options.params {
         Some(p) if !p.is_empty() => Arc::new(p),
-        _ => Arc::clone(&root.0.params.read()),
+        _ => root.0.run_params(),
     };
     let trace_id = options.durable.as_ref().map(|d| d.trace_id);
     let recorder = options

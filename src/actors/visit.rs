@@ -21,7 +21,7 @@ use crate::error::{BoxError, Error, NodeResult, Phase};
 use crate::flow::batch::BatchFlowDef;
 use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, GivenError, PhaseCell, Prepared};
 use crate::flow::flows::FlowDef;
-use crate::flow::graph::{NodeConfig, NodeDef, NodeKind, NodeRef};
+use crate::flow::graph::{Hop, NodeConfig, NodeDef, NodeKind, NodeRef, Plan};
 use crate::flow::store::{record_reads, record_writes, SharedStore};
 use crate::flow::{Action, Context, ExecContext, Params};
 use crate::trace::model::{SpanId, SpanKind};
@@ -377,10 +377,10 @@ async fn run_exec(
             s
         });
         let cx = ExecContext {
-            params: Arc::clone(params),
+            params: exec_params(params),
             attempt,
             max_retries: cfg.max_retries,
-            node: Arc::clone(&def.name),
+            node: def.exec_name(),
             item,
             generations: trace.zip(span.as_ref()).map(|((r, _), s)| r.generations(s.id())),
         };
@@ -481,13 +481,18 @@ fn unrecorded(cx: &VisitCx) -> bool {
     cx.trace.is_none() && !tracing::enabled!(target: "flowtrace::node", tracing::Level::INFO)
 }
 
+/// A run's params as an exec context holds them: none when there are none.
+fn exec_params(params: &Arc<Params>) -> Option<Arc<Params>> {
+    (!params.is_empty()).then(|| Arc::clone(params))
+}
+
 /// The exec context of a fused (single, unrecorded) attempt.
 fn once_context(def: &NodeDef, params: &Arc<Params>, item: Option<usize>) -> ExecContext {
     ExecContext {
-        params: Arc::clone(params),
+        params: exec_params(params),
         attempt: 0,
         max_retries: 1,
-        node: Arc::clone(&def.name),
+        node: def.exec_name(),
         item,
         generations: None,
     }
@@ -899,9 +904,8 @@ async fn visit_flow(node: &NodeRef, flow: &FlowDef, cx: &VisitCx) -> Result<Acti
             Some(f) => guarded(name, Phase::Prep, async { f(&ctx) }).await?,
             None => Value::Null,
         };
-        let start = flow.start.read().clone();
         let max_steps = flow.max_steps.or(cx.limits.max_steps);
-        let last = orchestrate(name, start, max_steps, inner).await?;
+        let last = orchestrate(name, Route::Plan(flow.plan()), max_steps, inner).await?;
         match &flow.post {
             Some(f) => guarded(name, Phase::Post, async { f(&ctx, prep, last) }).await,
             None => Ok(last),
@@ -921,24 +925,42 @@ fn end_flow_span(span: Option<OpenSpan>, res: &Result<Action, Error>) {
     }
 }
 
+/// Where an orchestration loop starts, and how it follows edges.
+enum Route {
+    /// By a flow's plan (see [`Plan`]), while the wiring stays as it was.
+    Plan(Arc<Plan>),
+    /// By the live graph, from this node.
+    Live(Option<NodeRef>),
+}
+
 /// PocketFlow's orchestration loop (spec §4): visit, then follow the action, until a node
 /// has no edge for it.
-async fn orchestrate(
-    flow_name: &str,
-    start: Option<NodeRef>,
-    max_steps: Option<u64>,
-    cx: &VisitCx,
-) -> Result<Action, Error> {
+async fn orchestrate(flow_name: &str, route: Route, max_steps: Option<u64>, cx: &VisitCx) -> Result<Action, Error> {
+    let (plan, mut live) = match route {
+        Route::Plan(p) => (Some(p), None),
+        Route::Live(start) => (None, start),
+    };
     if let Some(hook) = &cx.hook {
+        let start = match &plan {
+            Some(p) => p.start().map(|i| p.node(i).clone()),
+            None => live,
+        };
         return orchestrate_durable(flow_name, start, max_steps, cx, hook).await;
     }
-    let mut curr = start;
+    // The plan's node being visited; `live` takes over (no plan, or the graph was rewired
+    // while the run went on) and holds the node itself.
+    let mut at = plan.as_ref().and_then(|p| p.start());
     let mut last = Action::none();
     let mut steps = 0_u64;
     // Asked once per loop rather than once per visit: whether a subscriber wants the engine's
     // spans is a look-up, and a loop's visits are recorded alike.
     let unrecorded = unrecorded(cx);
-    while let Some(node) = curr {
+    loop {
+        let (node, i) = match (&live, &plan, at) {
+            (Some(n), _, _) => (n, None),
+            (None, Some(p), Some(i)) => (p.node(i), Some(i)),
+            _ => break,
+        };
         steps += 1;
         if let Some(limit) = max_steps {
             if steps > limit {
@@ -950,9 +972,22 @@ async fn orchestrate(
             NodeKind::Node(n) if unrecorded && single_attempt(&node.0.config) => {
                 visit_node_fused(n, &node.0, cx).await?
             }
-            _ => visit(&node, cx).await?,
+            _ => visit(node, cx).await?,
         };
-        curr = follow(&node, &last, cx);
+        let hop = match (&plan, i) {
+            (Some(p), Some(i)) if p.is_current() => p.hop(i, &last),
+            _ => Hop::Live,
+        };
+        match hop {
+            Hop::To(j) => at = Some(j),
+            Hop::End => break,
+            Hop::Live => {
+                live = follow(node, &last, cx);
+                if live.is_none() {
+                    break;
+                }
+            }
+        }
     }
     Ok(last)
 }
@@ -1113,7 +1148,59 @@ async fn run_param_set(
         s.input(|| serde_json::json!({ "params": *p }));
     }
     let run_cx = VisitCx { params, parent: span.as_ref().map(|s| s.id()).or(cx.parent), ..cx.clone() };
-    let res = orchestrate(flow_name, start, cx.limits.max_steps, &run_cx).await;
+    let res = orchestrate(flow_name, Route::Live(start), cx.limits.max_steps, &run_cx).await;
     end_flow_span(span, &res);
     res.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::flow::{Flow, FnNode, Node};
+
+    /// A node that appends its name to the store's `path`.
+    fn step(name: &'static str) -> FnNode {
+        FnNode::new(name).post(move |ctx, _, _| {
+            let mut path: Vec<String> = ctx.shared().get("path")?.unwrap_or_default();
+            path.push(name.to_owned());
+            ctx.shared().insert("path", path);
+            Ok(Action::none())
+        })
+    }
+
+    // Runs follow their flow's plan; one whose graph is rewired while it runs follows the new
+    // wiring from there, as it would the live graph.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_run_follows_wiring_changed_while_it_runs() {
+        let c = step("C").into_node();
+        let b = step("B").into_node();
+        let rewire: Arc<Mutex<Option<(NodeRef, NodeRef)>>> = Arc::default();
+        let hook = Arc::clone(&rewire);
+        let a = FnNode::new("A")
+            .post(move |_, _, _| {
+                if let Some((from, to)) = hook.lock().unwrap().take() {
+                    from.next(&to);
+                }
+                Ok(Action::none())
+            })
+            .into_node();
+        a.next(&b);
+        let flow = Flow::new(&a);
+
+        let shared = SharedStore::new();
+        flow.run(&shared).await.unwrap();
+        assert_eq!(shared.get::<Vec<String>>("path").unwrap(), Some(vec!["B".to_owned()]));
+
+        *rewire.lock().unwrap() = Some((a.clone(), c.clone()));
+        let shared = SharedStore::new();
+        flow.run(&shared).await.unwrap();
+        assert_eq!(shared.get::<Vec<String>>("path").unwrap(), Some(vec!["C".to_owned()]), "rewired mid-run");
+
+        // And the next run plans the new wiring.
+        let shared = SharedStore::new();
+        flow.run(&shared).await.unwrap();
+        assert_eq!(shared.get::<Vec<String>>("path").unwrap(), Some(vec!["C".to_owned()]));
+    }
 }

@@ -95,22 +95,26 @@ pub trait BatchNode: Send + Sync + Sized + 'static {
     /// A graph node processing items one after another (PocketFlow's `BatchNode`).
     fn into_batch(self) -> NodeRef {
         let name = self.name();
+        let literal = if let Cow::Borrowed(s) = &name { Some(*s) } else { None };
         NodeRef::from_kind(
             name,
             short_type_name::<Self>(),
             NodeKind::Batch { node: Arc::new(BatchAdapter(self)), parallel: false },
         )
+        .with_literal_name(literal)
     }
 
     /// A graph node processing items concurrently, each on its own task (PocketFlow's
     /// `AsyncParallelBatchNode`); results stay in input order.
     fn into_parallel_batch(self) -> NodeRef {
         let name = self.name();
+        let literal = if let Cow::Borrowed(s) = &name { Some(*s) } else { None };
         NodeRef::from_kind(
             name,
             short_type_name::<Self>(),
             NodeKind::Batch { node: Arc::new(BatchAdapter(self)), parallel: true },
         )
+        .with_literal_name(literal)
     }
 }
 
@@ -430,6 +434,7 @@ impl BatchFlow {
     /// Sets the start node and returns it.
     pub fn start(&self, node: &NodeRef) -> NodeRef {
         *self.def().start.write() = Some(node.clone());
+        super::graph::rewired();
         node.clone()
     }
 

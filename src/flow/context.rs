@@ -64,13 +64,39 @@ impl<'a> Context<'a> {
 /// `cur_retry` race in parallel batches does not exist here).
 #[derive(Clone)]
 pub struct ExecContext {
-    pub(crate) params: Arc<Params>,
+    /// `None` for no params: an exec context is made per attempt, and a reference count of
+    /// the run's params (shared by every run of a flow, so by every worker thread) per node
+    /// visit cost more than the rest of a short visit.
+    pub(crate) params: Option<Arc<Params>>,
     pub(crate) attempt: u32,
     pub(crate) max_retries: u32,
-    pub(crate) node: Arc<str>,
+    pub(crate) node: NodeName,
     pub(crate) item: Option<usize>,
     /// Where generations go, and the attempt span they hang under; `None` when untraced.
     pub(crate) generations: Option<(Arc<dyn GenerationSink>, u64)>,
+}
+
+/// A node's name as an exec context holds it: a literal (a node type's own name, the common
+/// case) without a reference count to take and drop per attempt, or a shared string.
+#[derive(Clone)]
+pub(crate) enum NodeName {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl NodeName {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            NodeName::Static(s) => s,
+            NodeName::Shared(s) => s,
+        }
+    }
+}
+
+/// The params of a run that has none.
+pub(crate) fn no_params() -> &'static Params {
+    static EMPTY: std::sync::OnceLock<Params> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(Params::new)
 }
 
 impl std::fmt::Debug for ExecContext {
@@ -78,7 +104,7 @@ impl std::fmt::Debug for ExecContext {
         f.debug_struct("ExecContext")
             .field("attempt", &self.attempt)
             .field("max_retries", &self.max_retries)
-            .field("node", &self.node)
+            .field("node", &self.node.as_str())
             .field("item", &self.item)
             .field("traced", &self.generations.is_some())
             .finish()
@@ -108,17 +134,20 @@ impl ExecContext {
 
     /// The run's params.
     pub fn params(&self) -> &Params {
-        &self.params
+        match &self.params {
+            Some(p) => p,
+            None => no_params(),
+        }
     }
 
     /// One param read as a `T`.
     pub fn param<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        self.params.get(key).and_then(|v| T::deserialize(v).ok())
+        self.params().get(key).and_then(|v| T::deserialize(v).ok())
     }
 
     /// The node's name.
     pub fn node_name(&self) -> &str {
-        &self.node
+        self.node.as_str()
     }
 
     /// The index of the batch item being processed, for batch nodes.

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::action::Action;
 use super::context::{Context, Params};
-use super::graph::{wiring_ops, NodeKind, NodeRef};
+use super::graph::{wiring_ops, NodeKind, NodeRef, Plan};
 use crate::error::NodeResult;
 
 pub(crate) type FlowPrepFn = dyn Fn(&Context<'_>) -> NodeResult<Value> + Send + Sync;
@@ -22,11 +22,24 @@ pub(crate) struct FlowDef {
     pub(crate) prep: Option<Arc<FlowPrepFn>>,
     pub(crate) post: Option<Arc<FlowPostFn>>,
     pub(crate) max_steps: Option<u64>,
+    /// The graph as runs follow it, made again when the wiring changes (see [`Plan`]).
+    plan: parking_lot::Mutex<Option<Arc<Plan>>>,
 }
 
 impl FlowDef {
     pub(crate) fn new(start: Option<NodeRef>) -> Self {
-        FlowDef { start: RwLock::new(start), prep: None, post: None, max_steps: None }
+        FlowDef { start: RwLock::new(start), prep: None, post: None, max_steps: None, plan: Default::default() }
+    }
+
+    /// The flow's plan for a run starting now.
+    pub(crate) fn plan(&self) -> Arc<Plan> {
+        let mut slot = self.plan.lock();
+        if let Some(p) = slot.as_ref().filter(|p| p.is_current()) {
+            return Arc::clone(p);
+        }
+        let plan = Arc::new(Plan::of(self.start.read().as_ref()));
+        *slot = Some(Arc::clone(&plan));
+        plan
     }
 }
 
@@ -107,6 +120,7 @@ impl Flow {
     /// Sets the start node and returns it, so `flow.start(&a).next(&b)` chains.
     pub fn start(&self, node: &NodeRef) -> NodeRef {
         *self.def().start.write() = Some(node.clone());
+        super::graph::rewired();
         node.clone()
     }
 

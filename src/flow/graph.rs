@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::ops::Shr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -65,19 +65,48 @@ pub(crate) type Edge = (Arc<str>, Option<Weak<NodeDef>>);
 
 pub(crate) struct NodeDef {
     pub(crate) name: Arc<str>,
+    /// The name, when it is a literal (a node type's own name): exec contexts hold it without
+    /// a reference count (see [`NodeDef::exec_name`]).
+    pub(crate) literal_name: Option<&'static str>,
     pub(crate) type_name: &'static str,
     pub(crate) names: SpanNames,
     pub(crate) kind: NodeKind,
     /// Successors in insertion order (PocketFlow lists them in that order in warnings). Weak:
     /// the graph's [`Arena`] owns every node, so a loop is no reference cycle.
     pub(crate) successors: RwLock<Vec<Edge>>,
+    /// Whether `successors` has any (read without its lock, by every run of a flow).
+    wired: std::sync::atomic::AtomicBool,
     pub(crate) params: RwLock<Arc<Params>>,
+    /// Whether `params` has any (read without its lock, by every run of a flow).
+    has_params: std::sync::atomic::AtomicBool,
     /// Fixed once the node is shared (cloned or wired): set only through a unique handle.
     pub(crate) config: NodeConfig,
     /// Whether an arena owns this node (it has been wired).
     owned: std::sync::atomic::AtomicBool,
     /// PocketFlow's wiring warnings (`Overwriting successor …`), shown on the node's spans.
     pub(crate) wiring_warnings: RwLock<Vec<Arc<str>>>,
+}
+
+impl NodeDef {
+    /// The node's params for a run of it: without its lock, and without a reference count
+    /// every run of the node shares, when it has none.
+    pub(crate) fn run_params(&self) -> Arc<Params> {
+        thread_local! {
+            static NONE: Arc<Params> = Arc::new(Params::new());
+        }
+        if self.has_params.load(Ordering::Acquire) {
+            return Arc::clone(&self.params.read());
+        }
+        NONE.with(Arc::clone)
+    }
+
+    /// The node's name for an exec context.
+    pub(crate) fn exec_name(&self) -> super::context::NodeName {
+        match self.literal_name {
+            Some(s) => super::context::NodeName::Static(s),
+            None => super::context::NodeName::Shared(Arc::clone(&self.name)),
+        }
+    }
 }
 
 static LIVE_NODES: AtomicUsize = AtomicUsize::new(0);
@@ -177,17 +206,29 @@ impl NodeRef {
         };
         let def = Arc::new(NodeDef {
             name,
+            literal_name: None,
             type_name,
             names,
             kind,
             successors: RwLock::new(Vec::new()),
+            wired: std::sync::atomic::AtomicBool::new(false),
             params: RwLock::new(Arc::new(Params::new())),
+            has_params: std::sync::atomic::AtomicBool::new(false),
             config: NodeConfig::default(),
             owned: std::sync::atomic::AtomicBool::new(false),
             wiring_warnings: RwLock::new(Vec::new()),
         });
         LIVE_NODES.fetch_add(1, Ordering::SeqCst);
         NodeRef(def, Arena::new())
+    }
+
+    /// Notes that the node's name is the literal `name`, if it is one (see
+    /// [`NodeDef::literal_name`]).
+    pub(crate) fn with_literal_name(mut self, name: Option<&'static str>) -> Self {
+        if let (Some(literal), Some(def)) = (name, self.unique_def()) {
+            def.literal_name = Some(literal);
+        }
+        self
     }
 
     /// The node's definition, to set what is fixed once it is shared; `None` when this handle
@@ -274,6 +315,9 @@ impl NodeRef {
         } else {
             succ.push((Arc::from(action), target));
         }
+        drop(succ);
+        self.0.wired.store(true, Ordering::Release);
+        rewired();
     }
 
     /// The wired actions, in the order they were first wired.
@@ -289,13 +333,18 @@ impl NodeRef {
 
     /// Whether any successor is wired.
     pub fn has_successors(&self) -> bool {
-        !self.0.successors.read().is_empty()
+        // Edges are never removed: a flag, not the lock every run of a flow would take.
+        self.0.wired.load(Ordering::Acquire)
     }
 
     /// Replaces the node's params (PocketFlow's `set_params`: never merges). Inside a flow a
     /// node sees the run's params instead; its own are used when it runs alone.
     pub fn set_params(&self, params: Params) {
-        *self.0.params.write() = Arc::new(params);
+        let any = !params.is_empty();
+        let mut slot = self.0.params.write();
+        *slot = Arc::new(params);
+        // Under the lock: the flag follows the last params set.
+        self.0.has_params.store(any, Ordering::Release);
     }
 
     /// The node's own params.
@@ -544,5 +593,141 @@ mod tests {
         let end = a.next(&b).next(&c);
         assert_eq!(end.name(), "C");
         assert_eq!(b.successor("default").map(|n| n.name().to_owned()).as_deref(), Some("C"));
+    }
+}
+
+/// Counts changes of wiring (an edge, a flow's start) in the process: a [`Plan`] made before
+/// the last change is stale. Aligned to a cache line of its own: it is read at every step of
+/// every run, and written only when a graph is wired.
+#[repr(align(128))]
+struct Generation(AtomicU64);
+
+static WIRING_GENERATION: Generation = Generation(AtomicU64::new(0));
+
+/// The wiring changed: every plan made before is stale.
+pub(crate) fn rewired() {
+    WIRING_GENERATION.0.fetch_add(1, Ordering::Release);
+}
+
+fn wiring_generation() -> u64 {
+    WIRING_GENERATION.0.load(Ordering::Acquire)
+}
+
+/// A flow's graph as its runs follow it: the nodes reachable from its start, each edge's
+/// target resolved to an index.
+///
+/// Following an edge in the live graph takes its lock, upgrades the target's weak reference
+/// and clones its handle: reference counts every run of the flow shares, so on several
+/// threads each step of each run bounced their cache lines between cores, and that cost more
+/// than the node's own hooks. A plan is made once per wiring (see [`rewired`]) and shared by
+/// every run; a run whose graph is rewired while it runs follows the live graph from there
+/// (see [`Plan::is_current`]), so it sees the new wiring as it did before plans.
+pub(crate) struct Plan {
+    generation: u64,
+    start: Option<usize>,
+    nodes: Vec<NodeRef>,
+    /// Per node, its edges in wiring order: the action and the target's index (`None`: the
+    /// edge ends the flow).
+    edges: Vec<Vec<(Arc<str>, Option<usize>)>>,
+}
+
+/// Where an action leads from a node, by the plan.
+pub(crate) enum Hop {
+    /// To the node at this index.
+    To(usize),
+    /// Nowhere, without a warning: the node has no successors.
+    End,
+    /// The live graph says (PocketFlow's `Flow ends: …` warning, when the action is not wired).
+    Live,
+}
+
+impl Plan {
+    /// The plan of the graph reachable from `start`, as it is wired now.
+    pub(crate) fn of(start: Option<&NodeRef>) -> Plan {
+        // Read before the graph: a change made while the plan is made leaves it stale.
+        let generation = wiring_generation();
+        let mut nodes: Vec<NodeRef> = Vec::new();
+        let mut index: std::collections::HashMap<*const NodeDef, usize> = std::collections::HashMap::new();
+        let mut edges = Vec::new();
+        if let Some(s) = start {
+            index.insert(Arc::as_ptr(&s.0), 0);
+            nodes.push(s.clone());
+        }
+        let mut i = 0;
+        while i < nodes.len() {
+            let list = nodes[i].successor_list();
+            let mut resolved = Vec::with_capacity(list.len());
+            for (action, target) in list {
+                let j = target.map(|t| {
+                    *index.entry(Arc::as_ptr(&t.0)).or_insert_with(|| {
+                        nodes.push(t);
+                        nodes.len() - 1
+                    })
+                });
+                resolved.push((action, j));
+            }
+            edges.push(resolved);
+            i += 1;
+        }
+        Plan { generation, start: start.map(|_| 0), nodes, edges }
+    }
+
+    /// Whether the graph is wired as it was when the plan was made.
+    #[inline]
+    pub(crate) fn is_current(&self) -> bool {
+        wiring_generation() == self.generation
+    }
+
+    /// The start node's index.
+    pub(crate) fn start(&self) -> Option<usize> {
+        self.start
+    }
+
+    /// The node at `i`.
+    #[inline]
+    pub(crate) fn node(&self, i: usize) -> &NodeRef {
+        &self.nodes[i]
+    }
+
+    /// Where `action` leads from the node at `i` (as [`NodeRef::next_for`] says).
+    #[inline]
+    pub(crate) fn hop(&self, i: usize, action: &Action) -> Hop {
+        let edges = &self.edges[i];
+        if edges.is_empty() {
+            return Hop::End;
+        }
+        let key = action.key();
+        match edges.iter().find(|(a, _)| &**a == key) {
+            Some((_, Some(j))) => Hop::To(*j),
+            _ => Hop::Live,
+        }
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::flow::{FnNode, Node};
+
+    #[test]
+    fn a_plan_resolves_edges_and_goes_stale_when_rewired() {
+        let a = FnNode::new("A").into_node();
+        let b = FnNode::new("B").into_node();
+        let c = FnNode::new("C").into_node();
+        a.next(&b);
+        b.next_on("loop", &a);
+        b.end_on("stop");
+        let plan = Plan::of(Some(&a));
+        assert_eq!(plan.nodes.len(), 2, "c is not reachable");
+        assert!(matches!(plan.hop(0, &Action::none()), Hop::To(1)));
+        assert!(matches!(plan.hop(1, &Action::new("loop")), Hop::To(0)));
+        assert!(matches!(plan.hop(1, &Action::new("stop")), Hop::Live), "an end_on edge warns");
+        assert!(matches!(plan.hop(1, &Action::new("other")), Hop::Live));
+        assert!(plan.is_current());
+        b.next_on("more", &c);
+        assert!(!plan.is_current());
+        let plan = Plan::of(Some(&a));
+        assert_eq!(plan.nodes.len(), 3);
+        assert!(matches!(plan.hop(2, &Action::none()), Hop::End));
     }
 }

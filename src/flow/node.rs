@@ -100,7 +100,9 @@ pub trait Node: Send + Sync + Sized + 'static {
     /// Wraps the node in a graph handle, ready to wire and configure.
     fn into_node(self) -> NodeRef {
         let name = self.name();
+        let literal = if let Cow::Borrowed(s) = &name { Some(*s) } else { None };
         NodeRef::from_kind(name, short_type_name::<Self>(), NodeKind::Node(Arc::new(NodeAdapter(self))))
+            .with_literal_name(literal)
     }
 }
 
