@@ -1,9 +1,13 @@
 //! The per-run span recorder: the only tracing code on a run's path.
 //!
 //! A span costs an id from a counter, two clock reads and, when inputs or outputs are recorded,
-//! one serialisation to JSON ([`capture`], depth-capped). Finished spans go into the run's buffer, which is cast to the
-//! tracer actor in chunks, never one message per span (a ractor cast costs 0.3–0.5 µs here,
-//! against a budget of about 1 µs per node for all of tracing).
+//! one serialisation to JSON ([`capture`], depth-capped) of each phase result (the only values
+//! a run cannot keep by reference). Store entries, post's `{prep, exec}` input and the action
+//! are kept as they are ([`Io`]) and made JSON on the tracer's thread: every JSON object built
+//! on the run's thread was an allocation freed on another, the allocator's slow path. Finished
+//! spans go into the run's buffer, which is cast to the tracer actor in chunks, never one
+//! message per span (a ractor cast costs 0.3–0.5 µs here, against a budget of about 1 µs per
+//! node for all of tracing).
 
 // Span records travel as boxes on purpose: the boxes are recycled between the run and the
 // tracer thread (see `BOX_POOL`), so `Vec<Box<RawSpan>>` is the design, not an accident.
