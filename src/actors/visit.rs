@@ -595,7 +595,7 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     // changed, with their new values.
     let mut span = if switches.post { inner.span_at(SpanKind::Post, &def.names.post, t2) } else { None };
     if let (Some(s), Some(p), Some(e)) = (span.as_mut(), prep_json, exec_json) {
-        s.input(|| post_input(p, e));
+        s.input_post(p, e);
     }
     let post = guarded(name, Phase::Post, node.post(&ctx, prep, exec).instrument(phase_span("post")));
     let (res, changed) = if node_span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };
@@ -622,24 +622,15 @@ fn end_post(
         return;
     }
     let entries = Arc::new(shared.entries(&changed));
-    let action = capture(action);
     if let Some(mut s) = span {
-        s.output_changes(|| action.clone(), &entries);
-        s.attr("changed_keys", changed);
+        s.output_changes(action, &entries);
+        s.changed_keys(changed);
         s.end_at(at);
     }
     if let Some(mut s) = node_span {
-        s.output_changes(|| action, &entries);
+        s.output_changes(action, &entries);
         s.end_at(at);
     }
-}
-
-/// post's input: prep's and exec's results (moved in: they are not needed after).
-fn post_input(prep: Value, exec: Value) -> Value {
-    let mut m = serde_json::Map::new();
-    m.insert("prep".into(), prep);
-    m.insert("exec".into(), exec);
-    Value::Object(m)
 }
 
 /// A node span's declared observation type, and the node's wiring warnings as WARNING
@@ -766,7 +757,7 @@ async fn visit_batch(
     }
     let mut span = if switches.post { inner.span(SpanKind::Post, &def.names.post) } else { None };
     if let (Some(s), Some(p), Some(e)) = (span.as_mut(), items_json, outputs_json) {
-        s.input(|| post_input(p, e));
+        s.input_post(p, e);
     }
     let post = guarded(name, Phase::Post, node.post(&ctx, items, outputs));
     let (res, changed) = if node_span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };

@@ -1,9 +1,13 @@
 //! The per-run span recorder: the only tracing code on a run's path.
 //!
 //! A span costs an id from a counter, two clock reads and, when inputs or outputs are recorded,
-//! one serialisation to JSON ([`capture`], depth-capped). Finished spans go into the run's buffer, which is cast to the
-//! tracer actor in chunks, never one message per span (a ractor cast costs 0.3–0.5 µs here,
-//! against a budget of about 1 µs per node for all of tracing).
+//! one serialisation to JSON ([`capture`], depth-capped) of each phase result (the only values
+//! a run cannot keep by reference). Store entries, post's `{prep, exec}` input and the action
+//! are kept as they are ([`Io`]) and made JSON on the tracer's thread: every JSON object built
+//! on the run's thread was an allocation freed on another, the allocator's slow path. Finished
+//! spans go into the run's buffer, which is cast to the tracer actor in chunks, never one
+//! message per span (a ractor cast costs 0.3–0.5 µs here, against a budget of about 1 µs per
+//! node for all of tracing).
 
 // Span records travel as boxes on purpose: the boxes are recycled between the run and the
 // tracer thread (see `BOX_POOL`), so `Vec<Box<RawSpan>>` is the design, not an accident.
@@ -20,7 +24,7 @@ use serde_json::Value;
 use super::model::{depth_marker, SpanId, SpanKind, SpanRecord, SpanStatus, TraceId, MAX_DEPTH};
 use super::TraceSink;
 use crate::error::Error;
-use crate::flow::StoreSnapshot;
+use crate::flow::{Action, StoreSnapshot};
 
 /// Which parts of a run are recorded (the `FLOWTRACE_TRACE_*` switches).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -445,6 +449,9 @@ pub(crate) enum AttrVal {
     F64(f64),
     Str(&'static str),
     Keys(Box<Vec<String>>),
+    /// The keys of the span's output entries ([`Io::Changes`]): post's changed keys, when
+    /// its output holds every one of them (no copy of the list travels with the span).
+    ChangedKeys,
 }
 
 impl From<u32> for AttrVal {
@@ -479,9 +486,15 @@ impl From<Vec<String>> for AttrVal {
 }
 
 impl AttrVal {
-    fn into_json(self) -> Option<Value> {
+    fn into_json(self, output: Option<&Io>) -> Option<Value> {
         match self {
             AttrVal::None => None,
+            AttrVal::ChangedKeys => match output {
+                Some(Io::Changes(_, changed)) => {
+                    Some(Value::Array(changed.entries().map(|(k, _, _)| Value::String(k.to_owned())).collect()))
+                }
+                _ => None,
+            },
             AttrVal::U64(v) => Some(v.into()),
             AttrVal::F64(v) => Some(v.into()),
             AttrVal::Str(v) => Some(v.into()),
@@ -502,6 +515,11 @@ const BOX_BATCH: usize = 64;
 
 /// Returns emptied span boxes (and their buffer) for reuse.
 pub(crate) fn recycle_spans(mut spans: Vec<Box<RawSpan>>) {
+    // A run reuses a box by writing only the span's own facts, so what a shed span (never
+    // made a record) still holds goes now; a box emptied by `take_record` has nothing left.
+    for s in spans.iter_mut() {
+        s.empty();
+    }
     {
         let mut pool = BOX_POOL.lock();
         let room = BOX_POOL_MAX.saturating_sub(pool.len());
@@ -525,34 +543,73 @@ pub(crate) struct RawSpan {
     start: Instant,
     end: Instant,
     status: Option<Box<SpanStatus>>,
-    input: Option<Value>,
-    output: Option<Value>,
+    input: Option<Io>,
+    output: Option<Io>,
     attrs: [(&'static str, AttrVal); MAX_ATTRS],
     extra: Vec<(&'static str, AttrVal)>,
     /// The LLM call of a generation span (its clock readings are converted with the rest).
     generation: Option<Box<crate::flow::Generation>>,
-    /// Store entries behind the input/output, serialised on the tracer's thread.
-    lazy: Option<Box<LazyIo>>,
 }
 
-/// A phase's input and output as store entries, held by reference count while the run goes
-/// on and serialised only when the span becomes a record.
-#[derive(Debug, Default)]
-pub(crate) struct LazyIo {
-    /// The entries read (the input).
-    reads: Option<Arc<StoreSnapshot>>,
-    /// The action and the entries changed, with their new values (the output).
-    changes: Option<(Value, Arc<StoreSnapshot>)>,
+/// A span's input or output as the run records it: held inline (no allocation of its own)
+/// and made the JSON the record shows on the tracer's thread, off the run's path.
+#[derive(Debug)]
+pub(crate) enum Io {
+    /// A value already captured.
+    Value(Value),
+    /// The store entries a phase read.
+    Reads(Arc<StoreSnapshot>),
+    /// post's input: prep's and exec's results, shown as `{"prep": …, "exec": …}`.
+    Post(Value, Value),
+    /// The action and the entries changed, with their new values: `{"action": …, "changed": …}`.
+    Changes(Action, Arc<StoreSnapshot>),
+}
+
+impl Io {
+    fn into_json(self) -> Value {
+        // Maps by hand, not `json!`: the macro serialises its values again (a copy of each).
+        match self {
+            Io::Value(v) => v,
+            Io::Reads(r) => r.to_json(),
+            Io::Post(prep, exec) => {
+                let mut m = serde_json::Map::new();
+                m.insert("prep".to_owned(), prep);
+                m.insert("exec".to_owned(), exec);
+                Value::Object(m)
+            }
+            Io::Changes(action, changed) => {
+                let mut m = serde_json::Map::new();
+                m.insert("action".to_owned(), capture(&action));
+                m.insert("changed".to_owned(), changed.to_json());
+                Value::Object(m)
+            }
+        }
+    }
+
+    fn is_store(&self) -> bool {
+        matches!(self, Io::Reads(_) | Io::Changes(..))
+    }
 }
 
 impl RawSpan {
+    /// Drops what the span holds beyond its ids, kind and times.
+    fn empty(&mut self) {
+        self.name = None;
+        self.status = None;
+        self.input = None;
+        self.output = None;
+        self.attrs = EMPTY_ATTRS;
+        self.extra.clear();
+        self.generation = None;
+    }
+
     /// The public form, built on the tracer's thread; `clock` maps readings to Unix time.
     /// Leaves the box empty, to be recycled rather than freed.
     pub(crate) fn take_record(&mut self, clock: Clock) -> SpanRecord {
         let mut attributes = serde_json::Map::new();
         let attrs = std::mem::replace(&mut self.attrs, EMPTY_ATTRS);
         for (k, v) in attrs.into_iter().chain(std::mem::take(&mut self.extra)) {
-            if let Some(v) = v.into_json() {
+            if let Some(v) = v.into_json(self.output.as_ref()) {
                 attributes.insert(k.to_owned(), v);
             }
         }
@@ -567,20 +624,8 @@ impl RawSpan {
                 prompt_version: g.prompt.map(|p| p.1),
             })
         });
-        let (mut input, mut output) = (self.input.take(), self.output.take());
-        if let Some(lazy) = self.lazy.take() {
-            if let Some(r) = lazy.reads {
-                input = Some(r.to_json());
-            }
-            if let Some((action, changed)) = lazy.changes {
-                // By hand, not `json!`: the macro serialises its values again (a copy of the
-                // whole changed map, then a free of the original).
-                let mut m = serde_json::Map::new();
-                m.insert("action".to_owned(), action);
-                m.insert("changed".to_owned(), changed.to_json());
-                output = Some(Value::Object(m));
-            }
-        }
+        let input = self.input.take().map(Io::into_json);
+        let output = self.output.take().map(Io::into_json);
         SpanRecord {
             generation,
             span_id: self.span_id,
@@ -655,12 +700,11 @@ impl crate::flow::generation::GenerationSink for RunTrace {
             start: g.started,
             end: Instant::now(),
             status,
-            input,
-            output,
+            input: input.map(Io::Value),
+            output: output.map(Io::Value),
             attrs: EMPTY_ATTRS,
             extra: Vec::new(),
             generation: Some(Box::new(g)),
-            lazy: None,
         });
         self.push(rec);
     }
@@ -762,27 +806,35 @@ impl Recorder {
         name: impl Into<Arc<str>>,
         at: Instant,
     ) -> OpenSpan {
-        let fresh = RawSpan {
-            span_id: new_span_id(),
-            parent_id: parent,
-            kind,
-            name: Some(name.into()),
-            start: at,
-            end: at,
-            status: None,
-            input: None,
-            output: None,
-            attrs: EMPTY_ATTRS,
-            extra: Vec::new(),
-            generation: None,
-            lazy: None,
-        };
+        let (span_id, name) = (new_span_id(), Some(name.into()));
         let record = match self.spare_box() {
+            // A recycled box was emptied when its span became a record (or its spans were
+            // shed, which `recycle_spans` empties): only the span's own facts are written, not
+            // the whole struct copied in.
             Some(mut b) => {
-                *b = fresh;
+                let r = &mut *b;
+                r.span_id = span_id;
+                r.parent_id = parent;
+                r.kind = kind;
+                r.name = name;
+                r.start = at;
+                r.end = at;
                 b
             }
-            None => Box::new(fresh),
+            None => Box::new(RawSpan {
+                span_id,
+                parent_id: parent,
+                kind,
+                name,
+                start: at,
+                end: at,
+                status: None,
+                input: None,
+                output: None,
+                attrs: EMPTY_ATTRS,
+                extra: Vec::new(),
+                generation: None,
+            }),
         };
         OpenSpan { rec: self.clone(), record: Some(record) }
     }
@@ -869,7 +921,7 @@ impl OpenSpan {
     pub(crate) fn input(&mut self, v: impl FnOnce() -> Value) {
         if self.rec.0.switches.inputs {
             if let Some(r) = self.record.as_mut() {
-                r.input = Some(v());
+                set_io(&mut r.input, Io::Value(v()));
             }
         }
     }
@@ -877,8 +929,36 @@ impl OpenSpan {
     pub(crate) fn output(&mut self, v: impl FnOnce() -> Value) {
         if self.rec.0.switches.outputs {
             if let Some(r) = self.record.as_mut() {
-                r.output = Some(v());
+                set_io(&mut r.output, Io::Value(v()));
             }
+        }
+    }
+
+    /// post's input: prep's and exec's results (the object around them is built off the
+    /// run's path).
+    pub(crate) fn input_post(&mut self, prep: Value, exec: Value) {
+        if self.rec.0.switches.inputs {
+            if let Some(r) = self.record.as_mut() {
+                set_io(&mut r.input, Io::Post(prep, exec));
+            }
+        }
+    }
+
+    /// The `changed_keys` attribute: the keys post changed. When the output's entries hold
+    /// every one of them, the attribute is read from there on the tracer's thread, and the
+    /// list is dropped here (freed on the thread that made it).
+    pub(crate) fn changed_keys(&mut self, changed: Vec<String>) {
+        let Some(r) = self.record.as_ref() else { return };
+        let covered = match &r.output {
+            Some(Io::Changes(_, entries)) => {
+                entries.len() == changed.len() && entries.entries().zip(&changed).all(|((k, _, _), c)| k == c)
+            }
+            _ => false,
+        };
+        if covered {
+            self.attr("changed_keys", AttrVal::ChangedKeys);
+        } else {
+            self.attr("changed_keys", changed);
         }
     }
 
@@ -886,16 +966,17 @@ impl OpenSpan {
     pub(crate) fn input_reads(&mut self, reads: &Arc<StoreSnapshot>) {
         if self.rec.0.switches.inputs {
             if let Some(r) = self.record.as_mut() {
-                r.lazy.get_or_insert_with(Default::default).reads = Some(Arc::clone(reads));
+                set_io(&mut r.input, Io::Reads(Arc::clone(reads)));
             }
         }
     }
 
-    /// The output: the action and the entries changed, with their new values.
-    pub(crate) fn output_changes(&mut self, action: impl FnOnce() -> Value, changed: &Arc<StoreSnapshot>) {
+    /// The output: the action and the entries changed, with their new values (both
+    /// serialised later, off the run's path).
+    pub(crate) fn output_changes(&mut self, action: &Action, changed: &Arc<StoreSnapshot>) {
         if self.rec.0.switches.outputs {
             if let Some(r) = self.record.as_mut() {
-                r.lazy.get_or_insert_with(Default::default).changes = Some((action(), Arc::clone(changed)));
+                set_io(&mut r.output, Io::Changes(action.clone(), Arc::clone(changed)));
             }
         }
     }
@@ -940,6 +1021,14 @@ impl Drop for OpenSpan {
                 Instant::now(),
             );
         }
+    }
+}
+
+/// Sets a span's input or output; store entries, once set, are what the span shows (a value
+/// set after them does not replace them).
+fn set_io(slot: &mut Option<Io>, io: Io) {
+    if io.is_store() || !slot.as_ref().is_some_and(Io::is_store) {
+        *slot = Some(io);
     }
 }
 
@@ -1058,6 +1147,47 @@ mod tests {
         s.end();
         let spans = records(&rec);
         assert_eq!((spans[0].input.as_ref(), spans[0].output.as_ref()), (None, None));
+    }
+
+    #[test]
+    fn changed_keys_are_shown_with_outputs_on_or_off() {
+        let store = crate::flow::SharedStore::new();
+        store.insert("b", 2_i64);
+        store.insert("a", 1_i64);
+        let changed = vec!["b".to_owned(), "a".to_owned(), "gone".to_owned()];
+        let entries = Arc::new(store.entries(&changed));
+        for outputs in [true, false] {
+            let (rec, _) = recorder(Switches { outputs, ..Switches::default() });
+            let mut s = rec.start(None, SpanKind::Post, "x.post");
+            s.input_post(Value::from(1), Value::from("two"));
+            s.output_changes(&Action::new("next"), &entries);
+            s.changed_keys(changed.clone());
+            s.end();
+            let span = records(&rec).remove(0);
+            assert_eq!(span.attributes["changed_keys"], serde_json::json!(["b", "a", "gone"]), "outputs {outputs}");
+            assert_eq!(span.input, Some(serde_json::json!({ "prep": 1, "exec": "two" })));
+            let shown = serde_json::json!({ "action": "next", "changed": { "a": 1, "b": 2, "gone": null } });
+            assert_eq!(span.output, outputs.then_some(shown));
+        }
+    }
+
+    #[test]
+    fn a_recycled_box_keeps_nothing_of_its_last_span() {
+        let (rec, _) = recorder(Switches::default());
+        let mut s = rec.start(None, SpanKind::Exec, "x.exec");
+        s.input(|| Value::from("old"));
+        s.attr("max_retries", 3_u32);
+        s.fail(SpanStatus::Cancelled { reason: "r".into() });
+        // Shed, not made a record: the box goes back to the pool as it is.
+        recycle_spans(rec.drain());
+        let mut rest = Vec::new();
+        for _ in 0..4 * BOX_BATCH {
+            rest.push(rec.start(None, SpanKind::Node, "n"));
+        }
+        rest.into_iter().for_each(OpenSpan::end);
+        for span in records(&rec) {
+            assert_eq!((span.input, span.status, span.attributes.len()), (None, SpanStatus::Ok, 0));
+        }
     }
 
     #[test]
