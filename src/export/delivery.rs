@@ -516,6 +516,8 @@ struct Stats {
     auth_reported: AtomicBool,
     /// Spans in the queue to the worker (not counted in reports: they are pending).
     queued: AtomicU64,
+    /// Traces put in the queue to the worker, ever: a flush covers those sent before it.
+    sent: AtomicU64,
 }
 
 impl Stats {
@@ -550,9 +552,11 @@ impl Stats {
     }
 }
 
+/// A flush or shutdown: its deadline, how many traces had been queued when it was asked
+/// for (those it waits for), and where to answer.
 enum Control {
-    Flush(Instant, oneshot::Sender<()>),
-    Shutdown(Instant, oneshot::Sender<()>),
+    Flush(Instant, u64, oneshot::Sender<()>),
+    Shutdown(Instant, u64, oneshot::Sender<()>),
 }
 
 /// The exporter handle: queues traces for the worker thread.
@@ -628,6 +632,7 @@ impl HttpExporter {
             last_failure: Cell::new(None),
             epoch: Cell::new(0),
             frame: std::cell::RefCell::default(),
+            taken: Cell::new(0),
             pool: Pool::start(
                 name,
                 Prep { privacy: privacy.clone(), environment: target_environment, spool: log.is_some() },
@@ -654,7 +659,9 @@ impl HttpExporter {
         Box::pin(async move {
             let deadline = Instant::now() + timeout;
             let (done, wait) = oneshot::channel();
-            let msg = if shutdown { Control::Shutdown(deadline, done) } else { Control::Flush(deadline, done) };
+            let sent = self.stats.sent.load(Ordering::Acquire);
+            let msg =
+                if shutdown { Control::Shutdown(deadline, sent, done) } else { Control::Flush(deadline, sent, done) };
             if shutdown {
                 self.closed.store(true, Ordering::Relaxed);
             }
@@ -692,7 +699,10 @@ impl Exporter for HttpExporter {
         } else {
             self.stats.queued.fetch_add(n, Ordering::Relaxed);
             match self.tx.try_send(trace) {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.stats.sent.fetch_add(1, Ordering::Release);
+                    return;
+                }
                 Err(e) => {
                     self.stats.queued.fetch_sub(n, Ordering::Relaxed);
                     match e {
@@ -789,6 +799,8 @@ struct Worker {
     frame: std::cell::RefCell<Frame>,
     /// The threads that scrub and encode traces, this one among them.
     pool: Pool,
+    /// Traces taken from the queue, ever (see [`Stats::sent`]).
+    taken: Cell<u64>,
 }
 
 /// The most traces prepared in one round: a round holds up the worker's requests, so it is
@@ -805,6 +817,8 @@ struct Settled {
 /// A caller of flush or shutdown, waiting.
 struct Waiter {
     deadline: Instant,
+    /// The traces queued before the call: the worker has taken that many before answering.
+    mark: u64,
     since: Instant,
     done: oneshot::Sender<()>,
     stop: bool,
@@ -865,11 +879,16 @@ impl Worker {
             if !self.down.get() && ready.is_empty() && mem.has_room(cap) {
                 self.refill(&mut batch, &mut ready, &mut mem, cap);
             }
+            // Once a caller's traces are all taken, the batch goes without waiting for its age.
+            let taken = self.taken.get();
+            if !batch.is_empty() && waiters.iter().any(|w| w.mark <= taken) {
+                ready.push_back(std::mem::replace(&mut batch, Batch::new()));
+            }
             while inflight.len() < max_in_flight {
                 let Some(b) = ready.pop_front() else { break };
                 inflight.push(self.send_batch(b));
             }
-            // Callers of flush whose traces are all settled (or the backend is down).
+            // Callers of flush whose traces are all taken and settled (or the backend is down).
             let idle = batch.is_empty() && ready.is_empty() && inflight.is_empty();
             let unread = self.log.as_ref().is_some_and(|l| l.lock().has_unread());
             if idle && !waiters.is_empty() {
@@ -878,7 +897,7 @@ impl Worker {
             }
             waiters.retain_mut(|w| {
                 let gave_up = self.last_failure.get().is_some_and(|f| f >= w.since);
-                let settled = idle && (!unread || gave_up);
+                let settled = idle && w.mark <= taken && (!unread || gave_up);
                 if settled {
                     answer(w, &mut stopping);
                 }
@@ -895,19 +914,17 @@ impl Worker {
                 biased;
                 c = ctl.recv() => {
                     let Some(c) = c else { break };
-                    let (deadline, done, stop) = match c {
-                        Control::Flush(d, done) => (d, done, false),
-                        Control::Shutdown(d, done) => (d, done, true),
+                    let (deadline, mark, done, stop) = match c {
+                        Control::Flush(d, m, done) => (d, m, done, false),
+                        Control::Shutdown(d, m, done) => (d, m, done, true),
                     };
-                    // Everything queued so far is part of this flush.
-                    self.add_queued(&mut rx, &mut batch, &mut ready, &mut mem, cap);
-                    if !batch.is_empty() {
-                        ready.push_back(std::mem::replace(&mut batch, Batch::new()));
-                    }
+                    // Everything queued so far is part of this flush: taken round by round
+                    // below, between requests (not all at once here, which would hold the
+                    // requests up until the last trace is encoded).
                     if self.down.get() {
                         self.next_probe.set(Instant::now());
                     }
-                    waiters.push(Waiter { deadline, since: Instant::now(), done, stop });
+                    waiters.push(Waiter { deadline, mark, since: Instant::now(), done, stop });
                 }
                 Some(s) = inflight.next(), if !inflight.is_empty() => self.settle(s, &mut mem),
                 t = rx.recv(), if self.log.is_some() || mem.has_room(cap) => match t {
@@ -916,6 +933,11 @@ impl Worker {
                         let room = if self.log.is_some() { usize::MAX } else { cap.saturating_sub(mem.traces) };
                         let round = self.take_round(&mut rx, Some(t), room);
                         self.add_all(&mut batch, &mut ready, &mut mem, round, cap);
+                        if !inflight.is_empty() {
+                            // The requests' connections are tasks of this runtime: they
+                            // move on between rounds, so the backend works while we encode.
+                            tokio::task::yield_now().await;
+                        }
                     }
                     None => break,
                 },
@@ -1010,6 +1032,7 @@ impl Worker {
             spans += spans_of(&t);
             round.push(t);
         }
+        self.taken.set(self.taken.get() + round.len() as u64);
         round
     }
 
