@@ -286,11 +286,11 @@ impl Batch {
 /// weights add up to its span count plus one for the trace itself.
 fn encode_units(t: &TraceRecord, mode: u8, environment: Option<&str>) -> Vec<Unit> {
     let total = spans_of(t);
-    let mut units = Vec::new();
+    // A unit per span, and one for a made-up root (OTLP) or the trace-create (legacy).
+    let mut units = Vec::with_capacity(t.spans.len() + 1);
     if mode == MODE_LEGACY {
         let mut events = Vec::new();
         legacy::encode_trace_bytes_in(t, environment, &mut events);
-        units.reserve_exact(events.len());
         for (id, json) in events {
             units.push(Unit { trace: 0, weight: 1, size: json.len() + 1, payload: Payload::Legacy { id, json } });
         }
@@ -819,6 +819,8 @@ struct Waiter {
     deadline: Instant,
     /// The traces queued before the call: the worker has taken that many before answering.
     mark: u64,
+    /// Whether the batch was cut for it (once its traces were taken).
+    cut: bool,
     since: Instant,
     done: oneshot::Sender<()>,
     stop: bool,
@@ -879,9 +881,15 @@ impl Worker {
             if !self.down.get() && ready.is_empty() && mem.has_room(cap) {
                 self.refill(&mut batch, &mut ready, &mut mem, cap);
             }
-            // Once a caller's traces are all taken, the batch goes without waiting for its age.
+            // Once a caller's traces are all taken, the batch goes without waiting for its age
+            // (once per caller, as when it called).
             let taken = self.taken.get();
-            if !batch.is_empty() && waiters.iter().any(|w| w.mark <= taken) {
+            let mut cut = false;
+            for w in waiters.iter_mut().filter(|w| !w.cut && w.mark <= taken) {
+                w.cut = true;
+                cut = true;
+            }
+            if cut && !batch.is_empty() {
                 ready.push_back(std::mem::replace(&mut batch, Batch::new()));
             }
             while inflight.len() < max_in_flight {
@@ -924,7 +932,7 @@ impl Worker {
                     if self.down.get() {
                         self.next_probe.set(Instant::now());
                     }
-                    waiters.push(Waiter { deadline, mark, since: Instant::now(), done, stop });
+                    waiters.push(Waiter { deadline, mark, cut: false, since: Instant::now(), done, stop });
                 }
                 Some(s) = inflight.next(), if !inflight.is_empty() => self.settle(s, &mut mem),
                 t = rx.recv(), if self.log.is_some() || mem.has_room(cap) => match t {
