@@ -349,11 +349,16 @@ struct Prep {
 impl Prep {
     /// Scrubs `t` (before anything is encoded: nothing secret reaches the log or the wire),
     /// then encodes its record and its units. `None` if a hook or encoder panicked.
-    fn prepare(&self, t: Arc<TraceRecord>, mode: Option<u8>, frame: &mut Frame) -> Option<Prepared> {
+    fn prepare(&self, t: Arc<TraceRecord>, job: Job, frame: &mut Frame) -> Option<Prepared> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let trace = self.privacy.apply_shared(t);
-            let frame = self.spool.then(|| frame.encode_detached(&trace));
-            let units = match mode {
+            let (trace, frame) = if job.fresh {
+                let trace = self.privacy.apply_shared(t);
+                let frame = self.spool.then(|| frame.encode_detached(&trace));
+                (trace, frame)
+            } else {
+                (t, None)
+            };
+            let units = match job.mode {
                 Some(mode) => encode_units(&trace, mode, self.environment.as_deref()),
                 None => Vec::new(),
             };
@@ -363,12 +368,22 @@ impl Prep {
     }
 }
 
+/// What a round asks for.
+#[derive(Debug, Clone, Copy, Default)]
+struct Job {
+    /// The wire units' encoding; `None` for none (traces for the log alone).
+    mode: Option<u8>,
+    /// New traces, scrubbed and given a log record; not so those read back from the log,
+    /// which were scrubbed before they were written.
+    fresh: bool,
+}
+
 /// One round of preparation handed to the encoder threads.
 #[derive(Default)]
 struct Round {
     /// Traces not yet taken, by their place in the round.
     jobs: VecDeque<(usize, Arc<TraceRecord>)>,
-    mode: Option<u8>,
+    job: Job,
     results: Vec<Option<Option<Prepared>>>,
     /// Traces taken or waiting, not yet prepared.
     pending: usize,
@@ -421,18 +436,18 @@ impl Pool {
     }
 
     /// Prepares `traces`, the results in the same order.
-    fn prepare(&self, traces: Vec<Arc<TraceRecord>>, mode: Option<u8>) -> Vec<Option<Prepared>> {
+    fn prepare(&self, traces: Vec<Arc<TraceRecord>>, job: Job) -> Vec<Option<Prepared>> {
         let sh = &*self.shared;
         let helpers = self.threads.lock().len();
         if traces.len() < 2 || helpers == 0 {
             let mut frame = self.frame.borrow_mut();
-            return traces.into_iter().map(|t| sh.prep.prepare(t, mode, &mut frame)).collect();
+            return traces.into_iter().map(|t| sh.prep.prepare(t, job, &mut frame)).collect();
         }
         let n = traces.len();
         {
             let mut r = sh.round.lock();
             r.jobs.extend(traces.into_iter().enumerate());
-            r.mode = mode;
+            r.job = job;
             r.results.clear();
             r.results.resize_with(n, || None);
             r.pending = n;
@@ -447,7 +462,7 @@ impl Pool {
         let mut frame = self.frame.borrow_mut();
         let mut r = sh.round.lock();
         while let Some((i, t)) = r.jobs.pop_front() {
-            let p = parking_lot::MutexGuard::unlocked(&mut r, || sh.prep.prepare(t, mode, &mut frame));
+            let p = parking_lot::MutexGuard::unlocked(&mut r, || sh.prep.prepare(t, job, &mut frame));
             r.results[i] = Some(p);
             r.pending -= 1;
         }
@@ -487,8 +502,8 @@ impl PoolShared {
             }
             match r.jobs.pop_front() {
                 Some((i, t)) => {
-                    let mode = r.mode;
-                    let p = parking_lot::MutexGuard::unlocked(&mut r, || self.prep.prepare(t, mode, &mut frame));
+                    let job = r.job;
+                    let p = parking_lot::MutexGuard::unlocked(&mut r, || self.prep.prepare(t, job, &mut frame));
                     r.results[i] = Some(p);
                     r.pending -= 1;
                     if r.pending == 0 {
@@ -1079,7 +1094,7 @@ impl Worker {
         // With a log and no room at all (a spill, stopping) the traces go to the log alone:
         // their wire units would not be used.
         let mode = (cap > 0 || self.log.is_none()).then(|| self.mode());
-        let prepared = self.pool.prepare(traces, mode);
+        let prepared = self.pool.prepare(traces, Job { mode, fresh: true });
         for (p, n) in prepared.into_iter().zip(spans) {
             match p {
                 Some(p) => self.admit(batch, ready, mem, p, n, cap),
@@ -1155,12 +1170,25 @@ impl Worker {
         if bad > 0 {
             self.stats.drop_spans(bad, format!("{}: unreadable records in the spool (traces, not spans)", self.name));
         }
+        // Scrubbed before they were written: encoded alone, on the encoder threads.
+        let mut seqs = Vec::with_capacity(records.len());
+        let mut traces = Vec::with_capacity(records.len());
         for r in records {
             mem.seqs.insert(r.seq);
             mem.traces += 1;
             mem.spans += spans_of(&r.trace);
-            let meta = Meta { seq: Some(r.seq), from_log: true, epoch: self.epoch.get() };
-            encode_into(batch, Arc::new(r.trace), self.mode(), self.target.environment.as_deref(), meta);
+            seqs.push(r.seq);
+            traces.push(Arc::new(r.trace));
+        }
+        let mode = self.mode();
+        let prepared = self.pool.prepare(traces.clone(), Job { mode: Some(mode), fresh: false });
+        for ((t, p), seq) in traces.into_iter().zip(prepared).zip(seqs) {
+            let meta = Meta { seq: Some(seq), from_log: true, epoch: self.epoch.get() };
+            match p {
+                Some(p) => batch.push(p.trace, p.units, meta),
+                // An encoder panicked on it: once more here, as before there were threads.
+                None => encode_into(batch, t, mode, self.target.environment.as_deref(), meta),
+            }
             if batch.weight as usize >= self.opts.max_batch_spans || batch.bytes >= self.opts.max_request_bytes {
                 ready.push_back(std::mem::replace(batch, Batch::new()));
             }
@@ -1603,7 +1631,7 @@ mod tests {
         assert_eq!(pool.threads.lock().len(), 2);
         let round: Vec<Arc<TraceRecord>> = (0..40).map(|i| Arc::new(traces[i % traces.len()].clone())).collect();
         for mode in [MODE_OTLP, MODE_LEGACY] {
-            let out = pool.prepare(round.clone(), Some(mode));
+            let out = pool.prepare(round.clone(), Job { mode: Some(mode), fresh: true });
             assert_eq!(out.len(), round.len());
             let alone = Pool::start("alone", prep(), 1);
             for (t, p) in round.iter().zip(out) {
@@ -1611,7 +1639,11 @@ mod tests {
                 assert_eq!(p.trace.trace_id, t.trace_id, "in the round's order");
                 let mut frame = Frame::default();
                 assert_eq!(p.frame.map(|f| f.bytes().to_vec()), Some(frame.encode_detached(t).bytes().to_vec()));
-                let one = alone.prepare(vec![Arc::clone(t)], Some(mode)).pop().flatten().expect("prepared");
+                let one = alone
+                    .prepare(vec![Arc::clone(t)], Job { mode: Some(mode), fresh: true })
+                    .pop()
+                    .flatten()
+                    .expect("prepared");
                 if mode == MODE_OTLP {
                     assert_eq!(bytes(&p.units), bytes(&one.units), "the same bytes as on one thread");
                 } else {
@@ -1621,7 +1653,15 @@ mod tests {
             }
         }
         // A round for the log alone encodes no wire units.
-        assert!(pool.prepare(round.clone(), None).into_iter().all(|p| p.is_some_and(|p| p.units.is_empty())));
+        let log_only = Job { mode: None, fresh: true };
+        assert!(pool.prepare(round.clone(), log_only).into_iter().all(|p| p.is_some_and(|p| p.units.is_empty())));
+        // Read back from the log: as they are, no record, and the same bytes.
+        let back = pool.prepare(round.clone(), Job { mode: Some(MODE_OTLP), fresh: false });
+        for (t, p) in round.iter().zip(back) {
+            let p = p.expect("prepared");
+            assert!(Arc::ptr_eq(t, &p.trace) && p.frame.is_none());
+            assert_eq!(bytes(&p.units), bytes(&encode_units(t, MODE_OTLP, Some("test"))));
+        }
         pool.stop();
         assert!(pool.threads.lock().is_empty(), "the threads are joined");
     }
