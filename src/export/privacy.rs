@@ -576,13 +576,19 @@ thread_local! {
 
 /// The cache slot of a key (at most 64 bytes).
 fn key_slot(k: &[u8]) -> usize {
+    // Fixed-size copies (a load each), not a copy of a length known only at run time (a call).
     let word = |b: &[u8]| {
         let mut w = [0u8; 8];
-        let n = b.len().min(8);
-        w[..n].copy_from_slice(&b[..n]);
+        w.copy_from_slice(&b[..8]);
         u64::from_le_bytes(w)
     };
-    let (head, tail) = (word(k), word(&k[k.len().saturating_sub(8)..]));
+    let (head, tail) = if k.len() >= 8 {
+        (word(k), word(&k[k.len() - 8..]))
+    } else {
+        // The key's bytes, zero-padded: head and tail are the same word.
+        let w = k.iter().enumerate().fold(0u64, |w, (i, &c)| w | u64::from(c) << (8 * i));
+        (w, w)
+    };
     let h = (head ^ tail.rotate_left(29) ^ k.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (h >> 54) as usize & (KEY_SLOTS - 1)
 }
@@ -882,6 +888,25 @@ fn redact_fields(text: &str, fragments: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keys_cache_slot_comes_from_its_length_and_its_first_and_last_eight_bytes() {
+        let reference = |k: &[u8]| {
+            let word = |b: &[u8]| {
+                let mut w = [0u8; 8];
+                let n = b.len().min(8);
+                w[..n].copy_from_slice(&b[..n]);
+                u64::from_le_bytes(w)
+            };
+            let (head, tail) = (word(k), word(&k[k.len().saturating_sub(8)..]));
+            let h = (head ^ tail.rotate_left(29) ^ k.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            (h >> 54) as usize & (KEY_SLOTS - 1)
+        };
+        let text: Vec<u8> = (0..64u8).map(|i| b'a' + i % 26).collect();
+        for n in 0..=64 {
+            assert_eq!(key_slot(&text[..n]), reference(&text[..n]), "{n} bytes");
+        }
+    }
 
     #[test]
     fn the_shortest_credentials_are_found() {
