@@ -66,7 +66,7 @@ pub struct DeliveryOptions {
     /// Threads that scrub and encode traces, the export worker's own among them (default: the
     /// machine's cores, at most 4). They are the exporter's threads, never a run's or the
     /// tracer's; they sleep while there is nothing to encode and stop with the exporter. `1`
-    /// encodes on the worker's thread alone.
+    /// (or `0`) encodes on the worker's thread alone.
     pub encoder_threads: usize,
 }
 
