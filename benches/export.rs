@@ -1,5 +1,8 @@
 //! Exporter throughput: spans per second encoded (OTLP protobuf, Langfuse legacy JSON), and
 //! encoded and delivered over HTTP to a local Langfuse-compatible sink, both protocols.
+//!
+//! `EXPORT_BENCH_ENCODER_THREADS=n` sets the delivery benches' encoder threads (default: the
+//! exporter's own, one per core up to four).
 
 #[path = "support/sink.rs"]
 mod sink;
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flowtrace::export::__bench as wire;
-use flowtrace::export::{Compression, Exporter, Ingestion, LangfuseExporter};
+use flowtrace::export::{Compression, DeliveryOptions, Exporter, Ingestion, LangfuseExporter};
 use flowtrace::prelude::*;
 use flowtrace::trace::TraceRecord;
 
@@ -188,11 +191,17 @@ fn deliver(c: &mut Criterion) {
         ("legacy_1000_traces", Ingestion::Legacy, Compression::None, spans_per_trace),
     ] {
         let sink = sink::Sink::start();
+        let mut options = DeliveryOptions::default();
+        // The default is one encoder thread per core (at most four); this compares others.
+        if let Some(n) = std::env::var("EXPORT_BENCH_ENCODER_THREADS").ok().and_then(|v| v.parse().ok()) {
+            options = options.encoder_threads(n);
+        }
         let exporter = LangfuseExporter::builder()
             .host(format!("http://{}", sink.addr))
             .keys("pk-lf-bench", "sk-lf-bench")
             .ingestion(ingestion)
             .compression(compression)
+            .options(options)
             .no_spool()
             .build()
             .expect("exporter");

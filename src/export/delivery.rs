@@ -63,6 +63,17 @@ pub struct DeliveryOptions {
     pub spool_max_bytes: u64,
     /// While the backend is down, how often to probe it with a spooled batch (default 5 s).
     pub probe_interval: Duration,
+    /// Threads that scrub and encode traces, the export worker's own among them (default: the
+    /// machine's cores, at most 4). They are the exporter's threads, never a run's or the
+    /// tracer's; they sleep while there is nothing to encode and stop with the exporter. `1`
+    /// (or `0`) encodes on the worker's thread alone.
+    pub encoder_threads: usize,
+}
+
+/// The default of [`DeliveryOptions::encoder_threads`]: a thread per core, at most four (past
+/// that the request side, one thread, is the bound).
+fn default_encoder_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
 }
 
 impl Default for DeliveryOptions {
@@ -80,6 +91,7 @@ impl Default for DeliveryOptions {
             spool_dir: None,
             spool_max_bytes: 256 << 20,
             probe_interval: Duration::from_secs(5),
+            encoder_threads: default_encoder_threads(),
         }
     }
 }
@@ -112,6 +124,7 @@ setters! {
     spool_dir: Option<PathBuf>,
     spool_max_bytes: u64,
     probe_interval: Duration,
+    encoder_threads: usize,
 }
 
 /// How OTLP request bodies are compressed (`OTEL_EXPORTER_OTLP_COMPRESSION`).
@@ -269,38 +282,241 @@ impl Batch {
     }
 }
 
-fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8, environment: Option<&str>, meta: Meta) {
-    let idx = batch.traces.len();
-    let total = spans_of(&t);
-    let before = batch.units.len();
+/// A trace's units for one request mode, its trace index 0 (set when it joins a batch): the
+/// weights add up to its span count plus one for the trace itself.
+fn encode_units(t: &TraceRecord, mode: u8, environment: Option<&str>) -> Vec<Unit> {
+    let total = spans_of(t);
+    // A unit per span, and one for a made-up root (OTLP) or the trace-create (legacy).
+    let mut units = Vec::with_capacity(t.spans.len() + 1);
     if mode == MODE_LEGACY {
         let mut events = Vec::new();
-        legacy::encode_trace_bytes_in(&t, environment, &mut events);
+        legacy::encode_trace_bytes_in(t, environment, &mut events);
         for (id, json) in events {
-            batch.units.push(Unit {
-                trace: idx,
-                weight: 1,
-                size: json.len() + 1,
-                payload: Payload::Legacy { id, json },
-            });
+            units.push(Unit { trace: 0, weight: 1, size: json.len() + 1, payload: Payload::Legacy { id, json } });
         }
     } else {
-        otlp::encode_trace_shared(&t, environment, |s| {
+        otlp::encode_trace_shared(t, environment, |s| {
             // The span's field header in the request is at most 4 bytes.
             let size = s.len() + 4;
-            batch.units.push(Unit { trace: idx, weight: 1, size, payload: Payload::Otlp(s) });
+            units.push(Unit { trace: 0, weight: 1, size, payload: Payload::Otlp(s) });
         });
     }
-    // Make the weights add up to the trace's span count plus one for the trace itself.
-    let n = (batch.units.len() - before) as u64;
-    if let Some(first) = batch.units.get_mut(before) {
+    let n = units.len() as u64;
+    if let Some(first) = units.first_mut() {
         first.weight += total.saturating_sub(n);
     }
-    batch.bytes += batch.units[before..].iter().map(|u| u.size).sum::<usize>();
-    batch.weight += total;
-    batch.traces.push(t);
-    batch.meta.push(meta);
-    batch.started.get_or_insert_with(Instant::now);
+    units
+}
+
+impl Batch {
+    /// Adds a trace and its units (from [`encode_units`]).
+    fn push(&mut self, t: Arc<TraceRecord>, mut units: Vec<Unit>, meta: Meta) {
+        let idx = self.traces.len();
+        for u in &mut units {
+            u.trace = idx;
+            self.bytes += u.size;
+        }
+        self.weight += spans_of(&t);
+        self.units.append(&mut units);
+        self.traces.push(t);
+        self.meta.push(meta);
+        self.started.get_or_insert_with(Instant::now);
+    }
+}
+
+fn encode_into(batch: &mut Batch, t: Arc<TraceRecord>, mode: u8, environment: Option<&str>, meta: Meta) {
+    let units = encode_units(&t, mode, environment);
+    batch.push(t, units, meta);
+}
+
+/// A trace made ready off the worker's bookkeeping: scrubbed, its log record and its wire
+/// units encoded. The worker appends and batches these in the order the traces came.
+struct Prepared {
+    trace: Arc<TraceRecord>,
+    /// Its log record, when there is a log.
+    frame: Option<Frame>,
+    units: Vec<Unit>,
+}
+
+/// What preparing a trace needs; shared by the worker and its encoder threads.
+struct Prep {
+    privacy: Privacy,
+    environment: Option<String>,
+    /// Whether there is a log to encode records for.
+    spool: bool,
+}
+
+impl Prep {
+    /// Scrubs `t` (before anything is encoded: nothing secret reaches the log or the wire),
+    /// then encodes its record and its units. `None` if a hook or encoder panicked.
+    fn prepare(&self, t: Arc<TraceRecord>, job: Job, frame: &mut Frame) -> Option<Prepared> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let (trace, frame) = if job.fresh {
+                let trace = self.privacy.apply_shared(t);
+                let frame = self.spool.then(|| frame.encode_detached(&trace));
+                (trace, frame)
+            } else {
+                (t, None)
+            };
+            let units = match job.mode {
+                Some(mode) => encode_units(&trace, mode, self.environment.as_deref()),
+                None => Vec::new(),
+            };
+            Prepared { trace, frame, units }
+        }))
+        .ok()
+    }
+}
+
+/// What a round asks for.
+#[derive(Debug, Clone, Copy, Default)]
+struct Job {
+    /// The wire units' encoding; `None` for none (traces for the log alone).
+    mode: Option<u8>,
+    /// New traces, scrubbed and given a log record; not so those read back from the log,
+    /// which were scrubbed before they were written.
+    fresh: bool,
+}
+
+/// One round of preparation handed to the encoder threads.
+#[derive(Default)]
+struct Round {
+    /// Traces not yet taken, by their place in the round.
+    jobs: VecDeque<(usize, Arc<TraceRecord>)>,
+    job: Job,
+    results: Vec<Option<Option<Prepared>>>,
+    /// Traces taken or waiting, not yet prepared.
+    pending: usize,
+    stop: bool,
+}
+
+struct PoolShared {
+    prep: Prep,
+    round: Mutex<Round>,
+    /// Wakes the encoder threads: a round began, or the exporter stops.
+    work: parking_lot::Condvar,
+    /// Wakes the worker: the round's last trace is prepared.
+    done: parking_lot::Condvar,
+}
+
+/// The export worker and its encoder threads, which prepare a round of traces together (the
+/// worker takes its share too, and waits for the rest: every trace of a round is appended
+/// and batched, in order, before the worker does anything else, so a spill never misses a
+/// trace in the middle of encoding).
+struct Pool {
+    shared: Arc<PoolShared>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The worker's own frame.
+    frame: std::cell::RefCell<Frame>,
+}
+
+impl Pool {
+    fn start(name: &str, prep: Prep, threads: usize) -> Pool {
+        let shared = Arc::new(PoolShared {
+            prep,
+            round: Mutex::new(Round::default()),
+            work: parking_lot::Condvar::new(),
+            done: parking_lot::Condvar::new(),
+        });
+        let mut handles = Vec::new();
+        for i in 1..threads.max(1) {
+            let sh = Arc::clone(&shared);
+            let spawned =
+                std::thread::Builder::new().name(format!("flowtrace-encode-{name}-{i}")).spawn(move || sh.serve());
+            match spawned {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    // Fewer threads encode: slower, not wrong.
+                    tracing::warn!(target: "flowtrace::export", "{name}: cannot start an encoder thread: {e}");
+                    break;
+                }
+            }
+        }
+        Pool { shared, threads: Mutex::new(handles), frame: std::cell::RefCell::default() }
+    }
+
+    /// Prepares `traces`, the results in the same order.
+    fn prepare(&self, traces: Vec<Arc<TraceRecord>>, job: Job) -> Vec<Option<Prepared>> {
+        let sh = &*self.shared;
+        let helpers = self.threads.lock().len();
+        if traces.len() < 2 || helpers == 0 {
+            let mut frame = self.frame.borrow_mut();
+            return traces.into_iter().map(|t| sh.prep.prepare(t, job, &mut frame)).collect();
+        }
+        let n = traces.len();
+        {
+            let mut r = sh.round.lock();
+            r.jobs.extend(traces.into_iter().enumerate());
+            r.job = job;
+            r.results.clear();
+            r.results.resize_with(n, || None);
+            r.pending = n;
+        }
+        if helpers >= n - 1 {
+            sh.work.notify_all();
+        } else {
+            for _ in 0..helpers {
+                sh.work.notify_one();
+            }
+        }
+        let mut frame = self.frame.borrow_mut();
+        let mut r = sh.round.lock();
+        while let Some((i, t)) = r.jobs.pop_front() {
+            let p = parking_lot::MutexGuard::unlocked(&mut r, || sh.prep.prepare(t, job, &mut frame));
+            r.results[i] = Some(p);
+            r.pending -= 1;
+        }
+        while r.pending > 0 {
+            sh.done.wait(&mut r);
+        }
+        let out = r.results.drain(..).map(Option::flatten).collect();
+        drop(r);
+        frame.trim();
+        out
+    }
+
+    /// Stops the encoder threads and waits for them.
+    fn stop(&self) {
+        self.shared.round.lock().stop = true;
+        self.shared.work.notify_all();
+        for h in self.threads.lock().drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl PoolShared {
+    /// An encoder thread: takes traces of the current round until it stops.
+    fn serve(&self) {
+        let mut frame = Frame::default();
+        let mut r = self.round.lock();
+        loop {
+            if r.stop {
+                return;
+            }
+            match r.jobs.pop_front() {
+                Some((i, t)) => {
+                    let job = r.job;
+                    let p = parking_lot::MutexGuard::unlocked(&mut r, || self.prep.prepare(t, job, &mut frame));
+                    r.results[i] = Some(p);
+                    r.pending -= 1;
+                    if r.pending == 0 {
+                        self.done.notify_one();
+                    }
+                }
+                None => {
+                    frame.trim();
+                    self.work.wait(&mut r);
+                }
+            }
+        }
+    }
 }
 
 /// Counters shared by the exporter handle and its worker.
@@ -315,6 +531,8 @@ struct Stats {
     auth_reported: AtomicBool,
     /// Spans in the queue to the worker (not counted in reports: they are pending).
     queued: AtomicU64,
+    /// Traces put in the queue to the worker, ever: a flush covers those sent before it.
+    sent: AtomicU64,
 }
 
 impl Stats {
@@ -349,9 +567,11 @@ impl Stats {
     }
 }
 
+/// A flush or shutdown: its deadline, how many traces had been queued when it was asked
+/// for (those it waits for), and where to answer.
 enum Control {
-    Flush(Instant, oneshot::Sender<()>),
-    Shutdown(Instant, oneshot::Sender<()>),
+    Flush(Instant, u64, oneshot::Sender<()>),
+    Shutdown(Instant, u64, oneshot::Sender<()>),
 }
 
 /// The exporter handle: queues traces for the worker thread.
@@ -411,6 +631,8 @@ impl HttpExporter {
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        let target_environment = target.environment.clone();
+        let opts_threads = opts.encoder_threads;
         let worker = Worker {
             name: name.to_owned(),
             head: otlp::RequestHead::new(&target.resource),
@@ -425,6 +647,12 @@ impl HttpExporter {
             last_failure: Cell::new(None),
             epoch: Cell::new(0),
             frame: std::cell::RefCell::default(),
+            taken: Cell::new(0),
+            pool: Pool::start(
+                name,
+                Prep { privacy: privacy.clone(), environment: target_environment, spool: log.is_some() },
+                opts_threads,
+            ),
         };
         std::thread::Builder::new()
             .name(format!("flowtrace-export-{name}"))
@@ -446,7 +674,9 @@ impl HttpExporter {
         Box::pin(async move {
             let deadline = Instant::now() + timeout;
             let (done, wait) = oneshot::channel();
-            let msg = if shutdown { Control::Shutdown(deadline, done) } else { Control::Flush(deadline, done) };
+            let sent = self.stats.sent.load(Ordering::Acquire);
+            let msg =
+                if shutdown { Control::Shutdown(deadline, sent, done) } else { Control::Flush(deadline, sent, done) };
             if shutdown {
                 self.closed.store(true, Ordering::Relaxed);
             }
@@ -484,7 +714,10 @@ impl Exporter for HttpExporter {
         } else {
             self.stats.queued.fetch_add(n, Ordering::Relaxed);
             match self.tx.try_send(trace) {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.stats.sent.fetch_add(1, Ordering::Release);
+                    return;
+                }
                 Err(e) => {
                     self.stats.queued.fetch_sub(n, Ordering::Relaxed);
                     match e {
@@ -579,7 +812,15 @@ struct Worker {
     epoch: Cell<u64>,
     /// The frame traces are encoded into before the log's lock is taken.
     frame: std::cell::RefCell<Frame>,
+    /// The threads that scrub and encode traces, this one among them.
+    pool: Pool,
+    /// Traces taken from the queue, ever (see [`Stats::sent`]).
+    taken: Cell<u64>,
 }
+
+/// The most traces prepared in one round: a round holds up the worker's requests, so it is
+/// about one batch (`max_batch_spans`) and never more than this.
+const MAX_ROUND_TRACES: usize = 256;
 
 /// What became of a batch: the traces (by index) with undelivered spans and their weight.
 struct Settled {
@@ -591,6 +832,10 @@ struct Settled {
 /// A caller of flush or shutdown, waiting.
 struct Waiter {
     deadline: Instant,
+    /// The traces queued before the call: the worker has taken that many before answering.
+    mark: u64,
+    /// Whether the batch was cut for it (once its traces were taken).
+    cut: bool,
     since: Instant,
     done: oneshot::Sender<()>,
     stop: bool,
@@ -651,11 +896,22 @@ impl Worker {
             if !self.down.get() && ready.is_empty() && mem.has_room(cap) {
                 self.refill(&mut batch, &mut ready, &mut mem, cap);
             }
+            // Once a caller's traces are all taken, the batch goes without waiting for its age
+            // (once per caller, as when it called).
+            let taken = self.taken.get();
+            let mut cut = false;
+            for w in waiters.iter_mut().filter(|w| !w.cut && w.mark <= taken) {
+                w.cut = true;
+                cut = true;
+            }
+            if cut && !batch.is_empty() {
+                ready.push_back(std::mem::replace(&mut batch, Batch::new()));
+            }
             while inflight.len() < max_in_flight {
                 let Some(b) = ready.pop_front() else { break };
                 inflight.push(self.send_batch(b));
             }
-            // Callers of flush whose traces are all settled (or the backend is down).
+            // Callers of flush whose traces are all taken and settled (or the backend is down).
             let idle = batch.is_empty() && ready.is_empty() && inflight.is_empty();
             let unread = self.log.as_ref().is_some_and(|l| l.lock().has_unread());
             if idle && !waiters.is_empty() {
@@ -664,7 +920,7 @@ impl Worker {
             }
             waiters.retain_mut(|w| {
                 let gave_up = self.last_failure.get().is_some_and(|f| f >= w.since);
-                let settled = idle && (!unread || gave_up);
+                let settled = idle && w.mark <= taken && (!unread || gave_up);
                 if settled {
                     answer(w, &mut stopping);
                 }
@@ -681,25 +937,31 @@ impl Worker {
                 biased;
                 c = ctl.recv() => {
                     let Some(c) = c else { break };
-                    let (deadline, done, stop) = match c {
-                        Control::Flush(d, done) => (d, done, false),
-                        Control::Shutdown(d, done) => (d, done, true),
+                    let (deadline, mark, done, stop) = match c {
+                        Control::Flush(d, m, done) => (d, m, done, false),
+                        Control::Shutdown(d, m, done) => (d, m, done, true),
                     };
-                    // Everything queued so far is part of this flush.
-                    while let Ok(t) = rx.try_recv() {
-                        self.add(&mut batch, &mut ready, &mut mem, t, cap);
-                    }
-                    if !batch.is_empty() {
-                        ready.push_back(std::mem::replace(&mut batch, Batch::new()));
-                    }
+                    // Everything queued so far is part of this flush: taken round by round
+                    // below, between requests (not all at once here, which would hold the
+                    // requests up until the last trace is encoded).
                     if self.down.get() {
                         self.next_probe.set(Instant::now());
                     }
-                    waiters.push(Waiter { deadline, since: Instant::now(), done, stop });
+                    waiters.push(Waiter { deadline, mark, cut: false, since: Instant::now(), done, stop });
                 }
                 Some(s) = inflight.next(), if !inflight.is_empty() => self.settle(s, &mut mem),
                 t = rx.recv(), if self.log.is_some() || mem.has_room(cap) => match t {
-                    Some(t) => self.add(&mut batch, &mut ready, &mut mem, t, cap),
+                    Some(t) => {
+                        // Without a log, memory's bound holds the round too.
+                        let room = if self.log.is_some() { usize::MAX } else { cap.saturating_sub(mem.traces) };
+                        let round = self.take_round(&mut rx, Some(t), room);
+                        self.add_all(&mut batch, &mut ready, &mut mem, round, cap);
+                        if !inflight.is_empty() {
+                            // The requests' connections are tasks of this runtime: they
+                            // move on between rounds, so the backend works while we encode.
+                            tokio::task::yield_now().await;
+                        }
+                    }
                     None => break,
                 },
                 _ = sleep_until_opt(age_deadline) => {
@@ -708,9 +970,7 @@ impl Worker {
                 _ = sleep_until_opt(spill_at) => {
                     // A deadline passed: what is not delivered is in the log before the caller
                     // gets its answer (counted as spooled), and the log is made durable.
-                    while let Ok(t) = rx.try_recv() {
-                        self.add(&mut batch, &mut ready, &mut mem, t, 0);
-                    }
+                    self.add_queued(&mut rx, &mut batch, &mut ready, &mut mem, 0);
                     self.spill();
                     let now = Instant::now();
                     waiters.retain_mut(|w| {
@@ -743,11 +1003,11 @@ impl Worker {
         }
         // Stopping: what is still queued goes to the log.
         rx.close();
-        while let Ok(t) = rx.try_recv() {
-            self.add(&mut batch, &mut ready, &mut mem, t, 0);
-        }
+        self.add_queued(&mut rx, &mut batch, &mut ready, &mut mem, 0);
         drop(inflight);
         self.spill();
+        // Nothing is left to encode: the encoder threads stop with the worker.
+        self.pool.stop();
         if let Some(log) = &self.log {
             // The folder is free for the next process (or exporter) from here on.
             if let Err(e) = log.lock().close() {
@@ -775,16 +1035,92 @@ impl Worker {
         }
     }
 
-    /// Takes a trace from the queue: into the log, and into memory while there is room (and
-    /// the backend is up); otherwise the log alone, to be read back later.
-    fn add(&self, batch: &mut Batch, ready: &mut VecDeque<Batch>, mem: &mut Memory, t: Arc<TraceRecord>, cap: usize) {
-        let n = spans_of(&t);
-        self.stats.queued.fetch_sub(n, Ordering::Relaxed);
-        let t = self.privacy.apply_shared(t);
+    /// `first` and what follows it in the queue, up to a round: about a batch of spans, at most
+    /// `room` traces.
+    fn take_round(
+        &self,
+        rx: &mut mpsc::Receiver<Arc<TraceRecord>>,
+        first: Option<Arc<TraceRecord>>,
+        room: usize,
+    ) -> Vec<Arc<TraceRecord>> {
+        let max = room.clamp(1, MAX_ROUND_TRACES);
+        let mut round = Vec::new();
+        let mut spans = 0;
+        if let Some(t) = first {
+            spans += spans_of(&t);
+            round.push(t);
+        }
+        while round.len() < max && spans < self.opts.max_batch_spans.max(1) as u64 {
+            let Ok(t) = rx.try_recv() else { break };
+            spans += spans_of(&t);
+            round.push(t);
+        }
+        self.taken.set(self.taken.get() + round.len() as u64);
+        round
+    }
+
+    /// Takes everything queued, round by round.
+    fn add_queued(
+        &self,
+        rx: &mut mpsc::Receiver<Arc<TraceRecord>>,
+        batch: &mut Batch,
+        ready: &mut VecDeque<Batch>,
+        mem: &mut Memory,
+        cap: usize,
+    ) {
+        loop {
+            let round = self.take_round(rx, None, usize::MAX);
+            if round.is_empty() {
+                return;
+            }
+            self.add_all(batch, ready, mem, round, cap);
+        }
+    }
+
+    /// Takes traces from the queue: scrubbed and encoded on the encoder threads, then each
+    /// admitted in the order they came.
+    fn add_all(
+        &self,
+        batch: &mut Batch,
+        ready: &mut VecDeque<Batch>,
+        mem: &mut Memory,
+        traces: Vec<Arc<TraceRecord>>,
+        cap: usize,
+    ) {
+        let spans: Vec<u64> = traces.iter().map(|t| spans_of(t)).collect();
+        for n in &spans {
+            self.stats.queued.fetch_sub(*n, Ordering::Relaxed);
+        }
+        // With a log and no room at all (a spill, stopping) the traces go to the log alone:
+        // their wire units would not be used.
+        let mode = (cap > 0 || self.log.is_none()).then(|| self.mode());
+        let prepared = self.pool.prepare(traces, Job { mode, fresh: true });
+        for (p, n) in prepared.into_iter().zip(spans) {
+            match p {
+                Some(p) => self.admit(batch, ready, mem, p, n, cap),
+                None => self.stats.drop_spans(n, format!("{}: the privacy hook or an encoder panicked", self.name)),
+            }
+        }
+    }
+
+    /// Takes a prepared trace of `n` spans: into the log, and into memory while there is room
+    /// (and the backend is up); otherwise the log alone, to be read back later.
+    fn admit(&self, batch: &mut Batch, ready: &mut VecDeque<Batch>, mem: &mut Memory, p: Prepared, n: u64, cap: usize) {
+        let Prepared { trace: t, frame, mut units } = p;
         let room = mem.has_room(cap) && !(self.down.get() && self.log.is_some());
         let mut seq = None;
         if let Some(log) = &self.log {
-            let appended = self.frame.borrow_mut().append_to(log, &t, !room);
+            let appended = match frame {
+                Some(mut f) => {
+                    let mut log = log.lock();
+                    if room {
+                        log.append_frame(&mut f)
+                    } else {
+                        log.append_frame_unread(&mut f)
+                    }
+                }
+                None => self.frame.borrow_mut().append_to(log, &t, !room),
+            };
             match appended {
                 Ok(s) if room => seq = Some(s),
                 Ok(_) => {
@@ -806,13 +1142,11 @@ impl Worker {
         }
         mem.traces += 1;
         mem.spans += n;
-        encode_into(
-            batch,
-            t,
-            self.mode(),
-            self.target.environment.as_deref(),
-            Meta { seq, from_log: false, epoch: self.epoch.get() },
-        );
+        if units.is_empty() {
+            // Prepared for the log alone (cannot happen with room, kept for safety).
+            units = encode_units(&t, self.mode(), self.target.environment.as_deref());
+        }
+        batch.push(t, units, Meta { seq, from_log: false, epoch: self.epoch.get() });
         if batch.weight as usize >= self.opts.max_batch_spans || batch.bytes >= self.opts.max_request_bytes {
             ready.push_back(std::mem::replace(batch, Batch::new()));
         }
@@ -836,12 +1170,25 @@ impl Worker {
         if bad > 0 {
             self.stats.drop_spans(bad, format!("{}: unreadable records in the spool (traces, not spans)", self.name));
         }
+        // Scrubbed before they were written: encoded alone, on the encoder threads.
+        let mut seqs = Vec::with_capacity(records.len());
+        let mut traces = Vec::with_capacity(records.len());
         for r in records {
             mem.seqs.insert(r.seq);
             mem.traces += 1;
             mem.spans += spans_of(&r.trace);
-            let meta = Meta { seq: Some(r.seq), from_log: true, epoch: self.epoch.get() };
-            encode_into(batch, Arc::new(r.trace), self.mode(), self.target.environment.as_deref(), meta);
+            seqs.push(r.seq);
+            traces.push(Arc::new(r.trace));
+        }
+        let mode = self.mode();
+        let prepared = self.pool.prepare(traces.clone(), Job { mode: Some(mode), fresh: false });
+        for ((t, p), seq) in traces.into_iter().zip(prepared).zip(seqs) {
+            let meta = Meta { seq: Some(seq), from_log: true, epoch: self.epoch.get() };
+            match p {
+                Some(p) => batch.push(p.trace, p.units, meta),
+                // An encoder panicked on it: once more here, as before there were threads.
+                None => encode_into(batch, t, mode, self.target.environment.as_deref(), meta),
+            }
             if batch.weight as usize >= self.opts.max_batch_spans || batch.bytes >= self.opts.max_request_bytes {
                 ready.push_back(std::mem::replace(batch, Batch::new()));
             }
@@ -1264,6 +1611,59 @@ mod tests {
     #[test]
     fn the_reason_is_built_only_when_kept() {
         assert!(matches!(classify(200, None, || unreachable!("an accepted request keeps no reason")), Sent::Ok));
+    }
+
+    fn bytes(units: &[Unit]) -> Vec<Vec<u8>> {
+        units
+            .iter()
+            .map(|u| match &u.payload {
+                Payload::Otlp(s) => s.as_slice().to_vec(),
+                Payload::Legacy { json, .. } => json.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn encoder_threads_prepare_a_round_in_order_as_one_thread_would_and_stop() {
+        let traces = otlp::tests::traces();
+        let prep = || Prep { privacy: Privacy::default(), environment: Some("test".into()), spool: true };
+        let pool = Pool::start("test", prep(), 3);
+        assert_eq!(pool.threads.lock().len(), 2);
+        let round: Vec<Arc<TraceRecord>> = (0..40).map(|i| Arc::new(traces[i % traces.len()].clone())).collect();
+        for mode in [MODE_OTLP, MODE_LEGACY] {
+            let out = pool.prepare(round.clone(), Job { mode: Some(mode), fresh: true });
+            assert_eq!(out.len(), round.len());
+            let alone = Pool::start("alone", prep(), 1);
+            for (t, p) in round.iter().zip(out) {
+                let p = p.expect("prepared");
+                assert_eq!(p.trace.trace_id, t.trace_id, "in the round's order");
+                let mut frame = Frame::default();
+                assert_eq!(p.frame.map(|f| f.bytes().to_vec()), Some(frame.encode_detached(t).bytes().to_vec()));
+                let one = alone
+                    .prepare(vec![Arc::clone(t)], Job { mode: Some(mode), fresh: true })
+                    .pop()
+                    .flatten()
+                    .expect("prepared");
+                if mode == MODE_OTLP {
+                    assert_eq!(bytes(&p.units), bytes(&one.units), "the same bytes as on one thread");
+                } else {
+                    // Legacy events carry fresh envelope ids: the same count and sizes.
+                    assert_eq!(p.units.len(), one.units.len());
+                }
+            }
+        }
+        // A round for the log alone encodes no wire units.
+        let log_only = Job { mode: None, fresh: true };
+        assert!(pool.prepare(round.clone(), log_only).into_iter().all(|p| p.is_some_and(|p| p.units.is_empty())));
+        // Read back from the log: as they are, no record, and the same bytes.
+        let back = pool.prepare(round.clone(), Job { mode: Some(MODE_OTLP), fresh: false });
+        for (t, p) in round.iter().zip(back) {
+            let p = p.expect("prepared");
+            assert!(Arc::ptr_eq(t, &p.trace) && p.frame.is_none());
+            assert_eq!(bytes(&p.units), bytes(&encode_units(t, MODE_OTLP, Some("test"))));
+        }
+        pool.stop();
+        assert!(pool.threads.lock().is_empty(), "the threads are joined");
     }
 
     #[test]

@@ -567,23 +567,41 @@ const KEY_SLOTS: usize = 1024;
 /// slot replacing an older one. The same few field names come back in every trace.
 struct KeyCache {
     id: u64,
-    slots: Vec<Option<(Box<str>, bool)>>,
+    slots: Vec<Option<CachedKey>>,
+}
+
+/// A key and its answer, with its first and last eight bytes (see [`key_words`]): for keys of
+/// up to 16 bytes those words and the length are the key, so no comparison of bytes is needed.
+#[derive(Clone)]
+struct CachedKey {
+    words: (u64, u64),
+    key: Box<str>,
+    matches: bool,
 }
 
 thread_local! {
     static KEY_CACHE: std::cell::RefCell<KeyCache> = const { std::cell::RefCell::new(KeyCache { id: 0, slots: Vec::new() }) };
 }
 
-/// The cache slot of a key (at most 64 bytes).
-fn key_slot(k: &[u8]) -> usize {
+/// A key's first and last eight bytes as words (the same, zero-padded, below eight bytes).
+fn key_words(k: &[u8]) -> (u64, u64) {
+    // Fixed-size copies (a load each), not a copy of a length known only at run time (a call).
     let word = |b: &[u8]| {
         let mut w = [0u8; 8];
-        let n = b.len().min(8);
-        w[..n].copy_from_slice(&b[..n]);
+        w.copy_from_slice(&b[..8]);
         u64::from_le_bytes(w)
     };
-    let (head, tail) = (word(k), word(&k[k.len().saturating_sub(8)..]));
-    let h = (head ^ tail.rotate_left(29) ^ k.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    if k.len() >= 8 {
+        (word(k), word(&k[k.len() - 8..]))
+    } else {
+        let w = k.iter().enumerate().fold(0u64, |w, (i, &c)| w | u64::from(c) << (8 * i));
+        (w, w)
+    }
+}
+
+/// The cache slot of a key (at most 64 bytes) from its length and [`key_words`].
+fn key_slot(len: usize, (head, tail): (u64, u64)) -> usize {
+    let h = (head ^ tail.rotate_left(29) ^ len as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (h >> 54) as usize & (KEY_SLOTS - 1)
 }
 
@@ -615,14 +633,15 @@ impl KeyIndex {
                 c.slots.resize(KEY_SLOTS, None);
                 c.id = self.id;
             }
-            let slot = &mut c.slots[key_slot(key.as_bytes())];
-            if let Some((k, m)) = slot {
-                if **k == *key {
-                    return *m;
+            let words = key_words(key.as_bytes());
+            let slot = &mut c.slots[key_slot(key.len(), words)];
+            if let Some(s) = slot {
+                if s.words == words && s.key.len() == key.len() && (key.len() <= 16 || *s.key == *key) {
+                    return s.matches;
                 }
             }
             let m = self.matches(key);
-            *slot = Some((key.into(), m));
+            *slot = Some(CachedKey { words, key: key.into(), matches: m });
             m
         })
     }
@@ -884,6 +903,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_keys_cache_slot_comes_from_its_length_and_its_first_and_last_eight_bytes() {
+        let reference = |k: &[u8]| {
+            let word = |b: &[u8]| {
+                let mut w = [0u8; 8];
+                let n = b.len().min(8);
+                w[..n].copy_from_slice(&b[..n]);
+                u64::from_le_bytes(w)
+            };
+            let (head, tail) = (word(k), word(&k[k.len().saturating_sub(8)..]));
+            let h = (head ^ tail.rotate_left(29) ^ k.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            (h >> 54) as usize & (KEY_SLOTS - 1)
+        };
+        let text: Vec<u8> = (0..64u8).map(|i| b'a' + i % 26).collect();
+        for n in 0..=64 {
+            let k = &text[..n];
+            assert_eq!(key_slot(n, key_words(k)), reference(k), "{n} bytes");
+        }
+    }
+
+    #[test]
     fn the_shortest_credentials_are_found() {
         for s in ["Basic abcdefgh", "pk-lf-abcdefgh", "sk-abcdefghijklmnop", "eyJabcdefgh.abcdefghij."] {
             assert_eq!(credential_spans(s, true).len(), 1, "{s}");
@@ -980,6 +1019,13 @@ mod tests {
             for k in &many {
                 assert_eq!(ix.matches_cached(k), k.ends_with("token"), "{k}");
             }
+        }
+        // Longer than 16 bytes, alike in their first and last eight (so in one slot): told
+        // apart by their bytes.
+        let (a, b) = ("abcdefgh_token_12345678", "abcdefgh_tokex_12345678");
+        assert_eq!(key_slot(a.len(), key_words(a.as_bytes())), key_slot(b.len(), key_words(b.as_bytes())));
+        for _ in 0..2 {
+            assert!(ix.matches_cached(a) && !ix.matches_cached(b));
         }
         let p = Privacy::default().with_extra_redacted_keys(["my-custom"]);
         assert!(p.is_secret("MY_CUSTOM_FIELD") && p.is_secret("api_key"));

@@ -95,8 +95,23 @@ impl Frame {
         self.buf[12..16].copy_from_slice(&sum.to_le_bytes());
     }
 
+    /// Encodes `t` into a frame of its own (to be appended elsewhere, later): this one keeps
+    /// its tables, the new one holds the bytes alone.
+    pub(super) fn encode_detached(&mut self, t: &TraceRecord) -> Frame {
+        self.encode(t);
+        let buf = self.buf.clone();
+        self.trim();
+        Frame { enc: Encoder::default(), buf }
+    }
+
+    /// The frame's bytes, header first.
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Lets go of the memory a large record (a long run's part) needed.
-    fn trim(&mut self) {
+    pub(super) fn trim(&mut self) {
         if self.buf.capacity() > 1 << 20 {
             self.buf = Vec::new();
         }
