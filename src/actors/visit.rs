@@ -22,10 +22,10 @@ use crate::flow::batch::BatchFlowDef;
 use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, GivenError, PhaseCell, Prepared};
 use crate::flow::flows::FlowDef;
 use crate::flow::graph::{Hop, NodeConfig, NodeDef, NodeKind, NodeRef, Plan};
-use crate::flow::store::{record_reads, record_writes, SharedStore};
+use crate::flow::store::{record_reads, record_writes, SharedStore, MAX_RECORDED};
 use crate::flow::{Action, Context, ExecContext, Params};
 use crate::trace::model::{SpanId, SpanKind};
-use crate::trace::recorder::{capture, capture_as, error_status, OpenSpan};
+use crate::trace::recorder::{capture, capture_as, error_status, AttrVal, OpenSpan};
 use crate::trace::Recorder;
 
 /// Limits that hold for a whole run.
@@ -523,11 +523,16 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
         node_span_extras(s, def, &cfg, cx);
     }
     let switches = cx.trace.as_ref().map(|r| r.switches()).unwrap_or_default();
-    let inner = cx.with_parent(node_span.as_ref().map(|s| s.id()));
+    // The phases' spans hang under the node's (no copy of the visit's context for that).
+    let under = node_span.as_ref().map(|s| s.id());
+    let phase = |kind: SpanKind, name: &Arc<str>, at: Option<Instant>| match (&cx.trace, at) {
+        (Some(r), Some(at)) => Some(r.start_at(under, kind, Arc::clone(name), at)),
+        _ => None,
+    };
     let ctx = cx.context(name);
 
     // prep: its input is the store entries it read.
-    let mut span = if switches.prep { inner.span_at(SpanKind::Prep, &def.names.prep, t0) } else { None };
+    let mut span = if switches.prep { phase(SpanKind::Prep, &def.names.prep, t0) } else { None };
     let prep = guarded(name, Phase::Prep, node.prep(&ctx).instrument(phase_span("prep")));
     let (prep, reads) = if node_span.is_some() && switches.inputs {
         let (p, r) = record_reads(prep).await;
@@ -559,7 +564,7 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     }
 
     // exec
-    let mut span = if switches.exec { inner.span_at(SpanKind::Exec, &def.names.exec, t1) } else { None };
+    let mut span = if switches.exec { phase(SpanKind::Exec, &def.names.exec, t1) } else { None };
     if let Some(s) = span.as_mut() {
         if let Some(j) = &prep_json {
             s.input(|| j.clone());
@@ -593,7 +598,7 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
 
     // post: its input is prep's and exec's results; its output the action and the entries it
     // changed, with their new values.
-    let mut span = if switches.post { inner.span_at(SpanKind::Post, &def.names.post, t2) } else { None };
+    let mut span = if switches.post { phase(SpanKind::Post, &def.names.post, t2) } else { None };
     if let (Some(s), Some(p), Some(e)) = (span.as_mut(), prep_json, exec_json) {
         s.input_post(p, e);
     }
@@ -604,7 +609,7 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
         Err(e) => return fail(e, span, node_span),
     };
     let t3 = Instant::now();
-    end_post(span, node_span, &cx.shared, &action, changed, t3);
+    end_post(span, node_span, &cx.shared, &action, changed, t3, switches.outputs);
     Ok(action)
 }
 
@@ -617,8 +622,25 @@ fn end_post(
     action: &Action,
     changed: Vec<String>,
     at: Instant,
+    outputs: bool,
 ) {
     if span.is_none() && node_span.is_none() {
+        return;
+    }
+    // When the output shows every changed key (it is recorded, and the list is within the
+    // entries' limit), the entries take the keys themselves (no copy of each), and the
+    // post span's `changed_keys` is read from them on the tracer's thread.
+    if outputs && changed.len() <= MAX_RECORDED {
+        let entries = Arc::new(shared.entries_owned(changed));
+        if let Some(mut s) = span {
+            s.output_changes(action, &entries);
+            s.attr("changed_keys", AttrVal::ChangedKeys);
+            s.end_at(at);
+        }
+        if let Some(mut s) = node_span {
+            s.output_changes(action, &entries);
+            s.end_at(at);
+        }
         return;
     }
     let entries = Arc::new(shared.entries(&changed));
@@ -765,7 +787,7 @@ async fn visit_batch(
         Ok(a) => a,
         Err(e) => return fail(e, span, node_span),
     };
-    end_post(span, node_span, &cx.shared, &action, changed, Instant::now());
+    end_post(span, node_span, &cx.shared, &action, changed, Instant::now(), switches.outputs);
     Ok(action)
 }
 
@@ -962,6 +984,14 @@ async fn orchestrate(flow_name: &str, route: Route, max_steps: Option<u64>, cx: 
             // Not boxed: the common case of a chain, one future per visit.
             NodeKind::Node(n) if unrecorded && single_attempt(&node.0.config) => {
                 visit_node_fused(n, &node.0, cx).await?
+            }
+            // A recorded plain node is not boxed either: its visit does not recurse, so it
+            // can live in the loop's future (a box per traced visit, and the moves into it,
+            // were a tenth of a traced node's cost on the run's thread).
+            NodeKind::Node(n) => {
+                visit_node(n, &node.0, cx)
+                    .instrument(tracing::info_span!(target: "flowtrace::node", "node", node = %node.name()))
+                    .await?
             }
             _ => visit(node, cx).await?,
         };

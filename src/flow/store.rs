@@ -183,7 +183,7 @@ pub(crate) async fn record_reads<F: std::future::Future>(fut: F) -> (F::Output, 
 }
 
 /// At most this many entries are kept per phase: a summary, not a copy of the store.
-const MAX_RECORDED: usize = 64;
+pub(crate) const MAX_RECORDED: usize = 64;
 
 /// Whether a traced `prep` on this task records what it reads.
 #[inline]
@@ -519,6 +519,21 @@ impl SharedStore {
             .map(|k| {
                 let v = map.get(k).cloned().unwrap_or_else(|| Arc::new(Value::Null));
                 (k.clone(), v)
+            })
+            .collect();
+        StoreSnapshot { entries }
+    }
+
+    /// [`entries`](Self::entries) of keys the caller hands over (at most [`MAX_RECORDED`]
+    /// are kept): each entry holds its key as given, without a copy.
+    pub(crate) fn entries_owned(&self, keys: Vec<String>) -> StoreSnapshot {
+        let map = self.map.read();
+        let entries = keys
+            .into_iter()
+            .take(MAX_RECORDED)
+            .map(|k| {
+                let v = map.get(&k).cloned().unwrap_or_else(|| Arc::new(Value::Null));
+                (k, v)
             })
             .collect();
         StoreSnapshot { entries }
