@@ -22,7 +22,7 @@ use crate::flow::batch::BatchFlowDef;
 use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, GivenError, PhaseCell, Prepared};
 use crate::flow::flows::FlowDef;
 use crate::flow::graph::{Hop, NodeConfig, NodeDef, NodeKind, NodeRef, Plan};
-use crate::flow::store::{record_reads, record_writes, SharedStore, MAX_RECORDED};
+use crate::flow::store::{record_reads, record_writes, Recorded, SharedStore, MAX_RECORDED};
 use crate::flow::{Action, Context, ExecContext, Params};
 use crate::trace::model::{SpanId, SpanKind};
 use crate::trace::recorder::{capture, capture_as, error_status, AttrVal, OpenSpan};
@@ -230,6 +230,36 @@ fn hook_error(node: &str, phase: Phase, e: BoxError) -> Error {
 /// A hook run under panic containment, its error named by node and phase.
 async fn guarded<T>(node: &str, phase: Phase, fut: impl Future<Output = NodeResult<T>>) -> Result<T, Error> {
     contain(node, phase, fut).await?.map_err(|e| hook_error(node, phase, e))
+}
+
+/// A phase's future under panic containment, its error named by node and phase (as
+/// [`guarded`]), recording its store accesses into `rec` when given: one future polled where
+/// it is, rather than a future per concern wrapped around it (each a move of the one inside).
+async fn run_phase<T>(
+    node: &str,
+    phase: Phase,
+    fut: impl Future<Output = NodeResult<T>>,
+    mut rec: Option<&mut Recorded>,
+) -> Result<T, Error> {
+    let mut fut = std::pin::pin!(fut);
+    let res = std::future::poll_fn(|cx| {
+        let _inside = Contained::enter();
+        let mut poll = || std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
+        let polled = match rec.as_deref_mut() {
+            Some(r) => r.during(poll),
+            None => poll(),
+        };
+        match polled {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
+            Err(payload) => std::task::Poll::Ready(Err(payload)),
+        }
+    })
+    .await;
+    match res {
+        Ok(v) => v.map_err(|e| hook_error(node, phase, e)),
+        Err(payload) => Err(panic_error(node, phase, payload)),
+    }
 }
 
 /// Ends the open phase and node spans with `e` and returns it.
@@ -533,13 +563,9 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
 
     // prep: its input is the store entries it read.
     let mut span = if switches.prep { phase(SpanKind::Prep, &def.names.prep, t0) } else { None };
-    let prep = guarded(name, Phase::Prep, node.prep(&ctx).instrument(phase_span("prep")));
-    let (prep, reads) = if node_span.is_some() && switches.inputs {
-        let (p, r) = record_reads(prep).await;
-        (p, Some(Arc::new(r)))
-    } else {
-        (prep.await, None)
-    };
+    let mut reads = (node_span.is_some() && switches.inputs).then(Recorded::reads);
+    let prep = run_phase(name, Phase::Prep, node.prep(&ctx).instrument(phase_span("prep")), reads.as_mut()).await;
+    let reads = reads.map(|r| Arc::new(r.into_reads()));
     if let (Some(n), Some(r)) = (node_span.as_mut(), &reads) {
         n.input_reads(r);
     }
@@ -602,8 +628,10 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     if let (Some(s), Some(p), Some(e)) = (span.as_mut(), prep_json, exec_json) {
         s.input_post(p, e);
     }
-    let post = guarded(name, Phase::Post, node.post(&ctx, prep, exec).instrument(phase_span("post")));
-    let (res, changed) = if node_span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };
+    let mut writes = node_span.is_some().then(Recorded::writes);
+    let post = node.post(&ctx, prep, exec).instrument(phase_span("post"));
+    let res = run_phase(name, Phase::Post, post, writes.as_mut()).await;
+    let changed = writes.map(Recorded::into_writes).unwrap_or_default();
     let action = match res {
         Ok(a) => a,
         Err(e) => return fail(e, span, node_span),

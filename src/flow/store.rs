@@ -147,39 +147,94 @@ fn any_recording() -> bool {
     RECORDING.load(Ordering::Relaxed) != 0
 }
 
-tokio::task_local! {
-    /// Keys written while a traced `post` runs on this task, so its span can list them.
-    static WRITES: RefCell<Vec<String>>;
+/// What a traced phase is recording on this thread, while its future is polled (see
+/// [`Recorded::during`]). A thread-local set around each poll rather than a task-local
+/// future around the phase: the same reach (what the phase's own task does while it runs),
+/// without a future to wrap, and move, per phase.
+enum Scope {
+    /// The entries a `prep` read: the key and the value as read (a reference count,
+    /// serialised later, off the run's path).
+    Reads(Vec<(String, Arc<dyn StoreValue>)>),
+    /// The keys a `post` wrote, so its span can list them.
+    Writes(Vec<String>),
+}
+
+thread_local! {
+    static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
+}
+
+/// What one traced phase records of its store accesses, kept between the polls of its future.
+pub(crate) struct Recorded {
+    scope: Option<Scope>,
+    _on: Recording,
+}
+
+impl Recorded {
+    /// A recording of the entries read.
+    pub(crate) fn reads() -> Self {
+        Recorded { scope: Some(Scope::Reads(Vec::new())), _on: Recording::on() }
+    }
+
+    /// A recording of the keys written.
+    pub(crate) fn writes() -> Self {
+        Recorded { scope: Some(Scope::Writes(Vec::new())), _on: Recording::on() }
+    }
+
+    /// Runs `f` (a poll of the phase's future) with this recording in effect on this thread;
+    /// whatever was in effect before (a recording further out) is back afterwards, even if
+    /// `f` panics.
+    #[inline]
+    pub(crate) fn during<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        struct Restore<'a> {
+            mine: &'a mut Option<Scope>,
+            outer: Option<Scope>,
+        }
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                let outer = self.outer.take();
+                *self.mine = SCOPE.with(|s| s.replace(outer));
+            }
+        }
+        let outer = SCOPE.with(|s| s.replace(self.scope.take()));
+        let _restore = Restore { mine: &mut self.scope, outer };
+        f()
+    }
+
+    /// The entries read.
+    pub(crate) fn into_reads(self) -> StoreSnapshot {
+        match self.scope {
+            Some(Scope::Reads(entries)) => StoreSnapshot { entries },
+            _ => StoreSnapshot::default(),
+        }
+    }
+
+    /// The keys written, in the order first written.
+    pub(crate) fn into_writes(self) -> Vec<String> {
+        match self.scope {
+            Some(Scope::Writes(keys)) => keys,
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Runs `fut`, polled where it is, with `rec` in effect during each of its polls.
+async fn recorded<F: std::future::Future>(fut: F, rec: &mut Recorded) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| rec.during(|| fut.as_mut().poll(cx))).await
 }
 
 /// Runs `fut` recording the keys it writes to any store; returns them with its output.
 pub(crate) async fn record_writes<F: std::future::Future>(fut: F) -> (F::Output, Vec<String>) {
-    let _on = Recording::on();
-    WRITES
-        .scope(RefCell::new(Vec::new()), async move {
-            let out = fut.await;
-            let keys = WRITES.with(|w| std::mem::take(&mut *w.borrow_mut()));
-            (out, keys)
-        })
-        .await
-}
-
-tokio::task_local! {
-    /// Entries read while a traced `prep` runs on this task: the key and the value as read
-    /// (a reference count, serialised later, off the run's path).
-    static READS: RefCell<Vec<(String, Arc<dyn StoreValue>)>>;
+    let mut rec = Recorded::writes();
+    let out = recorded(fut, &mut rec).await;
+    (out, rec.into_writes())
 }
 
 /// Runs `fut` recording the entries it reads from any store; returns them with its output.
 pub(crate) async fn record_reads<F: std::future::Future>(fut: F) -> (F::Output, StoreSnapshot) {
-    let _on = Recording::on();
-    READS
-        .scope(RefCell::new(Vec::new()), async move {
-            let out = fut.await;
-            let entries = READS.with(|r| std::mem::take(&mut *r.borrow_mut()));
-            (out, StoreSnapshot { entries })
-        })
-        .await
+    let mut rec = Recorded::reads();
+    let out = recorded(fut, &mut rec).await;
+    (out, rec.into_reads())
 }
 
 /// At most this many entries are kept per phase: a summary, not a copy of the store.
@@ -193,7 +248,7 @@ fn recording_reads() -> bool {
 
 #[cold]
 fn in_read_scope() -> bool {
-    READS.try_with(|_| ()).is_ok()
+    SCOPE.with(|s| matches!(*s.borrow(), Some(Scope::Reads(_))))
 }
 
 #[inline]
@@ -205,10 +260,11 @@ fn note_read(key: &str, v: &Arc<dyn StoreValue>) {
 
 #[cold]
 fn note_read_slow(key: &str, v: &Arc<dyn StoreValue>) {
-    let _ = READS.try_with(|r| {
-        let mut r = r.borrow_mut();
-        if r.len() < MAX_RECORDED && !r.iter().any(|(k, _)| k == key) {
-            r.push((key.to_owned(), Arc::clone(v)));
+    SCOPE.with(|s| {
+        if let Some(Scope::Reads(r)) = &mut *s.borrow_mut() {
+            if r.len() < MAX_RECORDED && !r.iter().any(|(k, _)| k == key) {
+                r.push((key.to_owned(), Arc::clone(v)));
+            }
         }
     });
 }
@@ -222,10 +278,11 @@ fn note_write(key: &str) {
 
 #[cold]
 fn note_write_slow(key: &str) {
-    let _ = WRITES.try_with(|w| {
-        let mut w = w.borrow_mut();
-        if !w.iter().any(|k| k == key) {
-            w.push(key.to_owned());
+    SCOPE.with(|s| {
+        if let Some(Scope::Writes(w)) = &mut *s.borrow_mut() {
+            if !w.iter().any(|k| k == key) {
+                w.push(key.to_owned());
+            }
         }
     });
 }
