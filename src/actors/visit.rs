@@ -232,34 +232,54 @@ async fn guarded<T>(node: &str, phase: Phase, fut: impl Future<Output = NodeResu
     contain(node, phase, fut).await?.map_err(|e| hook_error(node, phase, e))
 }
 
-/// A phase's future under panic containment, its error named by node and phase (as
-/// [`guarded`]), recording its store accesses into `rec` when given: one future polled where
-/// it is, rather than a future per concern wrapped around it (each a move of the one inside).
-async fn run_phase<T>(
-    node: &str,
+/// A hook's boxed future under panic containment, polled in place (a panic becomes
+/// [`Error::Panic`] naming the node and phase), with `rec` recording its store accesses
+/// when given. A struct, not an `async fn` around the future: each `async fn` layer that
+/// takes a future by value holds it twice (its argument and its pinned copy), and the
+/// layers of containment, recording and retries made a traced visit's future kilobytes
+/// that were copied at every move.
+struct Hook<'r, F> {
+    fut: F,
+    node: &'r str,
     phase: Phase,
-    fut: impl Future<Output = NodeResult<T>>,
-    mut rec: Option<&mut Recorded>,
-) -> Result<T, Error> {
-    let mut fut = std::pin::pin!(fut);
-    let res = std::future::poll_fn(|cx| {
+    rec: Option<&'r mut Recorded>,
+}
+
+impl<'r, F> Hook<'r, F> {
+    fn new(node: &'r str, phase: Phase, fut: F) -> Self {
+        Hook { fut, node, phase, rec: None }
+    }
+
+    fn recording(mut self, rec: Option<&'r mut Recorded>) -> Self {
+        self.rec = rec;
+        self
+    }
+}
+
+impl<F: Future + Unpin> Future for Hook<'_, F> {
+    type Output = Result<F::Output, Error>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = &mut *self;
         let _inside = Contained::enter();
-        let mut poll = || std::panic::catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
-        let polled = match rec.as_deref_mut() {
+        let fut = &mut this.fut;
+        let mut poll = || std::panic::catch_unwind(AssertUnwindSafe(|| std::pin::Pin::new(&mut *fut).poll(cx)));
+        let polled = match this.rec.as_deref_mut() {
             Some(r) => r.during(poll),
             None => poll(),
         };
         match polled {
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Ok(std::task::Poll::Ready(v)) => std::task::Poll::Ready(Ok(v)),
-            Err(payload) => std::task::Poll::Ready(Err(payload)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(payload) => Poll::Ready(Err(panic_error(this.node, this.phase, payload))),
         }
-    })
-    .await;
-    match res {
-        Ok(v) => v.map_err(|e| hook_error(node, phase, e)),
-        Err(payload) => Err(panic_error(node, phase, payload)),
     }
+}
+
+/// A hook's result with its error named by node and phase (as [`guarded`] gives it).
+fn named<T>(node: &str, phase: Phase, res: Result<NodeResult<T>, Error>) -> Result<T, Error> {
+    res?.map_err(|e| hook_error(node, phase, e))
 }
 
 /// Ends the open phase and node spans with `e` and returns it.
@@ -331,6 +351,24 @@ enum ExecTarget<'a> {
 }
 
 impl ExecTarget<'_> {
+    /// One attempt as the node's own boxed future (inline), or one that runs it on the
+    /// blocking pool.
+    fn attempt_boxed(&self, cx: ExecContext, blocking: bool) -> BoxFuture<'_, NodeResult<Executed>> {
+        match (self, blocking) {
+            (ExecTarget::Node { node, prep }, false) => node.exec(&***prep, cx),
+            (ExecTarget::Item { node, items, index }, false) => node.exec(&***items, *index, cx),
+            (_, true) => Box::pin(self.attempt(cx, true)),
+        }
+    }
+
+    /// The fallback as the node's own boxed future.
+    fn fallback_boxed(&self, err: BoxError, cx: ExecContext) -> BoxFuture<'_, NodeResult<Executed>> {
+        match self {
+            ExecTarget::Node { node, prep } => node.fallback(&***prep, err, cx),
+            ExecTarget::Item { node, items, index } => node.fallback(&***items, *index, err, cx),
+        }
+    }
+
     async fn attempt(&self, cx: ExecContext, blocking: bool) -> NodeResult<Executed> {
         match (self, blocking) {
             (ExecTarget::Node { node, prep }, false) => node.exec(&***prep, cx).await,
@@ -343,13 +381,6 @@ impl ExecTarget<'_> {
                 let (node, items, index) = (Arc::clone(node), Arc::clone(items), *index);
                 on_blocking_pool(move || node.exec_detached(items, index, cx)).await
             }
-        }
-    }
-
-    async fn fallback(&self, err: BoxError, cx: ExecContext) -> NodeResult<Executed> {
-        match self {
-            ExecTarget::Node { node, prep } => node.fallback(&***prep, err, cx).await,
-            ExecTarget::Item { node, items, index } => node.fallback(&***items, *index, err, cx).await,
         }
     }
 }
@@ -414,13 +445,13 @@ async fn run_exec(
             item,
             generations: trace.zip(span.as_ref()).map(|((r, _), s)| r.generations(s.id())),
         };
-        let run = target.attempt(cx.clone(), cfg.blocking);
+        let run = target.attempt_boxed(cx.clone(), cfg.blocking);
         let outcome = match cfg.timeout {
-            Some(limit) => match tokio::time::timeout(limit, contain(name, Phase::Exec, run)).await {
+            Some(limit) => match tokio::time::timeout(limit, Hook::new(name, Phase::Exec, run)).await {
                 Ok(r) => r,
                 Err(_) => Ok(Err(Box::new(Error::Timeout { node: Some(name.to_owned()), after: limit }) as BoxError)),
             },
-            None => contain(name, Phase::Exec, run.instrument(exec_span(attempt))).await,
+            None => Hook::new(name, Phase::Exec, run.instrument(exec_span(attempt))).await,
         };
         let err = match outcome {
             Ok(Ok(v)) => {
@@ -459,7 +490,7 @@ async fn run_exec(
             // A fallback that hands back the error it was given (the default one does) re-raises
             // exec's error, in `Phase::Exec`; any other error, like a panic, is the fallback's own.
             let given = GivenError::of(&err);
-            let res = contain(name, Phase::Fallback, target.fallback(err, cx)).await;
+            let res = Hook::new(name, Phase::Fallback, target.fallback_boxed(err, cx)).await;
             let res = match res {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(hook_error(name, given.phase_of(&e), e)),
@@ -564,7 +595,8 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     // prep: its input is the store entries it read.
     let mut span = if switches.prep { phase(SpanKind::Prep, &def.names.prep, t0) } else { None };
     let mut reads = (node_span.is_some() && switches.inputs).then(Recorded::reads);
-    let prep = run_phase(name, Phase::Prep, node.prep(&ctx).instrument(phase_span("prep")), reads.as_mut()).await;
+    let prep = Hook::new(name, Phase::Prep, node.prep(&ctx).instrument(phase_span("prep"))).recording(reads.as_mut());
+    let prep = named(name, Phase::Prep, prep.await);
     let reads = reads.map(|r| Arc::new(r.into_reads()));
     if let (Some(n), Some(r)) = (node_span.as_mut(), &reads) {
         n.input_reads(r);
@@ -630,7 +662,7 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     }
     let mut writes = node_span.is_some().then(Recorded::writes);
     let post = node.post(&ctx, prep, exec).instrument(phase_span("post"));
-    let res = run_phase(name, Phase::Post, post, writes.as_mut()).await;
+    let res = named(name, Phase::Post, Hook::new(name, Phase::Post, post).recording(writes.as_mut()).await);
     let changed = writes.map(Recorded::into_writes).unwrap_or_default();
     let action = match res {
         Ok(a) => a,
