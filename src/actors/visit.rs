@@ -22,7 +22,7 @@ use crate::flow::batch::BatchFlowDef;
 use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, GivenError, PhaseCell, Prepared};
 use crate::flow::flows::FlowDef;
 use crate::flow::graph::{Hop, NodeConfig, NodeDef, NodeKind, NodeRef, Plan};
-use crate::flow::store::{record_reads, record_writes, Recorded, SharedStore, MAX_RECORDED};
+use crate::flow::store::{record_reads, record_writes, Key, Recorded, SharedStore, MAX_RECORDED};
 use crate::flow::{Action, Context, ExecContext, Params};
 use crate::trace::model::{SpanId, SpanKind};
 use crate::trace::recorder::{capture, capture_as, error_status, AttrVal, OpenSpan};
@@ -680,7 +680,7 @@ fn end_post(
     node_span: Option<OpenSpan>,
     shared: &SharedStore,
     action: &Action,
-    changed: Vec<String>,
+    changed: Vec<Key>,
     at: Instant,
     outputs: bool,
 ) {
@@ -706,7 +706,7 @@ fn end_post(
     let entries = Arc::new(shared.entries(&changed));
     if let Some(mut s) = span {
         s.output_changes(action, &entries);
-        s.changed_keys(changed);
+        s.changed_keys(changed.iter().map(|k| k.to_string()).collect());
         s.end_at(at);
     }
     if let Some(mut s) = node_span {
