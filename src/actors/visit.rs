@@ -1028,6 +1028,7 @@ async fn orchestrate(flow_name: &str, route: Route, max_steps: Option<u64>, cx: 
     // Asked once per loop rather than once per visit: whether a subscriber wants the engine's
     // spans is a look-up, and a loop's visits are recorded alike.
     let unrecorded = unrecorded(cx);
+    let node_spans = tracing::enabled!(target: "flowtrace::node", tracing::Level::INFO);
     loop {
         let (node, i) = match (&live, &plan, at) {
             (Some(n), _, _) => (n, None),
@@ -1048,6 +1049,9 @@ async fn orchestrate(flow_name: &str, route: Route, max_steps: Option<u64>, cx: 
             // A recorded plain node is not boxed either: its visit does not recurse, so it
             // can live in the loop's future (a box per traced visit, and the moves into it,
             // were a tenth of a traced node's cost on the run's thread).
+            // Without a subscriber for the engine's `tracing` spans, not wrapped in a disabled
+            // one either (a wrapper is one more move of the visit's future).
+            NodeKind::Node(n) if !node_spans => visit_node(n, &node.0, cx).await?,
             NodeKind::Node(n) => {
                 visit_node(n, &node.0, cx)
                     .instrument(tracing::info_span!(target: "flowtrace::node", "node", node = %node.name()))
