@@ -451,7 +451,10 @@ async fn run_exec(
                 Ok(r) => r,
                 Err(_) => Ok(Err(Box::new(Error::Timeout { node: Some(name.to_owned()), after: limit }) as BoxError)),
             },
-            None => Hook::new(name, Phase::Exec, run.instrument(exec_span(attempt))).await,
+            None if tracing::enabled!(target: "flowtrace::node", tracing::Level::INFO) => {
+                Hook::new(name, Phase::Exec, run.instrument(exec_span(attempt))).await
+            }
+            None => Hook::new(name, Phase::Exec, run).await,
         };
         let err = match outcome {
             Ok(Ok(v)) => {
@@ -595,8 +598,16 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     // prep: its input is the store entries it read.
     let mut span = if switches.prep { phase(SpanKind::Prep, &def.names.prep, t0) } else { None };
     let mut reads = (node_span.is_some() && switches.inputs).then(Recorded::reads);
-    let prep = Hook::new(name, Phase::Prep, node.prep(&ctx).instrument(phase_span("prep"))).recording(reads.as_mut());
-    let prep = named(name, Phase::Prep, prep.await);
+    // The phases' `tracing` spans only when a subscriber wants them: a disabled span's
+    // wrapper is one more future to move and poll per phase.
+    let phase_spans = tracing::enabled!(target: "flowtrace::node", tracing::Level::INFO);
+    let prep = node.prep(&ctx);
+    let prep = if phase_spans {
+        Hook::new(name, Phase::Prep, prep.instrument(phase_span("prep"))).recording(reads.as_mut()).await
+    } else {
+        Hook::new(name, Phase::Prep, prep).recording(reads.as_mut()).await
+    };
+    let prep = named(name, Phase::Prep, prep);
     let reads = reads.map(|r| Arc::new(r.into_reads()));
     if let (Some(n), Some(r)) = (node_span.as_mut(), &reads) {
         n.input_reads(r);
@@ -661,8 +672,13 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
         s.input_post(p, e);
     }
     let mut writes = node_span.is_some().then(Recorded::writes);
-    let post = node.post(&ctx, prep, exec).instrument(phase_span("post"));
-    let res = named(name, Phase::Post, Hook::new(name, Phase::Post, post).recording(writes.as_mut()).await);
+    let post = node.post(&ctx, prep, exec);
+    let res = if phase_spans {
+        Hook::new(name, Phase::Post, post.instrument(phase_span("post"))).recording(writes.as_mut()).await
+    } else {
+        Hook::new(name, Phase::Post, post).recording(writes.as_mut()).await
+    };
+    let res = named(name, Phase::Post, res);
     let changed = writes.map(Recorded::into_writes).unwrap_or_default();
     let action = match res {
         Ok(a) => a,
