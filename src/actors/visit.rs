@@ -22,10 +22,10 @@ use crate::flow::batch::BatchFlowDef;
 use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, GivenError, PhaseCell, Prepared};
 use crate::flow::flows::FlowDef;
 use crate::flow::graph::{Hop, NodeConfig, NodeDef, NodeKind, NodeRef, Plan};
-use crate::flow::store::{record_reads, record_writes, SharedStore};
+use crate::flow::store::{record_reads, record_writes, Key, Recorded, SharedStore, MAX_RECORDED};
 use crate::flow::{Action, Context, ExecContext, Params};
 use crate::trace::model::{SpanId, SpanKind};
-use crate::trace::recorder::{capture, capture_as, error_status, OpenSpan};
+use crate::trace::recorder::{capture, capture_as, error_status, AttrVal, OpenSpan};
 use crate::trace::Recorder;
 
 /// Limits that hold for a whole run.
@@ -232,6 +232,56 @@ async fn guarded<T>(node: &str, phase: Phase, fut: impl Future<Output = NodeResu
     contain(node, phase, fut).await?.map_err(|e| hook_error(node, phase, e))
 }
 
+/// A hook's boxed future under panic containment, polled in place (a panic becomes
+/// [`Error::Panic`] naming the node and phase), with `rec` recording its store accesses
+/// when given. A struct, not an `async fn` around the future: each `async fn` layer that
+/// takes a future by value holds it twice (its argument and its pinned copy), and the
+/// layers of containment, recording and retries made a traced visit's future kilobytes
+/// that were copied at every move.
+struct Hook<'r, F> {
+    fut: F,
+    node: &'r str,
+    phase: Phase,
+    rec: Option<&'r mut Recorded>,
+}
+
+impl<'r, F> Hook<'r, F> {
+    fn new(node: &'r str, phase: Phase, fut: F) -> Self {
+        Hook { fut, node, phase, rec: None }
+    }
+
+    fn recording(mut self, rec: Option<&'r mut Recorded>) -> Self {
+        self.rec = rec;
+        self
+    }
+}
+
+impl<F: Future + Unpin> Future for Hook<'_, F> {
+    type Output = Result<F::Output, Error>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let _inside = Contained::enter();
+        let fut = &mut this.fut;
+        let mut poll = || std::panic::catch_unwind(AssertUnwindSafe(|| std::pin::Pin::new(&mut *fut).poll(cx)));
+        let polled = match this.rec.as_deref_mut() {
+            Some(r) => r.during(poll),
+            None => poll(),
+        };
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(payload) => Poll::Ready(Err(panic_error(this.node, this.phase, payload))),
+        }
+    }
+}
+
+/// A hook's result with its error named by node and phase (as [`guarded`] gives it).
+fn named<T>(node: &str, phase: Phase, res: Result<NodeResult<T>, Error>) -> Result<T, Error> {
+    res?.map_err(|e| hook_error(node, phase, e))
+}
+
 /// Ends the open phase and node spans with `e` and returns it.
 fn fail<T>(e: Error, phase_span: Option<OpenSpan>, node_span: Option<OpenSpan>) -> Result<T, Error> {
     if let Some(s) = phase_span {
@@ -301,6 +351,24 @@ enum ExecTarget<'a> {
 }
 
 impl ExecTarget<'_> {
+    /// One attempt as the node's own boxed future (inline), or one that runs it on the
+    /// blocking pool.
+    fn attempt_boxed(&self, cx: ExecContext, blocking: bool) -> BoxFuture<'_, NodeResult<Executed>> {
+        match (self, blocking) {
+            (ExecTarget::Node { node, prep }, false) => node.exec(&***prep, cx),
+            (ExecTarget::Item { node, items, index }, false) => node.exec(&***items, *index, cx),
+            (_, true) => Box::pin(self.attempt(cx, true)),
+        }
+    }
+
+    /// The fallback as the node's own boxed future.
+    fn fallback_boxed(&self, err: BoxError, cx: ExecContext) -> BoxFuture<'_, NodeResult<Executed>> {
+        match self {
+            ExecTarget::Node { node, prep } => node.fallback(&***prep, err, cx),
+            ExecTarget::Item { node, items, index } => node.fallback(&***items, *index, err, cx),
+        }
+    }
+
     async fn attempt(&self, cx: ExecContext, blocking: bool) -> NodeResult<Executed> {
         match (self, blocking) {
             (ExecTarget::Node { node, prep }, false) => node.exec(&***prep, cx).await,
@@ -313,13 +381,6 @@ impl ExecTarget<'_> {
                 let (node, items, index) = (Arc::clone(node), Arc::clone(items), *index);
                 on_blocking_pool(move || node.exec_detached(items, index, cx)).await
             }
-        }
-    }
-
-    async fn fallback(&self, err: BoxError, cx: ExecContext) -> NodeResult<Executed> {
-        match self {
-            ExecTarget::Node { node, prep } => node.fallback(&***prep, err, cx).await,
-            ExecTarget::Item { node, items, index } => node.fallback(&***items, *index, err, cx).await,
         }
     }
 }
@@ -384,13 +445,16 @@ async fn run_exec(
             item,
             generations: trace.zip(span.as_ref()).map(|((r, _), s)| r.generations(s.id())),
         };
-        let run = target.attempt(cx.clone(), cfg.blocking);
+        let run = target.attempt_boxed(cx.clone(), cfg.blocking);
         let outcome = match cfg.timeout {
-            Some(limit) => match tokio::time::timeout(limit, contain(name, Phase::Exec, run)).await {
+            Some(limit) => match tokio::time::timeout(limit, Hook::new(name, Phase::Exec, run)).await {
                 Ok(r) => r,
                 Err(_) => Ok(Err(Box::new(Error::Timeout { node: Some(name.to_owned()), after: limit }) as BoxError)),
             },
-            None => contain(name, Phase::Exec, run.instrument(exec_span(attempt))).await,
+            None if tracing::enabled!(target: "flowtrace::node", tracing::Level::INFO) => {
+                Hook::new(name, Phase::Exec, run.instrument(exec_span(attempt))).await
+            }
+            None => Hook::new(name, Phase::Exec, run).await,
         };
         let err = match outcome {
             Ok(Ok(v)) => {
@@ -429,7 +493,7 @@ async fn run_exec(
             // A fallback that hands back the error it was given (the default one does) re-raises
             // exec's error, in `Phase::Exec`; any other error, like a panic, is the fallback's own.
             let given = GivenError::of(&err);
-            let res = contain(name, Phase::Fallback, target.fallback(err, cx)).await;
+            let res = Hook::new(name, Phase::Fallback, target.fallback_boxed(err, cx)).await;
             let res = match res {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(hook_error(name, given.phase_of(&e), e)),
@@ -523,18 +587,28 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
         node_span_extras(s, def, &cfg, cx);
     }
     let switches = cx.trace.as_ref().map(|r| r.switches()).unwrap_or_default();
-    let inner = cx.with_parent(node_span.as_ref().map(|s| s.id()));
+    // The phases' spans hang under the node's (no copy of the visit's context for that).
+    let under = node_span.as_ref().map(|s| s.id());
+    let phase = |kind: SpanKind, name: &Arc<str>, at: Option<Instant>| match (&cx.trace, at) {
+        (Some(r), Some(at)) => Some(r.start_at(under, kind, Arc::clone(name), at)),
+        _ => None,
+    };
     let ctx = cx.context(name);
 
     // prep: its input is the store entries it read.
-    let mut span = if switches.prep { inner.span_at(SpanKind::Prep, &def.names.prep, t0) } else { None };
-    let prep = guarded(name, Phase::Prep, node.prep(&ctx).instrument(phase_span("prep")));
-    let (prep, reads) = if node_span.is_some() && switches.inputs {
-        let (p, r) = record_reads(prep).await;
-        (p, Some(Arc::new(r)))
+    let mut span = if switches.prep { phase(SpanKind::Prep, &def.names.prep, t0) } else { None };
+    let mut reads = (node_span.is_some() && switches.inputs).then(Recorded::reads);
+    // The phases' `tracing` spans only when a subscriber wants them: a disabled span's
+    // wrapper is one more future to move and poll per phase.
+    let phase_spans = tracing::enabled!(target: "flowtrace::node", tracing::Level::INFO);
+    let prep = node.prep(&ctx);
+    let prep = if phase_spans {
+        Hook::new(name, Phase::Prep, prep.instrument(phase_span("prep"))).recording(reads.as_mut()).await
     } else {
-        (prep.await, None)
+        Hook::new(name, Phase::Prep, prep).recording(reads.as_mut()).await
     };
+    let prep = named(name, Phase::Prep, prep);
+    let reads = reads.map(|r| Arc::new(r.into_reads()));
     if let (Some(n), Some(r)) = (node_span.as_mut(), &reads) {
         n.input_reads(r);
     }
@@ -559,7 +633,7 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
     }
 
     // exec
-    let mut span = if switches.exec { inner.span_at(SpanKind::Exec, &def.names.exec, t1) } else { None };
+    let mut span = if switches.exec { phase(SpanKind::Exec, &def.names.exec, t1) } else { None };
     if let Some(s) = span.as_mut() {
         if let Some(j) = &prep_json {
             s.input(|| j.clone());
@@ -593,18 +667,25 @@ async fn visit_node(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> 
 
     // post: its input is prep's and exec's results; its output the action and the entries it
     // changed, with their new values.
-    let mut span = if switches.post { inner.span_at(SpanKind::Post, &def.names.post, t2) } else { None };
+    let mut span = if switches.post { phase(SpanKind::Post, &def.names.post, t2) } else { None };
     if let (Some(s), Some(p), Some(e)) = (span.as_mut(), prep_json, exec_json) {
         s.input_post(p, e);
     }
-    let post = guarded(name, Phase::Post, node.post(&ctx, prep, exec).instrument(phase_span("post")));
-    let (res, changed) = if node_span.is_some() { record_writes(post).await } else { (post.await, Vec::new()) };
+    let mut writes = node_span.is_some().then(Recorded::writes);
+    let post = node.post(&ctx, prep, exec);
+    let res = if phase_spans {
+        Hook::new(name, Phase::Post, post.instrument(phase_span("post"))).recording(writes.as_mut()).await
+    } else {
+        Hook::new(name, Phase::Post, post).recording(writes.as_mut()).await
+    };
+    let res = named(name, Phase::Post, res);
+    let changed = writes.map(Recorded::into_writes).unwrap_or_default();
     let action = match res {
         Ok(a) => a,
         Err(e) => return fail(e, span, node_span),
     };
     let t3 = Instant::now();
-    end_post(span, node_span, &cx.shared, &action, changed, t3);
+    end_post(span, node_span, &cx.shared, &action, changed, t3, switches.outputs);
     Ok(action)
 }
 
@@ -615,16 +696,33 @@ fn end_post(
     node_span: Option<OpenSpan>,
     shared: &SharedStore,
     action: &Action,
-    changed: Vec<String>,
+    changed: Vec<Key>,
     at: Instant,
+    outputs: bool,
 ) {
     if span.is_none() && node_span.is_none() {
+        return;
+    }
+    // When the output shows every changed key (it is recorded, and the list is within the
+    // entries' limit), the entries take the keys themselves (no copy of each), and the
+    // post span's `changed_keys` is read from them on the tracer's thread.
+    if outputs && changed.len() <= MAX_RECORDED {
+        let entries = Arc::new(shared.entries_owned(changed));
+        if let Some(mut s) = span {
+            s.output_changes(action, &entries);
+            s.attr("changed_keys", AttrVal::ChangedKeys);
+            s.end_at(at);
+        }
+        if let Some(mut s) = node_span {
+            s.output_changes(action, &entries);
+            s.end_at(at);
+        }
         return;
     }
     let entries = Arc::new(shared.entries(&changed));
     if let Some(mut s) = span {
         s.output_changes(action, &entries);
-        s.changed_keys(changed);
+        s.changed_keys(changed.iter().map(|k| k.to_string()).collect());
         s.end_at(at);
     }
     if let Some(mut s) = node_span {
@@ -765,7 +863,7 @@ async fn visit_batch(
         Ok(a) => a,
         Err(e) => return fail(e, span, node_span),
     };
-    end_post(span, node_span, &cx.shared, &action, changed, Instant::now());
+    end_post(span, node_span, &cx.shared, &action, changed, Instant::now(), switches.outputs);
     Ok(action)
 }
 
@@ -946,6 +1044,7 @@ async fn orchestrate(flow_name: &str, route: Route, max_steps: Option<u64>, cx: 
     // Asked once per loop rather than once per visit: whether a subscriber wants the engine's
     // spans is a look-up, and a loop's visits are recorded alike.
     let unrecorded = unrecorded(cx);
+    let node_spans = tracing::enabled!(target: "flowtrace::node", tracing::Level::INFO);
     loop {
         let (node, i) = match (&live, &plan, at) {
             (Some(n), _, _) => (n, None),
@@ -962,6 +1061,17 @@ async fn orchestrate(flow_name: &str, route: Route, max_steps: Option<u64>, cx: 
             // Not boxed: the common case of a chain, one future per visit.
             NodeKind::Node(n) if unrecorded && single_attempt(&node.0.config) => {
                 visit_node_fused(n, &node.0, cx).await?
+            }
+            // A recorded plain node is not boxed either: its visit does not recurse, so it
+            // can live in the loop's future (a box per traced visit, and the moves into it,
+            // were a tenth of a traced node's cost on the run's thread).
+            // Without a subscriber for the engine's `tracing` spans, not wrapped in a disabled
+            // one either (a wrapper is one more move of the visit's future).
+            NodeKind::Node(n) if !node_spans => visit_node(n, &node.0, cx).await?,
+            NodeKind::Node(n) => {
+                visit_node(n, &node.0, cx)
+                    .instrument(tracing::info_span!(target: "flowtrace::node", "node", node = %node.name()))
+                    .await?
             }
             _ => visit(node, cx).await?,
         };

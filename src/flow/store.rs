@@ -147,43 +147,98 @@ fn any_recording() -> bool {
     RECORDING.load(Ordering::Relaxed) != 0
 }
 
-tokio::task_local! {
-    /// Keys written while a traced `post` runs on this task, so its span can list them.
-    static WRITES: RefCell<Vec<String>>;
+/// What a traced phase is recording on this thread, while its future is polled (see
+/// [`Recorded::during`]). A thread-local set around each poll rather than a task-local
+/// future around the phase: the same reach (what the phase's own task does while it runs),
+/// without a future to wrap, and move, per phase.
+enum Scope {
+    /// The entries a `prep` read: the key and the value as read (a reference count,
+    /// serialised later, off the run's path).
+    Reads(Vec<(Key, Arc<dyn StoreValue>)>),
+    /// The keys a `post` wrote, so its span can list them.
+    Writes(Vec<Key>),
+}
+
+thread_local! {
+    static SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
+}
+
+/// What one traced phase records of its store accesses, kept between the polls of its future.
+pub(crate) struct Recorded {
+    scope: Option<Scope>,
+    _on: Recording,
+}
+
+impl Recorded {
+    /// A recording of the entries read.
+    pub(crate) fn reads() -> Self {
+        Recorded { scope: Some(Scope::Reads(Vec::new())), _on: Recording::on() }
+    }
+
+    /// A recording of the keys written.
+    pub(crate) fn writes() -> Self {
+        Recorded { scope: Some(Scope::Writes(Vec::new())), _on: Recording::on() }
+    }
+
+    /// Runs `f` (a poll of the phase's future) with this recording in effect on this thread;
+    /// whatever was in effect before (a recording further out) is back afterwards, even if
+    /// `f` panics.
+    #[inline]
+    pub(crate) fn during<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        struct Restore<'a> {
+            mine: &'a mut Option<Scope>,
+            outer: Option<Scope>,
+        }
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                let outer = self.outer.take();
+                *self.mine = SCOPE.with(|s| s.replace(outer));
+            }
+        }
+        let outer = SCOPE.with(|s| s.replace(self.scope.take()));
+        let _restore = Restore { mine: &mut self.scope, outer };
+        f()
+    }
+
+    /// The entries read.
+    pub(crate) fn into_reads(self) -> StoreSnapshot {
+        match self.scope {
+            Some(Scope::Reads(entries)) => StoreSnapshot { entries },
+            _ => StoreSnapshot::default(),
+        }
+    }
+
+    /// The keys written, in the order first written.
+    pub(crate) fn into_writes(self) -> Vec<Key> {
+        match self.scope {
+            Some(Scope::Writes(keys)) => keys,
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Runs `fut`, polled where it is, with `rec` in effect during each of its polls.
+async fn recorded<F: std::future::Future>(fut: F, rec: &mut Recorded) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| rec.during(|| fut.as_mut().poll(cx))).await
 }
 
 /// Runs `fut` recording the keys it writes to any store; returns them with its output.
-pub(crate) async fn record_writes<F: std::future::Future>(fut: F) -> (F::Output, Vec<String>) {
-    let _on = Recording::on();
-    WRITES
-        .scope(RefCell::new(Vec::new()), async move {
-            let out = fut.await;
-            let keys = WRITES.with(|w| std::mem::take(&mut *w.borrow_mut()));
-            (out, keys)
-        })
-        .await
-}
-
-tokio::task_local! {
-    /// Entries read while a traced `prep` runs on this task: the key and the value as read
-    /// (a reference count, serialised later, off the run's path).
-    static READS: RefCell<Vec<(String, Arc<dyn StoreValue>)>>;
+pub(crate) async fn record_writes<F: std::future::Future>(fut: F) -> (F::Output, Vec<Key>) {
+    let mut rec = Recorded::writes();
+    let out = recorded(fut, &mut rec).await;
+    (out, rec.into_writes())
 }
 
 /// Runs `fut` recording the entries it reads from any store; returns them with its output.
 pub(crate) async fn record_reads<F: std::future::Future>(fut: F) -> (F::Output, StoreSnapshot) {
-    let _on = Recording::on();
-    READS
-        .scope(RefCell::new(Vec::new()), async move {
-            let out = fut.await;
-            let entries = READS.with(|r| std::mem::take(&mut *r.borrow_mut()));
-            (out, StoreSnapshot { entries })
-        })
-        .await
+    let mut rec = Recorded::reads();
+    let out = recorded(fut, &mut rec).await;
+    (out, rec.into_reads())
 }
 
 /// At most this many entries are kept per phase: a summary, not a copy of the store.
-const MAX_RECORDED: usize = 64;
+pub(crate) const MAX_RECORDED: usize = 64;
 
 /// Whether a traced `prep` on this task records what it reads.
 #[inline]
@@ -193,39 +248,44 @@ fn recording_reads() -> bool {
 
 #[cold]
 fn in_read_scope() -> bool {
-    READS.try_with(|_| ()).is_ok()
+    SCOPE.with(|s| matches!(*s.borrow(), Some(Scope::Reads(_))))
 }
 
 #[inline]
-fn note_read(key: &str, v: &Arc<dyn StoreValue>) {
+fn note_read(map: &Map, key: &str, v: &Arc<dyn StoreValue>) {
     if any_recording() {
-        note_read_slow(key, v);
+        note_read_slow(map, key, v);
     }
 }
 
+/// Notes a read of `key` (found in `map`, whose lock the caller holds): the key is the
+/// map's own, by reference count (no copy of it to make here and free on the tracer's thread).
 #[cold]
-fn note_read_slow(key: &str, v: &Arc<dyn StoreValue>) {
-    let _ = READS.try_with(|r| {
-        let mut r = r.borrow_mut();
-        if r.len() < MAX_RECORDED && !r.iter().any(|(k, _)| k == key) {
-            r.push((key.to_owned(), Arc::clone(v)));
+fn note_read_slow(map: &Map, key: &str, v: &Arc<dyn StoreValue>) {
+    SCOPE.with(|s| {
+        if let Some(Scope::Reads(r)) = &mut *s.borrow_mut() {
+            if r.len() < MAX_RECORDED && !r.iter().any(|(k, _)| &**k == key) {
+                r.push((map.key_of(key), Arc::clone(v)));
+            }
         }
     });
 }
 
+/// Notes a write of `key` to `map` (whose lock the caller holds).
 #[inline]
-fn note_write(key: &str) {
+fn note_write(map: &Map, key: &str) {
     if any_recording() {
-        note_write_slow(key);
+        note_write_slow(map, key);
     }
 }
 
 #[cold]
-fn note_write_slow(key: &str) {
-    let _ = WRITES.try_with(|w| {
-        let mut w = w.borrow_mut();
-        if !w.iter().any(|k| k == key) {
-            w.push(key.to_owned());
+fn note_write_slow(map: &Map, key: &str) {
+    SCOPE.with(|s| {
+        if let Some(Scope::Writes(w)) = &mut *s.borrow_mut() {
+            if !w.iter().any(|k| &**k == key) {
+                w.push(map.key_of(key));
+            }
         }
     });
 }
@@ -253,8 +313,12 @@ pub struct SharedStore {
     map: Arc<RwLock<Map>>,
 }
 
+/// A store key. Shared, so that what a trace records of an entry (its key with its value)
+/// is two reference counts, not a copy of the key.
+pub(crate) type Key = Arc<str>;
+
 /// One entry: a key and its value, by reference count.
-type Entry = (String, Arc<dyn StoreValue>);
+type Entry = (Key, Arc<dyn StoreValue>);
 
 /// The store's entries: each key's value, by reference count.
 ///
@@ -264,7 +328,7 @@ type Entry = (String, Arc<dyn StoreValue>);
 /// write); a store that grows past that moves to a hash map, for good.
 enum Map {
     Few(Vec<Entry>),
-    Many(HashMap<String, Arc<dyn StoreValue>, KeyHash>),
+    Many(HashMap<Key, Arc<dyn StoreValue>, KeyHash>),
 }
 
 /// The most keys a store finds by scanning.
@@ -280,21 +344,30 @@ impl Map {
     #[inline]
     fn get(&self, key: &str) -> Option<&Arc<dyn StoreValue>> {
         match self {
-            Map::Few(v) => v.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            Map::Few(v) => v.iter().find(|(k, _)| &**k == key).map(|(_, v)| v),
             Map::Many(m) => m.get(key),
         }
+    }
+
+    /// The map's own key equal to `key` (a reference count), or a new one when absent.
+    fn key_of(&self, key: &str) -> Key {
+        let found = match self {
+            Map::Few(v) => v.iter().find(|(k, _)| &**k == key).map(|(k, _)| k),
+            Map::Many(m) => m.get_key_value(key).map(|(k, _)| k),
+        };
+        found.map_or_else(|| Arc::from(key), Arc::clone)
     }
 
     #[inline]
     fn get_mut(&mut self, key: &str) -> Option<&mut Arc<dyn StoreValue>> {
         match self {
-            Map::Few(v) => v.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
+            Map::Few(v) => v.iter_mut().find(|(k, _)| &**k == key).map(|(_, v)| v),
             Map::Many(m) => m.get_mut(key),
         }
     }
 
     /// Sets `key` (known to be absent) to `value`.
-    fn insert_new(&mut self, key: String, value: Arc<dyn StoreValue>) -> &mut Arc<dyn StoreValue> {
+    fn insert_new(&mut self, key: Key, value: Arc<dyn StoreValue>) -> &mut Arc<dyn StoreValue> {
         if let Map::Few(v) = self {
             if v.len() >= SCAN_MAX {
                 let mut m = HashMap::with_capacity_and_hasher(2 * SCAN_MAX, KeyHash::default());
@@ -313,11 +386,11 @@ impl Map {
     }
 
     /// Sets `key` to `value`, returning the value it replaced.
-    fn insert(&mut self, key: String, value: Arc<dyn StoreValue>) -> Option<Arc<dyn StoreValue>> {
-        match self.get_mut(&key) {
+    fn insert(&mut self, key: &str, value: Arc<dyn StoreValue>) -> Option<Arc<dyn StoreValue>> {
+        match self.get_mut(key) {
             Some(slot) => Some(std::mem::replace(slot, value)),
             None => {
-                self.insert_new(key, value);
+                self.insert_new(Arc::from(key), value);
                 None
             }
         }
@@ -333,13 +406,13 @@ impl Map {
         if self.get(key).is_some() {
             return self.get_mut(key).expect("just found");
         }
-        self.insert_new(key.to_owned(), init())
+        self.insert_new(Arc::from(key), init())
     }
 
     fn remove(&mut self, key: &str) -> Option<Arc<dyn StoreValue>> {
         match self {
             Map::Few(v) => {
-                let i = v.iter().position(|(k, _)| k == key)?;
+                let i = v.iter().position(|(k, _)| &**k == key)?;
                 Some(v.swap_remove(i).1)
             }
             Map::Many(m) => m.remove(key),
@@ -354,7 +427,7 @@ impl Map {
     }
 
     /// Every entry, in no particular order.
-    fn iter(&self) -> Box<dyn Iterator<Item = (&String, &Arc<dyn StoreValue>)> + '_> {
+    fn iter(&self) -> Box<dyn Iterator<Item = (&Key, &Arc<dyn StoreValue>)> + '_> {
         match self {
             Map::Few(v) => Box::new(v.iter().map(|(k, v)| (k, v))),
             Map::Many(m) => Box::new(m.iter()),
@@ -379,23 +452,26 @@ impl SharedStore {
         if let Value::Object(map) = value {
             let mut m = store.map.write();
             for (k, v) in map {
-                m.insert(k, stored(v));
+                m.insert(&k, stored(v));
             }
         }
         store
     }
 
-    /// The value at `key`, a reference count taken under the lock.
-    fn value(&self, key: &str) -> Option<Arc<dyn StoreValue>> {
-        self.map.read().get(key).cloned()
+    /// The value at `key`, a reference count taken under the lock, noted as read.
+    fn value_noted(&self, key: &str) -> Option<Arc<dyn StoreValue>> {
+        let map = self.map.read();
+        let v = map.get(key).cloned()?;
+        note_read(&map, key, &v);
+        Some(v)
     }
 
     /// Sets `key` to `value`, replacing what was there.
     pub fn insert<T: Serialize + Any + Send + Sync>(&self, key: impl AsRef<str> + Into<String>, value: T) {
-        note_write(key.as_ref());
         let mut map = self.map.write();
         let Some(slot) = map.get_mut(key.as_ref()) else {
-            map.insert_new(key.into(), stored(value));
+            map.insert_new(Arc::from(key.as_ref()), stored(value));
+            note_write(&map, key.as_ref());
             return;
         };
         // An existing key is rewritten in place (no new key). A value of the same type that
@@ -403,20 +479,24 @@ impl SharedStore {
         // new allocation; anything else gets a new value, and holders keep the old one.
         if let Some(v) = Arc::get_mut(slot).and_then(|v| v.as_any_mut()).and_then(|v| v.downcast_mut::<T>()) {
             let old = std::mem::replace(v, value);
+            note_write(&map, key.as_ref());
             drop(map);
             // The old value goes after the lock is released: its drop is the user type's.
             drop(old);
             return;
         }
         let old = std::mem::replace(slot, stored(value));
+        note_write(&map, key.as_ref());
         drop(map);
         drop(old);
     }
 
     /// Removes `key`, returning whether it was present.
     pub fn remove(&self, key: &str) -> bool {
-        note_write(key);
-        let old = self.map.write().remove(key);
+        let mut map = self.map.write();
+        note_write(&map, key);
+        let old = map.remove(key);
+        drop(map);
         old.is_some()
     }
 
@@ -437,7 +517,7 @@ impl SharedStore {
 
     /// The keys, sorted.
     pub fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self.map.read().iter().map(|(k, _)| k.clone()).collect();
+        let mut keys: Vec<String> = self.map.read().iter().map(|(k, _)| k.to_string()).collect();
         keys.sort();
         keys
     }
@@ -459,10 +539,9 @@ impl SharedStore {
             drop(map);
             return convert(key, &*v).map(Some);
         }
-        let Some(v) = self.value(key) else {
+        let Some(v) = self.value_noted(key) else {
             return Ok(None);
         };
-        note_read(key, &v);
         convert(key, &*v).map(Some)
     }
 
@@ -473,8 +552,7 @@ impl SharedStore {
 
     /// Reads `key` as JSON.
     pub fn get_json(&self, key: &str) -> Option<Value> {
-        let v = self.value(key)?;
-        note_read(key, &v);
+        let v = self.value_noted(key)?;
         Some(v.to_json().unwrap_or_else(|e| unserialisable(&*v, &e)))
     }
 
@@ -490,10 +568,14 @@ impl SharedStore {
     where
         T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        note_write(key);
         let mut map = self.map.write();
-        let slot = map.get_or_insert_with(key, || stored(init()));
-        note_read(key, slot);
+        let mut slot = map.get_or_insert_with(key, || stored(init()));
+        if any_recording() {
+            let v = Arc::clone(slot);
+            note_write_slow(&map, key);
+            note_read_slow(&map, key, &v);
+            slot = map.get_mut(key).expect("just found");
+        }
         let mut value: T = convert(key, &**slot)?;
         let out = f(&mut value);
         let old = std::mem::replace(slot, stored(value));
@@ -504,21 +586,37 @@ impl SharedStore {
 
     /// A point-in-time copy of the store, taken in O(keys) without serialising anything.
     pub fn snapshot(&self) -> StoreSnapshot {
-        let mut entries: Vec<(String, Arc<dyn StoreValue>)> =
-            self.map.read().iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect();
+        let mut entries: Vec<(Key, Arc<dyn StoreValue>)> =
+            self.map.read().iter().map(|(k, v)| (Arc::clone(k), Arc::clone(v))).collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         StoreSnapshot { entries }
     }
 
     /// The current values of `keys` (a removed key as `null`), without serialising them.
-    pub(crate) fn entries(&self, keys: &[String]) -> StoreSnapshot {
+    pub(crate) fn entries<K: AsRef<str>>(&self, keys: &[K]) -> StoreSnapshot {
         let map = self.map.read();
         let entries = keys
             .iter()
             .take(MAX_RECORDED)
             .map(|k| {
+                let k = k.as_ref();
                 let v = map.get(k).cloned().unwrap_or_else(|| Arc::new(Value::Null));
-                (k.clone(), v)
+                (map.key_of(k), v)
+            })
+            .collect();
+        StoreSnapshot { entries }
+    }
+
+    /// [`entries`](Self::entries) of keys the caller hands over (at most [`MAX_RECORDED`]
+    /// are kept): each entry holds its key as given, without a copy.
+    pub(crate) fn entries_owned(&self, keys: Vec<Key>) -> StoreSnapshot {
+        let map = self.map.read();
+        let entries = keys
+            .into_iter()
+            .take(MAX_RECORDED)
+            .map(|k| {
+                let v = map.get(&k).cloned().unwrap_or_else(|| Arc::new(Value::Null));
+                (k, v)
             })
             .collect();
         StoreSnapshot { entries }
@@ -528,7 +626,7 @@ impl SharedStore {
     pub fn to_json(&self) -> Value {
         let mut map = serde_json::Map::new();
         for (k, v) in self.snapshot().entries {
-            map.insert(k, v.to_json().unwrap_or_else(|e| unserialisable(&*v, &e)));
+            map.insert(k.to_string(), v.to_json().unwrap_or_else(|e| unserialisable(&*v, &e)));
         }
         Value::Object(map)
     }
@@ -564,13 +662,13 @@ impl fmt::Debug for SharedStore {
 /// A point-in-time view of a [`SharedStore`], serialised only when it is needed.
 #[derive(Clone, Default)]
 pub struct StoreSnapshot {
-    entries: Vec<(String, Arc<dyn StoreValue>)>,
+    entries: Vec<(Key, Arc<dyn StoreValue>)>,
 }
 
 impl StoreSnapshot {
     /// The entries, sorted by key, as values to serialise.
     pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &dyn erased_serde::Serialize, &'static str)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v.value(), v.type_name()))
+        self.entries.iter().map(|(k, v)| (&**k, v.value(), v.type_name()))
     }
 
     /// The number of keys captured.
@@ -676,6 +774,6 @@ mod tests {
             s.insert("x", 2);
         })
         .await;
-        assert_eq!(keys, vec!["x", "y"]);
+        assert_eq!(keys, vec![Arc::from("x"), Arc::from("y")] as Vec<Key>);
     }
 }
