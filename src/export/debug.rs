@@ -16,9 +16,7 @@ impl DebugExporter {
     pub(crate) fn new(privacy: Privacy) -> Self {
         DebugExporter(privacy)
     }
-}
 
-impl DebugExporter {
     /// A line per span, as pocketflow-tracing prints them when they complete.
     fn span_lines(trace: &TraceRecord) {
         for s in &trace.spans {
@@ -39,19 +37,14 @@ impl Exporter for DebugExporter {
     fn export(&self, trace: Arc<TraceRecord>) {
         let trace = self.0.apply_shared(trace);
         Self::span_lines(&trace);
-        if trace.parts > 0 {
-            // A streamed run: its earlier spans were printed as their parts came, and the tree
-            // of a run that long would be as long as the run.
-            tracing::info!(
-                target: "flowtrace::trace",
-                "[TRACING] Trace finished: {} (streamed in {} parts before this one; the tree shows its last spans)\n{}",
-                trace.name,
-                trace.parts,
-                trace.render_tree()
-            );
+        // A streamed run's earlier spans were printed as their parts came; its whole tree would
+        // be as long as the run.
+        let streamed = if trace.parts > 0 {
+            format!(" (streamed in {} parts before this one; the tree shows its last spans)", trace.parts)
         } else {
-            tracing::info!(target: "flowtrace::trace", "[TRACING] Trace finished: {}\n{}", trace.name, trace.render_tree());
-        }
+            String::new()
+        };
+        tracing::info!(target: "flowtrace::trace", "[TRACING] Trace finished: {}{streamed}\n{}", trace.name, trace.render_tree());
     }
     // Printing a part as it comes keeps a long run streaming with debug output on (the tracer
     // streams only while every exporter takes parts).
