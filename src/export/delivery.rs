@@ -648,6 +648,7 @@ impl HttpExporter {
             epoch: Cell::new(0),
             frame: std::cell::RefCell::default(),
             taken: Cell::new(0),
+            spare: std::cell::RefCell::default(),
             pool: Pool::start(
                 name,
                 Prep { privacy: privacy.clone(), environment: target_environment, spool: log.is_some() },
@@ -816,6 +817,9 @@ struct Worker {
     pool: Pool,
     /// Traces taken from the queue, ever (see [`Stats::sent`]).
     taken: Cell<u64>,
+    /// Delivered records kept while the log has records to read back, which are decoded
+    /// into their memory (see [`Log::read_reusing`]).
+    spare: std::cell::RefCell<Vec<TraceRecord>>,
 }
 
 /// The most traces prepared in one round: a round holds up the worker's requests, so it is
@@ -1160,12 +1164,10 @@ impl Worker {
             if !log.has_unread() {
                 return;
             }
-            // Enough for every request slot and one batch more: reading on is cheap (the
-            // reader stays where it stopped), while records read ahead only hold memory.
-            let per_refill = self.opts.max_batch_spans.max(1) * (self.opts.max_in_flight.max(1) + 1);
+            let per_refill = self.per_refill();
             let want = (cap - mem.traces).min(per_refill);
             let spans = MAX_MEMORY_SPANS.saturating_sub(mem.spans).min(per_refill as u64);
-            log.read_spans(want, spans, |s| mem.seqs.contains(&s))
+            log.read_reusing(want, spans, |s| mem.seqs.contains(&s), &mut self.spare.borrow_mut())
         };
         if bad > 0 {
             self.stats.drop_spans(bad, format!("{}: unreadable records in the spool (traces, not spans)", self.name));
@@ -1195,6 +1197,35 @@ impl Worker {
         }
         if !batch.is_empty() {
             ready.push_back(std::mem::replace(batch, Batch::new()));
+        }
+    }
+
+    /// Spans read back from the log at a time: enough for every request slot and one batch
+    /// more. Reading on is cheap (the reader stays where it stopped), while records read
+    /// ahead only hold memory.
+    fn per_refill(&self) -> usize {
+        self.opts.max_batch_spans.max(1) * (self.opts.max_in_flight.max(1) + 1)
+    }
+
+    /// Keeps the records of a settled batch that nothing else holds, for the next records read
+    /// back from the log to be decoded into (while the log has some to read), up to a read's
+    /// worth of spans; the rest are freed.
+    fn keep_spare(&self, traces: Vec<Arc<TraceRecord>>, unread: bool) {
+        let mut spare = self.spare.borrow_mut();
+        if !unread {
+            spare.clear();
+            return;
+        }
+        let limit = self.per_refill();
+        let mut held: usize = spare.iter().map(|t| t.spans.len()).sum();
+        for t in traces {
+            if held + t.spans.len() > limit {
+                continue;
+            }
+            if let Ok(t) = Arc::try_unwrap(t) {
+                held += t.spans.len();
+                spare.push(t);
+            }
         }
     }
 
@@ -1256,6 +1287,9 @@ impl Worker {
         } else if !failed.is_empty() {
             self.last_failure.set(Some(Instant::now()));
         }
+        let unread = log.as_ref().is_some_and(|l| l.has_unread());
+        drop(log);
+        self.keep_spare(batch.traces, unread);
     }
 
     /// Sends a batch, retrying; says which traces still have undelivered spans.

@@ -68,10 +68,14 @@ fn checksum(bytes: &[u8]) -> u32 {
 }
 
 /// Reads a payload back: the binary record, or JSON (a `{` first) as earlier versions wrote.
-fn decode(payload: &[u8]) -> Option<TraceRecord> {
+/// A binary record is decoded into the memory of a record from `spare` when there is one.
+fn decode(payload: &[u8], spare: &mut Vec<TraceRecord>) -> Option<TraceRecord> {
     match payload.first() {
         Some(b'{') => serde_json::from_slice(payload).ok(),
-        _ => record::decode(payload).ok(),
+        _ => match spare.pop() {
+            Some(mut t) => record::decode_into(payload, &mut t).ok().map(|()| t),
+            None => record::decode(payload).ok(),
+        },
     }
 }
 
@@ -469,6 +473,19 @@ impl Log {
     /// [`read`](Self::read), stopping too once the records read stand for `max_spans` spans
     /// (a streamed run's parts are large records).
     pub(super) fn read_spans(&mut self, max: usize, max_spans: u64, skip: impl Fn(u64) -> bool) -> (Vec<Stored>, u64) {
+        self.read_reusing(max, max_spans, skip, &mut Vec::new())
+    }
+
+    /// [`read_spans`](Self::read_spans), decoding into the memory of records from `spare`
+    /// (records delivered and let go): decoding a record afresh allocated every map, key
+    /// and string of it, and delivering it freed them all again.
+    pub(super) fn read_reusing(
+        &mut self,
+        max: usize,
+        max_spans: u64,
+        skip: impl Fn(u64) -> bool,
+        spare: &mut Vec<TraceRecord>,
+    ) -> (Vec<Stored>, u64) {
         let mut out = Vec::new();
         let mut bad = 0;
         let mut spans = 0u64;
@@ -521,7 +538,7 @@ impl Log {
                 self.reader = None;
                 continue;
             }
-            match decode(payload) {
+            match decode(payload, spare) {
                 Some(trace) => {
                     spans += spans_of(&trace);
                     out.push(Stored { seq, trace });
@@ -680,7 +697,7 @@ pub(super) fn peek(dir: &Path) -> std::io::Result<Vec<TraceRecord>> {
                 break; // being written
             }
             if seq >= floor {
-                if let Some(t) = decode(&payload) {
+                if let Some(t) = decode(&payload, &mut Vec::new()) {
                     out.push(t);
                 }
             }
@@ -908,6 +925,30 @@ mod tests {
         let mut log = Log::open_with(&d, 1 << 20, 1 << 20).unwrap();
         let (got, bad) = log.read(10, |_| false);
         assert_eq!((got.len(), bad), (1, 1));
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn records_read_into_spare_ones_are_the_records_appended() {
+        let d = dir("spare");
+        let mut log = Log::open(&d, 1 << 20).unwrap();
+        let mut big = record::tests::chain();
+        big.name = "chain".into();
+        for i in 0..4 {
+            log.append(&trace(&format!("t{i}"))).unwrap();
+        }
+        log.append(&big).unwrap();
+        // Spares of other shapes: a chain trace, and an empty one.
+        let mut spare = vec![record::tests::chain(), trace("spare"), record::tests::chain()];
+        let (got, bad) = log.read_reusing(10, u64::MAX, |_| false, &mut spare);
+        assert_eq!(bad, 0);
+        assert!(spare.is_empty(), "every spare was used");
+        let names: Vec<&str> = got.iter().map(|r| r.trace.name.as_str()).collect();
+        assert_eq!(names, ["t0", "t1", "t2", "t3", "chain"]);
+        for r in &got[..4] {
+            assert!(r.trace.spans.is_empty());
+        }
+        assert_eq!(serde_json::to_value(&got[4].trace).unwrap(), serde_json::to_value(&big).unwrap());
         let _ = fs::remove_dir_all(&d);
     }
 

@@ -380,81 +380,109 @@ struct Dec<'a> {
 
 /// Decodes a payload written by [`Encoder::encode`] (version byte first).
 pub(crate) fn decode(payload: &[u8]) -> Result<TraceRecord, DecodeError> {
+    let mut t = blank();
+    decode_into(payload, &mut t)?;
+    Ok(t)
+}
+
+/// A record with nothing in it, for [`decode_into`] to fill.
+fn blank() -> TraceRecord {
+    TraceRecord {
+        trace_id: TraceId(0),
+        name: String::new(),
+        session_id: None,
+        user_id: None,
+        tags: Vec::new(),
+        release: None,
+        version: None,
+        metadata: Map::new(),
+        start_unix_nanos: 0,
+        end_unix_nanos: 0,
+        input: Value::Null,
+        output: Value::Null,
+        status: SpanStatus::Ok,
+        action: None,
+        spans_dropped: 0,
+        spans: Vec::new(),
+        part: None,
+        parts: 0,
+    }
+}
+
+/// A span with nothing in it, for [`Dec::span_into`] to fill.
+fn blank_span() -> SpanRecord {
+    SpanRecord {
+        span_id: SpanId(0),
+        parent_id: None,
+        kind: SpanKind::Flow,
+        name: empty_name(),
+        start_unix_nanos: 0,
+        end_unix_nanos: 0,
+        status: SpanStatus::Ok,
+        input: None,
+        output: None,
+        attributes: Map::new(),
+        generation: None,
+    }
+}
+
+/// One empty name per thread, so that a blank span allocates nothing for it.
+fn empty_name() -> Arc<str> {
+    thread_local! {
+        static EMPTY: Arc<str> = Arc::from("");
+    }
+    EMPTY.with(Arc::clone)
+}
+
+/// Decodes a payload into `t`, reusing the memory `t` holds (a record read back earlier and
+/// delivered): the spool's records of one exporter are much alike, so most maps, strings and
+/// arrays are overwritten in place instead of freed and allocated again. The result is the
+/// record [`decode`] returns, whatever `t` held. On an error `t` holds part of the record:
+/// throw it away.
+pub(crate) fn decode_into(payload: &[u8], t: &mut TraceRecord) -> Result<(), DecodeError> {
     let mut d = Dec { buf: payload, pos: 0, table: Vec::new() };
     match d.byte()? {
         VERSION => {}
         v => return Err(DecodeError::Version(v)),
     }
-    let trace_id = TraceId(u128::from_le_bytes(d.fixed::<16>()?));
-    let name = d.string()?;
+    t.trace_id = TraceId(u128::from_le_bytes(d.fixed::<16>()?));
+    d.string_into(&mut t.name)?;
     let flags = d.byte()?;
     if flags >> 6 != 0 {
         return Err(d.bad("unknown trace flags"));
     }
-    let session_id = d.opt_string(flags & 1 != 0)?;
-    let user_id = d.opt_string(flags & 2 != 0)?;
+    t.session_id = d.opt_string(flags & 1 != 0)?;
+    t.user_id = d.opt_string(flags & 2 != 0)?;
     let n = d.count()?;
-    let mut tags = Vec::with_capacity(n);
+    t.tags.clear();
+    t.tags.reserve(n);
     for _ in 0..n {
-        tags.push(d.string()?);
+        t.tags.push(d.string()?);
     }
-    let release = d.opt_string(flags & 4 != 0)?;
-    let version = d.opt_string(flags & 8 != 0)?;
-    let metadata = d.map(0)?;
+    t.release = d.opt_string(flags & 4 != 0)?;
+    t.version = d.opt_string(flags & 8 != 0)?;
+    d.map_into(&mut t.metadata, 0)?;
     let start = d.uint()?;
-    let end = start.wrapping_add(unzigzag(d.uint()?) as u64);
-    let input = d.value(0)?;
-    let output = d.value(0)?;
-    let status = d.status()?;
-    let action = d.opt_string(flags & 16 != 0)?;
-    let spans_dropped = d.uint()?;
-    let part = if flags & 32 != 0 { Some(d.u32()?) } else { None };
-    let parts = d.u32()?;
+    t.start_unix_nanos = start;
+    t.end_unix_nanos = start.wrapping_add(unzigzag(d.uint()?) as u64);
+    d.value_into(&mut t.input, 0)?;
+    d.value_into(&mut t.output, 0)?;
+    t.status = d.status()?;
+    t.action = d.opt_string(flags & 16 != 0)?;
+    t.spans_dropped = d.uint()?;
+    t.part = if flags & 32 != 0 { Some(d.u32()?) } else { None };
+    t.parts = d.u32()?;
     let n = d.count()?;
-    let mut spans = Vec::with_capacity(n);
+    let spans = &mut t.spans;
+    spans.truncate(n);
+    spans.reserve(n - spans.len());
     // Parents named by their index: resolved once every span's id is known.
     let mut parents: Vec<(usize, usize)> = Vec::new();
     for i in 0..n {
-        let span_id = SpanId(u64::from_le_bytes(d.fixed::<8>()?));
-        let flags = d.byte()?;
-        if flags >> 6 != 0 || flags & 3 == 3 {
-            return Err(d.bad("unknown span flags"));
+        if i == spans.len() {
+            spans.push(blank_span());
         }
-        let kind = *KINDS.get(d.byte()? as usize).ok_or_else(|| d.bad("unknown span kind"))?;
-        let name = d.shared()?;
-        let s_start = start.wrapping_add(unzigzag(d.uint()?) as u64);
-        let s_end = s_start.wrapping_add(unzigzag(d.uint()?) as u64);
-        let status = d.status()?;
-        let parent_id = if flags & 1 != 0 {
-            let at = d.pos;
-            let p = d.uint()?;
-            if p >= n as u64 {
-                return Err(DecodeError::Malformed { at, what: "parent index out of range" });
-            }
-            parents.push((i, p as usize));
-            None
-        } else if flags & 2 != 0 {
-            Some(SpanId(u64::from_le_bytes(d.fixed::<8>()?)))
-        } else {
-            None
-        };
-        let input = if flags & 4 != 0 { Some(d.value(0)?) } else { None };
-        let output = if flags & 8 != 0 { Some(d.value(0)?) } else { None };
-        let attributes = if flags & 16 != 0 { d.map(0)? } else { Map::new() };
-        let generation = if flags & 32 != 0 { Some(Box::new(d.generation()?)) } else { None };
-        spans.push(SpanRecord {
-            span_id,
-            parent_id,
-            kind,
-            name,
-            start_unix_nanos: s_start,
-            end_unix_nanos: s_end,
-            status,
-            input,
-            output,
-            attributes,
-            generation,
-        });
+        d.span_into(&mut spans[i], i, n, start, &mut parents)?;
     }
     for (child, parent) in parents {
         let id = spans[parent].span_id;
@@ -463,26 +491,7 @@ pub(crate) fn decode(payload: &[u8]) -> Result<TraceRecord, DecodeError> {
     if d.pos != d.buf.len() {
         return Err(d.bad("bytes after the record"));
     }
-    Ok(TraceRecord {
-        trace_id,
-        name,
-        session_id,
-        user_id,
-        tags,
-        release,
-        version,
-        metadata,
-        start_unix_nanos: start,
-        end_unix_nanos: end,
-        input,
-        output,
-        status,
-        action,
-        spans_dropped,
-        spans,
-        part,
-        parts,
-    })
+    Ok(())
 }
 
 impl<'a> Dec<'a> {
@@ -563,21 +572,45 @@ impl<'a> Dec<'a> {
         Ok(Err(text))
     }
 
-    fn string(&mut self) -> Result<String, DecodeError> {
+    /// The next string, borrowed from the payload.
+    fn str(&mut self) -> Result<&'a str, DecodeError> {
         Ok(match self.text()? {
-            Ok(i) => self.table[i].text.to_owned(),
-            Err(s) => s.to_owned(),
+            Ok(i) => self.table[i].text,
+            Err(s) => s,
         })
     }
 
-    fn shared(&mut self) -> Result<Arc<str>, DecodeError> {
-        Ok(match self.text()? {
+    fn string(&mut self) -> Result<String, DecodeError> {
+        self.str().map(str::to_owned)
+    }
+
+    /// The next string into `slot`, in the memory it holds.
+    fn string_into(&mut self, slot: &mut String) -> Result<(), DecodeError> {
+        let s = self.str()?;
+        slot.clear();
+        slot.push_str(s);
+        Ok(())
+    }
+
+    /// The next string as a shared name into `slot`: kept when `slot` already says it,
+    /// otherwise the table's shared copy (made once per record).
+    fn shared_into(&mut self, slot: &mut Arc<str>) -> Result<(), DecodeError> {
+        let t = self.text()?;
+        let text = match t {
+            Ok(i) => self.table[i].text,
+            Err(s) => s,
+        };
+        if **slot == *text {
+            return Ok(());
+        }
+        *slot = match t {
             Ok(i) => {
                 let e = &mut self.table[i];
                 Arc::clone(e.shared.get_or_insert_with(|| Arc::from(e.text)))
             }
             Err(s) => Arc::from(s),
-        })
+        };
+        Ok(())
     }
 
     fn opt_string(&mut self, present: bool) -> Result<Option<String>, DecodeError> {
@@ -612,54 +645,178 @@ impl<'a> Dec<'a> {
     }
 
     fn map(&mut self, depth: usize) -> Result<Map<String, Value>, DecodeError> {
+        let mut m = Map::new();
+        self.map_into(&mut m, depth)?;
+        Ok(m)
+    }
+
+    /// The next map into `m`: entries whose keys come in the order `m` holds them are
+    /// overwritten in place (their keys and memory kept); past the first difference, the rest
+    /// is decoded afresh.
+    fn map_into(&mut self, m: &mut Map<String, Value>, depth: usize) -> Result<(), DecodeError> {
         if depth > MAX_DEPTH {
             return Err(self.bad("values nested too deep"));
         }
         let n = self.count()?;
-        let mut m = Map::new();
-        for _ in 0..n {
-            let k = self.string()?;
-            let v = self.value(depth + 1)?;
+        if m.len() != n {
+            m.clear();
+        }
+        let mut done = 0;
+        let mut differs = None;
+        {
+            let mut old = m.iter_mut();
+            while done < n {
+                let key = self.str()?;
+                match old.next() {
+                    Some((k, v)) if k == key => self.value_into(v, depth + 1)?,
+                    _ => {
+                        differs = Some(key);
+                        break;
+                    }
+                }
+                done += 1;
+            }
+        }
+        let Some(key) = differs else { return Ok(()) };
+        // Keys differ from here: keep the entries overwritten so far, decode the rest.
+        if done < m.len() {
+            let kept: Map<String, Value> = std::mem::take(m).into_iter().take(done).collect();
+            *m = kept;
+        }
+        let mut key = Some(key.to_owned());
+        for _ in done..n {
+            let k = match key.take() {
+                Some(k) => k,
+                None => self.string()?,
+            };
+            let mut v = Value::Null;
+            self.value_into(&mut v, depth + 1)?;
             m.insert(k, v);
         }
-        Ok(m)
+        Ok(())
     }
 
     fn value(&mut self, depth: usize) -> Result<Value, DecodeError> {
+        let mut v = Value::Null;
+        self.value_into(&mut v, depth)?;
+        Ok(v)
+    }
+
+    /// The next value into `slot`, reusing its memory where it is of the same kind.
+    fn value_into(&mut self, slot: &mut Value, depth: usize) -> Result<(), DecodeError> {
         let at = self.pos;
-        Ok(match self.byte()? {
-            0 => Value::Null,
-            1 => Value::Bool(false),
-            2 => Value::Bool(true),
-            3 => Value::Number(self.uint()?.into()),
-            4 => Value::Number((!self.uint()? as i64).into()),
+        match self.byte()? {
+            0 => *slot = Value::Null,
+            1 => *slot = Value::Bool(false),
+            2 => *slot = Value::Bool(true),
+            3 => *slot = Value::Number(self.uint()?.into()),
+            4 => *slot = Value::Number((!self.uint()? as i64).into()),
             5 => {
                 let f = f64::from_le_bytes(self.fixed::<8>()?);
-                Value::Number(
+                *slot = Value::Number(
                     Number::from_f64(f).ok_or(DecodeError::Malformed { at, what: "a float that is not finite" })?,
-                )
+                );
             }
-            6 => Value::String(self.string()?),
+            6 => {
+                let s = self.str()?;
+                match slot {
+                    Value::String(old) => {
+                        old.clear();
+                        old.push_str(s);
+                    }
+                    _ => *slot = Value::String(s.to_owned()),
+                }
+            }
             7 => {
                 if depth >= MAX_DEPTH {
                     return Err(self.bad("values nested too deep"));
                 }
                 let n = self.count()?;
-                let mut a = Vec::with_capacity(n);
-                for _ in 0..n {
-                    a.push(self.value(depth + 1)?);
+                match slot {
+                    Value::Array(a) => {
+                        a.truncate(n);
+                        a.reserve(n - a.len());
+                        for i in 0..n {
+                            if i == a.len() {
+                                a.push(Value::Null);
+                            }
+                            self.value_into(&mut a[i], depth + 1)?;
+                        }
+                    }
+                    _ => {
+                        let mut a = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            a.push(self.value(depth + 1)?);
+                        }
+                        *slot = Value::Array(a);
+                    }
                 }
-                Value::Array(a)
             }
             8 => {
                 if depth >= MAX_DEPTH {
                     return Err(self.bad("values nested too deep"));
                 }
-                Value::Object(self.map(depth)?)
+                match slot {
+                    Value::Object(m) => self.map_into(m, depth)?,
+                    _ => *slot = Value::Object(self.map(depth)?),
+                }
             }
-            t @ 16.. => Value::Number(((t - 16) as u64).into()),
+            t @ 16.. => *slot = Value::Number(((t - 16) as u64).into()),
             _ => return Err(DecodeError::Malformed { at, what: "unknown value tag" }),
-        })
+        }
+        Ok(())
+    }
+
+    /// An optional value into `slot` (`None` unless `present`).
+    fn opt_value_into(&mut self, slot: &mut Option<Value>, present: bool) -> Result<(), DecodeError> {
+        if !present {
+            *slot = None;
+            return Ok(());
+        }
+        self.value_into(slot.get_or_insert(Value::Null), 0)
+    }
+
+    /// Span `i` of `n` into `s`; a parent named by its index goes to `parents`.
+    fn span_into(
+        &mut self,
+        s: &mut SpanRecord,
+        i: usize,
+        n: usize,
+        start: u64,
+        parents: &mut Vec<(usize, usize)>,
+    ) -> Result<(), DecodeError> {
+        s.span_id = SpanId(u64::from_le_bytes(self.fixed::<8>()?));
+        let flags = self.byte()?;
+        if flags >> 6 != 0 || flags & 3 == 3 {
+            return Err(self.bad("unknown span flags"));
+        }
+        s.kind = *KINDS.get(self.byte()? as usize).ok_or_else(|| self.bad("unknown span kind"))?;
+        self.shared_into(&mut s.name)?;
+        s.start_unix_nanos = start.wrapping_add(unzigzag(self.uint()?) as u64);
+        s.end_unix_nanos = s.start_unix_nanos.wrapping_add(unzigzag(self.uint()?) as u64);
+        s.status = self.status()?;
+        s.parent_id = if flags & 1 != 0 {
+            let at = self.pos;
+            let p = self.uint()?;
+            if p >= n as u64 {
+                return Err(DecodeError::Malformed { at, what: "parent index out of range" });
+            }
+            parents.push((i, p as usize));
+            None
+        } else if flags & 2 != 0 {
+            Some(SpanId(u64::from_le_bytes(self.fixed::<8>()?)))
+        } else {
+            None
+        };
+        self.opt_value_into(&mut s.input, flags & 4 != 0)?;
+        self.opt_value_into(&mut s.output, flags & 8 != 0)?;
+        if flags & 16 != 0 {
+            self.map_into(&mut s.attributes, 0)?;
+        } else {
+            s.attributes.clear();
+        }
+        s.generation = if flags & 32 != 0 { Some(Box::new(self.generation()?)) } else { None };
+        Ok(())
     }
 
     fn generation(&mut self) -> Result<GenerationRecord, DecodeError> {
@@ -695,7 +852,7 @@ impl<'a> Dec<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -776,6 +933,59 @@ mod tests {
         enc.encode(&t, &mut b);
         assert_eq!(a, b);
         assert_eq!(a, bytes);
+    }
+
+    /// Records of other shapes than `t`: more and fewer spans, other keys, other value kinds.
+    fn others(t: &TraceRecord) -> Vec<TraceRecord> {
+        let mut out = vec![chain(), rich(), TraceRecord { spans: Vec::new(), ..chain() }];
+        let mut renamed = chain();
+        for (i, s) in renamed.spans.iter_mut().enumerate() {
+            s.attributes.insert(format!("k{i}"), json!({ "n": [i, "x", null] }));
+            s.input = if i % 3 == 0 { None } else { Some(json!(["a", { "b": i }])) };
+            s.output = Some(json!(format!("out {i}")));
+            s.name = Arc::from(format!("span {i}"));
+        }
+        renamed.input = json!([1, 2, 3, 4]);
+        out.push(renamed);
+        let mut longer = t.clone();
+        longer.spans.extend(chain().spans);
+        out.push(longer);
+        let mut shorter = t.clone();
+        shorter.spans.truncate(t.spans.len() / 2);
+        out.push(shorter);
+        out.push(t.clone());
+        out
+    }
+
+    #[test]
+    fn decoding_into_a_record_of_any_shape_gives_what_decoding_gives() {
+        let mut deep_one = rich();
+        deep_one.input = deep(MAX_DEPTH + 10);
+        for t in [chain(), rich(), deep_one, others(&chain()).swap_remove(3)] {
+            let bytes = encode(&t);
+            let want = decode(&bytes).expect("decodes");
+            for mut old in others(&t) {
+                decode_into(&bytes, &mut old).expect("decodes");
+                same(&want, &old);
+                assert_eq!(old.spans.len(), want.spans.len());
+                for (x, y) in want.spans.iter().zip(&old.spans) {
+                    assert_eq!(x.name, y.name);
+                    assert_eq!(x.attributes, y.attributes);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_decoded_into_fails_as_decoding_does() {
+        let bytes = encode(&chain());
+        for n in (0..bytes.len()).step_by(7) {
+            let mut old = chain();
+            assert!(decode_into(&bytes[..n], &mut old).is_err(), "a record cut at {n} bytes decoded");
+        }
+        let mut b = bytes.clone();
+        b.push(0);
+        assert!(matches!(decode_into(&b, &mut rich()), Err(DecodeError::Malformed { .. })));
     }
 
     #[test]
