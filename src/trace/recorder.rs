@@ -586,8 +586,104 @@ impl Io {
         }
     }
 
+    /// [`into_json`](Self::into_json) into `slot`, reusing the memory of the value it holds
+    /// when that has the same keys (as the same span of the run before, whose record was let
+    /// go, mostly has).
+    fn into_json_into(self, slot: &mut Option<Value>) {
+        let Some(Value::Object(m)) = slot.as_mut() else {
+            *slot = Some(self.into_json());
+            return;
+        };
+        match self {
+            Io::Value(v) => *slot = Some(v),
+            Io::Reads(r) => {
+                if !r.json_into(m) {
+                    *slot = Some(r.to_json());
+                }
+            }
+            Io::Post(prep, exec) => match two(m, "prep", "exec") {
+                Some((p, e)) => {
+                    *p = prep;
+                    *e = exec;
+                }
+                None => *slot = Some(Io::Post(prep, exec).into_json()),
+            },
+            Io::Changes(action, changed) => {
+                let kept = match two(m, "action", "changed") {
+                    Some((a, Value::Object(c))) => {
+                        let kept = changed.json_into(c);
+                        if kept {
+                            *a = capture(&action);
+                        }
+                        kept
+                    }
+                    _ => false,
+                };
+                if !kept {
+                    *slot = Some(Io::Changes(action, changed).into_json());
+                }
+            }
+        }
+    }
+
     fn is_store(&self) -> bool {
         matches!(self, Io::Reads(_) | Io::Changes(..))
+    }
+}
+
+/// The values of a map that holds exactly the keys `a` and `b`.
+fn two<'m>(m: &'m mut serde_json::Map<String, Value>, a: &str, b: &str) -> Option<(&'m mut Value, &'m mut Value)> {
+    if m.len() != 2 {
+        return None;
+    }
+    let mut it = m.iter_mut();
+    let (k1, v1) = it.next()?;
+    let (k2, v2) = it.next()?;
+    match (k1.as_str(), k2.as_str()) {
+        (x, y) if x == a && y == b => Some((v1, v2)),
+        (x, y) if x == b && y == a => Some((v2, v1)),
+        _ => None,
+    }
+}
+
+impl AttrVal {
+    /// Whether [`into_json`](Self::into_json) gives a value.
+    fn is_some(&self, output: Option<&Io>) -> bool {
+        match self {
+            AttrVal::None => false,
+            AttrVal::ChangedKeys => matches!(output, Some(Io::Changes(..))),
+            _ => true,
+        }
+    }
+
+    /// [`into_json`](Self::into_json) into `slot` (which it is known to give a value for),
+    /// reusing the memory of a string or list `slot` holds.
+    fn json_into(self, slot: &mut Value, output: Option<&Io>) {
+        match (self, slot) {
+            (AttrVal::Str(v), Value::String(old)) => {
+                old.clear();
+                old.push_str(v);
+            }
+            (AttrVal::ChangedKeys, Value::Array(old)) => {
+                let Some(Io::Changes(_, changed)) = output else { return };
+                old.truncate(changed.len());
+                for (i, (k, _, _)) in changed.entries().enumerate() {
+                    match old.get_mut(i) {
+                        Some(Value::String(s)) => {
+                            s.clear();
+                            s.push_str(k);
+                        }
+                        Some(other) => *other = Value::String(k.to_owned()),
+                        None => old.push(Value::String(k.to_owned())),
+                    }
+                }
+            }
+            (v, slot) => {
+                if let Some(v) = v.into_json(output) {
+                    *slot = v;
+                }
+            }
+        }
     }
 }
 
@@ -638,6 +734,89 @@ impl RawSpan {
             input,
             output,
             attributes,
+        }
+    }
+}
+
+impl RawSpan {
+    /// [`take_record`](Self::take_record) into `s`, a record let go by the exporters: maps
+    /// with the same keys as the new ones (the same span of an earlier run of the same flow)
+    /// are overwritten in place, keys and memory kept, instead of freed on the exporter's
+    /// thread and allocated again here. The result is the record `take_record` makes.
+    pub(crate) fn take_record_into(&mut self, s: &mut SpanRecord, clock: Clock) {
+        let attrs = std::mem::replace(&mut self.attrs, EMPTY_ATTRS);
+        let extra = std::mem::take(&mut self.extra);
+        self.attributes_into(&mut s.attributes, attrs, extra);
+        s.generation = self.generation.take().map(|g| {
+            Box::new(super::model::GenerationRecord {
+                model: g.model,
+                model_parameters: g.model_parameters,
+                usage: g.usage,
+                cost: g.cost,
+                completion_start_unix_nanos: g.completion_start.map(|at| clock.unix_nanos(at)),
+                prompt_name: g.prompt.as_ref().map(|p| p.0.clone()),
+                prompt_version: g.prompt.map(|p| p.1),
+            })
+        });
+        match self.input.take() {
+            Some(io) => io.into_json_into(&mut s.input),
+            None => s.input = None,
+        }
+        match self.output.take() {
+            Some(io) => io.into_json_into(&mut s.output),
+            None => s.output = None,
+        }
+        s.span_id = self.span_id;
+        s.parent_id = self.parent_id;
+        s.kind = self.kind;
+        s.name = self.name.take().unwrap_or_else(|| Arc::from(""));
+        s.start_unix_nanos = clock.unix_nanos(self.start);
+        s.end_unix_nanos = clock.unix_nanos(self.end);
+        s.status = self.status.take().map(|st| *st).unwrap_or_default();
+    }
+
+    /// The attributes into `m`: in place when `m` holds exactly the keys that have values,
+    /// afresh otherwise.
+    fn attributes_into(
+        &self,
+        m: &mut serde_json::Map<String, Value>,
+        attrs: [(&'static str, AttrVal); MAX_ATTRS],
+        extra: Vec<(&'static str, AttrVal)>,
+    ) {
+        let output = self.output.as_ref();
+        let mut keys: [&str; 8] = [""; 8];
+        let mut n = 0;
+        let mut fits = true;
+        for (k, v) in attrs.iter().chain(&extra) {
+            if !v.is_some(output) {
+                continue;
+            }
+            if n == keys.len() {
+                fits = false;
+                break;
+            }
+            keys[n] = k;
+            n += 1;
+        }
+        let keys = &mut keys[..n];
+        keys.sort_unstable();
+        let distinct = keys.windows(2).all(|w| w[0] != w[1]);
+        let same = fits && distinct && m.len() == n && m.keys().zip(keys.iter()).all(|(a, b)| a == b);
+        if !same {
+            m.clear();
+        }
+        for (k, v) in attrs.into_iter().chain(extra) {
+            if !v.is_some(output) {
+                continue;
+            }
+            match m.get_mut(k) {
+                Some(slot) if same => v.json_into(slot, output),
+                _ => {
+                    if let Some(v) = v.into_json(output) {
+                        m.insert(k.to_owned(), v);
+                    }
+                }
+            }
         }
     }
 }
@@ -1067,6 +1246,27 @@ impl crate::flow::StoreSnapshot {
         }
         Value::Object(map)
     }
+
+    /// [`to_json`](Self::to_json) into `m` when `m` holds exactly this snapshot's keys (its
+    /// values are overwritten, its keys kept); false, `m` untouched, when it does not.
+    pub(crate) fn json_into(&self, m: &mut serde_json::Map<String, Value>) -> bool {
+        let n = self.len();
+        // Few keys, each in `m`, none twice: then `m` holds exactly these.
+        if n != m.len() || n > 8 {
+            return false;
+        }
+        let keys = || self.entries().map(|(k, _, _)| k);
+        let distinct = keys().enumerate().all(|(i, k)| keys().take(i).all(|j| j != k));
+        if !distinct || !keys().all(|k| m.contains_key(k)) {
+            return false;
+        }
+        for (k, v, type_name) in self.entries() {
+            if let Some(slot) = m.get_mut(k) {
+                *slot = capture_as(v, type_name);
+            }
+        }
+        true
+    }
 }
 
 #[cfg(test)]
@@ -1168,6 +1368,79 @@ mod tests {
             assert_eq!(span.input, Some(serde_json::json!({ "prep": 1, "exec": "two" })));
             let shown = serde_json::json!({ "action": "next", "changed": { "a": 1, "b": 2, "gone": null } });
             assert_eq!(span.output, outputs.then_some(shown));
+        }
+    }
+
+    /// Spans of several shapes, in an order turned by `turn`.
+    fn shapes(rec: &Recorder, turn: usize) {
+        let store = crate::flow::SharedStore::new();
+        store.insert("b", 2_i64);
+        store.insert("a", "one");
+        store.insert("x", serde_json::json!({ "deep": [1, 2] }));
+        let ab = Arc::new(store.entries(&["a", "b"]));
+        let changed = vec!["b".to_owned(), "a".to_owned(), "gone".to_owned()];
+        let bag = Arc::new(store.entries(&changed));
+        let x = Arc::new(store.entries(&["x"]));
+        let twice = Arc::new(store.entries(&["a", "a"]));
+        for i in 0..5 {
+            let mut s = rec.start(None, SpanKind::Node, format!("shape {}", (i + turn) % 5));
+            match (i + turn) % 5 {
+                0 => {
+                    s.input_reads(&ab);
+                    s.output_changes(&Action::new("next"), &bag);
+                    s.changed_keys(changed.clone());
+                    s.attr("node_type", "Step");
+                    s.attr("max_retries", 3_u32);
+                }
+                1 => {
+                    s.input_reads(&x);
+                    s.output_changes(&Action::new("other"), &x);
+                    s.changed_keys(vec!["y".into()]);
+                    for (k, v) in [("a", 1.5), ("b", 2.0), ("c", 3.0), ("d", 4.0), ("a", 5.0)] {
+                        s.attr(k, v);
+                    }
+                }
+                2 => {
+                    s.input(|| serde_json::json!({ "prep": 1, "exec": 2 }));
+                    s.output(|| serde_json::json!("plain"));
+                    s.attr("node_type", "Flow");
+                }
+                3 => {
+                    s.input_post(Value::from(1), serde_json::json!(["two"]));
+                    s.output_changes(&Action::new("next"), &twice);
+                    s.input_reads(&twice);
+                }
+                _ => {}
+            }
+            s.end();
+        }
+    }
+
+    #[test]
+    fn a_span_built_in_a_spare_record_is_the_span_built_afresh() {
+        let (rec, _) = recorder(Switches::default());
+        let shown = |r: &SpanRecord| {
+            let mut v = serde_json::to_value(r).unwrap();
+            for k in ["span_id", "start_unix_nanos", "end_unix_nanos"] {
+                v.as_object_mut().unwrap().remove(k);
+            }
+            (v, r.input.is_some(), r.output.is_some())
+        };
+        for old in 0..5 {
+            for new in 0..5 {
+                shapes(&rec, old);
+                let mut spare = records(&rec);
+                shapes(&rec, new);
+                let fresh = records(&rec);
+                shapes(&rec, new);
+                let clock = rec.clock();
+                for (raw, s) in rec.drain().iter_mut().zip(spare.iter_mut()) {
+                    raw.take_record_into(s, clock);
+                }
+                for (a, b) in fresh.iter().zip(&spare) {
+                    assert_eq!(shown(a), shown(b), "shapes turned by {old} then {new}");
+                }
+            }
         }
     }
 

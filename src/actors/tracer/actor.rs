@@ -2,7 +2,7 @@
 //! it to the exporters. It runs on its own thread and runtime, so neither assembly nor export
 //! ever competes with a run for the application's worker threads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -92,6 +92,91 @@ pub(crate) struct TracerState {
     /// Whether every exporter takes parts, so long runs are streamed.
     stream: bool,
     partial: HashMap<TraceId, Open>,
+    /// Records handed to the exporters, whose memory the next records are built in.
+    kept: Kept,
+}
+
+/// Records this thread built and handed to the exporters, kept until the exporters let go of
+/// them, and then built the next records in (a run's next trace is mostly of the same shape:
+/// its maps are overwritten in place, see [`RawSpan::take_record_into`]).
+///
+/// An exporter let go of a record on its own worker thread: freeing there sent each of its
+/// few hundred blocks back to this thread's glibc arena from another thread (the free took
+/// the arena's lock, against this thread's allocations), and this thread then allocated every
+/// block of the next record afresh, mostly on malloc's slow path. Reused, a record is neither
+/// freed nor allocated again.
+///
+/// Bounded: past [`KEPT_SPANS`] spans (a record still held by an exporter for long, a slow
+/// backend), the oldest are let go and freed wherever their last holder drops them, as
+/// before; at most [`SPARE_SPANS`] spans wait to be reused, and a flush frees those.
+///
+/// [`RawSpan::take_record_into`]: crate::trace::recorder::RawSpan::take_record_into
+#[derive(Default)]
+struct Kept {
+    /// Still held by an exporter, oldest first.
+    held: VecDeque<Arc<TraceRecord>>,
+    held_spans: u64,
+    /// Let go by every exporter: the next records are built in these.
+    spare: Vec<TraceRecord>,
+    spare_spans: u64,
+}
+
+/// The most spans [`Kept`] holds on to while exporters hold them too (the HTTP exporters'
+/// queues and memory hold up to about 32,768).
+const KEPT_SPANS: u64 = 32_768;
+/// The most spans of records waiting in [`Kept`] to be reused.
+const SPARE_SPANS: u64 = 4_096;
+
+impl Kept {
+    /// Takes `r` back once handed to the exporters: to reuse it now if none of them kept it,
+    /// or once they let go of it.
+    fn give(&mut self, r: Arc<TraceRecord>) {
+        match Arc::try_unwrap(r) {
+            Ok(t) => self.spare(t),
+            Err(r) => {
+                self.held_spans += r.spans.len() as u64;
+                self.held.push_back(r);
+            }
+        }
+        self.reap();
+    }
+
+    /// Takes back the oldest records no exporter holds any more (in order: exporters mostly
+    /// let go in the order they took them); lets go of the oldest past the bound.
+    fn reap(&mut self) {
+        while let Some(front) = self.held.front() {
+            if Arc::strong_count(front) != 1 && self.held_spans <= KEPT_SPANS {
+                break;
+            }
+            let Some(r) = self.held.pop_front() else { break };
+            self.held_spans -= r.spans.len() as u64;
+            if let Ok(t) = Arc::try_unwrap(r) {
+                self.spare(t);
+            }
+        }
+    }
+
+    fn spare(&mut self, t: TraceRecord) {
+        let n = t.spans.len() as u64;
+        if self.spare_spans + n <= SPARE_SPANS {
+            self.spare_spans += n;
+            self.spare.push(t);
+        }
+    }
+
+    /// A record to build the next one in, if one is spare.
+    fn take(&mut self) -> Option<TraceRecord> {
+        let t = self.spare.pop()?;
+        self.spare_spans -= t.spans.len() as u64;
+        Some(t)
+    }
+
+    /// Frees the spare records (nothing to build soon: a flush, a shutdown).
+    fn release(&mut self) {
+        self.reap();
+        self.spare = Vec::new();
+        self.spare_spans = 0;
+    }
 }
 
 /// What the tracer actor starts with.
@@ -115,6 +200,7 @@ impl TracerState {
         for e in self.exporters.iter() {
             e.export_part(Arc::clone(&part));
         }
+        self.kept.give(part);
     }
 }
 
@@ -129,7 +215,7 @@ impl Actor for TracerActor {
         TracerArgs { exporters, backlog, held }: TracerArgs,
     ) -> Result<TracerState, ActorProcessingErr> {
         let stream = !exporters.is_empty() && exporters.iter().all(|e| e.takes_parts());
-        Ok(TracerState { exporters, backlog, held, stream, partial: HashMap::new() })
+        Ok(TracerState { exporters, backlog, held, stream, partial: HashMap::new(), kept: Kept::default() })
     }
 
     async fn handle(
@@ -164,16 +250,20 @@ impl Actor for TracerActor {
                     }
                     None => Vec::new(),
                 };
-                let mut record = end.into_record(&mut spans);
+                let spare = if spans.is_empty() { state.kept.take() } else { None };
+                let mut record = end.into_record_in(&mut spans, spare);
                 record.parts = parts.load(Ordering::Relaxed);
                 let record = Arc::new(record);
                 for e in state.exporters.iter() {
                     e.export(Arc::clone(&record));
                 }
+                state.kept.give(record);
             }
             TracerMsg::Flush(deadline, reply) => {
                 let timeout = deadline.saturating_duration_since(Instant::now());
-                let _ = reply.send(flush_all(&state.exporters, timeout, false).await);
+                let report = flush_all(&state.exporters, timeout, false).await;
+                state.kept.release();
+                let _ = reply.send(report);
             }
             TracerMsg::Shutdown(deadline, reply) => {
                 let open = state.partial.len();
@@ -187,6 +277,7 @@ impl Actor for TracerActor {
                 }
                 let timeout = deadline.saturating_duration_since(Instant::now());
                 let mut report = flush_all(&state.exporters, timeout, true).await;
+                state.kept = Kept::default();
                 if open > 0 {
                     if state.stream {
                         report.reasons.push(format!(
@@ -218,6 +309,100 @@ async fn flush_all(exporters: &[Arc<dyn Exporter>], timeout: Duration, shutdown:
 
 impl TraceEnd {
     pub(crate) fn into_record(self, earlier: &mut Vec<SpanRecord>) -> TraceRecord {
+        self.into_record_in(earlier, None)
+    }
+
+    /// [`into_record`](Self::into_record), built in the memory of `spare` (a record the
+    /// exporters let go of) when there is one and no `earlier` spans.
+    pub(crate) fn into_record_in(self, earlier: &mut Vec<SpanRecord>, spare: Option<TraceRecord>) -> TraceRecord {
+        match spare {
+            Some(t) if earlier.is_empty() => self.into_spare(t),
+            _ => self.into_fresh(earlier),
+        }
+    }
+
+    fn into_spare(self, t: TraceRecord) -> TraceRecord {
+        let TraceEnd {
+            trace_id,
+            meta,
+            start_unix_nanos,
+            end_unix_nanos,
+            input,
+            output,
+            status,
+            action,
+            spans: mut raw,
+            clock,
+            spans_dropped,
+        } = self;
+        // Every field named (no `..`): a field added to the record must be set here too.
+        let TraceRecord {
+            trace_id: _,
+            mut name,
+            mut session_id,
+            mut user_id,
+            mut tags,
+            mut release,
+            mut version,
+            mut metadata,
+            start_unix_nanos: _,
+            end_unix_nanos: _,
+            input: mut input_json,
+            output: mut output_json,
+            status: _,
+            action: _,
+            spans_dropped: _,
+            mut spans,
+            part: _,
+            parts: _,
+        } = t;
+        spans.truncate(raw.len());
+        for (i, r) in raw.iter_mut().enumerate() {
+            match spans.get_mut(i) {
+                Some(s) => r.take_record_into(s, clock),
+                None => spans.push(r.take_record(clock)),
+            }
+        }
+        recycle_spans(raw);
+        name.clone_from(&meta.name);
+        session_id.clone_from(&meta.session_id);
+        user_id.clone_from(&meta.user_id);
+        tags.clone_from(&meta.tags);
+        release.clone_from(&meta.release);
+        version.clone_from(&meta.version);
+        metadata.clone_from(&meta.metadata);
+        for (slot, snapshot) in [(&mut input_json, input), (&mut output_json, output)] {
+            let kept = match slot {
+                serde_json::Value::Object(m) => snapshot.json_into(m),
+                _ => false,
+            };
+            if !kept {
+                *slot = snapshot.to_json();
+            }
+        }
+        TraceRecord {
+            trace_id,
+            name,
+            session_id,
+            user_id,
+            tags,
+            release,
+            version,
+            metadata,
+            start_unix_nanos,
+            end_unix_nanos,
+            input: input_json,
+            output: output_json,
+            status,
+            action,
+            spans_dropped,
+            spans,
+            part: None,
+            parts: 0,
+        }
+    }
+
+    fn into_fresh(self, earlier: &mut Vec<SpanRecord>) -> TraceRecord {
         let TraceEnd {
             trace_id,
             meta,
