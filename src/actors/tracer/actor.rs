@@ -25,7 +25,13 @@ pub(crate) enum TracerMsg {
     Flush(Instant, RpcReplyPort<ExportReport>),
     /// Flush, then stop.
     Shutdown(Instant, RpcReplyPort<ExportReport>),
+    /// Sent to itself every [`REAP_INTERVAL`]: takes back the records the exporters let go of
+    /// while no run ended, and frees the spare ones once no record was built for a while.
+    Reap,
 }
+
+/// How often the tracer looks for records the exporters let go of (see [`Kept`]).
+const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(crate) struct TracerActor;
 
@@ -119,6 +125,9 @@ struct Kept {
     /// Let go by every exporter: the next records are built in these.
     spare: Vec<TraceRecord>,
     spare_spans: u64,
+    /// Records given back, ever, and as of the last [`tick`](Self::tick).
+    given: u64,
+    given_at_tick: u64,
 }
 
 /// The most spans [`Kept`] holds on to while exporters hold them too (the HTTP exporters'
@@ -131,6 +140,7 @@ impl Kept {
     /// Takes `r` back once handed to the exporters: to reuse it now if none of them kept it,
     /// or once they let go of it.
     fn give(&mut self, r: Arc<TraceRecord>) {
+        self.given += 1;
         match Arc::try_unwrap(r) {
             Ok(t) => self.spare(t),
             Err(r) => {
@@ -169,6 +179,17 @@ impl Kept {
         let t = self.spare.pop()?;
         self.spare_spans -= t.spans.len() as u64;
         Some(t)
+    }
+
+    /// Takes back what the exporters let go of; frees the spare records when none was built
+    /// since the last tick (the tracer is idle: they would only hold memory).
+    fn tick(&mut self) {
+        if self.given == self.given_at_tick {
+            self.release();
+        } else {
+            self.reap();
+        }
+        self.given_at_tick = self.given;
     }
 
     /// Frees the spare records (nothing to build soon: a flush, a shutdown).
@@ -211,10 +232,12 @@ impl Actor for TracerActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<TracerMsg>,
+        myself: ActorRef<TracerMsg>,
         TracerArgs { exporters, backlog, held }: TracerArgs,
     ) -> Result<TracerState, ActorProcessingErr> {
         let stream = !exporters.is_empty() && exporters.iter().all(|e| e.takes_parts());
+        // The timer's task ends with the actor (and its runtime).
+        let _timer = myself.send_interval(REAP_INTERVAL, || TracerMsg::Reap);
         Ok(TracerState { exporters, backlog, held, stream, partial: HashMap::new(), kept: Kept::default() })
     }
 
@@ -259,6 +282,7 @@ impl Actor for TracerActor {
                 }
                 state.kept.give(record);
             }
+            TracerMsg::Reap => state.kept.tick(),
             TracerMsg::Flush(deadline, reply) => {
                 let timeout = deadline.saturating_duration_since(Instant::now());
                 let report = flush_all(&state.exporters, timeout, false).await;
@@ -426,5 +450,60 @@ impl TraceEnd {
         record.action = action;
         record.spans_dropped = spans_dropped;
         record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(spans: usize) -> TraceRecord {
+        let span = SpanRecord {
+            span_id: crate::trace::SpanId(1),
+            parent_id: None,
+            kind: crate::trace::SpanKind::Node,
+            name: "n".into(),
+            start_unix_nanos: 0,
+            end_unix_nanos: 0,
+            status: SpanStatus::Ok,
+            input: None,
+            output: None,
+            attributes: Default::default(),
+            generation: None,
+        };
+        trace_shell(TraceId(7), &TraceMeta::default(), 0, 0, vec![span; spans])
+    }
+
+    #[test]
+    fn records_come_back_once_every_exporter_let_go_and_the_bounds_hold() {
+        let mut kept = Kept::default();
+        // Nobody kept it: spare at once.
+        kept.give(Arc::new(record(3)));
+        assert_eq!((kept.spare.len(), kept.held.len()), (1, 0));
+        // Held by an exporter: kept until let go, then spare.
+        let r = Arc::new(record(2));
+        let exporter = Arc::clone(&r);
+        kept.give(r);
+        assert_eq!((kept.spare.len(), kept.held.len()), (1, 1));
+        drop(exporter);
+        kept.reap();
+        assert_eq!((kept.spare.len(), kept.held.len(), kept.spare_spans), (2, 0, 5));
+        assert_eq!(kept.take().map(|t| t.spans.len()), Some(2));
+        // Held past the bound: the oldest are let go (their holders free them).
+        let holders: Vec<Arc<TraceRecord>> = (0..3).map(|_| Arc::new(record(KEPT_SPANS as usize / 2))).collect();
+        for h in &holders {
+            kept.give(Arc::clone(h));
+        }
+        assert!(kept.held_spans <= KEPT_SPANS && kept.held.len() == 2, "{}", kept.held.len());
+        assert!(holders.iter().skip(1).all(|h| Arc::strong_count(h) == 2));
+        // Spares are bounded too, and an idle tick frees them.
+        for _ in 0..10 {
+            kept.give(Arc::new(record(SPARE_SPANS as usize / 4)));
+        }
+        assert!(kept.spare_spans <= SPARE_SPANS);
+        kept.tick();
+        assert!(!kept.spare.is_empty(), "records were given since the last tick");
+        kept.tick();
+        assert!(kept.spare.is_empty() && kept.spare_spans == 0);
     }
 }
