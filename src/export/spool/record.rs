@@ -127,12 +127,53 @@ pub(crate) struct Encoder {
     spans: FxMap<u64, u32>,
 }
 
-/// The record's string table as the encoder keeps it: by hash, the index of the last string
-/// with that hash, and where each indexed string's bytes are in the output (no copies).
+/// The record's string table as the encoder keeps it: where each indexed string's bytes are
+/// in the output (no copies), and a direct-mapped cache from a string's hash to the index of
+/// the last string in its slot (a cache, not a map: a string whose slot another took is
+/// written anew and indexed again, which the format allows; a lookup is a load and a compare,
+/// where a hash map's probe cost a tenth of the encoding).
 #[derive(Default)]
 struct Strings {
-    by_hash: FxMap<u64, u32>,
+    /// By the hash's top bits: the record (`generation`) that filled the slot, and the index.
+    slots: Vec<(u32, u32)>,
+    generation: u32,
     at: Vec<(usize, usize)>,
+}
+
+/// Slots of [`Strings`]: a record holds a few dozen distinct short strings.
+const STRING_SLOTS_BITS: u32 = 10;
+
+impl Strings {
+    /// Empties the table for a new record (the slots of the last one go stale at once).
+    fn begin(&mut self) {
+        self.at.clear();
+        if self.slots.is_empty() {
+            self.slots = vec![(0, 0); 1 << STRING_SLOTS_BITS];
+        }
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.slots.fill((0, 0));
+            self.generation = 1;
+        }
+    }
+
+    fn slot(h: u64) -> usize {
+        (h >> (64 - STRING_SLOTS_BITS)) as usize
+    }
+
+    fn get(&self, h: u64) -> Option<u32> {
+        match self.slots.get(Self::slot(h)) {
+            Some(&(g, i)) if g == self.generation => Some(i),
+            _ => None,
+        }
+    }
+
+    fn set(&mut self, h: u64, i: u32) {
+        let g = self.generation;
+        if let Some(slot) = self.slots.get_mut(Self::slot(h)) {
+            *slot = (g, i);
+        }
+    }
 }
 
 impl std::fmt::Debug for Encoder {
@@ -149,8 +190,7 @@ struct Enc<'e> {
 impl Encoder {
     /// Appends `t`'s payload (version byte first) to `out`.
     pub(crate) fn encode(&mut self, t: &TraceRecord, out: &mut Vec<u8>) {
-        self.strings.by_hash.clear();
-        self.strings.at.clear();
+        self.strings.begin();
         self.spans.clear();
         for (i, s) in t.spans.iter().enumerate() {
             self.spans.entry(s.span_id.0).or_insert(i as u32);
@@ -239,7 +279,7 @@ impl Enc<'_> {
             h.write_u64(s.len() as u64);
             h.write(s.as_bytes());
             let h = h.finish();
-            if let Some(&i) = self.strings.by_hash.get(&h) {
+            if let Some(i) = self.strings.get(h) {
                 let (pos, len) = self.strings.at[i as usize];
                 if self.out.get(pos..pos + len) == Some(s.as_bytes()) {
                     self.uint((i as u64) << 1 | 1);
@@ -251,7 +291,7 @@ impl Enc<'_> {
             self.uint((s.len() as u64) << 1);
             let i = self.strings.at.len() as u32;
             self.strings.at.push((self.out.len(), s.len()));
-            self.strings.by_hash.insert(h, i);
+            self.strings.set(h, i);
         } else {
             self.uint((s.len() as u64) << 1);
         }
