@@ -613,7 +613,15 @@ impl Io {
                     Some((a, Value::Object(c))) => {
                         let kept = changed.json_into(c);
                         if kept {
-                            *a = capture(&action);
+                            // The action as `capture` shows it (a string, or null), in the
+                            // string's memory when there is one.
+                            match (action.as_str(), &mut *a) {
+                                (Some(name), Value::String(old)) => {
+                                    old.clear();
+                                    old.push_str(name);
+                                }
+                                _ => *a = capture(&action),
+                            }
                         }
                         kept
                     }
