@@ -1076,7 +1076,7 @@ async fn orchestrate(flow_name: &str, route: Route, max_steps: Option<u64>, cx: 
             _ => visit(node, cx).await?,
         };
         let hop = match (&plan, i) {
-            (Some(p), Some(i)) if p.is_current() => p.hop(i, &last),
+            (Some(p), Some(i)) if p.is_current_at(i) => p.hop(i, &last),
             _ => Hop::Live,
         };
         match hop {

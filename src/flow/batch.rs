@@ -433,8 +433,8 @@ impl BatchFlow {
 
     /// Sets the start node and returns it.
     pub fn start(&self, node: &NodeRef) -> NodeRef {
+        // Batch flows follow the live graph (no plan to make stale).
         *self.def().start.write() = Some(node.clone());
-        super::graph::rewired();
         node.clone()
     }
 
