@@ -46,7 +46,7 @@ impl FlowDef {
     pub(crate) fn plan(&self) -> Arc<Plan> {
         let mut slot = self.plan.lock();
         let starts = self.starts.load(Ordering::Acquire);
-        if let Some((_, p)) = slot.as_ref().filter(|(n, p)| *n == starts && p.is_current()) {
+        if let Some((_, p)) = slot.as_ref().filter(|(n, p)| *n == starts && !p.is_stale()) {
             return Arc::clone(p);
         }
         let (starts, plan) = {

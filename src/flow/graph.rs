@@ -621,6 +621,10 @@ pub(crate) struct Plan {
     nodes: Vec<NodeRef>,
     /// Per node, its wiring count when the plan read its edges.
     wiring: Vec<u64>,
+    /// Set by a run that found a node rewired since (see [`Plan::is_current_at`]): the
+    /// flow's next run makes a new plan. Runs only look at the nodes they visit, so a plan
+    /// is not checked whole at every run.
+    stale: std::sync::atomic::AtomicBool,
     /// Per node, its edges in wiring order: the action and the target's index (`None`: the
     /// edge ends the flow).
     edges: Vec<Vec<(Arc<str>, Option<usize>)>>,
@@ -664,19 +668,30 @@ impl Plan {
             edges.push(resolved);
             i += 1;
         }
-        Plan { start: start.map(|_| 0), nodes, wiring, edges }
+        Plan { start: start.map(|_| 0), nodes, wiring, edges, stale: std::sync::atomic::AtomicBool::new(false) }
     }
 
     /// Whether the graph is wired as it was when the plan was made.
+    #[cfg(test)]
     pub(crate) fn is_current(&self) -> bool {
         (0..self.nodes.len()).all(|i| self.is_current_at(i))
     }
 
     /// Whether the node at `i` has the edges it had when the plan was made (its targets may
-    /// have been rewired since: each is asked in turn when the run gets there).
+    /// have been rewired since: each is asked in turn when the run gets there). When it has
+    /// not, the plan is marked stale for the flow's next run.
     #[inline]
     pub(crate) fn is_current_at(&self, i: usize) -> bool {
-        self.nodes[i].0.wiring.load(Ordering::Acquire) == self.wiring[i]
+        let current = self.nodes[i].0.wiring.load(Ordering::Acquire) == self.wiring[i];
+        if !current {
+            self.stale.store(true, Ordering::Release);
+        }
+        current
+    }
+
+    /// Whether a run found the plan stale (see [`Plan::is_current_at`]).
+    pub(crate) fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
     }
 
     /// The start node's index.
@@ -746,9 +761,10 @@ mod plan_tests {
         let _other = crate::flow::Flow::new(&x);
         assert!(first.is_current());
         assert!(Arc::ptr_eq(&first, &def.plan()), "the flow keeps its plan");
-        // Its own wiring makes it stale: at the rewired node only.
+        // Its own wiring makes it stale: at the rewired node only, once a run gets there.
         b.next_on("again", &a);
-        assert!(first.is_current_at(0) && !first.is_current_at(1));
+        assert!(first.is_current_at(0) && !first.is_stale());
+        assert!(!first.is_current_at(1) && first.is_stale());
         assert!(!Arc::ptr_eq(&first, &def.plan()), "the flow plans its new wiring");
         // And so does a new start.
         let second = def.plan();
