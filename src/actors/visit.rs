@@ -1154,7 +1154,8 @@ async fn orchestrate_unrecorded(
                 let def = &*node.0;
                 let ctx = cx.context(&def.name);
                 let at = PhaseCell::new(Phase::Prep);
-                let fut = n.visit_once(&ctx, once_context(def, &cx.params, None), &at);
+                let exec_cx = once_context(def, &cx.params, None);
+                let fut = n.visit_once(&ctx, &exec_cx, &at);
                 match (Fused { fut, node: &def.name, at: &at }).await? {
                     Ok(action) => action,
                     Err((phase, e)) => return Err(hook_error(&def.name, phase, e)),

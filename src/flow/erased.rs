@@ -199,10 +199,11 @@ pub(crate) trait ErasedNode: Send + Sync + 'static {
     /// The whole visit in one future, for a visit nothing records whose exec runs once, inline
     /// and without a time limit: prep, exec, the fallback on exec's error, post. The typed
     /// values stay inside the future (nothing is boxed between phases); `at` follows the phase.
+    /// `cx` is borrowed, not moved in: the future is moved into its box as it is made.
     fn visit_once<'a>(
         &'a self,
         ctx: &'a Context<'a>,
-        cx: ExecContext,
+        cx: &'a ExecContext,
         at: &'a PhaseCell,
     ) -> BoxFuture<'a, Result<Action, PhaseError>>;
 }
