@@ -486,8 +486,25 @@ impl Actor for RunSupervisor {
         if let Some(mut runs) = inbox.runs.take() {
             let mut fresh = true;
             loop {
-                let args = runs.recv(std::mem::take(&mut fresh)).await;
-                let linked = supervise(&me, args, &inbox.alive).await;
+                let RunArgs { root, shared, settings, reply, state } = runs.recv(std::mem::take(&mut fresh)).await;
+                // The run, in place: an `async fn` for it was a future of the run's size,
+                // copied into this one at every run.
+                let linked = {
+                    let _live = Live::new();
+                    let alive = &inbox.alive;
+                    let crew = Crew { supervisor: Some(me.get_cell()), alive: Arc::clone(alive) };
+                    // Declared before the run's future, so dropped after it when a kill drops both.
+                    let mut end = RunEnd { finisher: None, reply: Some(reply), alive: Arc::clone(alive) };
+                    let res = AssertUnwindSafe(execute(root, shared, settings, state, crew, &mut end.finisher))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|p| Err(panic_error("<engine>", Phase::Exec, p)));
+                    drop(end.finisher.take());
+                    // `None` when a cancel came first (the supervisor is being killed), else
+                    // whether the run linked node actors to the supervisor.
+                    let reusable = end.reply.take().is_some_and(|reply| reply.send(res));
+                    reusable.then(|| alive.linked())
+                };
                 // A supervisor that linked node actors has their supervision events queued
                 // (ractor delivers them only between messages): it is not reused.
                 match (linked, inbox.runtime) {
@@ -513,23 +530,6 @@ impl Actor for RunSupervisor {
         }
         Ok(())
     }
-}
-
-/// Executes one run and answers it. `None` when a cancel came first (the supervisor is being
-/// killed), else whether the run linked node actors to the supervisor.
-async fn supervise(me: &ActorRef<RunMsg>, args: RunArgs, alive: &Arc<Alive>) -> Option<bool> {
-    let RunArgs { root, shared, settings, reply, state } = args;
-    let _live = Live::new();
-    let crew = Crew { supervisor: Some(me.get_cell()), alive: Arc::clone(alive) };
-    // Declared before the run's future, so dropped after it when a kill drops both.
-    let mut end = RunEnd { finisher: None, reply: Some(reply), alive: Arc::clone(alive) };
-    let res = AssertUnwindSafe(execute(root, shared, settings, state, crew, &mut end.finisher))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|p| Err(panic_error("<engine>", Phase::Exec, p)));
-    drop(end.finisher.take());
-    let reusable = end.reply.take().is_some_and(|reply| reply.send(res));
-    reusable.then(|| alive.linked())
 }
 
 /// The idle run supervisors of each tokio runtime.
