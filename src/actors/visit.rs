@@ -916,7 +916,7 @@ impl Batch<'_> {
             let at = PhaseCell::new(Phase::Exec);
             let exec_cx = once_context(def, &cx.params, Some(index));
             let res =
-                contain_at(&def.name, || at.get(), self.node.exec_once(&**self.items, index, exec_cx, &at)).await?;
+                contain_at(&def.name, || at.get(), self.node.exec_once(&**self.items, index, &exec_cx, &at)).await?;
             return res.map_err(|(phase, e)| hook_error(&def.name, phase, e));
         }
         let mut span = cx.trace.as_ref().map(|r| r.start(cx.parent, SpanKind::Item, format!("item {index}")));
@@ -979,7 +979,7 @@ async fn run_parallel_items(
                 let def = &w.def.0;
                 let at = PhaseCell::new(Phase::Exec);
                 let exec_cx = once_context(def, &w.cx.params, Some(i));
-                let res = contain_at(&def.name, || at.get(), w.node.exec_once(&*w.items, i, exec_cx, &at)).await?;
+                let res = contain_at(&def.name, || at.get(), w.node.exec_once(&*w.items, i, &exec_cx, &at)).await?;
                 res.map_err(|(phase, e)| hook_error(&def.name, phase, e))
             }
         })

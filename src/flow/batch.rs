@@ -187,12 +187,12 @@ impl<B: BatchNode> ErasedBatch for BatchAdapter<B> {
         &'a self,
         items: &'a dyn PrepValue,
         i: usize,
-        cx: ExecContext,
+        cx: &'a ExecContext,
         at: &'a PhaseCell,
     ) -> BoxFuture<'a, Result<Executed, PhaseError>> {
         Box::pin(async move {
             let item = item_at::<B>(items, i).map_err(|e| (Phase::Exec, e))?;
-            let out = exec_once(self.0.exec(item, &cx), |e| self.0.exec_fallback(item, e, &cx), at).await?;
+            let out = exec_once(|| self.0.exec(item, cx), |e| self.0.exec_fallback(item, e, cx), at).await?;
             Ok(Box::new(out) as Executed)
         })
     }
