@@ -183,6 +183,9 @@ impl Arena {
     }
 }
 
+/// A wired edge as a handle: the action, and its target (`None`: the action ends the flow).
+pub(crate) type Successor = (Arc<str>, Option<NodeRef>);
+
 /// A handle to a node in a graph: cheap to clone, and every clone is the same node.
 ///
 /// Wire handles with `>>` (the `default` action) and `- "action" >>`, as in PocketFlow:
@@ -265,12 +268,12 @@ impl NodeRef {
     }
 
     /// The wired successors, as handles, in wiring order.
-    pub(crate) fn successor_list(&self) -> Vec<(Arc<str>, Option<NodeRef>)> {
+    pub(crate) fn successor_list(&self) -> Vec<Successor> {
         self.successor_list_counted().1
     }
 
     /// The wired successors, with the node's wiring count they go with.
-    fn successor_list_counted(&self) -> (u64, Vec<(Arc<str>, Option<NodeRef>)>) {
+    fn successor_list_counted(&self) -> (u64, Vec<Successor>) {
         let succ = self.0.successors.read();
         let count = self.0.wiring.load(Ordering::Acquire);
         let list = succ.iter().map(|(a, t)| (Arc::clone(a), t.as_ref().and_then(|t| self.sibling(t)))).collect();
