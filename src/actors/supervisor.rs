@@ -161,12 +161,21 @@ impl RunState {
     /// Cancels the run for `reason` (the first reason given wins): kills `actor` if the run
     /// has not ended.
     fn cancel(&self, actor: &ActorRef<RunMsg>, reason: String) {
-        let mut inner = self.inner.lock();
-        if inner.reason.is_none() {
-            inner.reason = Some(reason);
-        }
-        if inner.ticket == Ticket::Running {
-            inner.ticket = Ticket::Cancelled;
+        let kill = {
+            let mut inner = self.inner.lock();
+            if inner.reason.is_none() {
+                inner.reason = Some(reason);
+            }
+            let running = inner.ticket == Ticket::Running;
+            if running {
+                inner.ticket = Ticket::Cancelled;
+            }
+            running
+        };
+        // Outside the lock: the ticket has decided already (a supervisor whose run ends now
+        // finds it cancelled, and takes no other run), and nothing the kill sets off can
+        // wait for the lock held here.
+        if kill {
             actor.kill();
         }
     }
