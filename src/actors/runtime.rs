@@ -542,11 +542,8 @@ impl Watcher {
         if let Some(reason) = self.state.early_cancel.lock().clone() {
             control.cancel(reason);
         }
-        let res = match rx.await {
-            Ok(res) => res,
-            Err(_) => Err(control.lost()),
-        };
-        (res, control.warnings())
+        let answered = rx.await;
+        (answered.result.unwrap_or_else(|| Err(control.lost())), answered.warnings)
     }
 }
 

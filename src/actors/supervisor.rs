@@ -101,13 +101,19 @@ pub(crate) enum RunMsg {}
 /// whoever cancels it before the kill, read by the run's trace and by the caller), PocketFlow's
 /// warnings (kept for its [`RunReport`], also when it is cancelled), and who ends it.
 pub(crate) struct RunState {
-    reason: parking_lot::Mutex<Option<String>>,
-    warnings: parking_lot::Mutex<Vec<String>>,
-    ticket: parking_lot::Mutex<Ticket>,
-    /// The run's result, for its caller (see [`Reply`] and [`Answer`]).
-    answer: parking_lot::Mutex<Outcome>,
+    /// Everything but the caller's waker, under one lock: a run's hand-over and answer take
+    /// it a few times each, and a lock per field made a short run's end as many lock pairs.
+    inner: parking_lot::Mutex<RunInner>,
     /// The caller waiting for the answer.
     caller: AtomicWaker,
+}
+
+struct RunInner {
+    reason: Option<String>,
+    warnings: Vec<String>,
+    ticket: Ticket,
+    /// The run's result, for its caller (see [`Reply`] and [`Answer`]).
+    answer: Outcome,
 }
 
 /// Where a run's result stands, for its caller.
@@ -132,50 +138,77 @@ enum Ticket {
 impl RunState {
     fn new() -> Arc<RunState> {
         Arc::new(RunState {
-            reason: parking_lot::Mutex::new(None),
-            warnings: parking_lot::Mutex::new(Vec::new()),
-            ticket: parking_lot::Mutex::new(Ticket::Running),
-            answer: parking_lot::Mutex::new(Outcome::Pending),
+            inner: parking_lot::Mutex::new(RunInner {
+                reason: None,
+                warnings: Vec::new(),
+                ticket: Ticket::Running,
+                answer: Outcome::Pending,
+            }),
             caller: AtomicWaker::new(),
         })
     }
 
     /// Keeps PocketFlow's warning `message` for the run's report.
     pub(crate) fn warn(&self, message: String) {
-        self.warnings.lock().push(message);
+        self.inner.lock().warnings.push(message);
     }
 
     /// Why the run was cancelled, if it was.
     fn reason(&self) -> Option<String> {
-        self.reason.lock().clone()
+        self.inner.lock().reason.clone()
     }
 
-    /// Kills `actor` (cancels the run) if the run has not ended.
-    fn cancel(&self, actor: &ActorRef<RunMsg>) {
-        let mut ticket = self.ticket.lock();
-        if *ticket == Ticket::Running {
-            *ticket = Ticket::Cancelled;
+    /// Cancels the run for `reason` (the first reason given wins): kills `actor` if the run
+    /// has not ended.
+    fn cancel(&self, actor: &ActorRef<RunMsg>, reason: String) {
+        let kill = {
+            let mut inner = self.inner.lock();
+            if inner.reason.is_none() {
+                inner.reason = Some(reason);
+            }
+            let running = inner.ticket == Ticket::Running;
+            if running {
+                inner.ticket = Ticket::Cancelled;
+            }
+            running
+        };
+        // Outside the lock: the ticket has decided already (a supervisor whose run ends now
+        // finds it cancelled, and takes no other run), and nothing the kill sets off can
+        // wait for the lock held here.
+        if kill {
             actor.kill();
         }
-    }
-
-    /// Marks the run ended; false when a cancel came first (the supervisor is being killed).
-    fn end(&self) -> bool {
-        let mut ticket = self.ticket.lock();
-        let running = *ticket == Ticket::Running;
-        if running {
-            *ticket = Ticket::Ended;
-        }
-        running
     }
 }
 
 pub(crate) struct RunArgs {
     root: NodeRef,
     shared: SharedStore,
-    options: RunOptions,
+    settings: Settings,
     reply: Reply,
     state: Arc<RunState>,
+}
+
+/// A run's options as its supervisor takes them: a durable run's parts boxed, so that what
+/// the hand-over moves (several times, between tasks) stays small.
+struct Settings {
+    params: Option<Params>,
+    timeout: Option<Duration>,
+    max_steps: Option<u64>,
+    trace: Option<(Tracer, Arc<TraceMeta>)>,
+    durable: Option<Box<DurableParts>>,
+}
+
+impl From<RunOptions> for Settings {
+    fn from(o: RunOptions) -> Self {
+        Settings {
+            params: o.params,
+            timeout: o.timeout,
+            max_steps: o.max_steps,
+            trace: o.trace,
+            durable: o.durable.map(Box::new),
+        }
+    }
 }
 
 /// The supervisor's end of a run's answer: [`send`](Self::send) gives the caller the result;
@@ -186,11 +219,21 @@ pub(crate) struct RunArgs {
 pub(crate) struct Reply(Option<Arc<RunState>>);
 
 impl Reply {
-    fn send(mut self, res: Result<Action, Error>) {
-        if let Some(state) = self.0.take() {
-            *state.answer.lock() = Outcome::Ready(res);
-            state.caller.wake();
-        }
+    /// Ends the run with `res`, in the same lock as the answer: false when a cancel came
+    /// first (the supervisor is being killed, and takes no more runs).
+    fn send(mut self, res: Result<Action, Error>) -> bool {
+        let Some(state) = self.0.take() else { return false };
+        let running = {
+            let mut inner = state.inner.lock();
+            inner.answer = Outcome::Ready(res);
+            let running = inner.ticket == Ticket::Running;
+            if running {
+                inner.ticket = Ticket::Ended;
+            }
+            running
+        };
+        state.caller.wake();
+        running
     }
 }
 
@@ -198,9 +241,9 @@ impl Drop for Reply {
     fn drop(&mut self) {
         if let Some(state) = self.0.take() {
             {
-                let mut answer = state.answer.lock();
-                if matches!(*answer, Outcome::Pending) {
-                    *answer = Outcome::Gone;
+                let mut inner = state.inner.lock();
+                if matches!(inner.answer, Outcome::Pending) {
+                    inner.answer = Outcome::Gone;
                 }
             }
             state.caller.wake();
@@ -208,28 +251,52 @@ impl Drop for Reply {
     }
 }
 
-/// The run's supervisor ended without answering.
-#[derive(Debug)]
-pub(crate) struct NoAnswer;
+/// What a run's caller gets: the result (`None`: the supervisor ended without answering, it
+/// was killed) and PocketFlow's warnings, taken in the same lock.
+pub(crate) struct Answered {
+    pub(crate) result: Option<Result<Action, Error>>,
+    pub(crate) warnings: Vec<String>,
+}
 
-/// The caller's end of a run's answer: the result, or [`NoAnswer`].
-pub(crate) struct Answer(Arc<RunState>);
+/// The caller's end of a run's answer.
+pub(crate) struct Answer {
+    state: Arc<RunState>,
+    /// Whether it was polled: the first poll comes before the run can have ended (it was
+    /// just handed over), so it registers the waker before looking, and looks once.
+    polled: bool,
+}
+
+impl Answer {
+    fn new(state: Arc<RunState>) -> Self {
+        Answer { state, polled: false }
+    }
+}
 
 impl std::future::Future for Answer {
-    type Output = Result<Result<Action, Error>, NoAnswer>;
+    type Output = Answered;
 
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
-        let state = &self.0;
-        take_or_wait(&state.caller, cx, || {
-            let mut answer = state.answer.lock();
-            if matches!(*answer, Outcome::Pending) {
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let first = !std::mem::replace(&mut self.polled, true);
+        let state = &self.state;
+        let take = || {
+            let mut inner = state.inner.lock();
+            if matches!(inner.answer, Outcome::Pending) {
                 return None;
             }
-            match std::mem::replace(&mut *answer, Outcome::Gone) {
-                Outcome::Ready(res) => Some(Ok(res)),
-                _ => Some(Err(NoAnswer)),
-            }
-        })
+            let result = match std::mem::replace(&mut inner.answer, Outcome::Gone) {
+                Outcome::Ready(res) => Some(res),
+                _ => None,
+            };
+            Some(Answered { result, warnings: std::mem::take(&mut inner.warnings) })
+        };
+        if first {
+            state.caller.register(cx.waker());
+            return match take() {
+                Some(v) => std::task::Poll::Ready(v),
+                None => std::task::Poll::Pending,
+            };
+        }
+        take_or_wait(&state.caller, cx, take)
     }
 }
 
@@ -296,16 +363,28 @@ impl Runs {
 
 /// The supervisor's end of its [`Mailbox`]: dropped (the supervisor stopped or was killed), it
 /// closes the mailbox, and a run handed over just before is dropped unanswered (its caller
-/// gets [`NoAnswer`]).
+/// gets no answer).
 pub(crate) struct Inlet(Arc<Mailbox>);
 
 impl Inlet {
-    /// The next run.
-    async fn recv(&mut self) -> Option<RunArgs> {
+    /// The next run. `fresh`: the supervisor was just spawned for a run (handed over before
+    /// it first looks). Otherwise it just put itself back in the pool, and no run can be here
+    /// yet: it registers its waker before it looks, and looks once.
+    async fn recv(&mut self, fresh: bool) -> RunArgs {
         let mailbox = &self.0;
-        let run =
-            std::future::poll_fn(|cx| take_or_wait(&mailbox.supervisor, cx, || mailbox.slot.lock().run.take())).await;
-        Some(run)
+        let mut first = !fresh;
+        std::future::poll_fn(|cx| {
+            let take = || mailbox.slot.lock().run.take();
+            if std::mem::take(&mut first) {
+                mailbox.supervisor.register(cx.waker());
+                return match take() {
+                    Some(v) => std::task::Poll::Ready(v),
+                    None => std::task::Poll::Pending,
+                };
+            }
+            take_or_wait(&mailbox.supervisor, cx, take)
+        })
+        .await
     }
 }
 
@@ -414,8 +493,27 @@ impl Actor for RunSupervisor {
     // the run in progress mid-way, and the supervisor with it.
     async fn post_start(&self, me: ActorRef<RunMsg>, inbox: &mut Inbox) -> Result<(), ActorProcessingErr> {
         if let Some(mut runs) = inbox.runs.take() {
-            while let Some(args) = runs.recv().await {
-                let linked = supervise(&me, args, &inbox.alive).await;
+            let mut fresh = true;
+            loop {
+                let RunArgs { root, shared, settings, reply, state } = runs.recv(std::mem::take(&mut fresh)).await;
+                // The run, in place: an `async fn` for it was a future of the run's size,
+                // copied into this one at every run.
+                let linked = {
+                    let _live = Live::new();
+                    let alive = &inbox.alive;
+                    let crew = Crew { supervisor: Some(me.get_cell()), alive: Arc::clone(alive) };
+                    // Declared before the run's future, so dropped after it when a kill drops both.
+                    let mut end = RunEnd { finisher: None, reply: Some(reply), alive: Arc::clone(alive) };
+                    let res = AssertUnwindSafe(execute(root, shared, settings, state, crew, &mut end.finisher))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|p| Err(panic_error("<engine>", Phase::Exec, p)));
+                    drop(end.finisher.take());
+                    // `None` when a cancel came first (the supervisor is being killed), else
+                    // whether the run linked node actors to the supervisor.
+                    let reusable = end.reply.take().is_some_and(|reply| reply.send(res));
+                    reusable.then(|| alive.linked())
+                };
                 // A supervisor that linked node actors has their supervision events queued
                 // (ractor delivers them only between messages): it is not reused.
                 match (linked, inbox.runtime) {
@@ -441,27 +539,6 @@ impl Actor for RunSupervisor {
         }
         Ok(())
     }
-}
-
-/// Executes one run and answers it. `None` when a cancel came first (the supervisor is being
-/// killed), else whether the run linked node actors to the supervisor.
-async fn supervise(me: &ActorRef<RunMsg>, args: RunArgs, alive: &Arc<Alive>) -> Option<bool> {
-    let RunArgs { root, shared, options, reply, state } = args;
-    let _live = Live::new();
-    let crew = Crew { supervisor: Some(me.get_cell()), alive: Arc::clone(alive) };
-    let alive = Arc::clone(alive);
-    // Declared before the run's future, so dropped after it when a kill drops both.
-    let mut end = RunEnd { finisher: None, reply: Some(reply), alive: Arc::clone(&alive) };
-    let res = AssertUnwindSafe(execute(root, shared, options, Arc::clone(&state), crew, &mut end.finisher))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|p| Err(panic_error("<engine>", Phase::Exec, p)));
-    drop(end.finisher.take());
-    let reusable = state.end();
-    if let Some(reply) = end.reply.take() {
-        reply.send(res);
-    }
-    reusable.then(|| alive.linked())
 }
 
 /// The idle run supervisors of each tokio runtime.
@@ -596,23 +673,7 @@ pub(crate) struct RunControl {
 impl RunControl {
     /// Cancels the run: the first reason given wins. No effect once the run has ended.
     pub(crate) fn cancel(&self, reason: impl Into<String>) {
-        {
-            let mut r = self.state.reason.lock();
-            if r.is_none() {
-                *r = Some(reason.into());
-            }
-        }
-        self.state.cancel(&self.actor);
-    }
-
-    /// The run's warnings so far.
-    pub(crate) fn warnings(&self) -> Vec<String> {
-        self.state.warnings.lock().clone()
-    }
-
-    /// The run's warnings, taken (the run has ended).
-    fn take_warnings(&self) -> Vec<String> {
-        std::mem::take(&mut *self.state.warnings.lock())
+        self.state.cancel(&self.actor, reason.into());
     }
 
     /// The result of a run whose supervisor ended without answering: it was cancelled.
@@ -667,10 +728,9 @@ pub(crate) fn run_report(
                 Err(e) => return RunReport { result: Err(e), warnings: Vec::new() },
             },
         };
-        let res = rx.await;
+        let Answered { result, warnings } = rx.await;
         let control = guard.0.take().expect("the guard holds the control until here");
-        let result = res.unwrap_or_else(|_| Err(control.lost()));
-        RunReport { result, warnings: control.take_warnings() }
+        RunReport { result: result.unwrap_or_else(|| Err(control.lost())), warnings }
     }
 }
 
@@ -690,12 +750,13 @@ pub(crate) async fn start(
 /// Hands the run to an idle supervisor of the runtime; gives it back when none takes it.
 fn hand_over(root: NodeRef, shared: SharedStore, options: RunOptions) -> Result<(RunControl, Answer), Box<RunArgs>> {
     let state = RunState::new();
-    let mut run = RunArgs { root, shared, options, reply: Reply(Some(Arc::clone(&state))), state: Arc::clone(&state) };
+    let settings = Settings::from(options);
+    let mut run = RunArgs { root, shared, settings, reply: Reply(Some(Arc::clone(&state))), state: Arc::clone(&state) };
     // An idle supervisor may have been stopped (by the sweeper, or with its runtime) since it
     // was put back: the run comes back, and goes to the next one.
     while let Some(idle) = pool::take() {
         match idle.runs.send(run) {
-            None => return Ok((RunControl { actor: idle.actor, state: Arc::clone(&state) }, Answer(state))),
+            None => return Ok((RunControl { actor: idle.actor, state: Arc::clone(&state) }, Answer::new(state))),
             Some(r) => run = r,
         }
     }
@@ -714,7 +775,7 @@ async fn spawn_for(run: RunArgs) -> Result<(RunControl, Answer), Error> {
     if runs.send(run).is_some() {
         return Err(Error::Engine("the run supervisor stopped before its run".into()));
     }
-    Ok((RunControl { actor, state: Arc::clone(&state) }, Answer(state)))
+    Ok((RunControl { actor, state: Arc::clone(&state) }, Answer::new(state)))
 }
 
 /// The end of a run as its supervisor holds it: the trace's end and the caller's answer.
@@ -731,12 +792,11 @@ struct RunEnd {
 
 impl Drop for RunEnd {
     fn drop(&mut self) {
-        let (finisher, reply) = (self.finisher.take(), self.reply.take());
-        if finisher.is_none() || self.alive.count() == 0 {
-            drop(finisher);
-            drop(reply);
+        // Nothing to wait for: the fields drop as declared, the trace's end before the answer.
+        if self.finisher.is_none() || self.alive.count() == 0 {
             return;
         }
+        let (finisher, reply) = (self.finisher.take(), self.reply.take());
         let alive = Arc::clone(&self.alive);
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
@@ -792,7 +852,7 @@ impl Drop for TraceFinisher {
 async fn execute(
     root: NodeRef,
     shared: SharedStore,
-    options: RunOptions,
+    options: Settings,
     run: Arc<RunState>,
     crew: Crew,
     finisher: &mut Option<TraceFinisher>,
@@ -853,7 +913,7 @@ async fn execute(
         Some(limit) => match tokio::time::timeout(limit, visit_root(&root, &cx)).await {
             Ok(r) => r,
             Err(_) => {
-                *run.reason.lock() = Some(format!("run timed out after {limit:?}"));
+                run.inner.lock().reason = Some(format!("run timed out after {limit:?}"));
                 // The dropped visit killed its node actors; their spans end (as cancelled)
                 // when they are gone, and belong in the trace.
                 crew.alive.wait_none(Duration::from_secs(5)).await;
@@ -885,7 +945,7 @@ mod tests {
     async fn a_late_cancel_leaves_the_supervisors_next_run_alone() {
         let quick = FnNode::new("Quick").into_node();
         let (first, answer) = start(quick, SharedStore::new(), RunOptions::default()).await.unwrap();
-        assert!(answer.await.unwrap().is_ok());
+        assert!(answer.await.result.unwrap().is_ok());
         let slow = FnNode::new("Slow")
             .exec(|_, _| async {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -895,7 +955,7 @@ mod tests {
         let (second, answer) = start(slow, SharedStore::new(), RunOptions::default()).await.unwrap();
         assert_eq!(first.actor.get_id(), second.actor.get_id(), "the idle supervisor takes the next run");
         first.cancel("too late: this run has ended");
-        assert!(answer.await.unwrap().is_ok(), "the next run on the same supervisor is not cancelled");
+        assert!(answer.await.result.unwrap().is_ok(), "the next run on the same supervisor is not cancelled");
         second.cancel("now");
     }
 }

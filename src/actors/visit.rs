@@ -321,15 +321,31 @@ pub(crate) fn visit<'a>(node: &'a NodeRef, cx: &'a VisitCx) -> BoxFuture<'a, Res
 }
 
 /// A run's root visit: a flow whose visits nothing records is visited in place (no box, no
-/// `tracing` span for it); anything else goes through [`visit`].
+/// `tracing` span for it), by the unrecorded loop alone; anything else goes through [`visit`].
+///
+/// So the future of an unrecorded run holds only what such a run needs: the recorded loop's
+/// future (a traced visit lives in it, unboxed) is kilobytes, and the run's future is moved
+/// once as it starts.
 pub(crate) async fn visit_root(node: &NodeRef, cx: &VisitCx) -> Result<Action, Error> {
     match &node.0.kind {
         NodeKind::Flow(f)
             if cx.hook.is_none()
+                && cx.progress.is_none()
                 && unrecorded(cx)
                 && !tracing::enabled!(target: "flowtrace::flow", tracing::Level::INFO) =>
         {
-            visit_flow(node, f, cx).await
+            let name = node.name();
+            let ctx = cx.context(name);
+            let prep = match &f.prep {
+                Some(p) => guarded(name, Phase::Prep, async { p(&ctx) }).await?,
+                None => Value::Null,
+            };
+            let max_steps = f.max_steps.or(cx.limits.max_steps);
+            let last = orchestrate_unrecorded(name, Route::Plan(f.plan()), max_steps, cx).await?;
+            match &f.post {
+                Some(post) => guarded(name, Phase::Post, async { post(&ctx, prep, last) }).await,
+                None => Ok(last),
+            }
         }
         _ => visit(node, cx).await,
     }
@@ -562,14 +578,29 @@ fn once_context(def: &NodeDef, params: &Arc<Params>, item: Option<usize>) -> Exe
     }
 }
 
-/// A plain node's visit on the fused path (see [`fused`]).
-async fn visit_node_fused(node: &Arc<dyn ErasedNode>, def: &NodeDef, cx: &VisitCx) -> Result<Action, Error> {
-    let name = &*def.name;
-    let ctx = cx.context(name);
-    let at = PhaseCell::new(Phase::Prep);
-    match contain_at(name, || at.get(), node.visit_once(&ctx, once_context(def, &cx.params, None), &at)).await? {
-        Ok(action) => Ok(action),
-        Err((phase, e)) => Err(hook_error(name, phase, e)),
+/// A fused visit's future (see [`fused`]) under panic containment, polled in place: a panic
+/// becomes [`Error::Panic`] naming the node and the phase `at` says it was in. A struct, as
+/// [`Hook`] is: the `async fn` layers of [`contain_at`] (its pinned copy of the future, its
+/// `poll_fn`, its `catch_unwind` wrapper) were a tenth of a chain node's cost.
+struct Fused<'r, F> {
+    fut: F,
+    node: &'r str,
+    at: &'r PhaseCell,
+}
+
+impl<F: Future + Unpin> Future for Fused<'_, F> {
+    type Output = Result<F::Output, Error>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let _inside = Contained::enter();
+        let fut = &mut this.fut;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| std::pin::Pin::new(fut).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(payload) => Poll::Ready(Err(panic_error(this.node, this.at.get(), payload))),
+        }
     }
 }
 
@@ -885,7 +916,7 @@ impl Batch<'_> {
             let at = PhaseCell::new(Phase::Exec);
             let exec_cx = once_context(def, &cx.params, Some(index));
             let res =
-                contain_at(&def.name, || at.get(), self.node.exec_once(&**self.items, index, exec_cx, &at)).await?;
+                contain_at(&def.name, || at.get(), self.node.exec_once(&**self.items, index, &exec_cx, &at)).await?;
             return res.map_err(|(phase, e)| hook_error(&def.name, phase, e));
         }
         let mut span = cx.trace.as_ref().map(|r| r.start(cx.parent, SpanKind::Item, format!("item {index}")));
@@ -948,7 +979,7 @@ async fn run_parallel_items(
                 let def = &w.def.0;
                 let at = PhaseCell::new(Phase::Exec);
                 let exec_cx = once_context(def, &w.cx.params, Some(i));
-                let res = contain_at(&def.name, || at.get(), w.node.exec_once(&*w.items, i, exec_cx, &at)).await?;
+                let res = contain_at(&def.name, || at.get(), w.node.exec_once(&*w.items, i, &exec_cx, &at)).await?;
                 res.map_err(|(phase, e)| hook_error(&def.name, phase, e))
             }
         })
@@ -1036,14 +1067,20 @@ async fn orchestrate(flow_name: &str, route: Route, max_steps: Option<u64>, cx: 
         };
         return orchestrate_durable(flow_name, start, max_steps, cx, hook).await;
     }
+    // Asked once per loop rather than once per visit: whether a subscriber wants the engine's
+    // spans is a look-up, and a loop's visits are recorded alike.
+    if unrecorded(cx) {
+        let route = match plan {
+            Some(p) => Route::Plan(p),
+            None => Route::Live(live),
+        };
+        return orchestrate_unrecorded(flow_name, route, max_steps, cx).await;
+    }
     // The plan's node being visited; `live` takes over (no plan, or the graph was rewired
     // while the run went on) and holds the node itself.
     let mut at = plan.as_ref().and_then(|p| p.start());
     let mut last = Action::none();
     let mut steps = 0_u64;
-    // Asked once per loop rather than once per visit: whether a subscriber wants the engine's
-    // spans is a look-up, and a loop's visits are recorded alike.
-    let unrecorded = unrecorded(cx);
     let node_spans = tracing::enabled!(target: "flowtrace::node", tracing::Level::INFO);
     loop {
         let (node, i) = match (&live, &plan, at) {
@@ -1052,16 +1089,8 @@ async fn orchestrate(flow_name: &str, route: Route, max_steps: Option<u64>, cx: 
             _ => break,
         };
         steps += 1;
-        if let Some(limit) = max_steps {
-            if steps > limit {
-                return Err(Error::MaxSteps { flow: flow_name.to_owned(), limit });
-            }
-        }
+        check_steps(flow_name, steps, max_steps)?;
         last = match &node.0.kind {
-            // Not boxed: the common case of a chain, one future per visit.
-            NodeKind::Node(n) if unrecorded && single_attempt(&node.0.config) => {
-                visit_node_fused(n, &node.0, cx).await?
-            }
             // A recorded plain node is not boxed either: its visit does not recurse, so it
             // can live in the loop's future (a box per traced visit, and the moves into it,
             // were a tenth of a traced node's cost on the run's thread).
@@ -1076,7 +1105,7 @@ async fn orchestrate(flow_name: &str, route: Route, max_steps: Option<u64>, cx: 
             _ => visit(node, cx).await?,
         };
         let hop = match (&plan, i) {
-            (Some(p), Some(i)) if p.is_current() => p.hop(i, &last),
+            (Some(p), Some(i)) if p.is_current_at(i) => p.hop(i, &last),
             _ => Hop::Live,
         };
         match hop {
@@ -1091,6 +1120,77 @@ async fn orchestrate(flow_name: &str, route: Route, max_steps: Option<u64>, cx: 
         }
     }
     Ok(last)
+}
+
+/// [`orchestrate`] for visits nothing records (no trace, no subscriber for the engine's spans,
+/// no durable hook): a plain node whose exec runs once goes the fused way, its one future
+/// polled in place by the loop; any other visit is boxed. Nothing of the recorded path (its
+/// unboxed traced visit) is in this loop's future, which an unrecorded run moves as it starts.
+async fn orchestrate_unrecorded(
+    flow_name: &str,
+    route: Route,
+    max_steps: Option<u64>,
+    cx: &VisitCx,
+) -> Result<Action, Error> {
+    let (plan, mut live) = match route {
+        Route::Plan(p) => (Some(p), None),
+        Route::Live(start) => (None, start),
+    };
+    let mut at = plan.as_ref().and_then(|p| p.start());
+    let mut last = Action::none();
+    let mut steps = 0_u64;
+    loop {
+        let (node, i) = match (&live, &plan, at) {
+            (Some(n), _, _) => (n, None),
+            (None, Some(p), Some(i)) => (p.node(i), Some(i)),
+            _ => break,
+        };
+        steps += 1;
+        check_steps(flow_name, steps, max_steps)?;
+        last = match &node.0.kind {
+            // Not boxed: the common case of a chain, one future per visit (the node's own),
+            // polled in place by the loop under panic containment.
+            NodeKind::Node(n) if single_attempt(&node.0.config) => {
+                let def = &*node.0;
+                let ctx = cx.context(&def.name);
+                let at = PhaseCell::new(Phase::Prep);
+                let exec_cx = once_context(def, &cx.params, None);
+                let fut = n.visit_once(&ctx, &exec_cx, &at);
+                match (Fused { fut, node: &def.name, at: &at }).await? {
+                    Ok(action) => action,
+                    Err((phase, e)) => return Err(hook_error(&def.name, phase, e)),
+                }
+            }
+            // Retries, a time limit or the blocking pool: the phased visit, boxed (no
+            // disabled `tracing` span around it).
+            NodeKind::Node(n) => Box::pin(visit_node(n, &node.0, cx)).await?,
+            _ => visit(node, cx).await?,
+        };
+        let hop = match (&plan, i) {
+            (Some(p), Some(i)) if p.is_current_at(i) => p.hop(i, &last),
+            _ => Hop::Live,
+        };
+        match hop {
+            Hop::To(j) => at = Some(j),
+            Hop::End => break,
+            Hop::Live => {
+                live = follow(node, &last, cx);
+                if live.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// [`Error::MaxSteps`] once a flow's visits pass its step limit.
+#[inline]
+fn check_steps(flow_name: &str, steps: u64, max_steps: Option<u64>) -> Result<(), Error> {
+    match max_steps {
+        Some(limit) if steps > limit => Err(Error::MaxSteps { flow: flow_name.to_owned(), limit }),
+        _ => Ok(()),
+    }
 }
 
 /// The node `action` leads to from `node`; PocketFlow's `Flow ends: …` warning, when the flow

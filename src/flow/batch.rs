@@ -187,12 +187,12 @@ impl<B: BatchNode> ErasedBatch for BatchAdapter<B> {
         &'a self,
         items: &'a dyn PrepValue,
         i: usize,
-        cx: ExecContext,
+        cx: &'a ExecContext,
         at: &'a PhaseCell,
     ) -> BoxFuture<'a, Result<Executed, PhaseError>> {
         Box::pin(async move {
             let item = item_at::<B>(items, i).map_err(|e| (Phase::Exec, e))?;
-            let out = exec_once(self.0.exec(item, &cx), |e| self.0.exec_fallback(item, e, &cx), at).await?;
+            let out = exec_once(|| self.0.exec(item, cx), |e| self.0.exec_fallback(item, e, cx), at).await?;
             Ok(Box::new(out) as Executed)
         })
     }
@@ -433,8 +433,8 @@ impl BatchFlow {
 
     /// Sets the start node and returns it.
     pub fn start(&self, node: &NodeRef) -> NodeRef {
+        // Batch flows follow the live graph (no plan to make stale).
         *self.def().start.write() = Some(node.clone());
-        super::graph::rewired();
         node.clone()
     }
 

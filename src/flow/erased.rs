@@ -160,9 +160,14 @@ fn addr_of(e: &BoxError) -> usize {
 }
 
 /// exec, then the fallback with exec's error when it fails: PocketFlow's single attempt, with
-/// the phase of each error (for [`ErasedNode::visit_once`] and [`ErasedBatch::exec_once`]).
+/// the phase of each error (for [`ErasedBatch::exec_once`]; [`ErasedNode::visit_once`] has
+/// the same steps written out, which measured cheaper still on a chain node).
+///
+/// exec's future is made here, by `exec`, not passed in: an `async fn` holds a future it is
+/// given twice (as its argument and as what it awaits), and this one lives in a boxed future
+/// that is copied into its box as it is made.
 pub(crate) async fn exec_once<T, X, F>(
-    exec: X,
+    exec: impl FnOnce() -> X,
     fallback: impl FnOnce(BoxError) -> F,
     at: &PhaseCell,
 ) -> Result<T, PhaseError>
@@ -171,7 +176,7 @@ where
     F: std::future::Future<Output = NodeResult<T>>,
 {
     at.set(Phase::Exec);
-    match exec.await {
+    match exec().await {
         Ok(v) => Ok(v),
         Err(e) => {
             at.set(Phase::Fallback);
@@ -199,10 +204,11 @@ pub(crate) trait ErasedNode: Send + Sync + 'static {
     /// The whole visit in one future, for a visit nothing records whose exec runs once, inline
     /// and without a time limit: prep, exec, the fallback on exec's error, post. The typed
     /// values stay inside the future (nothing is boxed between phases); `at` follows the phase.
+    /// `cx` is borrowed, not moved in: the future is moved into its box as it is made.
     fn visit_once<'a>(
         &'a self,
         ctx: &'a Context<'a>,
-        cx: ExecContext,
+        cx: &'a ExecContext,
         at: &'a PhaseCell,
     ) -> BoxFuture<'a, Result<Action, PhaseError>>;
 }
@@ -244,7 +250,7 @@ pub(crate) trait ErasedBatch: Send + Sync + 'static {
         &'a self,
         items: &'a dyn PrepValue,
         i: usize,
-        cx: ExecContext,
+        cx: &'a ExecContext,
         at: &'a PhaseCell,
     ) -> BoxFuture<'a, Result<Executed, PhaseError>>;
 }

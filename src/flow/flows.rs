@@ -1,5 +1,6 @@
 //! Flows: graphs of nodes joined by action-labelled edges, themselves usable as nodes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -22,23 +23,37 @@ pub(crate) struct FlowDef {
     pub(crate) prep: Option<Arc<FlowPrepFn>>,
     pub(crate) post: Option<Arc<FlowPostFn>>,
     pub(crate) max_steps: Option<u64>,
-    /// The graph as runs follow it, made again when the wiring changes (see [`Plan`]).
-    plan: parking_lot::Mutex<Option<Arc<Plan>>>,
+    /// Counts changes of `start` (written under its lock).
+    starts: AtomicU64,
+    /// The graph as runs follow it, made again when the wiring changes (see [`Plan`]), with
+    /// the count of `start` it was made for.
+    plan: parking_lot::Mutex<Option<(u64, Arc<Plan>)>>,
 }
 
 impl FlowDef {
     pub(crate) fn new(start: Option<NodeRef>) -> Self {
-        FlowDef { start: RwLock::new(start), prep: None, post: None, max_steps: None, plan: Default::default() }
+        FlowDef {
+            start: RwLock::new(start),
+            prep: None,
+            post: None,
+            max_steps: None,
+            starts: AtomicU64::new(0),
+            plan: Default::default(),
+        }
     }
 
     /// The flow's plan for a run starting now.
     pub(crate) fn plan(&self) -> Arc<Plan> {
         let mut slot = self.plan.lock();
-        if let Some(p) = slot.as_ref().filter(|p| p.is_current()) {
+        let starts = self.starts.load(Ordering::Acquire);
+        if let Some((_, p)) = slot.as_ref().filter(|(n, p)| *n == starts && !p.is_stale()) {
             return Arc::clone(p);
         }
-        let plan = Arc::new(Plan::of(self.start.read().as_ref()));
-        *slot = Some(Arc::clone(&plan));
+        let (starts, plan) = {
+            let start = self.start.read();
+            (self.starts.load(Ordering::Acquire), Arc::new(Plan::of(start.as_ref())))
+        };
+        *slot = Some((starts, Arc::clone(&plan)));
         plan
     }
 }
@@ -119,8 +134,11 @@ impl Flow {
 
     /// Sets the start node and returns it, so `flow.start(&a).next(&b)` chains.
     pub fn start(&self, node: &NodeRef) -> NodeRef {
-        *self.def().start.write() = Some(node.clone());
-        super::graph::rewired();
+        let def = self.def();
+        let mut start = def.start.write();
+        *start = Some(node.clone());
+        def.starts.fetch_add(1, Ordering::Release);
+        drop(start);
         node.clone()
     }
 

@@ -76,6 +76,10 @@ pub(crate) struct NodeDef {
     pub(crate) successors: RwLock<Vec<Edge>>,
     /// Whether `successors` has any (read without its lock, by every run of a flow).
     wired: std::sync::atomic::AtomicBool,
+    /// Counts changes of `successors`: a [`Plan`] that saw another count is stale at this
+    /// node. Per node, so wiring one graph (a service building flows per request) leaves
+    /// every other graph's plans alone.
+    wiring: AtomicU64,
     pub(crate) params: RwLock<Arc<Params>>,
     /// Whether `params` has any (read without its lock, by every run of a flow).
     has_params: std::sync::atomic::AtomicBool,
@@ -179,6 +183,9 @@ impl Arena {
     }
 }
 
+/// A wired edge as a handle: the action, and its target (`None`: the action ends the flow).
+pub(crate) type Successor = (Arc<str>, Option<NodeRef>);
+
 /// A handle to a node in a graph: cheap to clone, and every clone is the same node.
 ///
 /// Wire handles with `>>` (the `default` action) and `- "action" >>`, as in PocketFlow:
@@ -212,6 +219,7 @@ impl NodeRef {
             kind,
             successors: RwLock::new(Vec::new()),
             wired: std::sync::atomic::AtomicBool::new(false),
+            wiring: AtomicU64::new(0),
             params: RwLock::new(Arc::new(Params::new())),
             has_params: std::sync::atomic::AtomicBool::new(false),
             config: NodeConfig::default(),
@@ -260,13 +268,16 @@ impl NodeRef {
     }
 
     /// The wired successors, as handles, in wiring order.
-    pub(crate) fn successor_list(&self) -> Vec<(Arc<str>, Option<NodeRef>)> {
-        self.0
-            .successors
-            .read()
-            .iter()
-            .map(|(a, t)| (Arc::clone(a), t.as_ref().and_then(|t| self.sibling(t))))
-            .collect()
+    pub(crate) fn successor_list(&self) -> Vec<Successor> {
+        self.successor_list_counted().1
+    }
+
+    /// The wired successors, with the node's wiring count they go with.
+    fn successor_list_counted(&self) -> (u64, Vec<Successor>) {
+        let succ = self.0.successors.read();
+        let count = self.0.wiring.load(Ordering::Acquire);
+        let list = succ.iter().map(|(a, t)| (Arc::clone(a), t.as_ref().and_then(|t| self.sibling(t)))).collect();
+        (count, list)
     }
 
     /// The node's name (its type's name unless given).
@@ -315,9 +326,10 @@ impl NodeRef {
         } else {
             succ.push((Arc::from(action), target));
         }
-        drop(succ);
         self.0.wired.store(true, Ordering::Release);
-        rewired();
+        // Under the successors' lock: a plan reads the count, then the list, under that lock.
+        self.0.wiring.fetch_add(1, Ordering::Release);
+        drop(succ);
     }
 
     /// The wired actions, in the order they were first wired.
@@ -596,36 +608,26 @@ mod tests {
     }
 }
 
-/// Counts changes of wiring (an edge, a flow's start) in the process: a [`Plan`] made before
-/// the last change is stale. Aligned to a cache line of its own: it is read at every step of
-/// every run, and written only when a graph is wired.
-#[repr(align(128))]
-struct Generation(AtomicU64);
-
-static WIRING_GENERATION: Generation = Generation(AtomicU64::new(0));
-
-/// The wiring changed: every plan made before is stale.
-pub(crate) fn rewired() {
-    WIRING_GENERATION.0.fetch_add(1, Ordering::Release);
-}
-
-fn wiring_generation() -> u64 {
-    WIRING_GENERATION.0.load(Ordering::Acquire)
-}
-
 /// A flow's graph as its runs follow it: the nodes reachable from its start, each edge's
 /// target resolved to an index.
 ///
 /// Following an edge in the live graph takes its lock, upgrades the target's weak reference
 /// and clones its handle: reference counts every run of the flow shares, so on several
 /// threads each step of each run bounced their cache lines between cores, and that cost more
-/// than the node's own hooks. A plan is made once per wiring (see [`rewired`]) and shared by
-/// every run; a run whose graph is rewired while it runs follows the live graph from there
-/// (see [`Plan::is_current`]), so it sees the new wiring as it did before plans.
+/// than the node's own hooks. A plan is made once per wiring and shared by every run; each
+/// node counts the changes of its own edges (see [`NodeDef::wiring`]), so a plan goes stale
+/// only where its own graph was rewired, and a run whose graph is rewired while it runs
+/// follows the live graph from the rewired node on (see [`Plan::is_current_at`]), so it
+/// sees the new wiring as it did before plans.
 pub(crate) struct Plan {
-    generation: u64,
     start: Option<usize>,
     nodes: Vec<NodeRef>,
+    /// Per node, its wiring count when the plan read its edges.
+    wiring: Vec<u64>,
+    /// Set by a run that found a node rewired since (see [`Plan::is_current_at`]): the
+    /// flow's next run makes a new plan. Runs only look at the nodes they visit, so a plan
+    /// is not checked whole at every run.
+    stale: std::sync::atomic::AtomicBool,
     /// Per node, its edges in wiring order: the action and the target's index (`None`: the
     /// edge ends the flow).
     edges: Vec<Vec<(Arc<str>, Option<usize>)>>,
@@ -644,18 +646,18 @@ pub(crate) enum Hop {
 impl Plan {
     /// The plan of the graph reachable from `start`, as it is wired now.
     pub(crate) fn of(start: Option<&NodeRef>) -> Plan {
-        // Read before the graph: a change made while the plan is made leaves it stale.
-        let generation = wiring_generation();
         let mut nodes: Vec<NodeRef> = Vec::new();
         let mut index: std::collections::HashMap<*const NodeDef, usize> = std::collections::HashMap::new();
         let mut edges = Vec::new();
+        let mut wiring = Vec::new();
         if let Some(s) = start {
             index.insert(Arc::as_ptr(&s.0), 0);
             nodes.push(s.clone());
         }
         let mut i = 0;
         while i < nodes.len() {
-            let list = nodes[i].successor_list();
+            let (count, list) = nodes[i].successor_list_counted();
+            wiring.push(count);
             let mut resolved = Vec::with_capacity(list.len());
             for (action, target) in list {
                 let j = target.map(|t| {
@@ -669,13 +671,30 @@ impl Plan {
             edges.push(resolved);
             i += 1;
         }
-        Plan { generation, start: start.map(|_| 0), nodes, edges }
+        Plan { start: start.map(|_| 0), nodes, wiring, edges, stale: std::sync::atomic::AtomicBool::new(false) }
     }
 
     /// Whether the graph is wired as it was when the plan was made.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn is_current(&self) -> bool {
-        wiring_generation() == self.generation
+        (0..self.nodes.len()).all(|i| self.is_current_at(i))
+    }
+
+    /// Whether the node at `i` has the edges it had when the plan was made (its targets may
+    /// have been rewired since: each is asked in turn when the run gets there). When it has
+    /// not, the plan is marked stale for the flow's next run.
+    #[inline]
+    pub(crate) fn is_current_at(&self, i: usize) -> bool {
+        let current = self.nodes[i].0.wiring.load(Ordering::Acquire) == self.wiring[i];
+        if !current {
+            self.stale.store(true, Ordering::Release);
+        }
+        current
+    }
+
+    /// Whether a run found the plan stale (see [`Plan::is_current_at`]).
+    pub(crate) fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
     }
 
     /// The start node's index.
@@ -729,5 +748,32 @@ mod plan_tests {
         let plan = Plan::of(Some(&a));
         assert_eq!(plan.nodes.len(), 3);
         assert!(matches!(plan.hop(2, &Action::none()), Hop::End));
+    }
+
+    #[test]
+    fn wiring_another_graph_leaves_a_plan_current() {
+        let a = FnNode::new("A").into_node();
+        let b = FnNode::new("B").into_node();
+        a.next(&b);
+        let flow = crate::flow::Flow::new(&a);
+        let NodeKind::Flow(def) = &flow.as_node().0.kind else { unreachable!() };
+        let first = def.plan();
+        // A service building flows per request wires other graphs all the time.
+        let (x, y) = (FnNode::new("X").into_node(), FnNode::new("Y").into_node());
+        x.next(&y);
+        let _other = crate::flow::Flow::new(&x);
+        assert!(first.is_current());
+        assert!(Arc::ptr_eq(&first, &def.plan()), "the flow keeps its plan");
+        // Its own wiring makes it stale: at the rewired node only, once a run gets there.
+        b.next_on("again", &a);
+        assert!(first.is_current_at(0) && !first.is_stale());
+        assert!(!first.is_current_at(1) && first.is_stale());
+        assert!(!Arc::ptr_eq(&first, &def.plan()), "the flow plans its new wiring");
+        // And so does a new start.
+        let second = def.plan();
+        flow.start(&b);
+        let third = def.plan();
+        assert!(!Arc::ptr_eq(&second, &third));
+        assert_eq!(third.node(third.start().unwrap()).name(), "B");
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::action::Action;
 use super::context::{Context, ExecContext};
 use super::erased::{
-    exec_once, exec_owned, prep_owned, prep_ref, ErasedNode, Executed, PhaseCell, PhaseError, PrepValue, Prepared,
+    exec_owned, prep_owned, prep_ref, ErasedNode, Executed, GivenError, PhaseCell, PhaseError, PrepValue, Prepared,
 };
 use super::graph::{NodeKind, NodeRef};
 use crate::error::{BoxError, NodeResult, Phase};
@@ -161,13 +161,23 @@ impl<N: Node> ErasedNode for NodeAdapter<N> {
     fn visit_once<'a>(
         &'a self,
         ctx: &'a Context<'a>,
-        cx: ExecContext,
+        cx: &'a ExecContext,
         at: &'a PhaseCell,
     ) -> BoxFuture<'a, Result<Action, PhaseError>> {
         Box::pin(async move {
             at.set(Phase::Prep);
             let prep = self.0.prep(ctx).await.map_err(|e| (Phase::Prep, e))?;
-            let exec = exec_once(self.0.exec(&prep, &cx), |e| self.0.exec_fallback(&prep, e, &cx), at).await?;
+            // exec_once's steps, written out: a nested `async fn` taking exec's future by value
+            // holds it twice, and this future is moved into its box as it is made.
+            at.set(Phase::Exec);
+            let exec = match self.0.exec(&prep, cx).await {
+                Ok(v) => v,
+                Err(e) => {
+                    at.set(Phase::Fallback);
+                    let given = GivenError::of(&e);
+                    self.0.exec_fallback(&prep, e, cx).await.map_err(|e| (given.phase_of(&e), e))?
+                }
+            };
             at.set(Phase::Post);
             self.0.post(ctx, prep, exec).await.map_err(|e| (Phase::Post, e))
         })
