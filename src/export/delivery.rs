@@ -285,7 +285,6 @@ impl Batch {
 /// A trace's units for one request mode, its trace index 0 (set when it joins a batch): the
 /// weights add up to its span count plus one for the trace itself.
 fn encode_units(t: &TraceRecord, mode: u8, environment: Option<&str>) -> Vec<Unit> {
-    let total = spans_of(t);
     // A unit per span, and one for a made-up root (OTLP) or the trace-create (legacy).
     let mut units = Vec::with_capacity(t.spans.len() + 1);
     if mode == MODE_LEGACY {
@@ -295,12 +294,38 @@ fn encode_units(t: &TraceRecord, mode: u8, environment: Option<&str>) -> Vec<Uni
             units.push(Unit { trace: 0, weight: 1, size: json.len() + 1, payload: Payload::Legacy { id, json } });
         }
     } else {
-        otlp::encode_trace_shared(t, environment, |s| {
-            // The span's field header in the request is at most 4 bytes.
-            let size = s.len() + 4;
-            units.push(Unit { trace: 0, weight: 1, size, payload: Payload::Otlp(s) });
-        });
+        otlp::encode_trace_shared(t, environment, |s| units.push(otlp_unit(s)));
     }
+    weigh(t, units)
+}
+
+/// An OTLP span as a unit, its trace index 0.
+fn otlp_unit(s: otlp::SpanBytes) -> Unit {
+    // The span's field header in the request is at most 4 bytes.
+    let size = s.len() + 4;
+    Unit { trace: 0, weight: 1, size, payload: Payload::Otlp(s) }
+}
+
+/// The trace's OTLP units, its inputs and outputs checked by the privacy rules as they are
+/// written, when nothing else in it needs the rules' work: `None` when something does (the
+/// trace then goes through [`Privacy::apply_shared`] and is encoded again), or when the rules
+/// cannot check that way (a mask hook, a generation node whose calls are folded into it).
+/// What this gives is what scrubbing first and encoding after gives: the same trace, shared
+/// and unchanged, and the same units; the values are walked once, not twice.
+fn encode_otlp_checked(t: &TraceRecord, privacy: &Privacy, environment: Option<&str>) -> Option<Vec<Unit>> {
+    let mut scan = privacy.scan()?;
+    let (trace_values, span_values) = otlp::watched_values(t)?;
+    if privacy.dirty_except(t, trace_values, span_values) {
+        return None;
+    }
+    let mut units = Vec::with_capacity(t.spans.len() + 1);
+    otlp::encode_trace_watched(t, environment, &mut scan, |s| units.push(otlp_unit(s)));
+    (!scan.dirty()).then(|| weigh(t, units))
+}
+
+/// The units' weights adding up to the trace's span count plus one for the trace itself.
+fn weigh(t: &TraceRecord, mut units: Vec<Unit>) -> Vec<Unit> {
+    let total = spans_of(t);
     let n = units.len() as u64;
     if let Some(first) = units.first_mut() {
         first.weight += total.saturating_sub(n);
@@ -351,6 +376,14 @@ impl Prep {
     /// then encodes its record and its units. `None` if a hook or encoder panicked.
     fn prepare(&self, t: Arc<TraceRecord>, job: Job, frame: &mut Frame) -> Option<Prepared> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // The common case, a new trace for OTLP with nothing to scrub: checked as it is
+            // encoded (one walk over its values), and shared as it is.
+            if job.fresh && job.mode == Some(MODE_OTLP) {
+                if let Some(units) = encode_otlp_checked(&t, &self.privacy, self.environment.as_deref()) {
+                    let frame = self.spool.then(|| frame.encode_detached(&t));
+                    return Prepared { trace: t, frame, units };
+                }
+            }
             let (trace, frame) = if job.fresh {
                 let trace = self.privacy.apply_shared(t);
                 let frame = self.spool.then(|| frame.encode_detached(&trace));
@@ -1664,6 +1697,143 @@ mod tests {
         }
         pool.stop();
         assert!(pool.threads.lock().is_empty(), "the threads are joined");
+    }
+
+    #[test]
+    fn checking_values_as_they_are_encoded_agrees_with_scrubbing_first() {
+        use crate::export::privacy::REDACTED;
+        use crate::trace::SpanStatus;
+        use serde_json::json;
+        let secret = "sk-lf-test-secret-value";
+        let mut bases: Vec<TraceRecord> = otlp::tests::traces();
+        // The same traces without a generation node (whose folded spans take the slow path).
+        for t in otlp::tests::traces() {
+            let mut t = t;
+            for s in &mut t.spans {
+                s.attributes.retain(|k, v| !(k == "observation_type" && v == "generation"));
+            }
+            bases.push(t);
+        }
+        let mut part = bases[bases.len() - 3].clone();
+        part.spans.retain(|s| s.parent_id.is_some());
+        part.part = Some(Default::default());
+        bases.push(part);
+        let deep = json!({"a": {"b": {"c": [1]}}});
+        let long = json!({"k": "x".repeat(100)});
+        type Edit = Box<dyn Fn(&mut TraceRecord, usize)>;
+        let edits: Vec<Edit> = vec![
+            Box::new(|_, _| {}),
+            Box::new(|t, _| t.input = json!({"api_key": "k-1"})),
+            Box::new(|t, _| t.input = json!({"api_key": REDACTED})),
+            Box::new(|t, _| t.output = json!({"note": "Authorization: Bearer abcdefgh12345678"})),
+            Box::new(move |t, _| t.output = json!([format!("the key {secret} here")])),
+            Box::new({
+                let d = deep.clone();
+                move |t, _| t.input = d.clone()
+            }),
+            Box::new({
+                let l = long.clone();
+                move |t, _| t.output = l.clone()
+            }),
+            Box::new(|t, _| {
+                t.metadata.insert("token".into(), "x".into());
+            }),
+            Box::new(|t, _| {
+                t.status = SpanStatus::Cancelled { reason: "Bearer abcdefgh12345678".into() };
+            }),
+            Box::new(move |t, i| {
+                if let Some(s) = t.spans.get_mut(i) {
+                    s.input = Some(json!({"q": format!("{secret}")}));
+                }
+            }),
+            Box::new(|t, i| {
+                if let Some(s) = t.spans.get_mut(i) {
+                    s.output = Some(json!({"nested": [{"Password": "hunter22"}]}));
+                }
+            }),
+            Box::new({
+                let d = deep.clone();
+                move |t, i| {
+                    if let Some(s) = t.spans.get_mut(i) {
+                        s.output = Some(d.clone());
+                    }
+                }
+            }),
+            Box::new({
+                let l = long.clone();
+                move |t, i| {
+                    if let Some(s) = t.spans.get_mut(i) {
+                        s.input = Some(l.clone());
+                    }
+                }
+            }),
+            Box::new(|t, i| {
+                if let Some(s) = t.spans.get_mut(i) {
+                    s.attributes.insert("secret".into(), "x".into());
+                }
+            }),
+            Box::new(|t, i| {
+                if let Some(s) = t.spans.get_mut(i) {
+                    s.status = SpanStatus::Error {
+                        kind: "k".into(),
+                        message: "m".into(),
+                        chain: vec!["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_X".into()],
+                        location: None,
+                    };
+                }
+            }),
+        ];
+        let base = Privacy::default().with_secret_values([secret]);
+        let rules = [
+            base.clone(),
+            base.clone().with_max_value_bytes(64),
+            base.clone().with_max_depth(2),
+            base.clone().with_value_redaction(false),
+            base.clone().with_mask(|v| v),
+        ];
+        let (mut fast, mut slow) = (0, 0);
+        for (r, privacy) in rules.iter().enumerate() {
+            for t in &bases {
+                for (e, edit) in edits.iter().enumerate() {
+                    for i in 0..t.spans.len().max(1) {
+                        let mut t = t.clone();
+                        edit(&mut t, i);
+                        let before = serde_json::to_string(&t).unwrap();
+                        let scrubbed = privacy.apply_shared(Arc::new(t.clone()));
+                        let same = serde_json::to_string(&*scrubbed).unwrap() == before;
+                        let what = format!("rules {r}, edit {e}, span {i}, trace {}", t.name);
+                        match encode_otlp_checked(&t, privacy, Some("test")) {
+                            Some(units) => {
+                                fast += 1;
+                                assert!(same, "checked as clean but scrubbing changes it: {what}");
+                                let want = encode_units(&scrubbed, MODE_OTLP, Some("test"));
+                                assert_eq!(bytes(&units), bytes(&want), "{what}");
+                                assert_eq!(
+                                    units.iter().map(|u| u.weight).collect::<Vec<_>>(),
+                                    want.iter().map(|u| u.weight).collect::<Vec<_>>()
+                                );
+                            }
+                            None => slow += 1,
+                        }
+                        // Whatever the path, the trace that leaves is the scrubbed one.
+                        let prep = Prep { privacy: privacy.clone(), environment: Some("test".into()), spool: false };
+                        let p = prep
+                            .prepare(
+                                Arc::new(t.clone()),
+                                Job { mode: Some(MODE_OTLP), fresh: true },
+                                &mut Frame::default(),
+                            )
+                            .expect("prepared");
+                        assert_eq!(
+                            serde_json::to_string(&*p.trace).unwrap(),
+                            serde_json::to_string(&*scrubbed).unwrap()
+                        );
+                        assert_eq!(bytes(&p.units), bytes(&encode_units(&scrubbed, MODE_OTLP, Some("test"))), "{what}");
+                    }
+                }
+            }
+        }
+        assert!(fast > 100 && slow > 100, "both paths taken: {fast} checked as encoded, {slow} scrubbed first");
     }
 
     #[test]

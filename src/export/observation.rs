@@ -131,13 +131,11 @@ pub(crate) fn observation_type(s: &SpanRecord) -> &str {
 /// stay as their own (usage-less) generations under their attempts. `None` when the trace
 /// has no such node (the usual case: nothing is copied).
 pub(crate) fn fold_generation_nodes(trace: &TraceRecord) -> Option<TraceRecord> {
-    let is_gen_node = |s: &SpanRecord| {
-        s.kind == SpanKind::Node && s.attributes.get("observation_type").and_then(Value::as_str) == Some("generation")
-    };
-    if !trace.spans.iter().any(is_gen_node) {
+    if !has_generation_nodes(trace) {
         return None;
     }
     let by_id: HashMap<SpanId, &SpanRecord> = trace.spans.iter().map(|s| (s.span_id, s)).collect();
+    let is_gen_node = is_generation_node;
     let node_of = |s: &SpanRecord| {
         let mut cur = s.parent_id;
         for _ in 0..=by_id.len() {
@@ -199,6 +197,16 @@ pub(crate) fn fold_generation_nodes(trace: &TraceRecord) -> Option<TraceRecord> 
         }
     }
     Some(t)
+}
+
+/// A node declared a generation (see [`fold_generation_nodes`]).
+fn is_generation_node(s: &SpanRecord) -> bool {
+    s.kind == SpanKind::Node && s.attributes.get("observation_type").and_then(Value::as_str) == Some("generation")
+}
+
+/// Whether [`fold_generation_nodes`] changes the trace.
+pub(crate) fn has_generation_nodes(trace: &TraceRecord) -> bool {
+    trace.spans.iter().any(is_generation_node)
 }
 
 /// The name a span kind has in metadata (`span_kind`).
