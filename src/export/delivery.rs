@@ -313,14 +313,20 @@ fn otlp_unit(s: otlp::SpanBytes) -> Unit {
 /// What this gives is what scrubbing first and encoding after gives: the same trace, shared
 /// and unchanged, and the same units; the values are walked once, not twice.
 fn encode_otlp_checked(t: &TraceRecord, privacy: &Privacy, environment: Option<&str>) -> Option<Vec<Unit>> {
-    let mut scan = privacy.scan()?;
+    if privacy.masks() {
+        return None;
+    }
     let (trace_values, span_values) = otlp::watched_values(t)?;
     if privacy.dirty_except(t, trace_values, span_values) {
         return None;
     }
-    let mut units = Vec::with_capacity(t.spans.len() + 1);
-    otlp::encode_trace_watched(t, environment, &mut scan, |s| units.push(otlp_unit(s)));
-    (!scan.dirty()).then(|| weigh(t, units))
+    privacy
+        .with_scan(|scan| {
+            let mut units = Vec::with_capacity(t.spans.len() + 1);
+            otlp::encode_trace_watched(t, environment, scan, |s| units.push(otlp_unit(s)));
+            (!scan.dirty()).then(|| weigh(t, units))
+        })
+        .flatten()
 }
 
 /// The units' weights adding up to the trace's span count plus one for the trace itself.

@@ -286,6 +286,22 @@ fn short_needs_escape(b: &[u8]) -> bool {
     }
 }
 
+/// Bytes of a string shorter than eight, in fixed-size copies (stores, not a call).
+fn copy_short(buf: &mut Vec<u8>, b: &[u8]) {
+    debug_assert!(b.len() < 8);
+    if b.len() >= 4 {
+        let at = buf.len();
+        buf.extend_from_slice(&[b[0], b[1], b[2], b[3]]);
+        buf.truncate(at + b.len() - 4);
+        let n = b.len();
+        buf.extend_from_slice(&[b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+    } else {
+        for &c in b {
+            buf.push(c);
+        }
+    }
+}
+
 /// A JSON string, escaped as serde_json escapes it: checked eight bytes at a time (most text
 /// needs no escape) and copied in runs between the words that need one, byte by byte only
 /// around those.
@@ -297,8 +313,18 @@ pub(super) fn write_str(buf: &mut Vec<u8>, s: &str) {
         if short_needs_escape(b) {
             escape_bytes(buf, b);
         } else {
-            buf.extend_from_slice(b);
+            copy_short(buf, b);
         }
+        buf.push(b'"');
+        return;
+    }
+    if b.len() <= 16 && !needs_escape(word(b, 0)) && !needs_escape(word(b, b.len() - 8)) {
+        // Most keys and many values: two fixed-size copies (stores, not a call), the second
+        // over the first's tail.
+        let at = buf.len();
+        buf.extend_from_slice(&word(b, 0).to_le_bytes());
+        buf.truncate(at + b.len() - 8);
+        buf.extend_from_slice(&word(b, b.len() - 8).to_le_bytes());
         buf.push(b'"');
         return;
     }

@@ -395,10 +395,22 @@ impl Privacy {
             })
     }
 
-    /// A check of inputs and outputs as an encoder writes them (see [`ValueScan`]); `None`
-    /// with a mask hook, which may change any value.
-    pub(crate) fn scan(&self) -> Option<ValueScan<'_>> {
-        self.mask.is_none().then_some(ValueScan { privacy: self, dirty: false })
+    /// Whether a mask hook is set (it may change any value).
+    pub(crate) fn masks(&self) -> bool {
+        self.mask.is_some()
+    }
+
+    /// `f` given a check of inputs and outputs as an encoder writes them (see
+    /// [`ValueScan`]), which holds this thread's cache of key answers for the while (not
+    /// looked up again for every key); `None` with a mask hook, which may change any value.
+    pub(crate) fn with_scan<R>(&self, f: impl FnOnce(&mut ValueScan<'_>) -> R) -> Option<R> {
+        if self.mask.is_some() {
+            return None;
+        }
+        Some(KEY_CACHE.with(|c| match c.try_borrow_mut() {
+            Ok(mut c) => f(&mut ValueScan { privacy: self, cache: Some(&mut c), dirty: false }),
+            Err(_) => f(&mut ValueScan { privacy: self, cache: None, dirty: false }),
+        }))
     }
 
     /// Redacts in place; `v` is already within the depth limit, so recursion is bounded.
@@ -465,6 +477,8 @@ impl Privacy {
 /// text). Not dirty means [`Privacy::apply`] would leave those values as they are.
 pub(crate) struct ValueScan<'p> {
     privacy: &'p Privacy,
+    /// The thread's cache of key answers, when it was free.
+    cache: Option<&'p mut KeyCache>,
     dirty: bool,
 }
 
@@ -480,7 +494,15 @@ impl super::otlp::Watch for ValueScan<'_> {
         self.dirty = self.dirty || self.privacy.str_dirty(s);
     }
     fn key(&mut self, k: &str, v: &Value) {
-        self.dirty = self.dirty || (self.privacy.is_secret(k) && !is_redacted(v));
+        if self.dirty || self.privacy.redact.is_empty() {
+            return;
+        }
+        let ix = &self.privacy.redact_index;
+        let secret = match self.cache.as_deref_mut() {
+            Some(c) => ix.matches_in(c, k),
+            None => ix.matches_cached(k),
+        };
+        self.dirty = secret && !is_redacted(v);
     }
     fn container(&mut self, depth: usize, nonempty: bool) {
         self.dirty = self.dirty || (nonempty && depth > self.privacy.max_depth);
@@ -733,24 +755,32 @@ impl KeyIndex {
         if key.len() > 64 {
             return self.matches(key);
         }
-        KEY_CACHE.with(|c| {
-            let Ok(mut c) = c.try_borrow_mut() else { return self.matches(key) };
-            if c.id != self.id || c.slots.is_empty() {
-                c.slots.clear();
-                c.slots.resize(KEY_SLOTS, None);
-                c.id = self.id;
-            }
-            let words = key_words(key.as_bytes());
-            let slot = &mut c.slots[key_slot(key.len(), words)];
-            if let Some(s) = slot {
-                if s.words == words && s.key.len() == key.len() && (key.len() <= 16 || *s.key == *key) {
-                    return s.matches;
-                }
-            }
-            let m = self.matches(key);
-            *slot = Some(CachedKey { words, key: key.into(), matches: m });
-            m
+        KEY_CACHE.with(|c| match c.try_borrow_mut() {
+            Ok(mut c) => self.matches_in(&mut c, key),
+            Err(_) => self.matches(key),
         })
+    }
+
+    /// [`matches_cached`](Self::matches_cached) with the thread's cache in hand.
+    fn matches_in(&self, c: &mut KeyCache, key: &str) -> bool {
+        if key.len() > 64 {
+            return self.matches(key);
+        }
+        if c.id != self.id || c.slots.is_empty() {
+            c.slots.clear();
+            c.slots.resize(KEY_SLOTS, None);
+            c.id = self.id;
+        }
+        let words = key_words(key.as_bytes());
+        let slot = &mut c.slots[key_slot(key.len(), words)];
+        if let Some(s) = slot {
+            if s.words == words && s.key.len() == key.len() && (key.len() <= 16 || *s.key == *key) {
+                return s.matches;
+            }
+        }
+        let m = self.matches(key);
+        *slot = Some(CachedKey { words, key: key.into(), matches: m });
+        m
     }
 
     /// Whether `key`, normalised, contains one of the fragments. Normalises on the fly: a
