@@ -427,7 +427,17 @@ struct Round {
     /// Traces taken or waiting, not yet prepared.
     pending: usize,
     stop: bool,
+    /// Which round this is: an encoder thread's result for an earlier one (a trace the worker
+    /// prepared itself meanwhile) is dropped.
+    id: u64,
+    /// Traces an encoder thread is preparing, by their place in the round.
+    busy: Vec<(usize, Arc<TraceRecord>)>,
 }
+
+/// How long the worker, done with a round's traces, waits for the encoder threads' last
+/// ones before it prepares them itself: longer than a trace takes, shorter than the time
+/// slice a thread waits when another process holds its core. Whichever is first counts.
+const TAKE_BACK_AFTER: std::time::Duration = std::time::Duration::from_micros(200);
 
 struct PoolShared {
     prep: Prep,
@@ -441,7 +451,9 @@ struct PoolShared {
 /// The export worker and its encoder threads, which prepare a round of traces together (the
 /// worker takes its share too, and waits for the rest: every trace of a round is appended
 /// and batched, in order, before the worker does anything else, so a spill never misses a
-/// trace in the middle of encoding).
+/// trace in the middle of encoding). A trace an encoder thread is slow with (its core taken
+/// by another process) the worker prepares too, so a round does not wait for a thread that
+/// is not running.
 struct Pool {
     shared: Arc<PoolShared>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -506,8 +518,22 @@ impl Pool {
             r.pending -= 1;
         }
         while r.pending > 0 {
-            sh.done.wait(&mut r);
+            if !sh.done.wait_for(&mut r, TAKE_BACK_AFTER).timed_out() || r.pending == 0 {
+                continue;
+            }
+            // Preparing is deterministic (legacy envelope ids aside): the same trace prepared
+            // twice gives the same units and record, and the first result is kept.
+            let busy = r.busy.iter().find(|(i, _)| r.results[*i].is_none()).map(|(i, t)| (*i, Arc::clone(t)));
+            if let Some((i, t)) = busy {
+                let p = parking_lot::MutexGuard::unlocked(&mut r, || sh.prep.prepare(t, job, &mut frame));
+                if r.results[i].is_none() {
+                    r.results[i] = Some(p);
+                    r.pending -= 1;
+                }
+            }
         }
+        r.id += 1;
+        r.busy.clear();
         let out = r.results.drain(..).map(Option::flatten).collect();
         drop(r);
         frame.trim();
@@ -541,12 +567,19 @@ impl PoolShared {
             }
             match r.jobs.pop_front() {
                 Some((i, t)) => {
-                    let job = r.job;
+                    let (job, id) = (r.job, r.id);
+                    r.busy.push((i, Arc::clone(&t)));
                     let p = parking_lot::MutexGuard::unlocked(&mut r, || self.prep.prepare(t, job, &mut frame));
-                    r.results[i] = Some(p);
-                    r.pending -= 1;
-                    if r.pending == 0 {
-                        self.done.notify_one();
+                    // Unless the worker prepared it meanwhile (and perhaps moved on).
+                    if r.id == id {
+                        r.busy.retain(|(j, _)| *j != i);
+                        if r.results[i].is_none() {
+                            r.results[i] = Some(p);
+                            r.pending -= 1;
+                            if r.pending == 0 {
+                                self.done.notify_one();
+                            }
+                        }
                     }
                 }
                 None => {
@@ -1703,6 +1736,50 @@ mod tests {
         }
         pool.stop();
         assert!(pool.threads.lock().is_empty(), "the threads are joined");
+    }
+
+    #[test]
+    fn a_round_does_not_wait_for_an_encoder_thread_that_is_not_running() {
+        // The encoder threads stop in the mask hook until the round is over: the worker
+        // prepares their traces itself, in order, and their late results are dropped.
+        let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let g = Arc::clone(&gate);
+        let privacy = Privacy::default().with_mask(move |v| {
+            if std::thread::current().name().is_some_and(|n| n.starts_with("flowtrace-encode")) {
+                let (open, cv) = &*g;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+            }
+            v
+        });
+        let pool = Pool::start("stuck", Prep { privacy, environment: None, spool: true }, 3);
+        let traces = otlp::tests::traces();
+        let round: Vec<Arc<TraceRecord>> = (0..12).map(|i| Arc::new(traces[i % traces.len()].clone())).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = round.clone();
+        let worker = std::thread::spawn(move || {
+            let out = pool.prepare(r.clone(), Job { mode: Some(MODE_OTLP), fresh: true });
+            let _ =
+                tx.send(out.into_iter().map(|p| p.map(|p| (p.trace.trace_id, bytes(&p.units)))).collect::<Vec<_>>());
+            // A second round after the first's late results: each gets its own.
+            let again = pool.prepare(r, Job { mode: Some(MODE_OTLP), fresh: true });
+            (pool, again.len())
+        });
+        let out = rx.recv_timeout(Duration::from_secs(60)).expect("the round ends without the stuck threads");
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+        assert_eq!(out.len(), round.len());
+        for (t, p) in round.iter().zip(out) {
+            let (id, units) = p.expect("prepared");
+            assert_eq!(id, t.trace_id, "in the round's order");
+            assert_eq!(units, bytes(&encode_units(t, MODE_OTLP, None)));
+        }
+        let (pool, n) = worker.join().expect("worker");
+        assert_eq!(n, round.len());
+        pool.stop();
     }
 
     #[test]
