@@ -1802,6 +1802,8 @@ mod tests {
         part.part = Some(Default::default());
         bases.push(part);
         let deep = json!({"a": {"b": {"c": [1]}}});
+        // Far deeper than the limit: the check stops at the limit, not at the bottom.
+        let deeper = (0..1000).fold(json!(1), |v, _| json!([v]));
         let long = json!({"k": "x".repeat(100)});
         type Edit = Box<dyn Fn(&mut TraceRecord, usize)>;
         let edits: Vec<Edit> = vec![
@@ -1817,6 +1819,15 @@ mod tests {
             Box::new({
                 let l = long.clone();
                 move |t, _| t.output = l.clone()
+            }),
+            Box::new({
+                let d = deeper.clone();
+                move |t, i| {
+                    t.input = d.clone();
+                    if let Some(s) = t.spans.get_mut(i) {
+                        s.output = Some(d.clone());
+                    }
+                }
             }),
             Box::new(|t, _| {
                 t.metadata.insert("token".into(), "x".into());

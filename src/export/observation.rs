@@ -209,6 +209,27 @@ pub(crate) fn has_generation_nodes(trace: &TraceRecord) -> bool {
     trace.spans.iter().any(is_generation_node)
 }
 
+/// Whether `a` and `b` are written as the same JSON text: equal, floats equal to the bit
+/// (`0.0 == -0.0`, but the two are written differently), entries in the same order.
+pub(crate) fn same_json(a: &Value, b: &Value) -> bool {
+    if std::ptr::eq(a, b) {
+        return true;
+    }
+    match (a, b) {
+        (Value::Null, Value::Null) => true,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::Number(x), Value::Number(y)) => {
+            x == y && x.is_f64() == y.is_f64() && x.as_f64().map(f64::to_bits) == y.as_f64().map(f64::to_bits)
+        }
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|((ka, va), (kb, vb))| ka == kb && same_json(va, vb))
+        }
+        _ => false,
+    }
+}
+
 /// The name a span kind has in metadata (`span_kind`).
 pub(crate) fn kind_name(k: SpanKind) -> &'static str {
     match k {

@@ -133,10 +133,15 @@ pub(super) trait Watch {
     fn string(&mut self, s: &str);
     /// An object's entry is written.
     fn key(&mut self, k: &str, v: &Value);
-    /// An array or object at `depth` (the value itself is at 1) is written.
-    fn container(&mut self, depth: usize, nonempty: bool);
+    /// An array or object at `depth` (the value itself is at 1) is about to be written;
+    /// `false` to leave out what it holds (the check has its answer: a value too deep to
+    /// check is not walked to its bottom).
+    fn container(&mut self, depth: usize, nonempty: bool) -> bool;
     /// A whole input or output was written, its JSON text `len` bytes long.
     fn value(&mut self, len: usize);
+    /// Whether the check has its answer, and nothing more needs writing for it (what is
+    /// written is then not used).
+    fn stopped(&self) -> bool;
 }
 
 /// No check: what every writer but the OTLP encoder's fused check uses.
@@ -148,9 +153,15 @@ impl Watch for NoWatch {
     #[inline(always)]
     fn key(&mut self, _: &str, _: &Value) {}
     #[inline(always)]
-    fn container(&mut self, _: usize, _: bool) {}
+    fn container(&mut self, _: usize, _: bool) -> bool {
+        true
+    }
     #[inline(always)]
     fn value(&mut self, _: usize) {}
+    #[inline(always)]
+    fn stopped(&self) -> bool {
+        false
+    }
 }
 
 /// [`write_value`], each string, entry and container shown to `w`.
@@ -171,7 +182,9 @@ fn write_value_with<W: Watch>(buf: &mut Vec<u8>, v: &Value, w: &mut W, depth: us
             write_str(buf, s);
         }
         Value::Array(a) => {
-            w.container(depth, !a.is_empty());
+            if !w.container(depth, !a.is_empty()) {
+                return;
+            }
             buf.push(b'[');
             for (i, v) in a.iter().enumerate() {
                 if i > 0 {
@@ -182,7 +195,9 @@ fn write_value_with<W: Watch>(buf: &mut Vec<u8>, v: &Value, w: &mut W, depth: us
             buf.push(b']');
         }
         Value::Object(m) => {
-            w.container(depth, !m.is_empty());
+            if !w.container(depth, !m.is_empty()) {
+                return;
+            }
             buf.push(b'{');
             for (i, (k, v)) in m.iter().enumerate() {
                 if i > 0 {
@@ -357,10 +372,67 @@ fn json_value(buf: &mut Vec<u8>, v: &Value) {
 }
 
 /// [`json_value`], shown to `w`.
+#[cfg(test)]
 fn json_value_with<W: Watch>(buf: &mut Vec<u8>, v: &Value, w: &mut W) {
     buf.clear();
     write_value_with(buf, v, w, 1);
     w.value(buf.len());
+}
+
+/// Values whose JSON text is kept while a trace is written (at most this many).
+const MAX_TEXTS: usize = 32;
+
+/// The JSON text of one trace's inputs and outputs, each value written (and shown to the
+/// `Watch`) once: a node's prep output is its exec's input, its post's output the node's,
+/// the run's input the first node's, so the same value comes back several times in a trace,
+/// and comparing it with one already written costs less than writing and checking it again.
+/// Values are compared only when their kind, size and first key agree (see [`signature`]).
+struct Texts<'t> {
+    seen: Vec<(u64, &'t Value, std::ops::Range<usize>)>,
+}
+
+/// A value's kind, length and (for an object) its first key's length and first byte, or 0
+/// for a value not worth remembering (a number, a short string…).
+fn signature(v: &Value) -> u64 {
+    match v {
+        Value::Object(m) => {
+            let first = m.keys().next().map_or(0, |k| {
+                ((k.len() as u64) << 40) | (u64::from(k.as_bytes().first().copied().unwrap_or(0)) << 32)
+            });
+            1 | ((m.len() as u64 & 0xff_ffff) << 8) | first
+        }
+        Value::Array(a) if !a.is_empty() => 2 | ((a.len() as u64) << 8),
+        Value::String(s) if s.len() >= 16 => 3 | ((s.len() as u64) << 8),
+        _ => 0,
+    }
+}
+
+impl<'t> Texts<'t> {
+    fn new() -> Self {
+        Texts { seen: Vec::new() }
+    }
+
+    /// Where `v`'s JSON text is in `buf`: written there (and shown to `w`) unless an equal
+    /// value was. What `w` would be shown for `v` it was shown for that one.
+    fn of<W: Watch>(&mut self, buf: &mut Vec<u8>, v: &'t Value, w: &mut W) -> std::ops::Range<usize> {
+        if w.stopped() {
+            return 0..0;
+        }
+        let sig = signature(v);
+        if sig != 0 {
+            if let Some((_, _, r)) = self.seen.iter().find(|(s, x, _)| *s == sig && observation::same_json(x, v)) {
+                return r.clone();
+            }
+        }
+        let start = buf.len();
+        write_value_with(buf, v, w, 1);
+        w.value(buf.len() - start);
+        let r = start..buf.len();
+        if sig != 0 && self.seen.len() < MAX_TEXTS {
+            self.seen.push((sig, v, r.clone()));
+        }
+        r
+    }
 }
 
 /// The span id used for a trace that has no root span of its own.
@@ -373,9 +445,9 @@ fn synthetic_root_id(trace: &TraceRecord) -> u64 {
 struct Scratch {
     /// The trace's context attributes, encoded.
     ctx: Vec<u8>,
-    /// JSON text of the span's input and output, and of one more value.
-    input: Vec<u8>,
-    output: Vec<u8>,
+    /// JSON text of the trace's inputs and outputs (see [`Texts`]).
+    texts: Vec<u8>,
+    /// JSON text of one more value.
     other: Vec<u8>,
     /// The trace's spans, one after another, and where each ends.
     spans: Vec<u8>,
@@ -420,16 +492,18 @@ fn trace_context(buf: &mut Vec<u8>, tmp: &mut Vec<u8>, t: &TraceRecord, environm
 }
 
 /// Writes one `Span` message (its content, without a field header) to `out`.
-fn write_span<W: Watch>(
+#[allow(clippy::too_many_arguments)]
+fn write_span<'t, W: Watch>(
     out: &mut Vec<u8>,
     sc: &mut Scratch,
+    texts: &mut Texts<'t>,
     w: &mut W,
-    trace: &TraceRecord,
+    trace: &'t TraceRecord,
     levels: &Levels<'_>,
-    s: &SpanRecord,
+    s: &'t SpanRecord,
     is_root: bool,
 ) {
-    let Scratch { ctx, input: jin, output: jout, other, .. } = sc;
+    let Scratch { ctx, texts: text, other, .. } = sc;
     len_field(out, 1, &trace.trace_id.to_bytes());
     len_field(out, 2, &s.span_id.to_bytes());
     if let Some(p) = s.parent_id {
@@ -455,20 +529,16 @@ fn write_span<W: Watch>(
         if is_root { (Some(&trace.input), Some(&trace.output)) } else { (s.input.as_ref(), s.output.as_ref()) };
     // Every input and output the span carries is written (and so checked, see `Watch`),
     // even a root's null that is not sent.
-    if let Some(v) = input {
-        json_value_with(jin, v, w);
-    }
-    if let Some(v) = output {
-        json_value_with(jout, v, w);
-    }
+    let jin = input.map(|v| texts.of(text, v, w)).unwrap_or_default();
+    let jout = output.map(|v| texts.of(text, v, w)).unwrap_or_default();
     // Langfuse reads `langfuse.observation.*`; OpenInference backends (Phoenix) `*.value`.
     if input.is_some_and(|v| !v.is_null() || !is_root) {
-        attr_str(out, "input.value", jin);
-        attr_str(out, "langfuse.observation.input", jin);
+        attr_str(out, "input.value", &text[jin.clone()]);
+        attr_str(out, "langfuse.observation.input", &text[jin.clone()]);
     }
     if output.is_some_and(|v| !v.is_null() || !is_root) {
-        attr_str(out, "output.value", jout);
-        attr_str(out, "langfuse.observation.output", jout);
+        attr_str(out, "output.value", &text[jout.clone()]);
+        attr_str(out, "langfuse.observation.output", &text[jout.clone()]);
     }
     let level = levels.of(s);
     if level != Level::Default {
@@ -496,9 +566,9 @@ fn write_span<W: Watch>(
     attr_str(out, "langfuse.observation.metadata", other);
     out.extend_from_slice(ctx);
     if is_root {
-        // `jin` / `jout` hold the trace's input and output here.
-        attr_str(out, "langfuse.trace.input", jin);
-        attr_str(out, "langfuse.trace.output", jout);
+        // `jin` / `jout` are the trace's input and output here.
+        attr_str(out, "langfuse.trace.input", &text[jin]);
+        attr_str(out, "langfuse.trace.output", &text[jout]);
     }
 
     let (code, msg) = match &s.status {
@@ -654,29 +724,35 @@ fn encode_with<W: Watch>(
     trace_context(&mut sc.ctx, &mut sc.other, trace, environment);
     let levels = Levels::new(trace);
     let root = trace.root().map(|r| r.span_id);
-    let mut emit = |sc: &mut Scratch, s: &SpanRecord, is_root: bool| {
-        write_span(spans, sc, w, trace, &levels, s, is_root);
+    // A part of a run in progress has no root yet: the record that ends the run brings it.
+    let synthetic = (root.is_none() && !trace.is_part()).then(|| SpanRecord {
+        span_id: crate::trace::SpanId(synthetic_root_id(trace)),
+        parent_id: None,
+        kind: SpanKind::Flow,
+        name: trace.name.as_str().into(),
+        start_unix_nanos: trace.start_unix_nanos,
+        end_unix_nanos: trace.end_unix_nanos,
+        status: trace.status.clone(),
+        input: None,
+        output: None,
+        attributes: Default::default(),
+        generation: None,
+    });
+    sc.texts.clear();
+    let mut texts = Texts::new();
+    let mut emit = |sc: &mut Scratch, s, is_root: bool| {
+        write_span(spans, sc, &mut texts, w, trace, &levels, s, is_root);
         ends.push(spans.len());
     };
-    // A part of a run in progress has no root yet: the record that ends the run brings it.
-    if root.is_none() && !trace.is_part() {
-        let synthetic = SpanRecord {
-            span_id: crate::trace::SpanId(synthetic_root_id(trace)),
-            parent_id: None,
-            kind: SpanKind::Flow,
-            name: trace.name.as_str().into(),
-            start_unix_nanos: trace.start_unix_nanos,
-            end_unix_nanos: trace.end_unix_nanos,
-            status: trace.status.clone(),
-            input: None,
-            output: None,
-            attributes: Default::default(),
-            generation: None,
-        };
-        emit(sc, &synthetic, true);
+    if let Some(s) = &synthetic {
+        emit(sc, s, true);
     }
     for s in &trace.spans {
         emit(sc, s, Some(s.span_id) == root);
+    }
+    // A long run's part may have needed a large buffer: it is not kept for the next trace.
+    if sc.texts.capacity() > 1 << 20 {
+        sc.texts = Vec::new();
     }
 }
 
@@ -1018,6 +1094,34 @@ pub(super) mod tests {
             json_value(&mut b, &v);
             assert_eq!(String::from_utf8(b).unwrap(), serde_json::to_string(&v).unwrap());
         }
+    }
+
+    #[test]
+    fn a_value_seen_before_in_the_trace_is_written_as_it_would_be() {
+        use serde_json::json;
+        let values = [
+            json!({"a": 0.0}),
+            json!({"a": -0.0}),
+            json!({"a": 0}),
+            json!({"a": 0.0}),
+            json!({"b": [1, 2]}),
+            json!({"a": [1, 2]}),
+            json!([1, 2]),
+            json!([1, 2.0]),
+            json!("a string of sixteen bytes or more"),
+            json!("a string of sixteen bytes or more"),
+            json!({"": 1}),
+            json!({"": 1}),
+            json!({"x": {"y": "z"}, "w": null}),
+            json!({"x": {"y": "z"}, "w": false}),
+        ];
+        let mut buf = Vec::new();
+        let mut texts = Texts::new();
+        for v in &values {
+            let r = texts.of(&mut buf, v, &mut NoWatch);
+            assert_eq!(std::str::from_utf8(&buf[r]).unwrap(), serde_json::to_string(v).unwrap());
+        }
+        assert!(texts.seen.len() < values.len(), "equal values are remembered once");
     }
 
     #[test]

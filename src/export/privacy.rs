@@ -504,11 +504,15 @@ impl super::otlp::Watch for ValueScan<'_> {
         };
         self.dirty = secret && !is_redacted(v);
     }
-    fn container(&mut self, depth: usize, nonempty: bool) {
+    fn container(&mut self, depth: usize, nonempty: bool) -> bool {
         self.dirty = self.dirty || (nonempty && depth > self.privacy.max_depth);
+        !self.dirty
     }
     fn value(&mut self, len: usize) {
         self.dirty = self.dirty || len > self.privacy.max_value_bytes;
+    }
+    fn stopped(&self) -> bool {
+        self.dirty
     }
 }
 
