@@ -1532,10 +1532,18 @@ impl Worker {
         };
         let mut req = self.client.post(&ep.url).header("content-type", ctype);
         req = if ep.gzip {
-            match gzip(&body) {
-                Ok(z) => req.header("content-encoding", "gzip").body(z),
+            // Compressing costs about as much as encoding: it runs on a blocking thread, so
+            // the worker goes on preparing the next round meanwhile.
+            match tokio::task::spawn_blocking(move || {
+                let z = gzip(&body);
+                (body, z)
+            })
+            .await
+            {
+                Ok((_, Ok(z))) => req.header("content-encoding", "gzip").body(z),
                 // Compressing into memory does not fail in practice; send it plain if it does.
-                Err(_) => req.body(body),
+                Ok((body, Err(_))) => req.body(body),
+                Err(e) => return Sent::Retry { after: None, why: format!("compressing the request failed: {e}") },
             }
         } else {
             req.body(body)
