@@ -434,9 +434,10 @@ struct Round {
     busy: Vec<(usize, Arc<TraceRecord>)>,
 }
 
-/// How long the worker, done with a round's traces, waits for the encoder threads' last
-/// ones before it prepares them itself: longer than a trace takes, shorter than the time
-/// slice a thread waits when another process holds its core. Whichever is first counts.
+/// How long the worker, done with a round's traces, waits at least for the encoder threads'
+/// last ones before it prepares them itself (and at least four times what a trace took it in
+/// the round): longer than a trace takes, shorter than the time slice a thread waits when
+/// another process holds its core. Whichever is first counts.
 const TAKE_BACK_AFTER: std::time::Duration = std::time::Duration::from_micros(200);
 
 struct PoolShared {
@@ -512,13 +513,17 @@ impl Pool {
         }
         let mut frame = self.frame.borrow_mut();
         let mut r = sh.round.lock();
+        let (started, mut mine) = (std::time::Instant::now(), 0u32);
         while let Some((i, t)) = r.jobs.pop_front() {
             let p = parking_lot::MutexGuard::unlocked(&mut r, || sh.prep.prepare(t, job, &mut frame));
             r.results[i] = Some(p);
             r.pending -= 1;
+            mine += 1;
         }
+        // A trace the threads are on for much longer than one took here is taken back.
+        let patience = TAKE_BACK_AFTER.max(started.elapsed() * 4 / mine.max(1));
         while r.pending > 0 {
-            if !sh.done.wait_for(&mut r, TAKE_BACK_AFTER).timed_out() || r.pending == 0 {
+            if !sh.done.wait_for(&mut r, patience).timed_out() || r.pending == 0 {
                 continue;
             }
             // Preparing is deterministic (legacy envelope ids aside): the same trace prepared
