@@ -35,6 +35,9 @@ fn seed_trace(rt: &tokio::runtime::Runtime) -> Arc<TraceRecord> {
 fn encode(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let trace = seed_trace(&rt);
+    if std::env::var_os("EXPORT_BENCH_DUMP").is_some() {
+        eprintln!("{}", serde_json::to_string_pretty(&*trace).unwrap_or_default());
+    }
     let spans_per_trace = trace.spans.len() as u64 + 1;
     let mut g = c.benchmark_group("export_encode");
     g.throughput(Throughput::Elements(100 * spans_per_trace));

@@ -285,7 +285,6 @@ impl Batch {
 /// A trace's units for one request mode, its trace index 0 (set when it joins a batch): the
 /// weights add up to its span count plus one for the trace itself.
 fn encode_units(t: &TraceRecord, mode: u8, environment: Option<&str>) -> Vec<Unit> {
-    let total = spans_of(t);
     // A unit per span, and one for a made-up root (OTLP) or the trace-create (legacy).
     let mut units = Vec::with_capacity(t.spans.len() + 1);
     if mode == MODE_LEGACY {
@@ -295,12 +294,44 @@ fn encode_units(t: &TraceRecord, mode: u8, environment: Option<&str>) -> Vec<Uni
             units.push(Unit { trace: 0, weight: 1, size: json.len() + 1, payload: Payload::Legacy { id, json } });
         }
     } else {
-        otlp::encode_trace_shared(t, environment, |s| {
-            // The span's field header in the request is at most 4 bytes.
-            let size = s.len() + 4;
-            units.push(Unit { trace: 0, weight: 1, size, payload: Payload::Otlp(s) });
-        });
+        otlp::encode_trace_shared(t, environment, |s| units.push(otlp_unit(s)));
     }
+    weigh(t, units)
+}
+
+/// An OTLP span as a unit, its trace index 0.
+fn otlp_unit(s: otlp::SpanBytes) -> Unit {
+    // The span's field header in the request is at most 4 bytes.
+    let size = s.len() + 4;
+    Unit { trace: 0, weight: 1, size, payload: Payload::Otlp(s) }
+}
+
+/// The trace's OTLP units, its inputs and outputs checked by the privacy rules as they are
+/// written, when nothing else in it needs the rules' work: `None` when something does (the
+/// trace then goes through [`Privacy::apply_shared`] and is encoded again), or when the rules
+/// cannot check that way (a mask hook, a generation node whose calls are folded into it).
+/// What this gives is what scrubbing first and encoding after gives: the same trace, shared
+/// and unchanged, and the same units; the values are walked once, not twice.
+fn encode_otlp_checked(t: &TraceRecord, privacy: &Privacy, environment: Option<&str>) -> Option<Vec<Unit>> {
+    if privacy.masks() {
+        return None;
+    }
+    let (trace_values, span_values) = otlp::watched_values(t)?;
+    if privacy.dirty_except(t, trace_values, span_values) {
+        return None;
+    }
+    privacy
+        .with_scan(|scan| {
+            let mut units = Vec::with_capacity(t.spans.len() + 1);
+            otlp::encode_trace_watched(t, environment, scan, |s| units.push(otlp_unit(s)));
+            (!scan.dirty()).then(|| weigh(t, units))
+        })
+        .flatten()
+}
+
+/// The units' weights adding up to the trace's span count plus one for the trace itself.
+fn weigh(t: &TraceRecord, mut units: Vec<Unit>) -> Vec<Unit> {
+    let total = spans_of(t);
     let n = units.len() as u64;
     if let Some(first) = units.first_mut() {
         first.weight += total.saturating_sub(n);
@@ -351,6 +382,14 @@ impl Prep {
     /// then encodes its record and its units. `None` if a hook or encoder panicked.
     fn prepare(&self, t: Arc<TraceRecord>, job: Job, frame: &mut Frame) -> Option<Prepared> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // The common case, a new trace for OTLP with nothing to scrub: checked as it is
+            // encoded (one walk over its values), and shared as it is.
+            if job.fresh && job.mode == Some(MODE_OTLP) {
+                if let Some(units) = encode_otlp_checked(&t, &self.privacy, self.environment.as_deref()) {
+                    let frame = self.spool.then(|| frame.encode_detached(&t));
+                    return Prepared { trace: t, frame, units };
+                }
+            }
             let (trace, frame) = if job.fresh {
                 let trace = self.privacy.apply_shared(t);
                 let frame = self.spool.then(|| frame.encode_detached(&trace));
@@ -388,7 +427,18 @@ struct Round {
     /// Traces taken or waiting, not yet prepared.
     pending: usize,
     stop: bool,
+    /// Which round this is: an encoder thread's result for an earlier one (a trace the worker
+    /// prepared itself meanwhile) is dropped.
+    id: u64,
+    /// Traces an encoder thread is preparing, by their place in the round.
+    busy: Vec<(usize, Arc<TraceRecord>)>,
 }
+
+/// How long the worker, done with a round's traces, waits at least for the encoder threads'
+/// last ones before it prepares them itself (and at least four times what a trace took it in
+/// the round): longer than a trace takes, shorter than the time slice a thread waits when
+/// another process holds its core. Whichever is first counts.
+const TAKE_BACK_AFTER: std::time::Duration = std::time::Duration::from_micros(200);
 
 struct PoolShared {
     prep: Prep,
@@ -402,7 +452,9 @@ struct PoolShared {
 /// The export worker and its encoder threads, which prepare a round of traces together (the
 /// worker takes its share too, and waits for the rest: every trace of a round is appended
 /// and batched, in order, before the worker does anything else, so a spill never misses a
-/// trace in the middle of encoding).
+/// trace in the middle of encoding). A trace an encoder thread is slow with (its core taken
+/// by another process) the worker prepares too, so a round does not wait for a thread that
+/// is not running.
 struct Pool {
     shared: Arc<PoolShared>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -461,14 +513,32 @@ impl Pool {
         }
         let mut frame = self.frame.borrow_mut();
         let mut r = sh.round.lock();
+        let (started, mut mine) = (std::time::Instant::now(), 0u32);
         while let Some((i, t)) = r.jobs.pop_front() {
             let p = parking_lot::MutexGuard::unlocked(&mut r, || sh.prep.prepare(t, job, &mut frame));
             r.results[i] = Some(p);
             r.pending -= 1;
+            mine += 1;
         }
+        // A trace the threads are on for much longer than one took here is taken back.
+        let patience = TAKE_BACK_AFTER.max(started.elapsed() * 4 / mine.max(1));
         while r.pending > 0 {
-            sh.done.wait(&mut r);
+            if !sh.done.wait_for(&mut r, patience).timed_out() || r.pending == 0 {
+                continue;
+            }
+            // Preparing is deterministic (legacy envelope ids aside): the same trace prepared
+            // twice gives the same units and record, and the first result is kept.
+            let busy = r.busy.iter().find(|(i, _)| r.results[*i].is_none()).map(|(i, t)| (*i, Arc::clone(t)));
+            if let Some((i, t)) = busy {
+                let p = parking_lot::MutexGuard::unlocked(&mut r, || sh.prep.prepare(t, job, &mut frame));
+                if r.results[i].is_none() {
+                    r.results[i] = Some(p);
+                    r.pending -= 1;
+                }
+            }
         }
+        r.id += 1;
+        r.busy.clear();
         let out = r.results.drain(..).map(Option::flatten).collect();
         drop(r);
         frame.trim();
@@ -502,12 +572,19 @@ impl PoolShared {
             }
             match r.jobs.pop_front() {
                 Some((i, t)) => {
-                    let job = r.job;
+                    let (job, id) = (r.job, r.id);
+                    r.busy.push((i, Arc::clone(&t)));
                     let p = parking_lot::MutexGuard::unlocked(&mut r, || self.prep.prepare(t, job, &mut frame));
-                    r.results[i] = Some(p);
-                    r.pending -= 1;
-                    if r.pending == 0 {
-                        self.done.notify_one();
+                    // Unless the worker prepared it meanwhile (and perhaps moved on).
+                    if r.id == id {
+                        r.busy.retain(|(j, _)| *j != i);
+                        if r.results[i].is_none() {
+                            r.results[i] = Some(p);
+                            r.pending -= 1;
+                            if r.pending == 0 {
+                                self.done.notify_one();
+                            }
+                        }
                     }
                 }
                 None => {
@@ -1494,10 +1571,18 @@ impl Worker {
         };
         let mut req = self.client.post(&ep.url).header("content-type", ctype);
         req = if ep.gzip {
-            match gzip(&body) {
-                Ok(z) => req.header("content-encoding", "gzip").body(z),
+            // Compressing costs about as much as encoding: it runs on a blocking thread, so
+            // the worker goes on preparing the next round meanwhile.
+            match tokio::task::spawn_blocking(move || {
+                let z = gzip(&body);
+                (body, z)
+            })
+            .await
+            {
+                Ok((_, Ok(z))) => req.header("content-encoding", "gzip").body(z),
                 // Compressing into memory does not fail in practice; send it plain if it does.
-                Err(_) => req.body(body),
+                Ok((body, Err(_))) => req.body(body),
+                Err(e) => return Sent::Retry { after: None, why: format!("compressing the request failed: {e}") },
             }
         } else {
             req.body(body)
@@ -1698,6 +1783,198 @@ mod tests {
         }
         pool.stop();
         assert!(pool.threads.lock().is_empty(), "the threads are joined");
+    }
+
+    #[test]
+    fn a_round_does_not_wait_for_an_encoder_thread_that_is_not_running() {
+        // The encoder threads stop in the mask hook until the round is over: the worker
+        // prepares their traces itself, in order, and their late results are dropped.
+        let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let g = Arc::clone(&gate);
+        let privacy = Privacy::default().with_mask(move |v| {
+            if std::thread::current().name().is_some_and(|n| n.starts_with("flowtrace-encode")) {
+                let (open, cv) = &*g;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = cv.wait(open).unwrap();
+                }
+            }
+            v
+        });
+        let pool = Pool::start("stuck", Prep { privacy, environment: None, spool: true }, 3);
+        let traces = otlp::tests::traces();
+        let round: Vec<Arc<TraceRecord>> = (0..12).map(|i| Arc::new(traces[i % traces.len()].clone())).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let r = round.clone();
+        let worker = std::thread::spawn(move || {
+            let out = pool.prepare(r.clone(), Job { mode: Some(MODE_OTLP), fresh: true });
+            let _ =
+                tx.send(out.into_iter().map(|p| p.map(|p| (p.trace.trace_id, bytes(&p.units)))).collect::<Vec<_>>());
+            // A second round after the first's late results: each gets its own.
+            let again = pool.prepare(r, Job { mode: Some(MODE_OTLP), fresh: true });
+            (pool, again.len())
+        });
+        let out = rx.recv_timeout(Duration::from_secs(60)).expect("the round ends without the stuck threads");
+        let (open, cv) = &*gate;
+        *open.lock().unwrap() = true;
+        cv.notify_all();
+        assert_eq!(out.len(), round.len());
+        for (t, p) in round.iter().zip(out) {
+            let (id, units) = p.expect("prepared");
+            assert_eq!(id, t.trace_id, "in the round's order");
+            assert_eq!(units, bytes(&encode_units(t, MODE_OTLP, None)));
+        }
+        let (pool, n) = worker.join().expect("worker");
+        assert_eq!(n, round.len());
+        pool.stop();
+    }
+
+    #[test]
+    fn checking_values_as_they_are_encoded_agrees_with_scrubbing_first() {
+        use crate::export::privacy::REDACTED;
+        use crate::trace::SpanStatus;
+        use serde_json::json;
+        let secret = "sk-lf-test-secret-value";
+        let mut bases: Vec<TraceRecord> = otlp::tests::traces();
+        // The same traces without a generation node (whose folded spans take the slow path).
+        for t in otlp::tests::traces() {
+            let mut t = t;
+            for s in &mut t.spans {
+                s.attributes.retain(|k, v| !(k == "observation_type" && v == "generation"));
+            }
+            bases.push(t);
+        }
+        let mut part = bases[bases.len() - 3].clone();
+        part.spans.retain(|s| s.parent_id.is_some());
+        part.part = Some(Default::default());
+        bases.push(part);
+        let deep = json!({"a": {"b": {"c": [1]}}});
+        // Far deeper than the limit: the check stops at the limit, not at the bottom.
+        let deeper = (0..1000).fold(json!(1), |v, _| json!([v]));
+        let long = json!({"k": "x".repeat(100)});
+        type Edit = Box<dyn Fn(&mut TraceRecord, usize)>;
+        let edits: Vec<Edit> = vec![
+            Box::new(|_, _| {}),
+            Box::new(|t, _| t.input = json!({"api_key": "k-1"})),
+            Box::new(|t, _| t.input = json!({"api_key": REDACTED})),
+            Box::new(|t, _| t.output = json!({"note": "Authorization: Bearer abcdefgh12345678"})),
+            Box::new(move |t, _| t.output = json!([format!("the key {secret} here")])),
+            Box::new({
+                let d = deep.clone();
+                move |t, _| t.input = d.clone()
+            }),
+            Box::new({
+                let l = long.clone();
+                move |t, _| t.output = l.clone()
+            }),
+            Box::new({
+                let d = deeper.clone();
+                move |t, i| {
+                    t.input = d.clone();
+                    if let Some(s) = t.spans.get_mut(i) {
+                        s.output = Some(d.clone());
+                    }
+                }
+            }),
+            Box::new(|t, _| {
+                t.metadata.insert("token".into(), "x".into());
+            }),
+            Box::new(|t, _| {
+                t.status = SpanStatus::Cancelled { reason: "Bearer abcdefgh12345678".into() };
+            }),
+            Box::new(move |t, i| {
+                if let Some(s) = t.spans.get_mut(i) {
+                    s.input = Some(json!({"q": format!("{secret}")}));
+                }
+            }),
+            Box::new(|t, i| {
+                if let Some(s) = t.spans.get_mut(i) {
+                    s.output = Some(json!({"nested": [{"Password": "hunter22"}]}));
+                }
+            }),
+            Box::new({
+                let d = deep.clone();
+                move |t, i| {
+                    if let Some(s) = t.spans.get_mut(i) {
+                        s.output = Some(d.clone());
+                    }
+                }
+            }),
+            Box::new({
+                let l = long.clone();
+                move |t, i| {
+                    if let Some(s) = t.spans.get_mut(i) {
+                        s.input = Some(l.clone());
+                    }
+                }
+            }),
+            Box::new(|t, i| {
+                if let Some(s) = t.spans.get_mut(i) {
+                    s.attributes.insert("secret".into(), "x".into());
+                }
+            }),
+            Box::new(|t, i| {
+                if let Some(s) = t.spans.get_mut(i) {
+                    s.status = SpanStatus::Error {
+                        kind: "k".into(),
+                        message: "m".into(),
+                        chain: vec!["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_X".into()],
+                        location: None,
+                    };
+                }
+            }),
+        ];
+        let base = Privacy::default().with_secret_values([secret]);
+        let rules = [
+            base.clone(),
+            base.clone().with_max_value_bytes(64),
+            base.clone().with_max_depth(2),
+            base.clone().with_value_redaction(false),
+            base.clone().with_mask(|v| v),
+        ];
+        let (mut fast, mut slow) = (0, 0);
+        for (r, privacy) in rules.iter().enumerate() {
+            for t in &bases {
+                for (e, edit) in edits.iter().enumerate() {
+                    for i in 0..t.spans.len().max(1) {
+                        let mut t = t.clone();
+                        edit(&mut t, i);
+                        let before = serde_json::to_string(&t).unwrap();
+                        let scrubbed = privacy.apply_shared(Arc::new(t.clone()));
+                        let same = serde_json::to_string(&*scrubbed).unwrap() == before;
+                        let what = format!("rules {r}, edit {e}, span {i}, trace {}", t.name);
+                        match encode_otlp_checked(&t, privacy, Some("test")) {
+                            Some(units) => {
+                                fast += 1;
+                                assert!(same, "checked as clean but scrubbing changes it: {what}");
+                                let want = encode_units(&scrubbed, MODE_OTLP, Some("test"));
+                                assert_eq!(bytes(&units), bytes(&want), "{what}");
+                                assert_eq!(
+                                    units.iter().map(|u| u.weight).collect::<Vec<_>>(),
+                                    want.iter().map(|u| u.weight).collect::<Vec<_>>()
+                                );
+                            }
+                            None => slow += 1,
+                        }
+                        // Whatever the path, the trace that leaves is the scrubbed one.
+                        let prep = Prep { privacy: privacy.clone(), environment: Some("test".into()), spool: false };
+                        let p = prep
+                            .prepare(
+                                Arc::new(t.clone()),
+                                Job { mode: Some(MODE_OTLP), fresh: true },
+                                &mut Frame::default(),
+                            )
+                            .expect("prepared");
+                        assert_eq!(
+                            serde_json::to_string(&*p.trace).unwrap(),
+                            serde_json::to_string(&*scrubbed).unwrap()
+                        );
+                        assert_eq!(bytes(&p.units), bytes(&encode_units(&scrubbed, MODE_OTLP, Some("test"))), "{what}");
+                    }
+                }
+            }
+        }
+        assert!(fast > 100 && slow > 100, "both paths taken: {fast} checked as encoded, {slow} scrubbed first");
     }
 
     #[test]

@@ -131,13 +131,11 @@ pub(crate) fn observation_type(s: &SpanRecord) -> &str {
 /// stay as their own (usage-less) generations under their attempts. `None` when the trace
 /// has no such node (the usual case: nothing is copied).
 pub(crate) fn fold_generation_nodes(trace: &TraceRecord) -> Option<TraceRecord> {
-    let is_gen_node = |s: &SpanRecord| {
-        s.kind == SpanKind::Node && s.attributes.get("observation_type").and_then(Value::as_str) == Some("generation")
-    };
-    if !trace.spans.iter().any(is_gen_node) {
+    if !has_generation_nodes(trace) {
         return None;
     }
     let by_id: HashMap<SpanId, &SpanRecord> = trace.spans.iter().map(|s| (s.span_id, s)).collect();
+    let is_gen_node = is_generation_node;
     let node_of = |s: &SpanRecord| {
         let mut cur = s.parent_id;
         for _ in 0..=by_id.len() {
@@ -199,6 +197,37 @@ pub(crate) fn fold_generation_nodes(trace: &TraceRecord) -> Option<TraceRecord> 
         }
     }
     Some(t)
+}
+
+/// A node declared a generation (see [`fold_generation_nodes`]).
+fn is_generation_node(s: &SpanRecord) -> bool {
+    s.kind == SpanKind::Node && s.attributes.get("observation_type").and_then(Value::as_str) == Some("generation")
+}
+
+/// Whether [`fold_generation_nodes`] changes the trace.
+pub(crate) fn has_generation_nodes(trace: &TraceRecord) -> bool {
+    trace.spans.iter().any(is_generation_node)
+}
+
+/// Whether `a` and `b` are written as the same JSON text: equal, floats equal to the bit
+/// (`0.0 == -0.0`, but the two are written differently), entries in the same order.
+pub(crate) fn same_json(a: &Value, b: &Value) -> bool {
+    if std::ptr::eq(a, b) {
+        return true;
+    }
+    match (a, b) {
+        (Value::Null, Value::Null) => true,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::Number(x), Value::Number(y)) => {
+            x == y && x.is_f64() == y.is_f64() && x.as_f64().map(f64::to_bits) == y.as_f64().map(f64::to_bits)
+        }
+        (Value::String(x), Value::String(y)) => x == y,
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|((ka, va), (kb, vb))| ka == kb && same_json(va, vb))
+        }
+        _ => false,
+    }
 }
 
 /// The name a span kind has in metadata (`span_kind`).

@@ -25,6 +25,7 @@ mod wire {
     pub(super) const FIXED64: u32 = 1;
     pub(super) const LEN: u32 = 2;
 
+    #[inline(always)]
     pub(super) fn varint(buf: &mut Vec<u8>, mut v: u64) {
         while v >= 0x80 {
             buf.push((v as u8) | 0x80);
@@ -39,6 +40,7 @@ mod wire {
     }
 
     /// A field key; every field number used here is below 16, so a key is one byte.
+    #[inline(always)]
     pub(super) fn key(buf: &mut Vec<u8>, field: u32, wire_type: u32) {
         debug_assert!(field < 16);
         buf.push(((field << 3) | wire_type) as u8);
@@ -49,6 +51,7 @@ mod wire {
         1 + varint_len(n as u64) + n
     }
 
+    #[inline(always)]
     pub(super) fn len_field(buf: &mut Vec<u8>, field: u32, data: &[u8]) {
         key(buf, field, LEN);
         varint(buf, data.len() as u64);
@@ -56,6 +59,7 @@ mod wire {
     }
 
     /// The header of a length-delimited field whose `n` content bytes follow.
+    #[inline(always)]
     pub(super) fn len_header(buf: &mut Vec<u8>, field: u32, n: usize) {
         key(buf, field, LEN);
         varint(buf, n as u64);
@@ -68,6 +72,9 @@ use wire::{field_len, key, len_field, len_header, varint, varint_len};
 const SPAN_ATTRIBUTES: u32 = 9;
 
 /// A `KeyValue` with a string value (`value` must be UTF-8: a `&str`'s bytes or JSON text).
+/// Inlined, like the writers below it: the keys are literals, so their bytes are copied as
+/// constants, not by a call (a span has a dozen attributes).
+#[inline(always)]
 fn attr_str(buf: &mut Vec<u8>, key: &str, value: &[u8]) {
     let any = field_len(value.len());
     attr_header(buf, key, any);
@@ -94,6 +101,7 @@ fn attr_strs(buf: &mut Vec<u8>, key: &str, values: &[String]) {
 }
 
 /// The attribute's field, its key, and the header of an `AnyValue` of `any` bytes.
+#[inline(always)]
 fn attr_header(buf: &mut Vec<u8>, k: &str, any: usize) {
     // prost leaves an empty key out; ours never are.
     let key_len = if k.is_empty() { 0 } else { field_len(k.len()) };
@@ -114,6 +122,50 @@ pub(super) fn write_f64(buf: &mut Vec<u8>, v: f64) {
 /// A JSON value as compact JSON text, the bytes `serde_json::to_writer` gives, written
 /// without a serializer in between: inputs and outputs are most of what an exporter writes.
 pub(super) fn write_value(buf: &mut Vec<u8>, v: &Value) {
+    write_value_with(buf, v, &mut NoWatch, 1);
+}
+
+/// What the writer shows a check of the values it writes (the privacy rules' scan, see
+/// `Privacy::watch`): the check rides on the writer's walk over a value instead of walking
+/// it again.
+pub(super) trait Watch {
+    /// A string value (not a key) is written.
+    fn string(&mut self, s: &str);
+    /// An object's entry is written.
+    fn key(&mut self, k: &str, v: &Value);
+    /// An array or object at `depth` (the value itself is at 1) is about to be written;
+    /// `false` to leave out what it holds (the check has its answer: a value too deep to
+    /// check is not walked to its bottom).
+    fn container(&mut self, depth: usize, nonempty: bool) -> bool;
+    /// A whole input or output was written, its JSON text `len` bytes long.
+    fn value(&mut self, len: usize);
+    /// Whether the check has its answer, and nothing more needs writing for it (what is
+    /// written is then not used).
+    fn stopped(&self) -> bool;
+}
+
+/// No check: what every writer but the OTLP encoder's fused check uses.
+pub(super) struct NoWatch;
+
+impl Watch for NoWatch {
+    #[inline(always)]
+    fn string(&mut self, _: &str) {}
+    #[inline(always)]
+    fn key(&mut self, _: &str, _: &Value) {}
+    #[inline(always)]
+    fn container(&mut self, _: usize, _: bool) -> bool {
+        true
+    }
+    #[inline(always)]
+    fn value(&mut self, _: usize) {}
+    #[inline(always)]
+    fn stopped(&self) -> bool {
+        false
+    }
+}
+
+/// [`write_value`], each string, entry and container shown to `w`.
+fn write_value_with<W: Watch>(buf: &mut Vec<u8>, v: &Value, w: &mut W, depth: usize) {
     match v {
         Value::Null => buf.extend_from_slice(b"null"),
         Value::Bool(true) => buf.extend_from_slice(b"true"),
@@ -125,18 +177,39 @@ pub(super) fn write_value(buf: &mut Vec<u8>, v: &Value) {
                 buf.extend_from_slice(b"null");
             }
         }
-        Value::String(s) => write_str(buf, s),
+        Value::String(s) => {
+            w.string(s);
+            write_str(buf, s);
+        }
         Value::Array(a) => {
+            if !w.container(depth, !a.is_empty()) {
+                return;
+            }
             buf.push(b'[');
             for (i, v) in a.iter().enumerate() {
                 if i > 0 {
                     buf.push(b',');
                 }
-                write_value(buf, v);
+                write_value_with(buf, v, w, depth + 1);
             }
             buf.push(b']');
         }
-        Value::Object(m) => write_map(buf, m),
+        Value::Object(m) => {
+            if !w.container(depth, !m.is_empty()) {
+                return;
+            }
+            buf.push(b'{');
+            for (i, (k, v)) in m.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                w.key(k, v);
+                write_str(buf, k);
+                buf.push(b':');
+                write_value_with(buf, v, w, depth + 1);
+            }
+            buf.push(b'}');
+        }
     }
 }
 
@@ -216,56 +289,150 @@ fn escape_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     }
 }
 
-/// A JSON string, escaped as serde_json escapes it: checked and copied eight bytes at a time
-/// (most text needs no escape), byte by byte only around a byte that does.
+/// Whether any byte of a string shorter than eight bytes needs an escape.
+fn short_needs_escape(b: &[u8]) -> bool {
+    debug_assert!(b.len() < 8);
+    if b.len() >= 4 {
+        // Two overlapping four-byte reads cover it: no loop over its bytes.
+        let half = |at: usize| u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]));
+        needs_escape(half(0) | half(b.len() - 4) << 32)
+    } else {
+        b.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\')
+    }
+}
+
+/// Bytes of a string shorter than eight, in fixed-size copies (stores, not a call).
+fn copy_short(buf: &mut Vec<u8>, b: &[u8]) {
+    debug_assert!(b.len() < 8);
+    if b.len() >= 4 {
+        let at = buf.len();
+        buf.extend_from_slice(&[b[0], b[1], b[2], b[3]]);
+        buf.truncate(at + b.len() - 4);
+        let n = b.len();
+        buf.extend_from_slice(&[b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+    } else {
+        for &c in b {
+            buf.push(c);
+        }
+    }
+}
+
+/// A JSON string, escaped as serde_json escapes it: checked eight bytes at a time (most text
+/// needs no escape) and copied in runs between the words that need one, byte by byte only
+/// around those.
 pub(super) fn write_str(buf: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     buf.reserve(b.len() + 2);
     buf.push(b'"');
     if b.len() < 8 {
-        // Padded with a byte that needs no escape.
-        let mut w = u64::from_le_bytes(*b"aaaaaaaa");
-        for (j, &c) in b.iter().enumerate() {
-            w = (w & !(0xff << (8 * j))) | (u64::from(c) << (8 * j));
-        }
-        if needs_escape(w) {
+        if short_needs_escape(b) {
             escape_bytes(buf, b);
         } else {
-            buf.extend_from_slice(b);
+            copy_short(buf, b);
         }
         buf.push(b'"');
         return;
     }
+    if b.len() <= 16 && !needs_escape(word(b, 0)) && !needs_escape(word(b, b.len() - 8)) {
+        // Most keys and many values: two fixed-size copies (stores, not a call), the second
+        // over the first's tail.
+        let at = buf.len();
+        buf.extend_from_slice(&word(b, 0).to_le_bytes());
+        buf.truncate(at + b.len() - 8);
+        buf.extend_from_slice(&word(b, b.len() - 8).to_le_bytes());
+        buf.push(b'"');
+        return;
+    }
+    // `b[..done]` is written.
+    let mut done = 0;
     let mut i = 0;
     while i + 8 <= b.len() {
-        let w = word(b, i);
-        if needs_escape(w) {
+        if needs_escape(word(b, i)) {
+            buf.extend_from_slice(&b[done..i]);
             escape_bytes(buf, &b[i..i + 8]);
-        } else {
-            buf.extend_from_slice(&w.to_le_bytes());
+            done = i + 8;
         }
         i += 8;
     }
-    if i < b.len() {
-        // The string's last eight bytes, some of them written already: when none needs an
-        // escape, those went out as they are, so they are taken back and the word written
-        // whole.
-        let from = b.len() - 8;
-        let w = word(b, from);
-        if needs_escape(w) {
-            escape_bytes(buf, &b[i..]);
-        } else {
-            buf.truncate(buf.len() - (i - from));
-            buf.extend_from_slice(&w.to_le_bytes());
-        }
+    // The last bytes, checked as the string's last word (some of it checked already: when
+    // that word needs an escape, the tail goes byte by byte, which is right either way).
+    if i < b.len() && needs_escape(word(b, b.len() - 8)) {
+        buf.extend_from_slice(&b[done..i]);
+        escape_bytes(buf, &b[i..]);
+    } else {
+        buf.extend_from_slice(&b[done..]);
     }
     buf.push(b'"');
 }
 
 /// `v` as JSON text in `buf` (replacing what it held).
+#[cfg(test)]
 fn json_value(buf: &mut Vec<u8>, v: &Value) {
+    json_value_with(buf, v, &mut NoWatch);
+}
+
+/// [`json_value`], shown to `w`.
+#[cfg(test)]
+fn json_value_with<W: Watch>(buf: &mut Vec<u8>, v: &Value, w: &mut W) {
     buf.clear();
-    write_value(buf, v);
+    write_value_with(buf, v, w, 1);
+    w.value(buf.len());
+}
+
+/// Values whose JSON text is kept while a trace is written (at most this many).
+const MAX_TEXTS: usize = 32;
+
+/// The JSON text of one trace's inputs and outputs, each value written (and shown to the
+/// `Watch`) once: a node's prep output is its exec's input, its post's output the node's,
+/// the run's input the first node's, so the same value comes back several times in a trace,
+/// and comparing it with one already written costs less than writing and checking it again.
+/// Values are compared only when their kind, size and first key agree (see [`signature`]).
+struct Texts<'t> {
+    seen: Vec<(u64, &'t Value, std::ops::Range<usize>)>,
+}
+
+/// A value's kind, length and (for an object) its first key's length and first byte, or 0
+/// for a value not worth remembering (a number, a short string…).
+fn signature(v: &Value) -> u64 {
+    match v {
+        Value::Object(m) => {
+            let first = m.keys().next().map_or(0, |k| {
+                ((k.len() as u64) << 40) | (u64::from(k.as_bytes().first().copied().unwrap_or(0)) << 32)
+            });
+            1 | ((m.len() as u64 & 0xff_ffff) << 8) | first
+        }
+        Value::Array(a) if !a.is_empty() => 2 | ((a.len() as u64) << 8),
+        Value::String(s) if s.len() >= 16 => 3 | ((s.len() as u64) << 8),
+        _ => 0,
+    }
+}
+
+impl<'t> Texts<'t> {
+    fn new() -> Self {
+        Texts { seen: Vec::new() }
+    }
+
+    /// Where `v`'s JSON text is in `buf`: written there (and shown to `w`) unless an equal
+    /// value was. What `w` would be shown for `v` it was shown for that one.
+    fn of<W: Watch>(&mut self, buf: &mut Vec<u8>, v: &'t Value, w: &mut W) -> std::ops::Range<usize> {
+        if w.stopped() {
+            return 0..0;
+        }
+        let sig = signature(v);
+        if sig != 0 {
+            if let Some((_, _, r)) = self.seen.iter().find(|(s, x, _)| *s == sig && observation::same_json(x, v)) {
+                return r.clone();
+            }
+        }
+        let start = buf.len();
+        write_value_with(buf, v, w, 1);
+        w.value(buf.len() - start);
+        let r = start..buf.len();
+        if sig != 0 && self.seen.len() < MAX_TEXTS {
+            self.seen.push((sig, v, r.clone()));
+        }
+        r
+    }
 }
 
 /// The span id used for a trace that has no root span of its own.
@@ -278,9 +445,9 @@ fn synthetic_root_id(trace: &TraceRecord) -> u64 {
 struct Scratch {
     /// The trace's context attributes, encoded.
     ctx: Vec<u8>,
-    /// JSON text of the span's input and output, and of one more value.
-    input: Vec<u8>,
-    output: Vec<u8>,
+    /// JSON text of the trace's inputs and outputs (see [`Texts`]).
+    texts: Vec<u8>,
+    /// JSON text of one more value.
     other: Vec<u8>,
     /// The trace's spans, one after another, and where each ends.
     spans: Vec<u8>,
@@ -325,15 +492,18 @@ fn trace_context(buf: &mut Vec<u8>, tmp: &mut Vec<u8>, t: &TraceRecord, environm
 }
 
 /// Writes one `Span` message (its content, without a field header) to `out`.
-fn write_span(
+#[allow(clippy::too_many_arguments)]
+fn write_span<'t, W: Watch>(
     out: &mut Vec<u8>,
     sc: &mut Scratch,
-    trace: &TraceRecord,
+    texts: &mut Texts<'t>,
+    w: &mut W,
+    trace: &'t TraceRecord,
     levels: &Levels<'_>,
-    s: &SpanRecord,
+    s: &'t SpanRecord,
     is_root: bool,
 ) {
-    let Scratch { ctx, input: jin, output: jout, other, .. } = sc;
+    let Scratch { ctx, texts: text, other, .. } = sc;
     len_field(out, 1, &trace.trace_id.to_bytes());
     len_field(out, 2, &s.span_id.to_bytes());
     if let Some(p) = s.parent_id {
@@ -357,20 +527,18 @@ fn write_span(
     // the v4 trace view shows the root's, and ignores `langfuse.trace.input/output` (§10).
     let (input, output) =
         if is_root { (Some(&trace.input), Some(&trace.output)) } else { (s.input.as_ref(), s.output.as_ref()) };
-    if let Some(v) = input {
-        json_value(jin, v);
-    }
-    if let Some(v) = output {
-        json_value(jout, v);
-    }
+    // Every input and output the span carries is written (and so checked, see `Watch`),
+    // even a root's null that is not sent.
+    let jin = input.map(|v| texts.of(text, v, w)).unwrap_or_default();
+    let jout = output.map(|v| texts.of(text, v, w)).unwrap_or_default();
     // Langfuse reads `langfuse.observation.*`; OpenInference backends (Phoenix) `*.value`.
     if input.is_some_and(|v| !v.is_null() || !is_root) {
-        attr_str(out, "input.value", jin);
-        attr_str(out, "langfuse.observation.input", jin);
+        attr_str(out, "input.value", &text[jin.clone()]);
+        attr_str(out, "langfuse.observation.input", &text[jin.clone()]);
     }
     if output.is_some_and(|v| !v.is_null() || !is_root) {
-        attr_str(out, "output.value", jout);
-        attr_str(out, "langfuse.observation.output", jout);
+        attr_str(out, "output.value", &text[jout.clone()]);
+        attr_str(out, "langfuse.observation.output", &text[jout.clone()]);
     }
     let level = levels.of(s);
     if level != Level::Default {
@@ -398,9 +566,9 @@ fn write_span(
     attr_str(out, "langfuse.observation.metadata", other);
     out.extend_from_slice(ctx);
     if is_root {
-        // `jin` / `jout` hold the trace's input and output here.
-        attr_str(out, "langfuse.trace.input", jin);
-        attr_str(out, "langfuse.trace.output", jout);
+        // `jin` / `jout` are the trace's input and output here.
+        attr_str(out, "langfuse.trace.input", &text[jin]);
+        attr_str(out, "langfuse.trace.output", &text[jout]);
     }
 
     let (code, msg) = match &s.status {
@@ -463,7 +631,7 @@ pub fn encode_trace(trace: &TraceRecord, out: &mut Vec<Vec<u8>>) -> usize {
 pub(super) fn encode_trace_in(trace: &TraceRecord, environment: Option<&str>, out: &mut Vec<Vec<u8>>) -> usize {
     with_scratch(|sc| {
         let (mut spans, mut ends) = (std::mem::take(&mut sc.spans), std::mem::take(&mut sc.ends));
-        encode_with(sc, trace, environment, &mut spans, &mut ends);
+        encode_with(sc, &mut NoWatch, trace, environment, &mut spans, &mut ends);
         let mut at = 0;
         for &end in &ends {
             // An exact-size copy: queued spans hold no spare capacity.
@@ -497,13 +665,24 @@ impl SpanBytes {
 }
 
 /// Like [`encode_trace_in`], each span handed to `each` as a range of one buffer per trace.
-pub(super) fn encode_trace_shared(trace: &TraceRecord, environment: Option<&str>, mut each: impl FnMut(SpanBytes)) {
+pub(super) fn encode_trace_shared(trace: &TraceRecord, environment: Option<&str>, each: impl FnMut(SpanBytes)) {
+    encode_trace_watched(trace, environment, &mut NoWatch, each);
+}
+
+/// [`encode_trace_shared`], every input and output the spans carry shown to `w` as it is
+/// written (see [`watched_values`] for which those are).
+pub(super) fn encode_trace_watched<W: Watch>(
+    trace: &TraceRecord,
+    environment: Option<&str>,
+    w: &mut W,
+    mut each: impl FnMut(SpanBytes),
+) {
     with_scratch(|sc| {
         // Written straight into the buffer the spans keep (not copied into it), sized like
         // the last trace's with an eighth to spare: traces of one exporter are much alike.
         let mut spans = Vec::with_capacity(sc.last_len + sc.last_len / 8);
         let mut ends = std::mem::take(&mut sc.ends);
-        encode_with(sc, trace, environment, &mut spans, &mut ends);
+        encode_with(sc, w, trace, environment, &mut spans, &mut ends);
         sc.last_len = spans.len();
         // Queued spans hold little spare room: after a large trace (a long run's part) or a
         // buffer that grew, the buffer is cut down to size.
@@ -530,8 +709,9 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
 
 /// Writes the trace's spans one after another into `spans` (cleared first), the end of each in
 /// `ends`.
-fn encode_with(
+fn encode_with<W: Watch>(
     sc: &mut Scratch,
+    w: &mut W,
     trace: &TraceRecord,
     environment: Option<&str>,
     spans: &mut Vec<u8>,
@@ -544,30 +724,50 @@ fn encode_with(
     trace_context(&mut sc.ctx, &mut sc.other, trace, environment);
     let levels = Levels::new(trace);
     let root = trace.root().map(|r| r.span_id);
-    let mut emit = |sc: &mut Scratch, s: &SpanRecord, is_root: bool| {
-        write_span(spans, sc, trace, &levels, s, is_root);
+    // A part of a run in progress has no root yet: the record that ends the run brings it.
+    let synthetic = (root.is_none() && !trace.is_part()).then(|| SpanRecord {
+        span_id: crate::trace::SpanId(synthetic_root_id(trace)),
+        parent_id: None,
+        kind: SpanKind::Flow,
+        name: trace.name.as_str().into(),
+        start_unix_nanos: trace.start_unix_nanos,
+        end_unix_nanos: trace.end_unix_nanos,
+        status: trace.status.clone(),
+        input: None,
+        output: None,
+        attributes: Default::default(),
+        generation: None,
+    });
+    sc.texts.clear();
+    let mut texts = Texts::new();
+    let mut emit = |sc: &mut Scratch, s, is_root: bool| {
+        write_span(spans, sc, &mut texts, w, trace, &levels, s, is_root);
         ends.push(spans.len());
     };
-    // A part of a run in progress has no root yet: the record that ends the run brings it.
-    if root.is_none() && !trace.is_part() {
-        let synthetic = SpanRecord {
-            span_id: crate::trace::SpanId(synthetic_root_id(trace)),
-            parent_id: None,
-            kind: SpanKind::Flow,
-            name: trace.name.as_str().into(),
-            start_unix_nanos: trace.start_unix_nanos,
-            end_unix_nanos: trace.end_unix_nanos,
-            status: trace.status.clone(),
-            input: None,
-            output: None,
-            attributes: Default::default(),
-            generation: None,
-        };
-        emit(sc, &synthetic, true);
+    if let Some(s) = &synthetic {
+        emit(sc, s, true);
     }
     for s in &trace.spans {
         emit(sc, s, Some(s.span_id) == root);
     }
+    // A long run's part may have needed a large buffer: it is not kept for the next trace.
+    if sc.texts.capacity() > 1 << 20 {
+        sc.texts = Vec::new();
+    }
+}
+
+/// The inputs and outputs [`encode_trace_watched`] writes (and shows its `Watch`), as
+/// (whether the trace's own input and output are among them, whether a span's are): a root
+/// span carries the trace's instead of its own, a part of a run in progress has no root
+/// and does not carry the trace's; `None` when the spans are changed before they are written
+/// (a generation node's calls folded into it), so what is written is not what is recorded.
+pub(super) fn watched_values(trace: &TraceRecord) -> Option<(bool, impl Fn(&SpanRecord) -> bool)> {
+    if observation::has_generation_nodes(trace) {
+        return None;
+    }
+    let root = trace.root().map(|r| r.span_id);
+    let trace_values = root.is_some() || !trace.is_part();
+    Some((trace_values, move |s: &SpanRecord| Some(s.span_id) != root))
 }
 
 fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
@@ -894,6 +1094,34 @@ pub(super) mod tests {
             json_value(&mut b, &v);
             assert_eq!(String::from_utf8(b).unwrap(), serde_json::to_string(&v).unwrap());
         }
+    }
+
+    #[test]
+    fn a_value_seen_before_in_the_trace_is_written_as_it_would_be() {
+        use serde_json::json;
+        let values = [
+            json!({"a": 0.0}),
+            json!({"a": -0.0}),
+            json!({"a": 0}),
+            json!({"a": 0.0}),
+            json!({"b": [1, 2]}),
+            json!({"a": [1, 2]}),
+            json!([1, 2]),
+            json!([1, 2.0]),
+            json!("a string of sixteen bytes or more"),
+            json!("a string of sixteen bytes or more"),
+            json!({"": 1}),
+            json!({"": 1}),
+            json!({"x": {"y": "z"}, "w": null}),
+            json!({"x": {"y": "z"}, "w": false}),
+        ];
+        let mut buf = Vec::new();
+        let mut texts = Texts::new();
+        for v in &values {
+            let r = texts.of(&mut buf, v, &mut NoWatch);
+            assert_eq!(std::str::from_utf8(&buf[r]).unwrap(), serde_json::to_string(v).unwrap());
+        }
+        assert!(texts.seen.len() < values.len(), "equal values are remembered once");
     }
 
     #[test]

@@ -364,25 +364,53 @@ impl Privacy {
     /// (no mask hook, no secret-looking key or value, nothing too deep or too large): the
     /// common case costs a scan, not a copy. Applying it twice changes nothing the second time.
     pub fn apply_shared(&self, trace: Arc<TraceRecord>) -> Arc<TraceRecord> {
-        let t = &*trace;
-        let mut stack = Vec::new();
-        let st = &mut stack;
-        let dirty = self.mask.is_some()
-            || self.needs_work(&t.input, st)
-            || self.needs_work(&t.output, st)
-            || self.map_dirty(&t.metadata, st)
-            || self.status_dirty(&t.status)
-            || t.spans.iter().any(|s| {
-                s.input.as_ref().is_some_and(|v| self.needs_work(v, st))
-                    || s.output.as_ref().is_some_and(|v| self.needs_work(v, st))
-                    || self.map_dirty(&s.attributes, st)
-                    || self.status_dirty(&s.status)
-            });
+        let dirty = self.mask.is_some() || self.dirty_except(&trace, false, |_| false);
         if dirty {
-            Arc::new(self.apply(t))
+            Arc::new(self.apply(&trace))
         } else {
             trace
         }
+    }
+
+    /// Whether anything in `t` needs work (see [`apply_shared`](Self::apply_shared)) other
+    /// than the inputs and outputs a [`ValueScan`] looks at: the trace's own when
+    /// `trace_values`, a span's when `span_values` says so. The mask hook is not looked at.
+    pub(crate) fn dirty_except(
+        &self,
+        t: &TraceRecord,
+        trace_values: bool,
+        span_values: impl Fn(&crate::trace::SpanRecord) -> bool,
+    ) -> bool {
+        let mut stack = Vec::new();
+        let st = &mut stack;
+        (!trace_values && (self.needs_work(&t.input, st) || self.needs_work(&t.output, st)))
+            || self.map_dirty(&t.metadata, st)
+            || self.status_dirty(&t.status)
+            || t.spans.iter().any(|s| {
+                (!span_values(s)
+                    && (s.input.as_ref().is_some_and(|v| self.needs_work(v, st))
+                        || s.output.as_ref().is_some_and(|v| self.needs_work(v, st))))
+                    || self.map_dirty(&s.attributes, st)
+                    || self.status_dirty(&s.status)
+            })
+    }
+
+    /// Whether a mask hook is set (it may change any value).
+    pub(crate) fn masks(&self) -> bool {
+        self.mask.is_some()
+    }
+
+    /// `f` given a check of inputs and outputs as an encoder writes them (see
+    /// [`ValueScan`]), which holds this thread's cache of key answers for the while (not
+    /// looked up again for every key); `None` with a mask hook, which may change any value.
+    pub(crate) fn with_scan<R>(&self, f: impl FnOnce(&mut ValueScan<'_>) -> R) -> Option<R> {
+        if self.mask.is_some() {
+            return None;
+        }
+        Some(KEY_CACHE.with(|c| match c.try_borrow_mut() {
+            Ok(mut c) => f(&mut ValueScan { privacy: self, cache: Some(&mut c), dirty: false }),
+            Err(_) => f(&mut ValueScan { privacy: self, cache: None, dirty: false }),
+        }))
     }
 
     /// Redacts in place; `v` is already within the depth limit, so recursion is bounded.
@@ -442,6 +470,52 @@ impl Privacy {
     }
 }
 
+/// [`Privacy::needs_work`] for values an encoder writes, riding on the writer's walk: it is
+/// shown every string, entry and container the writer writes, and the length of each value's
+/// JSON text, and says whether any of it needs work (a string to scrub, a secret key not yet
+/// redacted, too deep, or over the size limit, which [`limit_values`] measures by that same
+/// text). Not dirty means [`Privacy::apply`] would leave those values as they are.
+pub(crate) struct ValueScan<'p> {
+    privacy: &'p Privacy,
+    /// The thread's cache of key answers, when it was free.
+    cache: Option<&'p mut KeyCache>,
+    dirty: bool,
+}
+
+impl ValueScan<'_> {
+    /// Whether something seen needs work.
+    pub(crate) fn dirty(&self) -> bool {
+        self.dirty
+    }
+}
+
+impl super::otlp::Watch for ValueScan<'_> {
+    fn string(&mut self, s: &str) {
+        self.dirty = self.dirty || self.privacy.str_dirty(s);
+    }
+    fn key(&mut self, k: &str, v: &Value) {
+        if self.dirty || self.privacy.redact.is_empty() {
+            return;
+        }
+        let ix = &self.privacy.redact_index;
+        let secret = match self.cache.as_deref_mut() {
+            Some(c) => ix.matches_in(c, k),
+            None => ix.matches_cached(k),
+        };
+        self.dirty = secret && !is_redacted(v);
+    }
+    fn container(&mut self, depth: usize, nonempty: bool) -> bool {
+        self.dirty = self.dirty || (nonempty && depth > self.privacy.max_depth);
+        !self.dirty
+    }
+    fn value(&mut self, len: usize) {
+        self.dirty = self.dirty || len > self.privacy.max_value_bytes;
+    }
+    fn stopped(&self) -> bool {
+        self.dirty
+    }
+}
+
 /// The string scan of [`Privacy::needs_work`]: known secrets and credential-shaped tokens
 /// looked for in one pass, stopping only at bytes one of them can start with.
 #[derive(Debug)]
@@ -453,6 +527,49 @@ struct StrScan {
     secrets: Vec<Box<[u8]>>,
     /// Shorter strings cannot hold anything looked for.
     min_len: usize,
+    /// Bytes one of which every match holds (see [`StrScan::new`]); a string with none of
+    /// them is passed eight bytes at a time. `None` when there would be too many to test.
+    filter: Option<Vec<u8>>,
+}
+
+/// How rare a byte is in ordinary text, lower is rarer: punctuation, capitals, digits, then
+/// lower-case letters from the rarest.
+fn rarity(c: u8) -> usize {
+    const LOWER: &[u8] = b"zqxjkvbpygfwmucldrhsnioate";
+    match c {
+        b'A'..=b'Z' => 1,
+        b'0'..=b'9' => 2,
+        b'a'..=b'z' => 3 + LOWER.iter().position(|&l| l == c).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Whether `b` (at least eight bytes) holds one of `bytes`: eight bytes at a time, each
+/// tested against all of them at once (SWAR: a zero byte of `word ^ c` sets its high bit).
+fn has_any(b: &[u8], bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    debug_assert!(b.len() >= 8);
+    let hit = |w: u64| {
+        bytes.iter().fold(0, |acc, &c| {
+            let x = w ^ (ONES * u64::from(c));
+            acc | (x.wrapping_sub(ONES) & !x & HIGH)
+        }) != 0
+    };
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let mut i = 0;
+    while i + 8 <= b.len() {
+        if hit(word(i)) {
+            return true;
+        }
+        i += 8;
+    }
+    // The last eight bytes (some tested already, which changes nothing).
+    i < b.len() && hit(word(b.len() - 8))
 }
 
 const CRED: u8 = 1;
@@ -476,7 +593,18 @@ impl StrScan {
                 min_len = min_len.min(x.len());
             }
         }
-        StrScan { starts, secrets: secrets.iter().map(|x| x.as_bytes().into()).collect(), min_len }
+        // Every credential holds one of these: `Bearer` and `Basic` start with `b` or `B`,
+        // `sk-` and `pk-lf-` keys hold `-`, a JWT starts `eyJ`; a secret holds its rarest byte.
+        let mut filter: Vec<u8> = if values { b"bB-J".to_vec() } else { Vec::new() };
+        for x in secrets {
+            if let Some(&c) = x.as_bytes().iter().min_by_key(|&&c| rarity(c)) {
+                if !filter.contains(&c) {
+                    filter.push(c);
+                }
+            }
+        }
+        let filter = (filter.len() <= 8).then_some(filter);
+        StrScan { starts, secrets: secrets.iter().map(|x| x.as_bytes().into()).collect(), min_len, filter }
     }
 
     /// What `secrets.iter().any(|x| s.contains(x)) || !credential_spans(s, true).is_empty()`
@@ -486,6 +614,11 @@ impl StrScan {
     fn dirty(&self, b: &[u8]) -> bool {
         if b.len() < self.min_len {
             return false;
+        }
+        if let Some(f) = &self.filter {
+            if b.len() >= 8 && !has_any(b, f) {
+                return false;
+            }
         }
         let cred_ok = b.len() >= MIN_CREDENTIAL;
         for (i, &c) in b.iter().enumerate() {
@@ -626,24 +759,32 @@ impl KeyIndex {
         if key.len() > 64 {
             return self.matches(key);
         }
-        KEY_CACHE.with(|c| {
-            let Ok(mut c) = c.try_borrow_mut() else { return self.matches(key) };
-            if c.id != self.id || c.slots.is_empty() {
-                c.slots.clear();
-                c.slots.resize(KEY_SLOTS, None);
-                c.id = self.id;
-            }
-            let words = key_words(key.as_bytes());
-            let slot = &mut c.slots[key_slot(key.len(), words)];
-            if let Some(s) = slot {
-                if s.words == words && s.key.len() == key.len() && (key.len() <= 16 || *s.key == *key) {
-                    return s.matches;
-                }
-            }
-            let m = self.matches(key);
-            *slot = Some(CachedKey { words, key: key.into(), matches: m });
-            m
+        KEY_CACHE.with(|c| match c.try_borrow_mut() {
+            Ok(mut c) => self.matches_in(&mut c, key),
+            Err(_) => self.matches(key),
         })
+    }
+
+    /// [`matches_cached`](Self::matches_cached) with the thread's cache in hand.
+    fn matches_in(&self, c: &mut KeyCache, key: &str) -> bool {
+        if key.len() > 64 {
+            return self.matches(key);
+        }
+        if c.id != self.id || c.slots.is_empty() {
+            c.slots.clear();
+            c.slots.resize(KEY_SLOTS, None);
+            c.id = self.id;
+        }
+        let words = key_words(key.as_bytes());
+        let slot = &mut c.slots[key_slot(key.len(), words)];
+        if let Some(s) = slot {
+            if s.words == words && s.key.len() == key.len() && (key.len() <= 16 || *s.key == *key) {
+                return s.matches;
+            }
+        }
+        let m = self.matches(key);
+        *slot = Some(CachedKey { words, key: key.into(), matches: m });
+        m
     }
 
     /// Whether `key`, normalised, contains one of the fragments. Normalises on the fly: a
@@ -932,7 +1073,8 @@ mod tests {
 
     #[test]
     fn the_one_pass_string_scan_agrees_with_the_searches_it_replaces() {
-        let secrets: Vec<String> = vec!["pk-lf-bench".into(), "sk-lf-bench-secret".into(), "cGstbGY6c2s=".into()];
+        let secrets: Vec<String> =
+            vec!["pk-lf-bench".into(), "sk-lf-bench-secret".into(), "cGstbGY6c2s=".into(), "plainsecretword".into()];
         let mut texts: Vec<String> = [
             "",
             "short",
@@ -953,6 +1095,12 @@ mod tests {
             "ünïcode sk-lf-bench-secret ✓",
             "Basic abcdefgh",
             "Basic abcdefg",
+            "plain words with no marker bytes at all in them",
+            "the plainsecretword inside",
+            "secret!one and secret@two",
+            "BEARER ABCDEFGH12345678",
+            "text then bearer abcdefgh12345678",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.x",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -967,8 +1115,14 @@ mod tests {
             })
             .collect();
         texts.extend(cuts);
+        // More secrets than the byte filter takes: the scan goes without it.
+        let many: Vec<String> = ["secret!one", "secret@two", "secret#three", "secret$four", "secret%five"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(StrScan::new(&many, true).filter.is_none() && StrScan::new(&secrets, true).filter.is_some());
         for values in [true, false] {
-            for secrets in [&secrets[..], &[]] {
+            for secrets in [&secrets[..], &[], &many[..]] {
                 let scan = StrScan::new(secrets, values);
                 for t in &texts {
                     let want = secrets.iter().any(|x| t.contains(x.as_str()))
