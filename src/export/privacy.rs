@@ -112,6 +112,10 @@ impl Privacy {
     }
 
     /// Sets the masking hook (applied after redaction).
+    ///
+    /// It may be called from several threads at once, and more than once on the same value
+    /// (an exporter whose encoder thread is descheduled prepares that trace again itself and
+    /// keeps the first result), so it should be a pure function of its input.
     pub fn with_mask(mut self, mask: impl Fn(Value) -> Value + Send + Sync + 'static) -> Self {
         self.mask = Some(Arc::new(mask));
         self
