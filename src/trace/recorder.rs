@@ -717,17 +717,7 @@ impl RawSpan {
                 attributes.insert(k.to_owned(), v);
             }
         }
-        let generation = self.generation.take().map(|g| {
-            Box::new(super::model::GenerationRecord {
-                model: g.model,
-                model_parameters: g.model_parameters,
-                usage: g.usage,
-                cost: g.cost,
-                completion_start_unix_nanos: g.completion_start.map(|at| clock.unix_nanos(at)),
-                prompt_name: g.prompt.as_ref().map(|p| p.0.clone()),
-                prompt_version: g.prompt.map(|p| p.1),
-            })
-        });
+        let generation = self.generation.take().map(|g| generation_record(*g, clock));
         let input = self.input.take().map(Io::into_json);
         let output = self.output.take().map(Io::into_json);
         SpanRecord {
@@ -755,17 +745,7 @@ impl RawSpan {
         let attrs = std::mem::replace(&mut self.attrs, EMPTY_ATTRS);
         let extra = std::mem::take(&mut self.extra);
         self.attributes_into(&mut s.attributes, attrs, extra);
-        s.generation = self.generation.take().map(|g| {
-            Box::new(super::model::GenerationRecord {
-                model: g.model,
-                model_parameters: g.model_parameters,
-                usage: g.usage,
-                cost: g.cost,
-                completion_start_unix_nanos: g.completion_start.map(|at| clock.unix_nanos(at)),
-                prompt_name: g.prompt.as_ref().map(|p| p.0.clone()),
-                prompt_version: g.prompt.map(|p| p.1),
-            })
-        });
+        s.generation = self.generation.take().map(|g| generation_record(*g, clock));
         match self.input.take() {
             Some(io) => io.into_json_into(&mut s.input),
             None => s.input = None,
@@ -1275,6 +1255,19 @@ impl crate::flow::StoreSnapshot {
         }
         true
     }
+}
+
+/// The record of an LLM call, its first token's time on the trace's clock.
+fn generation_record(g: crate::flow::Generation, clock: Clock) -> Box<super::model::GenerationRecord> {
+    Box::new(super::model::GenerationRecord {
+        model: g.model,
+        model_parameters: g.model_parameters,
+        usage: g.usage,
+        cost: g.cost,
+        completion_start_unix_nanos: g.completion_start.map(|at| clock.unix_nanos(at)),
+        prompt_name: g.prompt.as_ref().map(|p| p.0.clone()),
+        prompt_version: g.prompt.map(|p| p.1),
+    })
 }
 
 #[cfg(test)]
