@@ -289,26 +289,24 @@ impl std::future::Future for Answer {
             };
             Some(Answered { result, warnings: std::mem::take(&mut inner.warnings) })
         };
-        if first {
-            state.caller.register(cx.waker());
-            return match take() {
-                Some(v) => std::task::Poll::Ready(v),
-                None => std::task::Poll::Pending,
-            };
-        }
-        take_or_wait(&state.caller, cx, take)
+        take_or_wait(&state.caller, cx, first, take)
     }
 }
 
 /// What `take` finds, or, once the task's waker is registered with `waker`, what `take` finds
-/// when it looks again: something given in between is not missed.
+/// when it looks again: something given in between is not missed. `first`: nothing can have
+/// been given yet (the first poll right after a hand-over), so it registers before it looks,
+/// and looks once.
 fn take_or_wait<T>(
     waker: &AtomicWaker,
     cx: &mut std::task::Context<'_>,
+    first: bool,
     mut take: impl FnMut() -> Option<T>,
 ) -> std::task::Poll<T> {
-    if let Some(v) = take() {
-        return std::task::Poll::Ready(v);
+    if !first {
+        if let Some(v) = take() {
+            return std::task::Poll::Ready(v);
+        }
     }
     waker.register(cx.waker());
     match take() {
@@ -374,15 +372,7 @@ impl Inlet {
         let mailbox = &self.0;
         let mut first = !fresh;
         std::future::poll_fn(|cx| {
-            let take = || mailbox.slot.lock().run.take();
-            if std::mem::take(&mut first) {
-                mailbox.supervisor.register(cx.waker());
-                return match take() {
-                    Some(v) => std::task::Poll::Ready(v),
-                    None => std::task::Poll::Pending,
-                };
-            }
-            take_or_wait(&mailbox.supervisor, cx, take)
+            take_or_wait(&mailbox.supervisor, cx, std::mem::take(&mut first), || mailbox.slot.lock().run.take())
         })
         .await
     }
