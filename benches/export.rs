@@ -2,7 +2,9 @@
 //! encoded and delivered over HTTP to a local Langfuse-compatible sink, both protocols.
 //!
 //! `EXPORT_BENCH_ENCODER_THREADS=n` sets the delivery benches' encoder threads (default: the
-//! exporter's own, one per core up to four).
+//! exporter's own, one per core up to four). `EXPORT_BENCH_ONCE=<name>` (e.g.
+//! `otlp_1000_traces`) delivers that case's 1,000 traces once, without criterion's timing:
+//! a run to count instructions under `valgrind --tool=callgrind --separate-threads=yes`.
 
 #[path = "support/sink.rs"]
 mod sink;
@@ -208,6 +210,20 @@ fn deliver(c: &mut Criterion) {
             .no_spool()
             .build()
             .expect("exporter");
+        if let Some(once) = std::env::var_os("EXPORT_BENCH_ONCE") {
+            if once == name {
+                rt.block_on(async {
+                    for _ in 0..1000 {
+                        exporter.export(Arc::clone(&trace));
+                    }
+                    let report = exporter.flush(Duration::from_secs(600)).await;
+                    assert!(report.is_complete(), "{report:?}");
+                });
+                assert_eq!(sink.spans.load(Ordering::Relaxed), 1000 * on_wire, "the sink got every span");
+                eprintln!("{name}: delivered once ({} spans on the wire)", 1000 * on_wire);
+            }
+            continue;
+        }
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;

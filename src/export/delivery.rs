@@ -1913,6 +1913,19 @@ mod tests {
                     s.attributes.insert("secret".into(), "x".into());
                 }
             }),
+            // A value written before comes back inside another, deeper than the limit lets it.
+            Box::new(|t, i| {
+                if let Some(s) = t.spans.get_mut(i) {
+                    s.output = Some(json!({"c": [1]}));
+                }
+                t.output = json!({"x": {"c": [1]}});
+            }),
+            Box::new(|t, i| {
+                if let Some(s) = t.spans.get_mut(i) {
+                    s.input = Some(json!({"c": [{"d": "a string of sixteen bytes"}]}));
+                    s.output = Some(json!({"x": {"c": [{"d": "a string of sixteen bytes"}]}}));
+                }
+            }),
             Box::new(|t, i| {
                 if let Some(s) = t.spans.get_mut(i) {
                     s.status = SpanStatus::Error {

@@ -384,16 +384,29 @@ const MAX_TEXTS: usize = 32;
 
 /// The JSON text of one trace's inputs and outputs, each value written (and shown to the
 /// `Watch`) once: a node's prep output is its exec's input, its post's output the node's,
-/// the run's input the first node's, so the same value comes back several times in a trace,
+/// the run's input the first node's, and a post's input holds its prep's output and its
+/// exec's, so the same value comes back several times in a trace, whole or inside another,
 /// and comparing it with one already written costs less than writing and checking it again.
 /// Values are compared only when their kind, size and first key agree (see [`signature`]).
 struct Texts<'t> {
-    seen: Vec<(u64, &'t Value, std::ops::Range<usize>)>,
+    seen: Vec<Seen<'t>>,
+}
+
+/// A value written before in the trace.
+struct Seen<'t> {
+    sig: u64,
+    value: &'t Value,
+    /// Its JSON text in the trace's text buffer.
+    text: std::ops::Range<usize>,
+    /// How far below it (0: the value itself) its deepest non-empty array or object is, if
+    /// it holds one: the depth check it was shown, moved to where it comes back.
+    reach: Option<usize>,
 }
 
 /// A value's kind, length and (for an object) its first key's length and first byte, or 0
-/// for a value not worth remembering (a number, a short string…).
-fn signature(v: &Value) -> u64 {
+/// for a value not worth remembering (a number, a short string, a string inside another
+/// value…).
+fn signature(v: &Value, depth: usize) -> u64 {
     match v {
         Value::Object(m) => {
             let first = m.keys().next().map_or(0, |k| {
@@ -402,7 +415,7 @@ fn signature(v: &Value) -> u64 {
             1 | ((m.len() as u64 & 0xff_ffff) << 8) | first
         }
         Value::Array(a) if !a.is_empty() => 2 | ((a.len() as u64) << 8),
-        Value::String(s) if s.len() >= 16 => 3 | ((s.len() as u64) << 8),
+        Value::String(s) if s.len() >= 16 && depth == 1 => 3 | ((s.len() as u64) << 8),
         _ => 0,
     }
 }
@@ -418,20 +431,102 @@ impl<'t> Texts<'t> {
         if w.stopped() {
             return 0..0;
         }
-        let sig = signature(v);
-        if sig != 0 {
-            if let Some((_, _, r)) = self.seen.iter().find(|(s, x, _)| *s == sig && observation::same_json(x, v)) {
-                return r.clone();
-            }
+        let sig = signature(v, 1);
+        if let Some(r) = self.find(sig, v) {
+            // Written before perhaps inside another value, so not measured on its own yet.
+            w.value(r.text.len());
+            return r.text.clone();
         }
         let start = buf.len();
-        write_value_with(buf, v, w, 1);
+        self.write(buf, v, w, 1, sig);
         w.value(buf.len() - start);
-        let r = start..buf.len();
-        if sig != 0 && self.seen.len() < MAX_TEXTS {
-            self.seen.push((sig, v, r.clone()));
+        start..buf.len()
+    }
+
+    /// The value written before that `v` is written as, if any.
+    fn find(&self, sig: u64, v: &Value) -> Option<&Seen<'t>> {
+        if sig == 0 {
+            return None;
         }
-        r
+        self.seen.iter().find(|s| s.sig == sig && observation::same_json(s.value, v))
+    }
+
+    /// `v` (at `depth`, its signature `sig`) written to `buf` as [`write_value_with`] writes
+    /// it, and shown to `w` as it shows it; a value inside it that was written before is
+    /// copied, and shown to `w` as the depth check it needs here (the strings and keys it
+    /// holds were checked when it was written, and their checks do not depend on where a
+    /// value is). Returns how far below `v` its deepest non-empty container is.
+    fn write<W: Watch>(&mut self, buf: &mut Vec<u8>, v: &'t Value, w: &mut W, depth: usize, sig: u64) -> Option<usize> {
+        let start = buf.len();
+        let reach = match v {
+            Value::Array(a) if !a.is_empty() => {
+                if !w.container(depth, true) {
+                    return None;
+                }
+                buf.push(b'[');
+                let mut reach = 0;
+                for (i, v) in a.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    if let Some(r) = self.nested(buf, v, w, depth + 1) {
+                        reach = reach.max(r + 1);
+                    }
+                }
+                buf.push(b']');
+                Some(reach)
+            }
+            Value::Object(m) if !m.is_empty() => {
+                if !w.container(depth, true) {
+                    return None;
+                }
+                buf.push(b'{');
+                let mut reach = 0;
+                for (i, (k, v)) in m.iter().enumerate() {
+                    if i > 0 {
+                        buf.push(b',');
+                    }
+                    w.key(k, v);
+                    write_str(buf, k);
+                    buf.push(b':');
+                    if let Some(r) = self.nested(buf, v, w, depth + 1) {
+                        reach = reach.max(r + 1);
+                    }
+                }
+                buf.push(b'}');
+                Some(reach)
+            }
+            _ => {
+                write_value_with(buf, v, w, depth);
+                None
+            }
+        };
+        if sig != 0 && self.seen.len() < MAX_TEXTS && !w.stopped() {
+            if self.seen.capacity() == 0 {
+                self.seen.reserve_exact(MAX_TEXTS);
+            }
+            self.seen.push(Seen { sig, value: v, text: start..buf.len(), reach });
+        }
+        reach
+    }
+
+    /// A value inside another (at `depth`): copied when it was written before, else written.
+    fn nested<W: Watch>(&mut self, buf: &mut Vec<u8>, v: &'t Value, w: &mut W, depth: usize) -> Option<usize> {
+        let sig = signature(v, depth);
+        if sig == 0 {
+            write_value_with(buf, v, w, depth);
+            return None;
+        }
+        if let Some(s) = self.find(sig, v) {
+            let (text, reach) = (s.text.clone(), s.reach);
+            // Its deepest container is the one the depth check could refuse here.
+            if reach.is_some_and(|r| !w.container(depth + r, true)) {
+                return None;
+            }
+            buf.extend_from_within(text);
+            return reach;
+        }
+        self.write(buf, v, w, depth, sig)
     }
 }
 
