@@ -221,12 +221,41 @@ pub(crate) fn same_json(a: &Value, b: &Value) -> bool {
         (Value::Number(x), Value::Number(y)) => {
             x == y && x.is_f64() == y.is_f64() && x.as_f64().map(f64::to_bits) == y.as_f64().map(f64::to_bits)
         }
-        (Value::String(x), Value::String(y)) => x == y,
+        (Value::String(x), Value::String(y)) => same_str(x, y),
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b)),
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|((ka, va), (kb, vb))| ka == kb && same_json(va, vb))
+            x.len() == y.len() && x.iter().zip(y).all(|((ka, va), (kb, vb))| same_str(ka, kb) && same_json(va, vb))
         }
         _ => false,
+    }
+}
+
+/// `a == b`, the short strings most keys and values are compared in a few word loads, not
+/// a call to `memcmp`.
+#[inline(always)]
+fn same_str(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    fn word(x: &[u8], at: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&x[at..at + 8]);
+        u64::from_le_bytes(w)
+    }
+    fn half(x: &[u8], at: usize) -> u32 {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&x[at..at + 4]);
+        u32::from_le_bytes(w)
+    }
+    if (8..=16).contains(&n) {
+        // Two overlapping reads cover the string.
+        word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8)
+    } else if (4..8).contains(&n) {
+        half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4)
+    } else {
+        a == b
     }
 }
 
@@ -254,6 +283,8 @@ pub(crate) fn kind_name(k: SpanKind) -> &'static str {
 #[derive(Clone, Copy)]
 enum Extra<'a> {
     Str(&'a str),
+    /// A name of ours, which JSON writes as it is (no byte of it needs an escape).
+    Name(&'static str),
     Strs(&'a [String]),
     U64(u64),
 }
@@ -262,6 +293,7 @@ impl Serialize for Extra<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Extra::Str(v) => s.serialize_str(v),
+            Extra::Name(v) => s.serialize_str(v),
             Extra::Strs(v) => v.serialize(s),
             Extra::U64(v) => s.serialize_u64(*v),
         }
@@ -273,28 +305,25 @@ impl Serialize for Extra<'_> {
 /// record, in the order a `serde_json::Map` keeps (sorted keys), so nothing is copied.
 pub(crate) struct Metadata<'a> {
     base: &'a Map<String, Value>,
-    /// Sorted by key, unique.
-    extras: [Option<(&'static str, Extra<'a>)>; 6],
+    /// Sorted by key, unique: the first `n`. Keys are names of ours (no byte needs an escape).
+    extras: [(&'static str, Extra<'a>); 6],
+    n: usize,
 }
 
 impl<'a> Metadata<'a> {
-    /// `extras` come in key order (with gaps): they are moved up over the gaps, not sorted.
-    fn new(base: &'a Map<String, Value>, extras: [Option<(&'static str, Extra<'a>)>; 6]) -> Self {
-        let mut packed = [None; 6];
-        let mut n = 0;
-        for e in extras.into_iter().flatten() {
-            packed[n] = Some(e);
-            n += 1;
-        }
-        debug_assert!(
-            packed[..n].windows(2).all(|w| matches!(w, [Some(a), Some(b)] if a.0 < b.0)),
-            "extras in key order"
-        );
-        Metadata { base, extras: packed }
+    fn new(base: &'a Map<String, Value>) -> Self {
+        Metadata { base, extras: [("", Extra::U64(0)); 6], n: 0 }
+    }
+
+    /// Adds an entry; entries are added in key order.
+    fn push(&mut self, k: &'static str, v: Extra<'a>) {
+        debug_assert!(self.n == 0 || self.extras[self.n - 1].0 < k, "extras in key order");
+        self.extras[self.n] = (k, v);
+        self.n += 1;
     }
 
     fn extras(&self) -> impl Iterator<Item = (&'static str, Extra<'a>)> + '_ {
-        self.extras.iter().map_while(|e| *e)
+        self.extras[..self.n].iter().copied()
     }
 }
 
@@ -303,16 +332,18 @@ impl Metadata<'_> {
     /// it (tested), without a serializer or a map in between.
     pub(crate) fn write_json(&self, buf: &mut Vec<u8>) {
         use super::otlp::{write_str, write_value};
-        fn entry(buf: &mut Vec<u8>, first: &mut bool, k: &str) {
-            if !std::mem::take(first) {
-                buf.push(b',');
-            }
-            write_str(buf, k);
-            buf.push(b':');
-        }
-        fn extra(buf: &mut Vec<u8>, v: Extra<'_>) {
+        /// An added entry: its key (a name of ours) and value.
+        fn extra(buf: &mut Vec<u8>, k: &str, v: Extra<'_>) {
+            buf.push(b'"');
+            buf.extend_from_slice(k.as_bytes());
+            buf.extend_from_slice(b"\":");
             match v {
                 Extra::Str(s) => write_str(buf, s),
+                Extra::Name(s) => {
+                    buf.push(b'"');
+                    buf.extend_from_slice(s.as_bytes());
+                    buf.push(b'"');
+                }
                 Extra::Strs(a) => {
                     buf.push(b'[');
                     for (i, s) in a.iter().enumerate() {
@@ -325,29 +356,35 @@ impl Metadata<'_> {
                 }
                 Extra::U64(n) => super::otlp::write_u64(buf, n),
             }
+            buf.push(b',');
         }
         buf.push(b'{');
-        let mut first = true;
-        let mut extras = self.extras().peekable();
+        let extras = &self.extras[..self.n];
+        let mut e = 0;
         for (k, v) in self.base {
-            while let Some((ek, ev)) = extras.next_if(|(ek, _)| *ek < k.as_str()) {
-                entry(buf, &mut first, ek);
-                extra(buf, ev);
+            while e < extras.len() && extras[e].0 < k.as_str() {
+                extra(buf, extras[e].0, extras[e].1);
+                e += 1;
             }
             // An added value replaces the recorded one of the same name.
-            if let Some((ek, ev)) = extras.next_if(|(ek, _)| *ek == k.as_str()) {
-                entry(buf, &mut first, ek);
-                extra(buf, ev);
+            if e < extras.len() && extras[e].0 == k.as_str() {
+                extra(buf, extras[e].0, extras[e].1);
+                e += 1;
                 continue;
             }
-            entry(buf, &mut first, k);
+            write_str(buf, k);
+            buf.push(b':');
             write_value(buf, v);
+            buf.push(b',');
         }
-        for (ek, ev) in extras {
-            entry(buf, &mut first, ek);
-            extra(buf, ev);
+        for &(k, v) in &extras[e..] {
+            extra(buf, k, v);
         }
-        buf.push(b'}');
+        // Every entry ends in a comma; the last one's is the object's end.
+        match buf.last_mut() {
+            Some(c @ b',') => *c = b'}',
+            _ => buf.push(b'}'),
+        }
     }
 }
 
@@ -379,51 +416,52 @@ impl Serialize for Metadata<'_> {
 /// `span_kind`, and for a failure `error_kind`, `error_chain` (an array) and `panic_location`.
 /// Top-level keys are what Langfuse lets users filter on.
 pub(crate) fn metadata(s: &SpanRecord) -> Metadata<'_> {
-    // In key order (see `Metadata::new`).
-    let mut e = [None; 6];
+    // In key order (see `Metadata::push`).
+    let mut m = Metadata::new(&s.attributes);
     match &s.status {
         SpanStatus::Error { kind, chain, location, .. } => {
             if !chain.is_empty() {
-                e[0] = Some(("error_chain", Extra::Strs(chain)));
+                m.push("error_chain", Extra::Strs(chain));
             }
-            e[1] = Some(("error_kind", Extra::Str(kind)));
+            m.push("error_kind", Extra::Str(kind));
             if let Some(l) = location {
-                e[2] = Some(("panic_location", Extra::Str(l)));
+                m.push("panic_location", Extra::Str(l));
             }
         }
-        SpanStatus::Cancelled { .. } => e[1] = Some(("error_kind", Extra::Str("cancelled"))),
+        SpanStatus::Cancelled { .. } => m.push("error_kind", Extra::Name("cancelled")),
         SpanStatus::Ok => {}
     }
-    e[3] = Some(("span_kind", Extra::Str(kind_name(s.kind))));
-    Metadata::new(&s.attributes, e)
+    m.push("span_kind", Extra::Name(kind_name(s.kind)));
+    m
 }
 
 /// The trace's own metadata, as both encoders send it: the user's entries plus
 /// `framework`, the run's `action`, its error, and `spans_dropped` when spans were lost.
 pub(crate) fn trace_metadata(t: &TraceRecord) -> Metadata<'_> {
-    // In key order (see `Metadata::new`): action, error, error_kind, framework,
+    // In key order (see `Metadata::push`): action, error, error_kind, framework,
     // spans_dropped, status.
-    let mut e = [None; 6];
+    let mut m = Metadata::new(&t.metadata);
     if let Some(a) = &t.action {
-        e[0] = Some(("action", Extra::Str(a)));
+        m.push("action", Extra::Str(a));
     }
     match &t.status {
         SpanStatus::Ok => {}
         SpanStatus::Error { kind, message, .. } => {
-            e[1] = Some(("error", Extra::Str(message)));
-            e[2] = Some(("error_kind", Extra::Str(kind)));
-            e[5] = Some(("status", Extra::Str("error")));
+            m.push("error", Extra::Str(message));
+            m.push("error_kind", Extra::Str(kind));
         }
-        SpanStatus::Cancelled { reason } => {
-            e[1] = Some(("error", Extra::Str(reason)));
-            e[5] = Some(("status", Extra::Str("cancelled")));
-        }
+        SpanStatus::Cancelled { reason } => m.push("error", Extra::Str(reason)),
     }
-    e[3] = Some(("framework", Extra::Str("flowtrace")));
+    m.push("framework", Extra::Name("flowtrace"));
     if t.spans_dropped > 0 {
-        e[4] = Some(("spans_dropped", Extra::U64(t.spans_dropped)));
+        m.push("spans_dropped", Extra::U64(t.spans_dropped));
     }
-    Metadata::new(&t.metadata, e)
+    match &t.status {
+        SpanStatus::Ok => {}
+        SpanStatus::Error { .. } => m.push("status", Extra::Name("error")),
+        SpanStatus::Cancelled { .. } => m.push("status", Extra::Name("cancelled")),
+    }
+    m
 }
 
 /// Checks an environment name the way Langfuse's SDKs do (`^(?!langfuse)[a-z0-9-_]+$`, at
@@ -447,6 +485,23 @@ pub(crate) fn check_environment(v: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_are_the_same_when_their_bytes_are() {
+        let base: String = ('a'..='z').chain('A'..='Z').collect();
+        for n in 0..base.len() {
+            let a = &base[..n];
+            assert!(same_str(a, a) && same_str(a, &a.to_owned()));
+            assert!(n == 0 || !same_str(a, &base[..n - 1]), "{n}: lengths differ");
+            for at in 0..n {
+                let mut b = a.as_bytes().to_vec();
+                b[at] = b'_';
+                let b = String::from_utf8(b).unwrap();
+                assert!(!same_str(a, &b) && !same_str(&b, a), "{a} {b}");
+                assert!(!same_json(&Value::from(a), &Value::from(b.as_str())));
+            }
+        }
+    }
 
     #[test]
     fn environment_names_follow_langfuse() {
