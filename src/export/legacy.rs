@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::observation::{self, Levels};
 use super::otlp::{write_f64, write_map, write_object, write_str, write_u64, write_value};
-use crate::trace::{GenerationRecord, SpanId, SpanKind, TraceId, TraceRecord};
+use crate::trace::{GenerationRecord, SpanId, SpanKind, TraceRecord};
 
 /// A fresh envelope id (UUID-shaped, unique within and across processes in practice): the
 /// event count mixed (SplitMix64, a bijection) with two halves of a per-process random seed.
@@ -34,7 +34,7 @@ pub(super) fn envelope_id() -> String {
     let v = ((mix(sa ^ n) as u128) << 64) | mix(sb ^ n) as u128;
     // Mark as a version-4 UUID so strict validators accept it.
     let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    TraceId(v).to_uuid()
+    uuid(v)
 }
 
 /// The observation id Langfuse gets for one of our spans: its 16 hex digits.
@@ -56,41 +56,56 @@ fn key(buf: &mut Vec<u8>, k: &str) {
     buf.extend_from_slice(b"\":");
 }
 
-/// A timestamp as `format_timestamp` writes it, quoted, without a `String` in between.
+/// A timestamp as `format_timestamp` writes it, quoted, without a `String` in between: its
+/// digits put into a fixed array, appended at once (an event has two or three).
 fn timestamp(buf: &mut Vec<u8>, unix_nanos: u64) {
-    /// `v` (below 100) as two digits.
-    fn two(buf: &mut Vec<u8>, v: u64) {
-        buf.extend_from_slice(&[b'0' + (v / 10) as u8, b'0' + (v % 10) as u8]);
-    }
     let secs = unix_nanos / 1_000_000_000;
     let micros = (unix_nanos % 1_000_000_000) / 1_000;
     let sod = secs % 86_400;
     // Days are never negative here: the year is too.
     let (y, m, d) = crate::trace::model::civil_from_days((secs / 86_400) as i64);
     let y = y as u64;
-    buf.push(b'"');
-    if y < 10_000 {
-        two(buf, y / 100);
-        two(buf, y % 100);
-    } else {
-        // Past year 9999 (a broken clock): all the digits, as `{:04}` writes them.
-        write_u64(buf, y);
+    if y >= 10_000 {
+        // Past year 9999 (a broken clock, and past what nanoseconds in a u64 reach).
+        buf.push(b'"');
+        buf.extend_from_slice(crate::trace::format_timestamp(unix_nanos).as_bytes());
+        buf.push(b'"');
+        return;
     }
-    buf.push(b'-');
-    two(buf, m as u64);
-    buf.push(b'-');
-    two(buf, d as u64);
-    buf.push(b'T');
-    two(buf, sod / 3_600);
-    buf.push(b':');
-    two(buf, (sod % 3_600) / 60);
-    buf.push(b':');
-    two(buf, sod % 60);
-    buf.push(b'.');
-    two(buf, micros / 10_000);
-    two(buf, (micros / 100) % 100);
-    two(buf, micros % 100);
-    buf.extend_from_slice(b"Z\"");
+    let mut t = *b"\"0000-00-00T00:00:00.000000Z\"";
+    let mut two = |at: usize, v: u64| {
+        t[at] = b'0' + (v / 10) as u8;
+        t[at + 1] = b'0' + (v % 10) as u8;
+    };
+    two(1, y / 100);
+    two(3, y % 100);
+    two(6, m as u64);
+    two(9, d as u64);
+    two(12, sod / 3_600);
+    two(15, (sod % 3_600) / 60);
+    two(18, sod % 60);
+    two(21, micros / 10_000);
+    two(23, (micros / 100) % 100);
+    two(25, micros % 100);
+    buf.extend_from_slice(&t);
+}
+
+/// An id as a UUID (`TraceId::to_uuid`'s text), two hex digits a byte from a fixed array:
+/// every legacy event carries one or two.
+fn uuid(v: u128) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 36];
+    let mut at = 0;
+    for (i, b) in v.to_be_bytes().into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
+        }
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 0xf)];
+        at += 2;
+    }
+    // ASCII throughout.
+    String::from_utf8(out.to_vec()).unwrap_or_default()
 }
 
 /// A span id as its 16 hex digits, quoted (what `SpanId`'s `Display` writes).
@@ -189,7 +204,7 @@ pub(super) fn encode_trace_bytes_in(
     let before = out.len();
     let folded = observation::fold_generation_nodes(t);
     let t = folded.as_ref().unwrap_or(t);
-    let trace_id = t.trace_id.to_uuid();
+    let trace_id = uuid(t.trace_id.0);
     let levels = Levels::new(t);
     let root = t.root().map(|r| r.span_id);
 
@@ -544,10 +559,17 @@ pub(super) struct EventError {
     pub message: String,
 }
 
-/// The errors listed in a 207 answer (an unreadable answer lists none).
+/// The errors listed in a 207 answer (an unreadable answer lists none). Only `errors` is
+/// read into values: the `successes`, one per event, are skipped as they are parsed.
 pub(super) fn parse_multi_status(body: &[u8]) -> Vec<EventError> {
-    let Ok(v) = serde_json::from_slice::<Value>(body) else { return Vec::new() };
-    let Some(errors) = v.get("errors").and_then(Value::as_array) else { return Vec::new() };
+    #[derive(serde::Deserialize)]
+    struct MultiStatus {
+        #[serde(default)]
+        errors: Option<Vec<Value>>,
+    }
+    let Ok(MultiStatus { errors: Some(errors) }) = serde_json::from_slice::<MultiStatus>(body) else {
+        return Vec::new();
+    };
     errors
         .iter()
         .map(|e| {
@@ -569,6 +591,7 @@ pub(super) fn parse_multi_status(body: &[u8]) -> Vec<EventError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::trace::TraceId;
 
     /// The events without their envelope ids (fresh for every event).
     fn without_ids(events: Vec<(String, Vec<u8>)>) -> Vec<String> {
@@ -610,10 +633,30 @@ mod tests {
             let h = format!("{v:032x}");
             let text = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
             assert_eq!(TraceId(v).to_uuid(), text);
+            assert_eq!(uuid(v), text);
         }
         let ids: std::collections::HashSet<String> = (0..10_000).map(|_| envelope_id()).collect();
         assert_eq!(ids.len(), 10_000, "distinct");
         assert!(ids.iter().all(|id| id.len() == 36 && id.as_bytes()[14] == b'4'), "version 4");
+    }
+
+    #[test]
+    fn a_multi_status_answer_lists_its_errors_only() {
+        let body = br#"{"successes":[{"id":"a","status":201},{"id":"b","status":201}],"errors":[{"id":"c","status":400,"message":"bad","error":{"k":1}},{"id":"d","status":503,"message":"later","error":null},{"status":"x"}]}"#;
+        let got: Vec<_> = parse_multi_status(body).into_iter().map(|e| (e.id, e.status, e.message)).collect();
+        assert_eq!(
+            got,
+            [
+                ("c".to_string(), 400, r#"bad: {"k":1}"#.to_string()),
+                ("d".into(), 503, "later".into()),
+                ("unknown".into(), 500, String::new())
+            ]
+        );
+        for unreadable in
+            [&b""[..], b"[]", b"{\"errors\":null}", b"{\"errors\":\"x\"}", b"{\"successes\":[]}", b"{\"errors\":["]
+        {
+            assert!(parse_multi_status(unreadable).is_empty());
+        }
     }
 
     #[test]
