@@ -286,16 +286,15 @@ impl Batch {
 /// weights add up to its span count plus one for the trace itself.
 fn encode_units(t: &TraceRecord, mode: u8, environment: Option<&str>) -> Vec<Unit> {
     // A unit per span, and one for a made-up root (OTLP) or the trace-create (legacy).
-    let mut units = Vec::with_capacity(t.spans.len() + 1);
-    if mode == MODE_LEGACY {
-        let mut events = Vec::new();
+    let units = if mode == MODE_LEGACY {
+        let mut events = Vec::with_capacity(t.spans.len() + 1);
         legacy::encode_trace_bytes_in(t, environment, &mut events);
-        for (id, json) in events {
-            units.push(Unit { trace: 0, weight: 1, size: json.len() + 1, payload: Payload::Legacy { id, json } });
-        }
+        legacy_units(events)
     } else {
+        let mut units = Vec::with_capacity(t.spans.len() + 1);
         otlp::encode_trace_shared(t, environment, |s| units.push(otlp_unit(s)));
-    }
+        units
+    };
     weigh(t, units)
 }
 
@@ -327,6 +326,34 @@ fn encode_otlp_checked(t: &TraceRecord, privacy: &Privacy, environment: Option<&
             (!scan.dirty()).then(|| weigh(t, units))
         })
         .flatten()
+}
+
+/// [`encode_otlp_checked`] for the legacy batch API: the trace's events, their inputs and
+/// outputs checked by the privacy rules as they are written, when nothing else in it needs
+/// the rules' work.
+fn encode_legacy_checked(t: &TraceRecord, privacy: &Privacy, environment: Option<&str>) -> Option<Vec<Unit>> {
+    if privacy.masks() {
+        return None;
+    }
+    let (trace_values, span_values) = legacy::watched_values(t)?;
+    if privacy.dirty_except(t, trace_values, span_values) {
+        return None;
+    }
+    privacy
+        .with_scan(|scan| {
+            let mut events = Vec::with_capacity(t.spans.len() + 1);
+            legacy::encode_trace_bytes_watched(t, environment, scan, &mut events);
+            (!scan.dirty()).then(|| weigh(t, legacy_units(events)))
+        })
+        .flatten()
+}
+
+/// Legacy events as units, their trace index 0.
+fn legacy_units(events: Vec<(String, Vec<u8>)>) -> Vec<Unit> {
+    events
+        .into_iter()
+        .map(|(id, json)| Unit { trace: 0, weight: 1, size: json.len() + 1, payload: Payload::Legacy { id, json } })
+        .collect()
 }
 
 /// The units' weights adding up to the trace's span count plus one for the trace itself.
@@ -384,11 +411,14 @@ impl Prep {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // The common case, a new trace for OTLP with nothing to scrub: checked as it is
             // encoded (one walk over its values), and shared as it is.
-            if job.fresh && job.mode == Some(MODE_OTLP) {
-                if let Some(units) = encode_otlp_checked(&t, &self.privacy, self.environment.as_deref()) {
-                    let frame = self.spool.then(|| frame.encode_detached(&t));
-                    return Prepared { trace: t, frame, units };
-                }
+            let checked = match job.mode {
+                Some(MODE_OTLP) if job.fresh => encode_otlp_checked(&t, &self.privacy, self.environment.as_deref()),
+                Some(MODE_LEGACY) if job.fresh => encode_legacy_checked(&t, &self.privacy, self.environment.as_deref()),
+                _ => None,
+            };
+            if let Some(units) = checked {
+                let frame = self.spool.then(|| frame.encode_detached(&t));
+                return Prepared { trace: t, frame, units };
             }
             let (trace, frame) = if job.fresh {
                 let trace = self.privacy.apply_shared(t);
@@ -1946,6 +1976,17 @@ mod tests {
             base.clone().with_mask(|v| v),
         ];
         let (mut fast, mut slow) = (0, 0);
+        let (mut fast_legacy, mut slow_legacy) = (0, 0);
+        // Legacy events without their envelope ids (fresh for every event).
+        let without_ids = |units: &[Unit]| -> Vec<String> {
+            units
+                .iter()
+                .map(|u| match &u.payload {
+                    Payload::Legacy { id, json } => String::from_utf8_lossy(json).replacen(id.as_str(), "_", 1),
+                    Payload::Otlp(_) => panic!("an OTLP unit"),
+                })
+                .collect()
+        };
         for (r, privacy) in rules.iter().enumerate() {
             for t in &bases {
                 for (e, edit) in edits.iter().enumerate() {
@@ -1969,6 +2010,36 @@ mod tests {
                             }
                             None => slow += 1,
                         }
+                        match encode_legacy_checked(&t, privacy, Some("test")) {
+                            Some(units) => {
+                                fast_legacy += 1;
+                                assert!(same, "checked as clean but scrubbing changes it (legacy): {what}");
+                                let want = encode_units(&scrubbed, MODE_LEGACY, Some("test"));
+                                assert_eq!(without_ids(&units), without_ids(&want), "{what}");
+                                assert_eq!(
+                                    units.iter().map(|u| u.weight).collect::<Vec<_>>(),
+                                    want.iter().map(|u| u.weight).collect::<Vec<_>>()
+                                );
+                            }
+                            None => slow_legacy += 1,
+                        }
+                        let prep = Prep { privacy: privacy.clone(), environment: Some("test".into()), spool: false };
+                        let p = prep
+                            .prepare(
+                                Arc::new(t.clone()),
+                                Job { mode: Some(MODE_LEGACY), fresh: true },
+                                &mut Frame::default(),
+                            )
+                            .expect("prepared");
+                        assert_eq!(
+                            serde_json::to_string(&*p.trace).unwrap(),
+                            serde_json::to_string(&*scrubbed).unwrap()
+                        );
+                        assert_eq!(
+                            without_ids(&p.units),
+                            without_ids(&encode_units(&scrubbed, MODE_LEGACY, Some("test"))),
+                            "{what}"
+                        );
                         // Whatever the path, the trace that leaves is the scrubbed one.
                         let prep = Prep { privacy: privacy.clone(), environment: Some("test".into()), spool: false };
                         let p = prep
@@ -1988,6 +2059,10 @@ mod tests {
             }
         }
         assert!(fast > 100 && slow > 100, "both paths taken: {fast} checked as encoded, {slow} scrubbed first");
+        assert!(
+            fast_legacy > 100 && slow_legacy > 100,
+            "both legacy paths taken: {fast_legacy} checked as encoded, {slow_legacy} scrubbed first"
+        );
     }
 
     #[test]

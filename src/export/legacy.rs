@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{json, Value};
 
 use super::observation::{self, Levels};
-use super::otlp::{write_f64, write_map, write_object, write_str, write_u64, write_value};
+use super::otlp::{write_f64, write_map, write_object, write_str, write_u64, write_value_with, NoWatch, Watch};
 use crate::trace::{GenerationRecord, SpanId, SpanKind, TraceRecord};
 
 /// A fresh envelope id (UUID-shaped, unique within and across processes in practice): the
@@ -201,6 +201,42 @@ pub(super) fn encode_trace_bytes_in(
     environment: Option<&str>,
     out: &mut Vec<(String, Vec<u8>)>,
 ) -> usize {
+    encode_trace_bytes_watched(t, environment, &mut NoWatch, out)
+}
+
+/// An input or output written (and shown to `w`, with the length of its text); a null one
+/// is left out of the event, and shown to `w` as the four bytes it would take.
+fn watched_value<W: Watch>(buf: &mut Vec<u8>, k: &str, v: &Value, w: &mut W) {
+    if v.is_null() {
+        w.value(4);
+        return;
+    }
+    key(buf, k);
+    let start = buf.len();
+    write_value_with(buf, v, w, 1);
+    w.value(buf.len() - start);
+}
+
+/// The inputs and outputs [`encode_trace_bytes_watched`] writes (and shows its `Watch`), as
+/// for OTLP (see `otlp::watched_values`): the trace's own always (its `trace-create` carries
+/// them), a span's unless it is the root (which carries the trace's); `None` when a
+/// generation node's calls are folded into it, so what is written is not what is recorded.
+pub(super) fn watched_values(trace: &TraceRecord) -> Option<(bool, impl Fn(&crate::trace::SpanRecord) -> bool)> {
+    if observation::has_generation_nodes(trace) {
+        return None;
+    }
+    let root = trace.root().map(|r| r.span_id);
+    Some((true, move |s: &crate::trace::SpanRecord| Some(s.span_id) != root))
+}
+
+/// [`encode_trace_bytes_in`], every input and output the events carry shown to `w` as it
+/// is written (see [`watched_values`] for which those are).
+pub(super) fn encode_trace_bytes_watched<W: Watch>(
+    t: &TraceRecord,
+    environment: Option<&str>,
+    w: &mut W,
+    out: &mut Vec<(String, Vec<u8>)>,
+) -> usize {
     let before = out.len();
     let folded = observation::fold_generation_nodes(t);
     let t = folded.as_ref().unwrap_or(t);
@@ -218,10 +254,7 @@ pub(super) fn encode_trace_bytes_in(
     key(&mut buf, "name");
     write_str(&mut buf, &t.name);
     for (k, v) in [("input", &t.input), ("output", &t.output)] {
-        if !v.is_null() {
-            key(&mut buf, k);
-            write_value(&mut buf, v);
-        }
+        watched_value(&mut buf, k, v, w);
     }
     for (k, v) in [("sessionId", &t.session_id), ("userId", &t.user_id)] {
         if let Some(v) = v {
@@ -286,9 +319,8 @@ pub(super) fn encode_trace_bytes_in(
             span_id(&mut buf, p);
         }
         for (k, v) in [("input", input), ("output", output)] {
-            if let Some(v) = v.filter(|v| !v.is_null()) {
-                key(&mut buf, k);
-                write_value(&mut buf, v);
+            if let Some(v) = v {
+                watched_value(&mut buf, k, v, w);
             }
         }
         key(&mut buf, "level");

@@ -165,7 +165,7 @@ impl Watch for NoWatch {
 }
 
 /// [`write_value`], each string, entry and container shown to `w`.
-fn write_value_with<W: Watch>(buf: &mut Vec<u8>, v: &Value, w: &mut W, depth: usize) {
+pub(super) fn write_value_with<W: Watch>(buf: &mut Vec<u8>, v: &Value, w: &mut W, depth: usize) {
     match v {
         Value::Null => buf.extend_from_slice(b"null"),
         Value::Bool(true) => buf.extend_from_slice(b"true"),
