@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{json, Value};
 
 use super::observation::{self, Levels};
-use super::otlp::{write_f64, write_map, write_object, write_str, write_u64, write_value_with, NoWatch, Watch};
+use super::otlp::{write_f64, write_map, write_object, write_str, write_u64, NoWatch, Texts, Watch};
 use crate::trace::{GenerationRecord, SpanId, SpanKind, TraceRecord};
 
 /// A fresh envelope id (UUID-shaped, unique within and across processes in practice): the
@@ -59,34 +59,48 @@ fn key(buf: &mut Vec<u8>, k: &str) {
 /// A timestamp as `format_timestamp` writes it, quoted, without a `String` in between: its
 /// digits put into a fixed array, appended at once (an event has two or three).
 fn timestamp(buf: &mut Vec<u8>, unix_nanos: u64) {
+    thread_local! {
+        /// The last day written on this thread and its date's digits: a trace's timestamps
+        /// are all on one day, nearly always.
+        static DAY: std::cell::Cell<(u64, [u8; 10])> = const { std::cell::Cell::new((u64::MAX, [0; 10])) };
+    }
     let secs = unix_nanos / 1_000_000_000;
     let micros = (unix_nanos % 1_000_000_000) / 1_000;
     let sod = secs % 86_400;
-    // Days are never negative here: the year is too.
-    let (y, m, d) = crate::trace::model::civil_from_days((secs / 86_400) as i64);
-    let y = y as u64;
-    if y >= 10_000 {
-        // Past year 9999 (a broken clock, and past what nanoseconds in a u64 reach).
-        buf.push(b'"');
-        buf.extend_from_slice(crate::trace::format_timestamp(unix_nanos).as_bytes());
-        buf.push(b'"');
-        return;
-    }
+    let day = secs / 86_400;
     let mut t = *b"\"0000-00-00T00:00:00.000000Z\"";
-    let mut two = |at: usize, v: u64| {
+    let two = |t: &mut [u8; 29], at: usize, v: u64| {
         t[at] = b'0' + (v / 10) as u8;
         t[at + 1] = b'0' + (v % 10) as u8;
     };
-    two(1, y / 100);
-    two(3, y % 100);
-    two(6, m as u64);
-    two(9, d as u64);
-    two(12, sod / 3_600);
-    two(15, (sod % 3_600) / 60);
-    two(18, sod % 60);
-    two(21, micros / 10_000);
-    two(23, (micros / 100) % 100);
-    two(25, micros % 100);
+    let (last, date) = DAY.get();
+    if last == day {
+        t[1..11].copy_from_slice(&date);
+    } else {
+        // Days are never negative here: the year is too.
+        let (y, m, d) = crate::trace::model::civil_from_days(day as i64);
+        let y = y as u64;
+        if y >= 10_000 {
+            // Past year 9999 (a broken clock, and past what nanoseconds in a u64 reach).
+            buf.push(b'"');
+            buf.extend_from_slice(crate::trace::format_timestamp(unix_nanos).as_bytes());
+            buf.push(b'"');
+            return;
+        }
+        two(&mut t, 1, y / 100);
+        two(&mut t, 3, y % 100);
+        two(&mut t, 6, m as u64);
+        two(&mut t, 9, d as u64);
+        let mut date = [0; 10];
+        date.copy_from_slice(&t[1..11]);
+        DAY.set((day, date));
+    }
+    two(&mut t, 12, sod / 3_600);
+    two(&mut t, 15, (sod % 3_600) / 60);
+    two(&mut t, 18, sod % 60);
+    two(&mut t, 21, micros / 10_000);
+    two(&mut t, 23, (micros / 100) % 100);
+    two(&mut t, 25, micros % 100);
     buf.extend_from_slice(&t);
 }
 
@@ -204,17 +218,25 @@ pub(super) fn encode_trace_bytes_in(
     encode_trace_bytes_watched(t, environment, &mut NoWatch, out)
 }
 
-/// An input or output written (and shown to `w`, with the length of its text); a null one
-/// is left out of the event, and shown to `w` as the four bytes it would take.
-fn watched_value<W: Watch>(buf: &mut Vec<u8>, k: &str, v: &Value, w: &mut W) {
+/// An input or output written (and shown to `w`, with the length of its text), its JSON
+/// text written once per trace (see `otlp::Texts`: the same values come back in a trace's
+/// events); a null one is left out of the event, and shown to `w` as the four bytes it
+/// would take.
+fn watched_value<'t, W: Watch>(
+    buf: &mut Vec<u8>,
+    k: &str,
+    v: &'t Value,
+    w: &mut W,
+    texts: &mut Texts<'t>,
+    text: &mut Vec<u8>,
+) {
     if v.is_null() {
         w.value(4);
         return;
     }
     key(buf, k);
-    let start = buf.len();
-    write_value_with(buf, v, w, 1);
-    w.value(buf.len() - start);
+    let r = texts.of(text, v, w);
+    buf.extend_from_slice(&text[r]);
 }
 
 /// The inputs and outputs [`encode_trace_bytes_watched`] writes (and shows its `Watch`), as
@@ -253,8 +275,9 @@ pub(super) fn encode_trace_bytes_watched<W: Watch>(
     timestamp(&mut buf, t.start_unix_nanos);
     key(&mut buf, "name");
     write_str(&mut buf, &t.name);
+    let (mut texts, mut text) = (Texts::new(), Vec::new());
     for (k, v) in [("input", &t.input), ("output", &t.output)] {
-        watched_value(&mut buf, k, v, w);
+        watched_value(&mut buf, k, v, w, &mut texts, &mut text);
     }
     for (k, v) in [("sessionId", &t.session_id), ("userId", &t.user_id)] {
         if let Some(v) = v {
@@ -320,7 +343,7 @@ pub(super) fn encode_trace_bytes_watched<W: Watch>(
         }
         for (k, v) in [("input", input), ("output", output)] {
             if let Some(v) = v {
-                watched_value(&mut buf, k, v, w);
+                watched_value(&mut buf, k, v, w, &mut texts, &mut text);
             }
         }
         key(&mut buf, "level");
@@ -694,7 +717,20 @@ mod tests {
     #[test]
     fn timestamps_are_written_as_format_timestamp_writes_them() {
         for t in
-            [0, 1, 999, 1_000, 1_795_892_413_638_615_123, 951_782_400_000_000_000, 253_402_300_799_999_999, u64::MAX]
+            // Days in turn, and times on the day written last (its date remembered).
+            [
+                0,
+                1,
+                999,
+                1_000,
+                1_795_892_413_638_615_123,
+                1_795_892_413_638_615_123 + 3_600_000_000_000,
+                1_795_852_800_000_000_000,
+                951_782_400_000_000_000,
+                253_402_300_799_999_999,
+                u64::MAX,
+                u64::MAX - 1_000_000_000,
+            ]
         {
             let mut b = Vec::new();
             timestamp(&mut b, t);

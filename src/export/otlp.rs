@@ -388,7 +388,7 @@ const MAX_TEXTS: usize = 32;
 /// exec's, so the same value comes back several times in a trace, whole or inside another,
 /// and comparing it with one already written costs less than writing and checking it again.
 /// Values are compared only when their kind, size and first key agree (see [`signature`]).
-struct Texts<'t> {
+pub(super) struct Texts<'t> {
     seen: Vec<Seen<'t>>,
 }
 
@@ -421,13 +421,13 @@ fn signature(v: &Value, depth: usize) -> u64 {
 }
 
 impl<'t> Texts<'t> {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Texts { seen: Vec::new() }
     }
 
     /// Where `v`'s JSON text is in `buf`: written there (and shown to `w`) unless an equal
     /// value was. What `w` would be shown for `v` it was shown for that one.
-    fn of<W: Watch>(&mut self, buf: &mut Vec<u8>, v: &'t Value, w: &mut W) -> std::ops::Range<usize> {
+    pub(super) fn of<W: Watch>(&mut self, buf: &mut Vec<u8>, v: &'t Value, w: &mut W) -> std::ops::Range<usize> {
         if w.stopped() {
             return 0..0;
         }
