@@ -108,18 +108,15 @@ fn timestamp(buf: &mut Vec<u8>, unix_nanos: u64) {
 /// every legacy event carries one or two.
 fn uuid(v: u128) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    /// Where each byte's two digits go (dashes between 8-4-4-4-12 digits).
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
     let mut out = [b'-'; 36];
-    let mut at = 0;
-    for (i, b) in v.to_be_bytes().into_iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            at += 1;
-        }
+    for (at, b) in AT.into_iter().zip(v.to_be_bytes()) {
         out[at] = HEX[usize::from(b >> 4)];
         out[at + 1] = HEX[usize::from(b & 0xf)];
-        at += 2;
     }
     // ASCII throughout.
-    String::from_utf8(out.to_vec()).unwrap_or_default()
+    std::str::from_utf8(&out).map(str::to_owned).unwrap_or_default()
 }
 
 /// A span id as its 16 hex digits, quoted (what `SpanId`'s `Display` writes).
