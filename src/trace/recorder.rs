@@ -742,9 +742,11 @@ impl RawSpan {
     /// are overwritten in place, keys and memory kept, instead of freed on the exporter's
     /// thread and allocated again here. The result is the record `take_record` makes.
     pub(crate) fn take_record_into(&mut self, s: &mut SpanRecord, clock: Clock) {
-        let attrs = std::mem::replace(&mut self.attrs, EMPTY_ATTRS);
-        let extra = std::mem::take(&mut self.extra);
-        self.attributes_into(&mut s.attributes, attrs, extra);
+        if !attrs_in_place(&mut self.attrs, &self.extra, self.output.as_ref(), &mut s.attributes) {
+            let attrs = std::mem::replace(&mut self.attrs, EMPTY_ATTRS);
+            let extra = std::mem::take(&mut self.extra);
+            self.attributes_into(&mut s.attributes, attrs, extra);
+        }
         s.generation = self.generation.take().map(|g| generation_record(*g, clock));
         match self.input.take() {
             Some(io) => io.into_json_into(&mut s.input),
@@ -807,6 +809,44 @@ impl RawSpan {
             }
         }
     }
+}
+
+/// The common case of [`RawSpan::attributes_into`], in one pass over `m`: no extra
+/// attributes, and `m` holds exactly the keys of those with values (the same span of an
+/// earlier run). Their values are overwritten in place and `attrs` left empty; false, and
+/// nothing touched, otherwise.
+fn attrs_in_place(
+    attrs: &mut [(&'static str, AttrVal); MAX_ATTRS],
+    extra: &[(&'static str, AttrVal)],
+    output: Option<&Io>,
+    m: &mut serde_json::Map<String, Value>,
+) -> bool {
+    if !extra.is_empty() {
+        return false;
+    }
+    let n = attrs.iter().filter(|(_, v)| v.is_some(output)).count();
+    if m.len() != n {
+        return false;
+    }
+    // For each of `m`'s keys, in its order, the attribute of that key (each used once).
+    let mut order = [0usize; MAX_ATTRS];
+    let mut used = [false; MAX_ATTRS];
+    for (slot, k) in order.iter_mut().zip(m.keys()) {
+        let found = (0..MAX_ATTRS).find(|&i| !used[i] && attrs[i].1.is_some(output) && attrs[i].0 == k);
+        match found {
+            Some(i) => {
+                used[i] = true;
+                *slot = i;
+            }
+            None => return false,
+        }
+    }
+    for ((_, slot), &i) in m.iter_mut().zip(&order[..n]) {
+        let v = std::mem::replace(&mut attrs[i].1, AttrVal::None);
+        v.json_into(slot, output);
+    }
+    *attrs = EMPTY_ATTRS;
+    true
 }
 
 /// A run's clock: one Unix time and one `Instant` read together, to place every span.
@@ -1242,6 +1282,14 @@ impl crate::flow::StoreSnapshot {
         // Few keys, each in `m`, none twice: then `m` holds exactly these.
         if n != m.len() || n > 8 {
             return false;
+        }
+        // The same keys in the same order (the same phase of an earlier run, mostly): one pass,
+        // no look-ups. `m`'s keys are distinct, so these are too.
+        if m.keys().zip(self.entries()).all(|(a, (k, _, _))| a == k) {
+            for ((_, slot), (_, v, type_name)) in m.iter_mut().zip(self.entries()) {
+                *slot = capture_as(v, type_name);
+            }
+            return true;
         }
         let keys = || self.entries().map(|(k, _, _)| k);
         let distinct = keys().enumerate().all(|(i, k)| keys().take(i).all(|j| j != k));
