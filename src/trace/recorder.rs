@@ -513,12 +513,23 @@ static BOX_POOL: Mutex<Vec<Box<RawSpan>>> = Mutex::new(Vec::new());
 const BOX_POOL_MAX: usize = 1 << 16;
 const BOX_BATCH: usize = 64;
 
+/// Pooled boxes that may still hold their span's store entries ([`Io::Reads`],
+/// [`Io::Changes`]): the run that takes the box drops them. The entries were allocated on a
+/// run's thread; dropped on the tracer's, each of their blocks went back through glibc's slow
+/// path (the arena's lock, against the run threads), and the run threads' next allocations of
+/// those sizes found their caches empty. Bounded, as entries hold store values: past this
+/// many boxes in the pool, and once the tracer is idle ([`drop_pooled_entries`]), they are
+/// dropped here.
+const BOX_POOL_ENTRIES: usize = 2_048;
+
 /// Returns emptied span boxes (and their buffer) for reuse.
 pub(crate) fn recycle_spans(mut spans: Vec<Box<RawSpan>>) {
-    // A run reuses a box by writing only the span's own facts, so what a shed span (never
-    // made a record) still holds goes now; a box emptied by `take_record` has nothing left.
-    for s in spans.iter_mut() {
-        s.empty();
+    // A run reuses a box by writing only the span's own facts (and dropping the store
+    // entries a box may still hold), so what a shed span (never made a record) still holds
+    // goes now; a box emptied by `take_record` has nothing left but those entries.
+    let pooled = BOX_POOL.lock().len();
+    for (i, s) in spans.iter_mut().enumerate() {
+        s.empty(pooled + i < BOX_POOL_ENTRIES);
     }
     {
         let mut pool = BOX_POOL.lock();
@@ -528,6 +539,16 @@ pub(crate) fn recycle_spans(mut spans: Vec<Box<RawSpan>>) {
     }
     spans.clear();
     recycle(spans);
+}
+
+/// Drops the store entries the pooled boxes still hold (the tracer is idle: no run may take
+/// those boxes soon).
+pub(crate) fn drop_pooled_entries() {
+    let mut pool = BOX_POOL.lock();
+    for s in pool.iter_mut() {
+        s.input = None;
+        s.output = None;
+    }
 }
 
 /// A finished span as the run records it: ids, static keys and inline attributes, so that
@@ -639,6 +660,70 @@ impl Io {
     }
 }
 
+/// A span's input or output as JSON. Store entries are read where they are and stay in
+/// the box, for the run that reuses it to drop (see [`BOX_POOL_ENTRIES`]); a value is moved.
+fn io_json(io: &mut Option<Io>) -> Option<Value> {
+    match io {
+        Some(Io::Reads(r)) => Some(r.to_json()),
+        Some(Io::Changes(action, changed)) => Some(changes_json(action, changed)),
+        _ => io.take().map(Io::into_json),
+    }
+}
+
+/// [`io_json`] into `slot`, as [`Io::into_json_into`] does.
+fn io_json_into(io: &mut Option<Io>, slot: &mut Option<Value>) {
+    match io {
+        Some(Io::Reads(r)) => {
+            let kept = match slot.as_mut() {
+                Some(Value::Object(m)) => r.json_into(m),
+                _ => false,
+            };
+            if !kept {
+                *slot = Some(r.to_json());
+            }
+        }
+        Some(Io::Changes(action, changed)) => {
+            if !changes_json_into(action, changed, slot) {
+                *slot = Some(changes_json(action, changed));
+            }
+        }
+        Some(_) => {
+            if let Some(io) = io.take() {
+                io.into_json_into(slot);
+            }
+        }
+        None => *slot = None,
+    }
+}
+
+/// post's output, `{"action": …, "changed": …}`.
+fn changes_json(action: &Action, changed: &StoreSnapshot) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("action".to_owned(), capture(action));
+    m.insert("changed".to_owned(), changed.to_json());
+    Value::Object(m)
+}
+
+/// [`changes_json`] into the object `slot` holds, when it has the same keys; false when not
+/// (the changed entries' map may then be cleared).
+fn changes_json_into(action: &Action, changed: &StoreSnapshot, slot: &mut Option<Value>) -> bool {
+    let Some(Value::Object(m)) = slot.as_mut() else { return false };
+    let Some((a, Value::Object(c))) = two(m, "action", "changed") else { return false };
+    if !changed.json_into(c) {
+        return false;
+    }
+    // The action as `capture` shows it (a string, or null), in the string's memory when
+    // there is one.
+    match (action.as_str(), &mut *a) {
+        (Some(name), Value::String(old)) => {
+            old.clear();
+            old.push_str(name);
+        }
+        _ => *a = capture(action),
+    }
+    true
+}
+
 /// The values of a map that holds exactly the keys `a` and `b`.
 fn two<'m>(m: &'m mut serde_json::Map<String, Value>, a: &str, b: &str) -> Option<(&'m mut Value, &'m mut Value)> {
     if m.len() != 2 {
@@ -696,12 +781,17 @@ impl AttrVal {
 }
 
 impl RawSpan {
-    /// Drops what the span holds beyond its ids, kind and times.
-    fn empty(&mut self) {
+    /// Drops what the span holds beyond its ids, kind and times, but for its store entries
+    /// when `keep_entries` (see [`BOX_POOL_ENTRIES`]).
+    fn empty(&mut self, keep_entries: bool) {
         self.name = None;
         self.status = None;
-        self.input = None;
-        self.output = None;
+        if !keep_entries || !self.input.as_ref().is_some_and(Io::is_store) {
+            self.input = None;
+        }
+        if !keep_entries || !self.output.as_ref().is_some_and(Io::is_store) {
+            self.output = None;
+        }
         self.attrs = EMPTY_ATTRS;
         self.extra.clear();
         self.generation = None;
@@ -718,8 +808,7 @@ impl RawSpan {
             }
         }
         let generation = self.generation.take().map(|g| generation_record(*g, clock));
-        let input = self.input.take().map(Io::into_json);
-        let output = self.output.take().map(Io::into_json);
+        let (input, output) = (io_json(&mut self.input), io_json(&mut self.output));
         SpanRecord {
             generation,
             span_id: self.span_id,
@@ -748,14 +837,8 @@ impl RawSpan {
             self.attributes_into(&mut s.attributes, attrs, extra);
         }
         s.generation = self.generation.take().map(|g| generation_record(*g, clock));
-        match self.input.take() {
-            Some(io) => io.into_json_into(&mut s.input),
-            None => s.input = None,
-        }
-        match self.output.take() {
-            Some(io) => io.into_json_into(&mut s.output),
-            None => s.output = None,
-        }
+        io_json_into(&mut self.input, &mut s.input);
+        io_json_into(&mut self.output, &mut s.output);
         s.span_id = self.span_id;
         s.parent_id = self.parent_id;
         s.kind = self.kind;
@@ -1020,6 +1103,10 @@ impl Recorder {
             // the whole struct copied in.
             Some(mut b) => {
                 let r = &mut *b;
+                // Store entries left by the box's last span are dropped here, on a run's
+                // thread (see `BOX_POOL_ENTRIES`).
+                r.input = None;
+                r.output = None;
                 r.span_id = span_id;
                 r.parent_id = parent;
                 r.kind = kind;

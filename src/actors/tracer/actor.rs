@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::export::{ExportReport, Exporter, PART_SPANS};
-use crate::trace::recorder::recycle_spans;
+use crate::trace::recorder::{drop_pooled_entries, recycle_spans};
 use crate::trace::{Clock, SpanBuf, SpanRecord, SpanStatus, TraceEnd, TraceId, TraceMeta, TraceRecord};
 
 pub(crate) enum TracerMsg {
@@ -186,14 +186,16 @@ impl Kept {
     }
 
     /// Takes back what the exporters let go of; frees the spare records when none was built
-    /// since the last tick (the tracer is idle: they would only hold memory).
-    fn tick(&mut self) {
-        if self.given == self.given_at_tick {
+    /// since the last tick (the tracer is idle: they would only hold memory), and says so.
+    fn tick(&mut self) -> bool {
+        let idle = self.given == self.given_at_tick;
+        if idle {
             drop(self.release());
         } else {
             self.reap();
         }
         self.given_at_tick = self.given;
+        idle
     }
 
     /// Lets go of the spare records (nothing to build soon: a flush, a shutdown), for the
@@ -289,7 +291,12 @@ impl Actor for TracerActor {
                 }
                 state.kept.lock().give(record);
             }
-            TracerMsg::Reap => state.kept.lock().tick(),
+            TracerMsg::Reap => {
+                let idle = state.kept.lock().tick();
+                if idle {
+                    drop_pooled_entries();
+                }
+            }
             TracerMsg::Flush(deadline, reply) => {
                 let timeout = deadline.saturating_duration_since(Instant::now());
                 let report = flush_all(&state.exporters, timeout, false).await;
@@ -326,6 +333,7 @@ impl Actor for TracerActor {
                 // After the answer: freeing the kept records is no part of the wait.
                 let kept = std::mem::take(&mut *state.kept.lock());
                 drop(kept);
+                drop_pooled_entries();
                 myself.stop(None);
             }
         }
