@@ -517,26 +517,35 @@ const BOX_BATCH: usize = 64;
 /// [`Io::Changes`]): the run that takes the box drops them. The entries were allocated on a
 /// run's thread; dropped on the tracer's, each of their blocks went back through glibc's slow
 /// path (the arena's lock, against the run threads), and the run threads' next allocations of
-/// those sizes found their caches empty. Bounded, as entries hold store values: past this
-/// many boxes in the pool, and once the tracer is idle ([`drop_pooled_entries`]), they are
-/// dropped here.
-const BOX_POOL_ENTRIES: usize = 2_048;
+/// those sizes found their caches empty. Bounded, as entries hold store values: only the top
+/// this many boxes of the pool (runs take boxes from the top) hold entries; a box pushed
+/// below them gives its entries up, and so do all once the tracer is idle
+/// ([`drop_pooled_entries`]).
+const BOX_POOL_ENTRIES: usize = 16_384;
 
 /// Returns emptied span boxes (and their buffer) for reuse.
 pub(crate) fn recycle_spans(mut spans: Vec<Box<RawSpan>>) {
     // A run reuses a box by writing only the span's own facts (and dropping the store
     // entries a box may still hold), so what a shed span (never made a record) still holds
     // goes now; a box emptied by `take_record` has nothing left but those entries.
-    let pooled = BOX_POOL.lock().len();
-    for (i, s) in spans.iter_mut().enumerate() {
-        s.empty(pooled + i < BOX_POOL_ENTRIES);
+    for s in spans.iter_mut() {
+        s.empty(true);
     }
+    let mut fallen = Vec::new();
     {
         let mut pool = BOX_POOL.lock();
         let room = BOX_POOL_MAX.saturating_sub(pool.len());
         let keep = spans.len().min(room);
         pool.extend(spans.drain(..keep));
+        // The boxes these pushed out of the top `BOX_POOL_ENTRIES` give their entries up
+        // (dropped once the lock is let go).
+        let len = pool.len();
+        let below = len.saturating_sub(BOX_POOL_ENTRIES);
+        for b in &mut pool[below.saturating_sub(keep)..below] {
+            fallen.extend([b.input.take(), b.output.take()].into_iter().flatten());
+        }
     }
+    drop(fallen);
     spans.clear();
     recycle(spans);
 }
