@@ -17,7 +17,7 @@ use crate::trace::{
     announce_trace_file, SpanSink, TraceEnd, TraceId, TraceMeta, TraceRecord, TracingConfig, DEFAULT_LANGFUSE_HOST,
     DEFAULT_TRACE_FILE,
 };
-use actor::{TracerActor, TracerArgs, TracerMsg};
+use actor::{Kept, TracerActor, TracerArgs, TracerMsg};
 
 /// Where runs send their spans: the tracer actor, with a count of what could not be sent.
 pub(crate) struct ActorSink {
@@ -36,6 +36,9 @@ pub(crate) struct ActorSink {
     stream: bool,
     /// Spans handed to the exporters straight from a run because the tracer was behind.
     bypassed: Arc<AtomicU64>,
+    /// The tracer's records let go of by the exporters (see [`Kept`]): a run that bypasses
+    /// the tracer builds its trace in one, and gives it back, as the tracer does.
+    kept: Arc<parking_lot::Mutex<Kept>>,
 }
 
 /// The most spans waiting for the tracer (about 30 MB). Past it, a run hands its finished
@@ -50,17 +53,23 @@ impl ActorSink {
         self.backlog.load(Ordering::Relaxed) > MAX_BACKLOG
     }
 
-    /// Hands spans to the exporters from the run's thread: the tracer is behind.
+    /// Hands spans to the exporters from the run's thread: the tracer is behind. A whole
+    /// trace's record is kept for reuse once they let go of it (a part, of another shape
+    /// than a run's trace, is not).
     fn bypass(&self, record: TraceRecord) {
         warn_bypass();
         self.bypassed.fetch_add(record.weight(), Ordering::Relaxed);
         let record = Arc::new(record);
+        let part = record.is_part();
         for e in self.exporters.iter() {
-            if record.is_part() {
+            if part {
                 e.export_part(Arc::clone(&record));
             } else {
                 e.export(Arc::clone(&record));
             }
+        }
+        if !part {
+            self.kept.lock().give(record);
         }
     }
 }
@@ -98,7 +107,8 @@ impl SpanSink for ActorSink {
             // A run none of whose spans are held by the tracer is assembled here; one whose
             // earlier spans the tracer holds ends there (one message, at most a chunk).
             if self.stream && !run.chunked() {
-                let mut record = end.into_record(&mut Vec::new());
+                let spare = self.kept.lock().take();
+                let mut record = end.into_record_in(&mut Vec::new(), spare);
                 record.parts = run.parts().load(Ordering::Relaxed);
                 self.bypass(record);
                 return;
@@ -497,8 +507,13 @@ impl TracerBuilder {
         let (tx, rx) = std::sync::mpsc::channel();
         let backlog = Arc::new(AtomicU64::new(0));
         let held = Arc::new(AtomicU64::new(0));
-        let args =
-            TracerArgs { exporters: Arc::clone(&exporters), backlog: Arc::clone(&backlog), held: Arc::clone(&held) };
+        let kept = Arc::new(parking_lot::Mutex::new(Kept::default()));
+        let args = TracerArgs {
+            exporters: Arc::clone(&exporters),
+            backlog: Arc::clone(&backlog),
+            held: Arc::clone(&held),
+            kept: Arc::clone(&kept),
+        };
         // The thread ends when its actor stops (when the last handle is dropped, or at
         // shutdown); nothing joins it, so dropping a tracer never blocks.
         std::thread::Builder::new()
@@ -536,6 +551,7 @@ impl TracerBuilder {
                     exporters,
                     stream,
                     bypassed: Arc::new(AtomicU64::new(0)),
+                    kept,
                 }),
                 switches: self.switches,
                 sample_rate,

@@ -513,21 +513,51 @@ static BOX_POOL: Mutex<Vec<Box<RawSpan>>> = Mutex::new(Vec::new());
 const BOX_POOL_MAX: usize = 1 << 16;
 const BOX_BATCH: usize = 64;
 
+/// Pooled boxes that may still hold their span's store entries ([`Io::Reads`],
+/// [`Io::Changes`]): the run that takes the box drops them. The entries were allocated on a
+/// run's thread; dropped on the tracer's, each of their blocks went back through glibc's slow
+/// path (the arena's lock, against the run threads), and the run threads' next allocations of
+/// those sizes found their caches empty. Bounded, as entries hold store values: only the top
+/// this many boxes of the pool (runs take boxes from the top) hold entries; a box pushed
+/// below them gives its entries up, and so do all once the tracer is idle
+/// ([`drop_pooled_entries`]).
+const BOX_POOL_ENTRIES: usize = 16_384;
+
 /// Returns emptied span boxes (and their buffer) for reuse.
 pub(crate) fn recycle_spans(mut spans: Vec<Box<RawSpan>>) {
-    // A run reuses a box by writing only the span's own facts, so what a shed span (never
-    // made a record) still holds goes now; a box emptied by `take_record` has nothing left.
+    // A run reuses a box by writing only the span's own facts (and dropping the store
+    // entries a box may still hold), so what a shed span (never made a record) still holds
+    // goes now; a box emptied by `take_record` has nothing left but those entries.
     for s in spans.iter_mut() {
-        s.empty();
+        s.empty(true);
     }
+    let mut fallen = Vec::new();
     {
         let mut pool = BOX_POOL.lock();
         let room = BOX_POOL_MAX.saturating_sub(pool.len());
         let keep = spans.len().min(room);
         pool.extend(spans.drain(..keep));
+        // The boxes these pushed out of the top `BOX_POOL_ENTRIES` give their entries up
+        // (dropped once the lock is let go).
+        let len = pool.len();
+        let below = len.saturating_sub(BOX_POOL_ENTRIES);
+        for b in &mut pool[below.saturating_sub(keep)..below] {
+            fallen.extend([b.input.take(), b.output.take()].into_iter().flatten());
+        }
     }
+    drop(fallen);
     spans.clear();
     recycle(spans);
+}
+
+/// Drops the store entries the pooled boxes still hold (the tracer is idle: no run may take
+/// those boxes soon).
+pub(crate) fn drop_pooled_entries() {
+    let mut pool = BOX_POOL.lock();
+    for s in pool.iter_mut() {
+        s.input = None;
+        s.output = None;
+    }
 }
 
 /// A finished span as the run records it: ids, static keys and inline attributes, so that
@@ -639,6 +669,70 @@ impl Io {
     }
 }
 
+/// A span's input or output as JSON. Store entries are read where they are and stay in
+/// the box, for the run that reuses it to drop (see [`BOX_POOL_ENTRIES`]); a value is moved.
+fn io_json(io: &mut Option<Io>) -> Option<Value> {
+    match io {
+        Some(Io::Reads(r)) => Some(r.to_json()),
+        Some(Io::Changes(action, changed)) => Some(changes_json(action, changed)),
+        _ => io.take().map(Io::into_json),
+    }
+}
+
+/// [`io_json`] into `slot`, as [`Io::into_json_into`] does.
+fn io_json_into(io: &mut Option<Io>, slot: &mut Option<Value>) {
+    match io {
+        Some(Io::Reads(r)) => {
+            let kept = match slot.as_mut() {
+                Some(Value::Object(m)) => r.json_into(m),
+                _ => false,
+            };
+            if !kept {
+                *slot = Some(r.to_json());
+            }
+        }
+        Some(Io::Changes(action, changed)) => {
+            if !changes_json_into(action, changed, slot) {
+                *slot = Some(changes_json(action, changed));
+            }
+        }
+        Some(_) => {
+            if let Some(io) = io.take() {
+                io.into_json_into(slot);
+            }
+        }
+        None => *slot = None,
+    }
+}
+
+/// post's output, `{"action": …, "changed": …}`.
+fn changes_json(action: &Action, changed: &StoreSnapshot) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("action".to_owned(), capture(action));
+    m.insert("changed".to_owned(), changed.to_json());
+    Value::Object(m)
+}
+
+/// [`changes_json`] into the object `slot` holds, when it has the same keys; false when not
+/// (the changed entries' map may then be cleared).
+fn changes_json_into(action: &Action, changed: &StoreSnapshot, slot: &mut Option<Value>) -> bool {
+    let Some(Value::Object(m)) = slot.as_mut() else { return false };
+    let Some((a, Value::Object(c))) = two(m, "action", "changed") else { return false };
+    if !changed.json_into(c) {
+        return false;
+    }
+    // The action as `capture` shows it (a string, or null), in the string's memory when
+    // there is one.
+    match (action.as_str(), &mut *a) {
+        (Some(name), Value::String(old)) => {
+            old.clear();
+            old.push_str(name);
+        }
+        _ => *a = capture(action),
+    }
+    true
+}
+
 /// The values of a map that holds exactly the keys `a` and `b`.
 fn two<'m>(m: &'m mut serde_json::Map<String, Value>, a: &str, b: &str) -> Option<(&'m mut Value, &'m mut Value)> {
     if m.len() != 2 {
@@ -696,12 +790,17 @@ impl AttrVal {
 }
 
 impl RawSpan {
-    /// Drops what the span holds beyond its ids, kind and times.
-    fn empty(&mut self) {
+    /// Drops what the span holds beyond its ids, kind and times, but for its store entries
+    /// when `keep_entries` (see [`BOX_POOL_ENTRIES`]).
+    fn empty(&mut self, keep_entries: bool) {
         self.name = None;
         self.status = None;
-        self.input = None;
-        self.output = None;
+        if !keep_entries || !self.input.as_ref().is_some_and(Io::is_store) {
+            self.input = None;
+        }
+        if !keep_entries || !self.output.as_ref().is_some_and(Io::is_store) {
+            self.output = None;
+        }
         self.attrs = EMPTY_ATTRS;
         self.extra.clear();
         self.generation = None;
@@ -718,8 +817,7 @@ impl RawSpan {
             }
         }
         let generation = self.generation.take().map(|g| generation_record(*g, clock));
-        let input = self.input.take().map(Io::into_json);
-        let output = self.output.take().map(Io::into_json);
+        let (input, output) = (io_json(&mut self.input), io_json(&mut self.output));
         SpanRecord {
             generation,
             span_id: self.span_id,
@@ -742,18 +840,14 @@ impl RawSpan {
     /// are overwritten in place, keys and memory kept, instead of freed on the exporter's
     /// thread and allocated again here. The result is the record `take_record` makes.
     pub(crate) fn take_record_into(&mut self, s: &mut SpanRecord, clock: Clock) {
-        let attrs = std::mem::replace(&mut self.attrs, EMPTY_ATTRS);
-        let extra = std::mem::take(&mut self.extra);
-        self.attributes_into(&mut s.attributes, attrs, extra);
+        if !attrs_in_place(&mut self.attrs, &self.extra, self.output.as_ref(), &mut s.attributes) {
+            let attrs = std::mem::replace(&mut self.attrs, EMPTY_ATTRS);
+            let extra = std::mem::take(&mut self.extra);
+            self.attributes_into(&mut s.attributes, attrs, extra);
+        }
         s.generation = self.generation.take().map(|g| generation_record(*g, clock));
-        match self.input.take() {
-            Some(io) => io.into_json_into(&mut s.input),
-            None => s.input = None,
-        }
-        match self.output.take() {
-            Some(io) => io.into_json_into(&mut s.output),
-            None => s.output = None,
-        }
+        io_json_into(&mut self.input, &mut s.input);
+        io_json_into(&mut self.output, &mut s.output);
         s.span_id = self.span_id;
         s.parent_id = self.parent_id;
         s.kind = self.kind;
@@ -807,6 +901,44 @@ impl RawSpan {
             }
         }
     }
+}
+
+/// The common case of [`RawSpan::attributes_into`], in one pass over `m`: no extra
+/// attributes, and `m` holds exactly the keys of those with values (the same span of an
+/// earlier run). Their values are overwritten in place and `attrs` left empty; false, and
+/// nothing touched, otherwise.
+fn attrs_in_place(
+    attrs: &mut [(&'static str, AttrVal); MAX_ATTRS],
+    extra: &[(&'static str, AttrVal)],
+    output: Option<&Io>,
+    m: &mut serde_json::Map<String, Value>,
+) -> bool {
+    if !extra.is_empty() {
+        return false;
+    }
+    let n = attrs.iter().filter(|(_, v)| v.is_some(output)).count();
+    if m.len() != n {
+        return false;
+    }
+    // For each of `m`'s keys, in its order, the attribute of that key (each used once).
+    let mut order = [0usize; MAX_ATTRS];
+    let mut used = [false; MAX_ATTRS];
+    for (slot, k) in order.iter_mut().zip(m.keys()) {
+        let found = (0..MAX_ATTRS).find(|&i| !used[i] && attrs[i].1.is_some(output) && attrs[i].0 == k);
+        match found {
+            Some(i) => {
+                used[i] = true;
+                *slot = i;
+            }
+            None => return false,
+        }
+    }
+    for ((_, slot), &i) in m.iter_mut().zip(&order[..n]) {
+        let v = std::mem::replace(&mut attrs[i].1, AttrVal::None);
+        v.json_into(slot, output);
+    }
+    *attrs = EMPTY_ATTRS;
+    true
 }
 
 /// A run's clock: one Unix time and one `Instant` read together, to place every span.
@@ -980,6 +1112,10 @@ impl Recorder {
             // the whole struct copied in.
             Some(mut b) => {
                 let r = &mut *b;
+                // Store entries left by the box's last span are dropped here, on a run's
+                // thread (see `BOX_POOL_ENTRIES`).
+                r.input = None;
+                r.output = None;
                 r.span_id = span_id;
                 r.parent_id = parent;
                 r.kind = kind;
@@ -1242,6 +1378,14 @@ impl crate::flow::StoreSnapshot {
         // Few keys, each in `m`, none twice: then `m` holds exactly these.
         if n != m.len() || n > 8 {
             return false;
+        }
+        // The same keys in the same order (the same phase of an earlier run, mostly): one pass,
+        // no look-ups. `m`'s keys are distinct, so these are too.
+        if m.keys().zip(self.entries()).all(|(a, (k, _, _))| a == k) {
+            for ((_, slot), (_, v, type_name)) in m.iter_mut().zip(self.entries()) {
+                *slot = capture_as(v, type_name);
+            }
+            return true;
         }
         let keys = || self.entries().map(|(k, _, _)| k);
         let distinct = keys().enumerate().all(|(i, k)| keys().take(i).all(|j| j != k));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::export::{ExportReport, Exporter, PART_SPANS};
-use crate::trace::recorder::recycle_spans;
+use crate::trace::recorder::{drop_pooled_entries, recycle_spans};
 use crate::trace::{Clock, SpanBuf, SpanRecord, SpanStatus, TraceEnd, TraceId, TraceMeta, TraceRecord};
 
 pub(crate) enum TracerMsg {
@@ -98,12 +98,13 @@ pub(crate) struct TracerState {
     /// Whether every exporter takes parts, so long runs are streamed.
     stream: bool,
     partial: HashMap<TraceId, Open>,
-    /// Records handed to the exporters, whose memory the next records are built in.
-    kept: Kept,
+    /// Records handed to the exporters, whose memory the next records are built in (shared
+    /// with the runs' sink, which builds the records of runs that bypass a tracer behind).
+    kept: Arc<parking_lot::Mutex<Kept>>,
 }
 
-/// Records this thread built and handed to the exporters, kept until the exporters let go of
-/// them, and then built the next records in (a run's next trace is mostly of the same shape:
+/// Records the tracer built and handed to the exporters (and those runs built when they
+/// bypassed it), kept until the exporters let go of them, and then built the next records in (a run's next trace is mostly of the same shape:
 /// its maps are overwritten in place, see [`RawSpan::take_record_into`]).
 ///
 /// An exporter let go of a record on its own worker thread: freeing there sent each of its
@@ -118,7 +119,7 @@ pub(crate) struct TracerState {
 ///
 /// [`RawSpan::take_record_into`]: crate::trace::recorder::RawSpan::take_record_into
 #[derive(Default)]
-struct Kept {
+pub(crate) struct Kept {
     /// Still held by an exporter, oldest first.
     held: VecDeque<Arc<TraceRecord>>,
     held_spans: u64,
@@ -134,12 +135,15 @@ struct Kept {
 /// queues and memory hold up to about 32,768).
 const KEPT_SPANS: u64 = 32_768;
 /// The most spans of records waiting in [`Kept`] to be reused.
-const SPARE_SPANS: u64 = 4_096;
+/// At least a delivery round's worth (an exporter lets go of up to 256 traces at once: 13,000
+/// spans of 10-node runs); fewer, and most of a round was freed here while the next records
+/// were built afresh.
+const SPARE_SPANS: u64 = 16_384;
 
 impl Kept {
     /// Takes `r` back once handed to the exporters: to reuse it now if none of them kept it,
     /// or once they let go of it.
-    fn give(&mut self, r: Arc<TraceRecord>) {
+    pub(crate) fn give(&mut self, r: Arc<TraceRecord>) {
         self.given += 1;
         match Arc::try_unwrap(r) {
             Ok(t) => self.spare(t),
@@ -175,28 +179,32 @@ impl Kept {
     }
 
     /// A record to build the next one in, if one is spare.
-    fn take(&mut self) -> Option<TraceRecord> {
+    pub(crate) fn take(&mut self) -> Option<TraceRecord> {
         let t = self.spare.pop()?;
         self.spare_spans -= t.spans.len() as u64;
         Some(t)
     }
 
     /// Takes back what the exporters let go of; frees the spare records when none was built
-    /// since the last tick (the tracer is idle: they would only hold memory).
-    fn tick(&mut self) {
-        if self.given == self.given_at_tick {
-            self.release();
+    /// since the last tick (the tracer is idle: they would only hold memory), and says so.
+    fn tick(&mut self) -> bool {
+        let idle = self.given == self.given_at_tick;
+        if idle {
+            drop(self.release());
         } else {
             self.reap();
         }
         self.given_at_tick = self.given;
+        idle
     }
 
-    /// Frees the spare records (nothing to build soon: a flush, a shutdown).
-    fn release(&mut self) {
+    /// Lets go of the spare records (nothing to build soon: a flush, a shutdown), for the
+    /// caller to free once it no longer holds the lock runs take too.
+    #[must_use]
+    fn release(&mut self) -> Vec<TraceRecord> {
         self.reap();
-        self.spare = Vec::new();
         self.spare_spans = 0;
+        std::mem::take(&mut self.spare)
     }
 }
 
@@ -205,6 +213,7 @@ pub(crate) struct TracerArgs {
     pub(crate) exporters: Arc<[Arc<dyn Exporter>]>,
     pub(crate) backlog: Arc<AtomicU64>,
     pub(crate) held: Arc<AtomicU64>,
+    pub(crate) kept: Arc<parking_lot::Mutex<Kept>>,
 }
 
 impl TracerState {
@@ -221,7 +230,7 @@ impl TracerState {
         for e in self.exporters.iter() {
             e.export_part(Arc::clone(&part));
         }
-        self.kept.give(part);
+        self.kept.lock().give(part);
     }
 }
 
@@ -233,12 +242,12 @@ impl Actor for TracerActor {
     async fn pre_start(
         &self,
         myself: ActorRef<TracerMsg>,
-        TracerArgs { exporters, backlog, held }: TracerArgs,
+        TracerArgs { exporters, backlog, held, kept }: TracerArgs,
     ) -> Result<TracerState, ActorProcessingErr> {
         let stream = !exporters.is_empty() && exporters.iter().all(|e| e.takes_parts());
         // The timer's task ends with the actor (and its runtime).
         let _timer = myself.send_interval(REAP_INTERVAL, || TracerMsg::Reap);
-        Ok(TracerState { exporters, backlog, held, stream, partial: HashMap::new(), kept: Kept::default() })
+        Ok(TracerState { exporters, backlog, held, stream, partial: HashMap::new(), kept })
     }
 
     async fn handle(
@@ -273,21 +282,28 @@ impl Actor for TracerActor {
                     }
                     None => Vec::new(),
                 };
-                let spare = if spans.is_empty() { state.kept.take() } else { None };
+                let spare = if spans.is_empty() { state.kept.lock().take() } else { None };
                 let mut record = end.into_record_in(&mut spans, spare);
                 record.parts = parts.load(Ordering::Relaxed);
                 let record = Arc::new(record);
                 for e in state.exporters.iter() {
                     e.export(Arc::clone(&record));
                 }
-                state.kept.give(record);
+                state.kept.lock().give(record);
             }
-            TracerMsg::Reap => state.kept.tick(),
+            TracerMsg::Reap => {
+                let idle = state.kept.lock().tick();
+                if idle {
+                    drop_pooled_entries();
+                }
+            }
             TracerMsg::Flush(deadline, reply) => {
                 let timeout = deadline.saturating_duration_since(Instant::now());
                 let report = flush_all(&state.exporters, timeout, false).await;
-                state.kept.release();
+                // Answered first: freeing the spare records is no part of the flush's wait.
                 let _ = reply.send(report);
+                let spare = state.kept.lock().release();
+                drop(spare);
             }
             TracerMsg::Shutdown(deadline, reply) => {
                 let open = state.partial.len();
@@ -301,7 +317,6 @@ impl Actor for TracerActor {
                 }
                 let timeout = deadline.saturating_duration_since(Instant::now());
                 let mut report = flush_all(&state.exporters, timeout, true).await;
-                state.kept = Kept::default();
                 if open > 0 {
                     if state.stream {
                         report.reasons.push(format!(
@@ -315,6 +330,10 @@ impl Actor for TracerActor {
                     }
                 }
                 let _ = reply.send(report);
+                // After the answer: freeing the kept records is no part of the wait.
+                let kept = std::mem::take(&mut *state.kept.lock());
+                drop(kept);
+                drop_pooled_entries();
                 myself.stop(None);
             }
         }
@@ -332,12 +351,9 @@ async fn flush_all(exporters: &[Arc<dyn Exporter>], timeout: Duration, shutdown:
 }
 
 impl TraceEnd {
-    pub(crate) fn into_record(self, earlier: &mut Vec<SpanRecord>) -> TraceRecord {
-        self.into_record_in(earlier, None)
-    }
-
-    /// [`into_record`](Self::into_record), built in the memory of `spare` (a record the
-    /// exporters let go of) when there is one and no `earlier` spans.
+    /// The finished trace: `earlier` spans (taken) and the run's last ones, built in the
+    /// memory of `spare` (a record the exporters let go of) when there is one and no
+    /// `earlier` spans.
     pub(crate) fn into_record_in(self, earlier: &mut Vec<SpanRecord>, spare: Option<TraceRecord>) -> TraceRecord {
         match spare {
             Some(t) if earlier.is_empty() => self.into_spare(t),
