@@ -716,7 +716,7 @@ impl Plan {
             return Hop::End;
         }
         let key = action.key();
-        match edges.iter().find(|(a, _)| &**a == key) {
+        match edges.iter().find(|(a, _)| crate::flow::store::same_key(a, key)) {
             Some((_, Some(j))) => Hop::To(*j),
             _ => Hop::Live,
         }
