@@ -484,6 +484,9 @@ impl Actor for RunSupervisor {
     async fn post_start(&self, me: ActorRef<RunMsg>, inbox: &mut Inbox) -> Result<(), ActorProcessingErr> {
         if let Some(mut runs) = inbox.runs.take() {
             let mut fresh = true;
+            // The same for every run: made once, not per run (its reference counts, taken and
+            // dropped, were a run's worth of atomics).
+            let crew = Crew { supervisor: Some(me.get_cell()), alive: Arc::clone(&inbox.alive) };
             loop {
                 let RunArgs { root, shared, settings, reply, state } = runs.recv(std::mem::take(&mut fresh)).await;
                 // The run, in place: an `async fn` for it was a future of the run's size,
@@ -491,10 +494,9 @@ impl Actor for RunSupervisor {
                 let linked = {
                     let _live = Live::new();
                     let alive = &inbox.alive;
-                    let crew = Crew { supervisor: Some(me.get_cell()), alive: Arc::clone(alive) };
                     // Declared before the run's future, so dropped after it when a kill drops both.
-                    let mut end = RunEnd { finisher: None, reply: Some(reply), alive: Arc::clone(alive) };
-                    let res = AssertUnwindSafe(execute(root, shared, settings, state, crew, &mut end.finisher))
+                    let mut end = RunEnd { finisher: None, reply: Some(reply), alive };
+                    let res = AssertUnwindSafe(execute(root, shared, settings, state, &crew, &mut end.finisher))
                         .catch_unwind()
                         .await
                         .unwrap_or_else(|p| Err(panic_error("<engine>", Phase::Exec, p)));
@@ -774,20 +776,20 @@ async fn spawn_for(run: RunArgs) -> Result<(RunControl, Answer), Error> {
 /// supervisor's linked children), but they end a moment later, in their own tasks. Their open
 /// spans end as cancelled only then, so the trace's end (and with it the caller's answer,
 /// which must not arrive before the trace is complete) waits for them, off the supervisor.
-struct RunEnd {
+struct RunEnd<'a> {
     finisher: Option<TraceFinisher>,
     reply: Option<Reply>,
-    alive: Arc<Alive>,
+    alive: &'a Arc<Alive>,
 }
 
-impl Drop for RunEnd {
+impl Drop for RunEnd<'_> {
     fn drop(&mut self) {
         // Nothing to wait for: the fields drop as declared, the trace's end before the answer.
         if self.finisher.is_none() || self.alive.count() == 0 {
             return;
         }
         let (finisher, reply) = (self.finisher.take(), self.reply.take());
-        let alive = Arc::clone(&self.alive);
+        let alive = Arc::clone(self.alive);
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
                 h.spawn(async move {
@@ -844,7 +846,7 @@ async fn execute(
     shared: SharedStore,
     options: Settings,
     run: Arc<RunState>,
-    crew: Crew,
+    crew: &Crew,
     finisher: &mut Option<TraceFinisher>,
 ) -> Result<Action, Error> {
     install_panic_hook();
