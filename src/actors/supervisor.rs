@@ -725,8 +725,9 @@ pub(crate) fn run(
     shared: SharedStore,
     options: RunOptions,
 ) -> impl std::future::Future<Output = Result<Action, Error>> + Send {
-    let report = run_report(root, shared, options);
-    async move { report.await.result }
+    // Not `run_report` and a field of its report: that was one more future to poll, and the
+    // report to move out of it, per run.
+    supervised(root, shared, options, |result, _warnings| result)
 }
 
 /// Runs `root` as [`run`] does, and reports its warnings with its result.
@@ -739,6 +740,17 @@ pub(crate) fn run_report(
     shared: SharedStore,
     options: RunOptions,
 ) -> impl std::future::Future<Output = RunReport> + Send {
+    supervised(root, shared, options, |result, warnings| RunReport { result, warnings })
+}
+
+/// [`run`] and [`run_report`]: the run handed over now, its result and warnings given to
+/// `finish` when it ends.
+fn supervised<T>(
+    root: NodeRef,
+    shared: SharedStore,
+    options: RunOptions,
+    finish: impl FnOnce(Result<Action, Error>, Vec<String>) -> T + Send,
+) -> impl std::future::Future<Output = T> + Send {
     let handed = hand_over(root, shared, options).map(|(control, rx)| (CancelOnDrop(Some(control)), rx));
     async move {
         let (mut guard, rx) = match handed {
@@ -746,12 +758,12 @@ pub(crate) fn run_report(
             // No idle supervisor: spawning one is the rare case, boxed to keep this future small.
             Err(run) => match Box::pin(spawn_for(*run)).await {
                 Ok((control, rx)) => (CancelOnDrop(Some(control)), rx),
-                Err(e) => return RunReport { result: Err(e), warnings: Vec::new() },
+                Err(e) => return finish(Err(e), Vec::new()),
             },
         };
         let Answered { result, warnings } = rx.await;
         let control = guard.0.take().expect("the guard holds the control until here");
-        RunReport { result: result.unwrap_or_else(|| Err(control.lost())), warnings }
+        finish(result.unwrap_or_else(|| Err(control.lost())), warnings)
     }
 }
 
