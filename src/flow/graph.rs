@@ -105,6 +105,7 @@ impl NodeDef {
     }
 
     /// The node's name for an exec context.
+    #[inline]
     pub(crate) fn exec_name(&self) -> super::context::NodeName {
         match self.literal_name {
             Some(s) => super::context::NodeName::Static(s),

@@ -143,6 +143,7 @@ impl Drop for Recording {
 
 /// Whether any task may be recording what it reads or writes. A task's own scope is counted
 /// before its future first runs, so a task inside one always sees a non-zero count.
+#[inline]
 fn any_recording() -> bool {
     RECORDING.load(Ordering::Relaxed) != 0
 }
