@@ -19,7 +19,7 @@ use super::node_actor::{run_concurrently, Crew};
 use super::supervisor::RunState;
 use crate::error::{BoxError, Error, NodeResult, Phase};
 use crate::flow::batch::BatchFlowDef;
-use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, GivenError, PhaseCell, Prepared};
+use crate::flow::erased::{ErasedBatch, ErasedNode, Executed, GivenError, PhaseCell, PhaseError, Prepared};
 use crate::flow::flows::FlowDef;
 use crate::flow::graph::{Hop, NodeConfig, NodeDef, NodeKind, NodeRef, Plan};
 use crate::flow::store::{record_reads, record_writes, Key, Recorded, SharedStore, MAX_RECORDED};
@@ -142,7 +142,10 @@ thread_local! {
 /// Marks the thread as inside a contained region while alive.
 struct Contained;
 
+// Inlined (here and in its drop): a release build's code units split the crate, and a call
+// across them per poll of a node's future is several times the work it does.
 impl Contained {
+    #[inline]
     fn enter() -> Self {
         CONTAINED.with(|c| c.set(c.get() + 1));
         Contained
@@ -150,6 +153,7 @@ impl Contained {
 }
 
 impl Drop for Contained {
+    #[inline]
     fn drop(&mut self) {
         CONTAINED.with(|c| c.set(c.get().saturating_sub(1)));
     }
@@ -588,9 +592,13 @@ struct Fused<'r, F> {
     at: &'r PhaseCell,
 }
 
-impl<F: Future + Unpin> Future for Fused<'_, F> {
-    type Output = Result<F::Output, Error>;
+impl<F: Future<Output = Result<Action, PhaseError>> + Unpin> Future for Fused<'_, F> {
+    // The visit's own result, its error named here: one result to move out of the poll, not
+    // a result in a result (each a large enum, moved at each level).
+    type Output = Result<Action, Error>;
 
+    // Inlined into the loop: a call of its own saved and restored a dozen registers per visit.
+    #[inline(always)]
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
         use std::task::Poll;
         let this = &mut *self;
@@ -598,7 +606,8 @@ impl<F: Future + Unpin> Future for Fused<'_, F> {
         let fut = &mut this.fut;
         match std::panic::catch_unwind(AssertUnwindSafe(|| std::pin::Pin::new(fut).poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Ready(Ok(action))) => Poll::Ready(Ok(action)),
+            Ok(Poll::Ready(Err((phase, e)))) => Poll::Ready(Err(hook_error(this.node, phase, e))),
             Err(payload) => Poll::Ready(Err(panic_error(this.node, this.at.get(), payload))),
         }
     }
@@ -1139,6 +1148,10 @@ async fn orchestrate_unrecorded(
     let mut at = plan.as_ref().and_then(|p| p.start());
     let mut last = Action::none();
     let mut steps = 0_u64;
+    // The exec context of the loop's fused visits: the same for each but for the node's name,
+    // so made once and renamed at each visit (made and dropped per visit, it cost about 25
+    // instructions of a chain node's 900).
+    let mut once: Option<ExecContext> = None;
     loop {
         let (node, i) = match (&live, &plan, at) {
             (Some(n), _, _) => (n, None),
@@ -1154,12 +1167,15 @@ async fn orchestrate_unrecorded(
                 let def = &*node.0;
                 let ctx = cx.context(&def.name);
                 let at = PhaseCell::new(Phase::Prep);
-                let exec_cx = once_context(def, &cx.params, None);
-                let fut = n.visit_once(&ctx, &exec_cx, &at);
-                match (Fused { fut, node: &def.name, at: &at }).await? {
-                    Ok(action) => action,
-                    Err((phase, e)) => return Err(hook_error(&def.name, phase, e)),
-                }
+                let exec_cx = match &mut once {
+                    Some(e) => {
+                        e.node = def.exec_name();
+                        e
+                    }
+                    None => once.insert(once_context(def, &cx.params, None)),
+                };
+                let fut = n.visit_once(&ctx, exec_cx, &at);
+                (Fused { fut, node: &def.name, at: &at }).await?
             }
             // Retries, a time limit or the blocking pool: the phased visit, boxed (no
             // disabled `tracing` span around it).

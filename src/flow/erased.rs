@@ -108,14 +108,18 @@ pub(crate) fn exec_owned<T: 'static>(e: Executed) -> NodeResult<T> {
 pub(crate) struct PhaseCell(AtomicU8);
 
 impl PhaseCell {
+    // Inlined: called at each phase of every visit, from another of the crate's code units.
+    #[inline]
     pub(crate) fn new(phase: Phase) -> Self {
         PhaseCell(AtomicU8::new(phase as u8))
     }
 
+    #[inline]
     pub(crate) fn set(&self, phase: Phase) {
         self.0.store(phase as u8, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn get(&self) -> Phase {
         match self.0.load(Ordering::Relaxed) {
             0 => Phase::Prep,

@@ -105,6 +105,7 @@ impl NodeDef {
     }
 
     /// The node's name for an exec context.
+    #[inline]
     pub(crate) fn exec_name(&self) -> super::context::NodeName {
         match self.literal_name {
             Some(s) => super::context::NodeName::Static(s),
@@ -716,7 +717,7 @@ impl Plan {
             return Hop::End;
         }
         let key = action.key();
-        match edges.iter().find(|(a, _)| &**a == key) {
+        match edges.iter().find(|(a, _)| crate::flow::store::same_key(a, key)) {
             Some((_, Some(j))) => Hop::To(*j),
             _ => Hop::Live,
         }

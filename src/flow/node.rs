@@ -115,6 +115,23 @@ pub(crate) fn short_type_name<T: ?Sized>() -> &'static str {
 
 pub(crate) struct NodeAdapter<N>(pub(crate) N);
 
+/// A fused visit's fallback (see [`ErasedNode::visit_once`]), boxed: it is the rare path, and
+/// in place its state (the error it was given, its future) made every visit's future larger,
+/// and that future is copied into its box as it is made.
+fn fallback_once<'a, N: Node>(
+    node: &'a N,
+    prep: &'a N::Prep,
+    e: BoxError,
+    cx: &'a ExecContext,
+    at: &'a PhaseCell,
+) -> BoxFuture<'a, Result<N::Exec, PhaseError>> {
+    Box::pin(async move {
+        at.set(Phase::Fallback);
+        let given = GivenError::of(&e);
+        node.exec_fallback(prep, e, cx).await.map_err(|e| (given.phase_of(&e), e))
+    })
+}
+
 impl<N: Node> ErasedNode for NodeAdapter<N> {
     fn prep<'a>(&'a self, ctx: &'a Context<'a>) -> BoxFuture<'a, NodeResult<Prepared>> {
         Box::pin(async move { Ok(Arc::new(self.0.prep(ctx).await?) as Prepared) })
@@ -172,11 +189,7 @@ impl<N: Node> ErasedNode for NodeAdapter<N> {
             at.set(Phase::Exec);
             let exec = match self.0.exec(&prep, cx).await {
                 Ok(v) => v,
-                Err(e) => {
-                    at.set(Phase::Fallback);
-                    let given = GivenError::of(&e);
-                    self.0.exec_fallback(&prep, e, cx).await.map_err(|e| (given.phase_of(&e), e))?
-                }
+                Err(e) => fallback_once(&self.0, &prep, e, cx, at).await?,
             };
             at.set(Phase::Post);
             self.0.post(ctx, prep, exec).await.map_err(|e| (Phase::Post, e))

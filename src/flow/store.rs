@@ -143,6 +143,7 @@ impl Drop for Recording {
 
 /// Whether any task may be recording what it reads or writes. A task's own scope is counted
 /// before its future first runs, so a task inside one always sees a non-zero count.
+#[inline]
 fn any_recording() -> bool {
     RECORDING.load(Ordering::Relaxed) != 0
 }
@@ -264,7 +265,7 @@ fn note_read(map: &Map, key: &str, v: &Arc<dyn StoreValue>) {
 fn note_read_slow(map: &Map, key: &str, v: &Arc<dyn StoreValue>) {
     SCOPE.with(|s| {
         if let Some(Scope::Reads(r)) = &mut *s.borrow_mut() {
-            if r.len() < MAX_RECORDED && !r.iter().any(|(k, _)| &**k == key) {
+            if r.len() < MAX_RECORDED && !r.iter().any(|(k, _)| same_key(k, key)) {
                 r.push((map.key_of(key), Arc::clone(v)));
             }
         }
@@ -283,7 +284,7 @@ fn note_write(map: &Map, key: &str) {
 fn note_write_slow(map: &Map, key: &str) {
     SCOPE.with(|s| {
         if let Some(Scope::Writes(w)) = &mut *s.borrow_mut() {
-            if !w.iter().any(|k| &**k == key) {
+            if !w.iter().any(|k| same_key(k, key)) {
                 w.push(map.key_of(key));
             }
         }
@@ -334,6 +335,23 @@ enum Map {
 /// The most keys a store finds by scanning.
 const SCAN_MAX: usize = 8;
 
+/// Whether key `k` is `key` (a store key, or an edge's action). Such keys are a handful of
+/// bytes, and comparing them here costs a few instructions where `==` on strings calls
+/// `memcmp` for every key a scan looks at. Longer keys still go to `memcmp`.
+#[inline(always)]
+pub(crate) fn same_key(k: &str, key: &str) -> bool {
+    let (a, b) = (k.as_bytes(), key.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() > 16 {
+        return a == b;
+    }
+    // An OR of the bytes' differences, not a loop that stops at the first: the compiler turns
+    // the latter back into a call to `bcmp`.
+    a.iter().zip(b).fold(0_u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
 impl Default for Map {
     fn default() -> Self {
         Map::Few(Vec::new())
@@ -341,10 +359,10 @@ impl Default for Map {
 }
 
 impl Map {
-    #[inline]
+    #[inline(always)]
     fn get(&self, key: &str) -> Option<&Arc<dyn StoreValue>> {
         match self {
-            Map::Few(v) => v.iter().find(|(k, _)| &**k == key).map(|(_, v)| v),
+            Map::Few(v) => v.iter().find(|(k, _)| same_key(k, key)).map(|(_, v)| v),
             Map::Many(m) => m.get(key),
         }
     }
@@ -352,16 +370,16 @@ impl Map {
     /// The map's own key equal to `key` (a reference count), or a new one when absent.
     fn key_of(&self, key: &str) -> Key {
         let found = match self {
-            Map::Few(v) => v.iter().find(|(k, _)| &**k == key).map(|(k, _)| k),
+            Map::Few(v) => v.iter().find(|(k, _)| same_key(k, key)).map(|(k, _)| k),
             Map::Many(m) => m.get_key_value(key).map(|(k, _)| k),
         };
         found.map_or_else(|| Arc::from(key), Arc::clone)
     }
 
-    #[inline]
+    #[inline(always)]
     fn get_mut(&mut self, key: &str) -> Option<&mut Arc<dyn StoreValue>> {
         match self {
-            Map::Few(v) => v.iter_mut().find(|(k, _)| &**k == key).map(|(_, v)| v),
+            Map::Few(v) => v.iter_mut().find(|(k, _)| same_key(k, key)).map(|(_, v)| v),
             Map::Many(m) => m.get_mut(key),
         }
     }
@@ -412,7 +430,7 @@ impl Map {
     fn remove(&mut self, key: &str) -> Option<Arc<dyn StoreValue>> {
         match self {
             Map::Few(v) => {
-                let i = v.iter().position(|(k, _)| &**k == key)?;
+                let i = v.iter().position(|(k, _)| same_key(k, key))?;
                 Some(v.swap_remove(i).1)
             }
             Map::Many(m) => m.remove(key),
