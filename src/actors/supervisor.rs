@@ -137,7 +137,12 @@ enum Ticket {
 
 impl RunState {
     fn new() -> Arc<RunState> {
-        Arc::new(RunState {
+        Arc::new(RunState::fresh())
+    }
+
+    /// The state a run starts with, for [`new`](Self::new) and [`renew`](Self::renew) alike.
+    fn fresh() -> RunState {
+        RunState {
             inner: parking_lot::Mutex::new(RunInner {
                 reason: None,
                 warnings: Vec::new(),
@@ -145,7 +150,7 @@ impl RunState {
                 answer: Outcome::Pending,
             }),
             caller: AtomicWaker::new(),
-        })
+        }
     }
 
     /// A state for a new run: `last`, the state of the supervisor's previous run, made new
@@ -157,12 +162,7 @@ impl RunState {
         match last {
             Some(mut state) => match Arc::get_mut(&mut state) {
                 Some(s) => {
-                    let inner = s.inner.get_mut();
-                    inner.reason = None;
-                    inner.warnings.clear();
-                    inner.ticket = Ticket::Running;
-                    inner.answer = Outcome::Pending;
-                    s.caller = AtomicWaker::new();
+                    *s = RunState::fresh();
                     state
                 }
                 None => RunState::new(),
