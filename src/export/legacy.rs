@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::observation::{self, Levels};
 use super::otlp::{write_f64, write_map, write_object, write_str, write_u64, NoWatch, Texts, Watch};
-use crate::trace::{GenerationRecord, SpanId, SpanKind, TraceRecord};
+use crate::trace::{GenerationRecord, SpanId, SpanKind, TraceId, TraceRecord};
 
 /// A fresh envelope id (UUID-shaped, unique within and across processes in practice): the
 /// event count mixed (SplitMix64, a bijection) with two halves of a per-process random seed.
@@ -34,7 +34,7 @@ pub(super) fn envelope_id() -> String {
     let v = ((mix(sa ^ n) as u128) << 64) | mix(sb ^ n) as u128;
     // Mark as a version-4 UUID so strict validators accept it.
     let v = (v & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    uuid(v)
+    TraceId(v).to_uuid()
 }
 
 /// The observation id Langfuse gets for one of our spans: its 16 hex digits.
@@ -102,21 +102,6 @@ fn timestamp(buf: &mut Vec<u8>, unix_nanos: u64) {
     two(&mut t, 23, (micros / 100) % 100);
     two(&mut t, 25, micros % 100);
     buf.extend_from_slice(&t);
-}
-
-/// An id as a UUID (`TraceId::to_uuid`'s text), two hex digits a byte from a fixed array:
-/// every legacy event carries one or two.
-fn uuid(v: u128) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    /// Where each byte's two digits go (dashes between 8-4-4-4-12 digits).
-    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
-    let mut out = [b'-'; 36];
-    for (at, b) in AT.into_iter().zip(v.to_be_bytes()) {
-        out[at] = HEX[usize::from(b >> 4)];
-        out[at + 1] = HEX[usize::from(b & 0xf)];
-    }
-    // ASCII throughout.
-    std::str::from_utf8(&out).map(str::to_owned).unwrap_or_default()
 }
 
 /// A span id as its 16 hex digits, quoted (what `SpanId`'s `Display` writes).
@@ -259,7 +244,7 @@ pub(super) fn encode_trace_bytes_watched<W: Watch>(
     let before = out.len();
     let folded = observation::fold_generation_nodes(t);
     let t = folded.as_ref().unwrap_or(t);
-    let trace_id = uuid(t.trace_id.0);
+    let trace_id = t.trace_id.to_uuid();
     let levels = Levels::new(t);
     let root = t.root().map(|r| r.span_id);
 
@@ -685,7 +670,6 @@ mod tests {
             let h = format!("{v:032x}");
             let text = format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]);
             assert_eq!(TraceId(v).to_uuid(), text);
-            assert_eq!(uuid(v), text);
         }
         let ids: std::collections::HashSet<String> = (0..10_000).map(|_| envelope_id()).collect();
         assert_eq!(ids.len(), 10_000, "distinct");

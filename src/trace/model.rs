@@ -19,16 +19,14 @@ impl TraceId {
     }
     /// The id formatted as a UUID (8-4-4-4-12), as Langfuse's legacy API shows ids.
     pub fn to_uuid(self) -> String {
-        // Digit by digit into a fixed buffer: every legacy event carries one.
+        // Two hex digits a byte into a fixed buffer: every legacy event carries one or two.
         const HEX: &[u8; 16] = b"0123456789abcdef";
+        /// Where each byte's two digits go (dashes between 8-4-4-4-12 digits).
+        const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
         let mut out = [b'-'; 36];
-        let mut digit = 0;
-        for (i, c) in out.iter_mut().enumerate() {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                continue;
-            }
-            *c = HEX[((self.0 >> (124 - 4 * digit)) & 0xf) as usize];
-            digit += 1;
+        for (at, b) in AT.into_iter().zip(self.0.to_be_bytes()) {
+            out[at] = HEX[usize::from(b >> 4)];
+            out[at + 1] = HEX[usize::from(b & 0xf)];
         }
         // ASCII throughout.
         std::str::from_utf8(&out).map(str::to_owned).unwrap_or_default()
