@@ -305,45 +305,40 @@ fn otlp_unit(s: otlp::SpanBytes) -> Unit {
     Unit { trace: 0, weight: 1, size, payload: Payload::Otlp(s) }
 }
 
-/// The trace's OTLP units, its inputs and outputs checked by the privacy rules as they are
-/// written, when nothing else in it needs the rules' work: `None` when something does (the
-/// trace then goes through [`Privacy::apply_shared`] and is encoded again), or when the rules
-/// cannot check that way (a mask hook, a generation node whose calls are folded into it).
-/// What this gives is what scrubbing first and encoding after gives: the same trace, shared
-/// and unchanged, and the same units; the values are walked once, not twice.
-fn encode_otlp_checked(t: &TraceRecord, privacy: &Privacy, environment: Option<&str>) -> Option<Vec<Unit>> {
+/// The trace's units for `mode` (OTLP or legacy), its inputs and outputs checked by the
+/// privacy rules as they are written, when nothing else in it needs the rules' work: `None`
+/// when something does (the trace then goes through [`Privacy::apply_shared`] and is encoded
+/// again), or when the rules cannot check that way (a mask hook, a generation node whose calls
+/// are folded into it). What this gives is what scrubbing first and encoding after gives: the
+/// same trace, shared and unchanged, and the same units; the values are walked once, not twice.
+fn encode_checked(t: &TraceRecord, privacy: &Privacy, environment: Option<&str>, mode: u8) -> Option<Vec<Unit>> {
     if privacy.masks() {
         return None;
     }
-    let (trace_values, span_values) = otlp::watched_values(t)?;
-    if privacy.dirty_except(t, trace_values, span_values) {
+    // Which values each protocol writes differs (legacy's trace-create always carries the
+    // trace's), so each says which the rules need not look at here.
+    let dirty = if mode == MODE_LEGACY {
+        let (trace_values, span_values) = legacy::watched_values(t)?;
+        privacy.dirty_except(t, trace_values, span_values)
+    } else {
+        let (trace_values, span_values) = otlp::watched_values(t)?;
+        privacy.dirty_except(t, trace_values, span_values)
+    };
+    if dirty {
         return None;
     }
     privacy
         .with_scan(|scan| {
-            let mut units = Vec::with_capacity(t.spans.len() + 1);
-            otlp::encode_trace_watched(t, environment, scan, |s| units.push(otlp_unit(s)));
+            let units = if mode == MODE_LEGACY {
+                let mut events = Vec::with_capacity(t.spans.len() + 1);
+                legacy::encode_trace_bytes_watched(t, environment, scan, &mut events);
+                legacy_units(events)
+            } else {
+                let mut units = Vec::with_capacity(t.spans.len() + 1);
+                otlp::encode_trace_watched(t, environment, scan, |s| units.push(otlp_unit(s)));
+                units
+            };
             (!scan.dirty()).then(|| weigh(t, units))
-        })
-        .flatten()
-}
-
-/// [`encode_otlp_checked`] for the legacy batch API: the trace's events, their inputs and
-/// outputs checked by the privacy rules as they are written, when nothing else in it needs
-/// the rules' work.
-fn encode_legacy_checked(t: &TraceRecord, privacy: &Privacy, environment: Option<&str>) -> Option<Vec<Unit>> {
-    if privacy.masks() {
-        return None;
-    }
-    let (trace_values, span_values) = legacy::watched_values(t)?;
-    if privacy.dirty_except(t, trace_values, span_values) {
-        return None;
-    }
-    privacy
-        .with_scan(|scan| {
-            let mut events = Vec::with_capacity(t.spans.len() + 1);
-            legacy::encode_trace_bytes_watched(t, environment, scan, &mut events);
-            (!scan.dirty()).then(|| weigh(t, legacy_units(events)))
         })
         .flatten()
 }
@@ -412,8 +407,9 @@ impl Prep {
             // The common case, a new trace for OTLP with nothing to scrub: checked as it is
             // encoded (one walk over its values), and shared as it is.
             let checked = match job.mode {
-                Some(MODE_OTLP) if job.fresh => encode_otlp_checked(&t, &self.privacy, self.environment.as_deref()),
-                Some(MODE_LEGACY) if job.fresh => encode_legacy_checked(&t, &self.privacy, self.environment.as_deref()),
+                Some(mode @ (MODE_OTLP | MODE_LEGACY)) if job.fresh => {
+                    encode_checked(&t, &self.privacy, self.environment.as_deref(), mode)
+                }
                 _ => None,
             };
             if let Some(units) = checked {
@@ -1975,8 +1971,8 @@ mod tests {
             base.clone().with_value_redaction(false),
             base.clone().with_mask(|v| v),
         ];
-        let (mut fast, mut slow) = (0, 0);
-        let (mut fast_legacy, mut slow_legacy) = (0, 0);
+        // Per protocol: traces checked as encoded, and traces scrubbed first.
+        let mut taken = [[0_usize; 2]; 2];
         // Legacy events without their envelope ids (fresh for every event).
         let without_ids = |units: &[Unit]| -> Vec<String> {
             units
@@ -1986,6 +1982,14 @@ mod tests {
                     Payload::Otlp(_) => panic!("an OTLP unit"),
                 })
                 .collect()
+        };
+        // What is compared of a protocol's units: OTLP's bytes, legacy's without their ids.
+        let shown = |mode: u8, units: &[Unit]| -> Vec<Vec<u8>> {
+            if mode == MODE_LEGACY {
+                without_ids(units).into_iter().map(String::into_bytes).collect()
+            } else {
+                bytes(units)
+            }
         };
         for (r, privacy) in rules.iter().enumerate() {
             for t in &bases {
@@ -1997,31 +2001,20 @@ mod tests {
                         let scrubbed = privacy.apply_shared(Arc::new(t.clone()));
                         let same = serde_json::to_string(&*scrubbed).unwrap() == before;
                         let what = format!("rules {r}, edit {e}, span {i}, trace {}", t.name);
-                        match encode_otlp_checked(&t, privacy, Some("test")) {
-                            Some(units) => {
-                                fast += 1;
-                                assert!(same, "checked as clean but scrubbing changes it: {what}");
-                                let want = encode_units(&scrubbed, MODE_OTLP, Some("test"));
-                                assert_eq!(bytes(&units), bytes(&want), "{what}");
-                                assert_eq!(
-                                    units.iter().map(|u| u.weight).collect::<Vec<_>>(),
-                                    want.iter().map(|u| u.weight).collect::<Vec<_>>()
-                                );
+                        for (m, mode) in [MODE_OTLP, MODE_LEGACY].into_iter().enumerate() {
+                            match encode_checked(&t, privacy, Some("test"), mode) {
+                                Some(units) => {
+                                    taken[m][0] += 1;
+                                    assert!(same, "checked as clean but scrubbing changes it (mode {mode}): {what}");
+                                    let want = encode_units(&scrubbed, mode, Some("test"));
+                                    assert_eq!(shown(mode, &units), shown(mode, &want), "mode {mode}: {what}");
+                                    assert_eq!(
+                                        units.iter().map(|u| u.weight).collect::<Vec<_>>(),
+                                        want.iter().map(|u| u.weight).collect::<Vec<_>>()
+                                    );
+                                }
+                                None => taken[m][1] += 1,
                             }
-                            None => slow += 1,
-                        }
-                        match encode_legacy_checked(&t, privacy, Some("test")) {
-                            Some(units) => {
-                                fast_legacy += 1;
-                                assert!(same, "checked as clean but scrubbing changes it (legacy): {what}");
-                                let want = encode_units(&scrubbed, MODE_LEGACY, Some("test"));
-                                assert_eq!(without_ids(&units), without_ids(&want), "{what}");
-                                assert_eq!(
-                                    units.iter().map(|u| u.weight).collect::<Vec<_>>(),
-                                    want.iter().map(|u| u.weight).collect::<Vec<_>>()
-                                );
-                            }
-                            None => slow_legacy += 1,
                         }
                         let prep = Prep { privacy: privacy.clone(), environment: Some("test".into()), spool: false };
                         let p = prep
@@ -2058,11 +2051,12 @@ mod tests {
                 }
             }
         }
-        assert!(fast > 100 && slow > 100, "both paths taken: {fast} checked as encoded, {slow} scrubbed first");
-        assert!(
-            fast_legacy > 100 && slow_legacy > 100,
-            "both legacy paths taken: {fast_legacy} checked as encoded, {slow_legacy} scrubbed first"
-        );
+        for (name, [fast, slow]) in ["OTLP", "legacy"].into_iter().zip(taken) {
+            assert!(
+                fast > 100 && slow > 100,
+                "both {name} paths taken: {fast} checked as encoded, {slow} scrubbed first"
+            );
+        }
     }
 
     #[test]
