@@ -607,12 +607,7 @@ impl Io {
                 m.insert("exec".to_owned(), exec);
                 Value::Object(m)
             }
-            Io::Changes(action, changed) => {
-                let mut m = serde_json::Map::new();
-                m.insert("action".to_owned(), capture(&action));
-                m.insert("changed".to_owned(), changed.to_json());
-                Value::Object(m)
-            }
+            Io::Changes(action, changed) => changes_json(&action, &changed),
         }
     }
 
@@ -620,47 +615,20 @@ impl Io {
     /// when that has the same keys (as the same span of the run before, whose record was let
     /// go, mostly has).
     fn into_json_into(self, slot: &mut Option<Value>) {
-        let Some(Value::Object(m)) = slot.as_mut() else {
-            *slot = Some(self.into_json());
-            return;
-        };
         match self {
             Io::Value(v) => *slot = Some(v),
-            Io::Reads(r) => {
-                if !r.json_into(m) {
-                    *slot = Some(r.to_json());
-                }
-            }
-            Io::Post(prep, exec) => match two(m, "prep", "exec") {
-                Some((p, e)) => {
-                    *p = prep;
-                    *e = exec;
-                }
-                None => *slot = Some(Io::Post(prep, exec).into_json()),
-            },
-            Io::Changes(action, changed) => {
-                let kept = match two(m, "action", "changed") {
-                    Some((a, Value::Object(c))) => {
-                        let kept = changed.json_into(c);
-                        if kept {
-                            // The action as `capture` shows it (a string, or null), in the
-                            // string's memory when there is one.
-                            match (action.as_str(), &mut *a) {
-                                (Some(name), Value::String(old)) => {
-                                    old.clear();
-                                    old.push_str(name);
-                                }
-                                _ => *a = capture(&action),
-                            }
-                        }
-                        kept
+            Io::Post(prep, exec) => match slot.as_mut() {
+                Some(Value::Object(m)) => match two(m, "prep", "exec") {
+                    Some((p, e)) => {
+                        *p = prep;
+                        *e = exec;
                     }
-                    _ => false,
-                };
-                if !kept {
-                    *slot = Some(Io::Changes(action, changed).into_json());
-                }
-            }
+                    None => *slot = Some(Io::Post(prep, exec).into_json()),
+                },
+                _ => *slot = Some(Io::Post(prep, exec).into_json()),
+            },
+            // Store entries are read where they are (see `io_json_into`).
+            store => io_json_into(&mut Some(store), slot),
         }
     }
 
