@@ -104,8 +104,9 @@ pub(crate) struct TracerState {
 }
 
 /// Records the tracer built and handed to the exporters (and those runs built when they
-/// bypassed it), kept until the exporters let go of them, and then built the next records in (a run's next trace is mostly of the same shape:
-/// its maps are overwritten in place, see [`RawSpan::take_record_into`]).
+/// bypassed it), kept until the exporters let go of them, and then built the next records in
+/// (a run's next trace is mostly of the same shape: its maps are overwritten in place, see
+/// [`RawSpan::take_record_into`]).
 ///
 /// An exporter let go of a record on its own worker thread: freeing there sent each of its
 /// few hundred blocks back to this thread's glibc arena from another thread (the free took
@@ -185,17 +186,19 @@ impl Kept {
         Some(t)
     }
 
-    /// Takes back what the exporters let go of; frees the spare records when none was built
-    /// since the last tick (the tracer is idle: they would only hold memory), and says so.
-    fn tick(&mut self) -> bool {
+    /// Takes back what the exporters let go of; lets go of the spare records when none was
+    /// built since the last tick (the tracer is idle: they would only hold memory), for the
+    /// caller to free as [`release`](Self::release) says.
+    #[must_use]
+    fn tick(&mut self) -> Option<Vec<TraceRecord>> {
         let idle = self.given == self.given_at_tick;
+        self.given_at_tick = self.given;
         if idle {
-            drop(self.release());
+            Some(self.release())
         } else {
             self.reap();
+            None
         }
-        self.given_at_tick = self.given;
-        idle
     }
 
     /// Lets go of the spare records (nothing to build soon: a flush, a shutdown), for the
@@ -292,8 +295,9 @@ impl Actor for TracerActor {
                 state.kept.lock().give(record);
             }
             TracerMsg::Reap => {
-                let idle = state.kept.lock().tick();
-                if idle {
+                let released = state.kept.lock().tick();
+                if let Some(spare) = released {
+                    drop(spare);
                     drop_pooled_entries();
                 }
             }
@@ -517,9 +521,10 @@ mod tests {
             kept.give(Arc::new(record(SPARE_SPANS as usize / 4)));
         }
         assert!(kept.spare_spans <= SPARE_SPANS);
-        kept.tick();
-        assert!(!kept.spare.is_empty(), "records were given since the last tick");
-        kept.tick();
+        assert!(kept.tick().is_none(), "records were given since the last tick");
+        assert!(!kept.spare.is_empty());
+        let released = kept.tick().expect("an idle tick lets the spares go");
+        assert!(!released.is_empty());
         assert!(kept.spare.is_empty() && kept.spare_spans == 0);
     }
 }
