@@ -216,16 +216,34 @@ pub(crate) fn same_json(a: &Value, b: &Value) -> bool {
         return true;
     }
     match (a, b) {
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_nested(a, b)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|((ka, va), (kb, vb))| same_str(ka, kb) && same_nested(va, vb))
+        }
+        _ => same_leaf(a, b),
+    }
+}
+
+/// [`same_json`] for a value inside an array or object: most are strings or numbers, and
+/// are compared here rather than by a call per entry.
+#[inline(always)]
+fn same_nested(a: &Value, b: &Value) -> bool {
+    match a {
+        Value::Array(_) | Value::Object(_) => same_json(a, b),
+        _ => same_leaf(a, b),
+    }
+}
+
+/// [`same_json`] for `a` not an array or object.
+#[inline(always)]
+fn same_leaf(a: &Value, b: &Value) -> bool {
+    match (a, b) {
         (Value::Null, Value::Null) => true,
         (Value::Bool(x), Value::Bool(y)) => x == y,
         (Value::Number(x), Value::Number(y)) => {
             x == y && x.is_f64() == y.is_f64() && x.as_f64().map(f64::to_bits) == y.as_f64().map(f64::to_bits)
         }
         (Value::String(x), Value::String(y)) => same_str(x, y),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b)),
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|((ka, va), (kb, vb))| same_str(ka, kb) && same_json(va, vb))
-        }
         _ => false,
     }
 }
@@ -259,24 +277,43 @@ fn same_str(a: &str, b: &str) -> bool {
     }
 }
 
-/// The name a span kind has in metadata (`span_kind`).
-pub(crate) fn kind_name(k: SpanKind) -> &'static str {
-    match k {
-        SpanKind::Flow => "flow",
-        SpanKind::BatchRun => "batch_run",
-        SpanKind::Node => "node",
-        SpanKind::Prep => "prep",
-        SpanKind::Exec => "exec",
-        SpanKind::Item => "item",
-        SpanKind::Attempt => "attempt",
-        SpanKind::Wait => "wait",
-        SpanKind::Fallback => "fallback",
-        SpanKind::Post => "post",
-        SpanKind::Generation => "generation",
-        SpanKind::Event => "event",
-        #[allow(unreachable_patterns)]
-        _ => "span",
-    }
+/// `kind_name` and `kind_entry` from one list of names, so the two cannot disagree.
+macro_rules! kind_names {
+    ($($kind:ident => $name:literal),* $(,)?) => {
+        /// The name a span kind has in metadata (`span_kind`).
+        pub(crate) fn kind_name(k: SpanKind) -> &'static str {
+            match k {
+                $(SpanKind::$kind => $name,)*
+                #[allow(unreachable_patterns)]
+                _ => "span",
+            }
+        }
+
+        /// A span's `span_kind` metadata entry as JSON text with its trailing comma, written
+        /// in one copy (every span's metadata has one).
+        fn kind_entry(k: SpanKind) -> &'static str {
+            match k {
+                $(SpanKind::$kind => concat!("\"span_kind\":\"", $name, "\","),)*
+                #[allow(unreachable_patterns)]
+                _ => "\"span_kind\":\"span\",",
+            }
+        }
+    };
+}
+
+kind_names! {
+    Flow => "flow",
+    BatchRun => "batch_run",
+    Node => "node",
+    Prep => "prep",
+    Exec => "exec",
+    Item => "item",
+    Attempt => "attempt",
+    Wait => "wait",
+    Fallback => "fallback",
+    Post => "post",
+    Generation => "generation",
+    Event => "event",
 }
 
 /// A value added to a span's or trace's attributes in its metadata.
@@ -287,6 +324,8 @@ enum Extra<'a> {
     Name(&'static str),
     Strs(&'a [String]),
     U64(u64),
+    /// A span's kind, under `span_kind` (see [`kind_entry`]).
+    Kind(SpanKind),
 }
 
 impl Serialize for Extra<'_> {
@@ -296,6 +335,7 @@ impl Serialize for Extra<'_> {
             Extra::Name(v) => s.serialize_str(v),
             Extra::Strs(v) => v.serialize(s),
             Extra::U64(v) => s.serialize_u64(*v),
+            Extra::Kind(k) => s.serialize_str(kind_name(*k)),
         }
     }
 }
@@ -334,6 +374,11 @@ impl Metadata<'_> {
         use super::otlp::{write_str, write_value};
         /// An added entry: its key (a name of ours) and value.
         fn extra(buf: &mut Vec<u8>, k: &str, v: Extra<'_>) {
+            if let Extra::Kind(kind) = v {
+                debug_assert_eq!(k, "span_kind");
+                buf.extend_from_slice(kind_entry(kind).as_bytes());
+                return;
+            }
             buf.push(b'"');
             buf.extend_from_slice(k.as_bytes());
             buf.extend_from_slice(b"\":");
@@ -355,6 +400,7 @@ impl Metadata<'_> {
                     buf.push(b']');
                 }
                 Extra::U64(n) => super::otlp::write_u64(buf, n),
+                Extra::Kind(_) => {}
             }
             buf.push(b',');
         }
@@ -431,7 +477,7 @@ pub(crate) fn metadata(s: &SpanRecord) -> Metadata<'_> {
         SpanStatus::Cancelled { .. } => m.push("error_kind", Extra::Name("cancelled")),
         SpanStatus::Ok => {}
     }
-    m.push("span_kind", Extra::Name(kind_name(s.kind)));
+    m.push("span_kind", Extra::Kind(s.kind));
     m
 }
 

@@ -77,8 +77,49 @@ const SPAN_ATTRIBUTES: u32 = 9;
 #[inline(always)]
 fn attr_str(buf: &mut Vec<u8>, key: &str, value: &[u8]) {
     let any = field_len(value.len());
-    attr_header(buf, key, any);
-    len_field(buf, 1, value);
+    let k = key.len();
+    if k == 0 || k > SHORT_KEY {
+        attr_header(buf, key, any);
+        len_field(buf, 1, value);
+        return;
+    }
+    // The attribute's field header, its key, the `AnyValue`'s header and the string's, put
+    // together on the stack and copied as one fixed-size block (the spare bytes cut off
+    // after): a dozen bytes written to the buffer one at a time, each with its own capacity
+    // check, cost more.
+    let mut h = [0u8; SHORT_KEY + 40];
+    h[0] = ((SPAN_ATTRIBUTES << 3) | wire::LEN) as u8;
+    let mut at = put_varint(&mut h, 1, (2 + k + field_len(any)) as u64);
+    h[at] = ((1 << 3) | wire::LEN) as u8;
+    // Below 128: one byte.
+    h[at + 1] = k as u8;
+    h[at + 2..at + 2 + k].copy_from_slice(key.as_bytes());
+    at += 2 + k;
+    h[at] = ((2 << 3) | wire::LEN) as u8;
+    at = put_varint(&mut h, at + 1, any as u64);
+    h[at] = ((1 << 3) | wire::LEN) as u8;
+    at = put_varint(&mut h, at + 1, value.len() as u64);
+    buf.reserve(h.len() + value.len());
+    let start = buf.len();
+    buf.extend_from_slice(&h);
+    buf.truncate(start + at);
+    buf.extend_from_slice(value);
+}
+
+/// Keys up to this long are written by [`attr_str`] with their headers in one copy (every
+/// key of ours is).
+const SHORT_KEY: usize = 48;
+
+/// `v` as a varint at `h[at..]`; returns where it ends.
+#[inline(always)]
+fn put_varint(h: &mut [u8], mut at: usize, mut v: u64) -> usize {
+    while v >= 0x80 {
+        h[at] = (v as u8) | 0x80;
+        v >>= 7;
+        at += 1;
+    }
+    h[at] = v as u8;
+    at + 1
 }
 
 /// A `KeyValue` with an integer value.
@@ -301,19 +342,15 @@ fn short_needs_escape(b: &[u8]) -> bool {
     }
 }
 
-/// Bytes of a string shorter than eight, in fixed-size copies (stores, not a call).
-fn copy_short(buf: &mut Vec<u8>, b: &[u8]) {
-    debug_assert!(b.len() < 8);
-    if b.len() >= 4 {
-        let at = buf.len();
-        buf.extend_from_slice(&[b[0], b[1], b[2], b[3]]);
-        buf.truncate(at + b.len() - 4);
-        let n = b.len();
-        buf.extend_from_slice(&[b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+/// Whether any byte of a string of at most sixteen bytes needs an escape: two overlapping
+/// words from eight bytes up.
+#[inline(always)]
+fn short16_needs_escape(b: &[u8]) -> bool {
+    debug_assert!(b.len() <= 16);
+    if b.len() >= 8 {
+        needs_escape(word(b, 0)) || needs_escape(word(b, b.len() - 8))
     } else {
-        for &c in b {
-            buf.push(c);
-        }
+        short_needs_escape(b)
     }
 }
 
@@ -322,24 +359,33 @@ fn copy_short(buf: &mut Vec<u8>, b: &[u8]) {
 /// around those.
 pub(super) fn write_str(buf: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
-    buf.reserve(b.len() + 2);
-    buf.push(b'"');
-    if b.len() < 8 {
-        if short_needs_escape(b) {
-            escape_bytes(buf, b);
+    let n = b.len();
+    if n <= 16 && !short16_needs_escape(b) {
+        // Most keys and many values: quotes and bytes put together on the stack and copied
+        // as one fixed-size block (stores, not a call), the spare bytes cut off after.
+        let mut t = [0u8; 24];
+        t[0] = b'"';
+        if n >= 8 {
+            t[1..9].copy_from_slice(&word(b, 0).to_le_bytes());
+            t[n - 7..n + 1].copy_from_slice(&word(b, n - 8).to_le_bytes());
+        } else if n >= 4 {
+            t[1..5].copy_from_slice(&[b[0], b[1], b[2], b[3]]);
+            t[n - 3..n + 1].copy_from_slice(&[b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
         } else {
-            copy_short(buf, b);
+            for (i, &c) in b.iter().enumerate() {
+                t[1 + i] = c;
+            }
         }
-        buf.push(b'"');
+        t[n + 1] = b'"';
+        let at = buf.len();
+        buf.extend_from_slice(&t);
+        buf.truncate(at + n + 2);
         return;
     }
-    if b.len() <= 16 && !needs_escape(word(b, 0)) && !needs_escape(word(b, b.len() - 8)) {
-        // Most keys and many values: two fixed-size copies (stores, not a call), the second
-        // over the first's tail.
-        let at = buf.len();
-        buf.extend_from_slice(&word(b, 0).to_le_bytes());
-        buf.truncate(at + b.len() - 8);
-        buf.extend_from_slice(&word(b, b.len() - 8).to_le_bytes());
+    buf.reserve(n + 2);
+    buf.push(b'"');
+    if n < 8 {
+        escape_bytes(buf, b);
         buf.push(b'"');
         return;
     }
