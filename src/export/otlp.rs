@@ -34,9 +34,17 @@ mod wire {
         buf.push(v as u8);
     }
 
+    #[inline(always)]
     pub(super) fn varint_len(v: u64) -> usize {
-        // 1 byte per 7 bits, at least one.
-        (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+        // Most lengths written are below 16 KiB: a compare or two, not a division.
+        if v < 1 << 7 {
+            1
+        } else if v < 1 << 14 {
+            2
+        } else {
+            // 1 byte per 7 bits.
+            (64 - v.leading_zeros() as usize).div_ceil(7)
+        }
     }
 
     /// A field key; every field number used here is below 16, so a key is one byte.

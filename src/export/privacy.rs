@@ -266,7 +266,7 @@ impl Privacy {
 
     /// Whether `v` needs any change: a secret key not yet redacted, a string to scrub, too
     /// deep, or perhaps over the size limit. Iterative: any depth is safe to look at.
-    fn needs_work<'t>(&self, v: &'t Value, stack: &mut Vec<(&'t Value, usize)>) -> bool {
+    fn needs_work<'t>(&self, v: &'t Value, walk: &mut Walk<'t, '_>) -> bool {
         let mut budget = self.max_value_bytes;
         let mut take = |n: usize| match budget.checked_sub(n) {
             Some(rest) => {
@@ -283,6 +283,7 @@ impl Privacy {
             Value::Array(_) | Value::Object(_) => {}
         }
         // One stack for the whole trace (the caller's): left empty on `false`.
+        let Walk { stack, keys } = walk;
         stack.clear();
         stack.push((v, 1));
         while let Some((v, depth)) = stack.pop() {
@@ -314,7 +315,7 @@ impl Privacy {
                         return true;
                     }
                     for (k, v) in m {
-                        if !take(4 + 6 * k.len()) || (self.is_secret(k) && !is_redacted(v)) {
+                        if !take(4 + 6 * k.len()) || (self.secret_in(keys, k) && !is_redacted(v)) {
                             return true;
                         }
                         stack.push((v, depth + 1));
@@ -325,8 +326,18 @@ impl Privacy {
         false
     }
 
-    fn map_dirty<'t>(&self, m: &'t serde_json::Map<String, Value>, stack: &mut Vec<(&'t Value, usize)>) -> bool {
-        m.iter().any(|(k, v)| (self.is_secret(k) && !is_redacted(v)) || self.needs_work(v, stack))
+    fn map_dirty<'t>(&self, m: &'t serde_json::Map<String, Value>, walk: &mut Walk<'t, '_>) -> bool {
+        m.iter().any(|(k, v)| (self.secret_in(&mut walk.keys, k) && !is_redacted(v)) || self.needs_work(v, walk))
+    }
+
+    /// [`is_secret`](Self::is_secret), with the thread's cache of key answers in hand when
+    /// the caller holds it.
+    fn secret_in(&self, keys: &mut Option<&mut KeyCache>, key: &str) -> bool {
+        !self.redact.is_empty()
+            && match keys {
+                Some(c) => self.redact_index.matches_in(c, key),
+                None => self.redact_index.matches_cached(key),
+            }
     }
 
     fn status_dirty(&self, s: &SpanStatus) -> bool {
@@ -385,8 +396,23 @@ impl Privacy {
         trace_values: bool,
         span_values: impl Fn(&crate::trace::SpanRecord) -> bool,
     ) -> bool {
-        let mut stack = Vec::new();
-        let st = &mut stack;
+        // The thread's cache of key answers is taken once for the trace, not once a key.
+        KEY_CACHE.with(|c| match c.try_borrow_mut() {
+            Ok(mut c) => self.dirty_in(t, trace_values, &span_values, Some(&mut c)),
+            Err(_) => self.dirty_in(t, trace_values, &span_values, None),
+        })
+    }
+
+    /// [`dirty_except`](Self::dirty_except) with the key cache, if it was free.
+    fn dirty_in(
+        &self,
+        t: &TraceRecord,
+        trace_values: bool,
+        span_values: &impl Fn(&crate::trace::SpanRecord) -> bool,
+        keys: Option<&mut KeyCache>,
+    ) -> bool {
+        let mut walk = Walk { stack: Vec::new(), keys };
+        let st = &mut walk;
         (!trace_values && (self.needs_work(&t.input, st) || self.needs_work(&t.output, st)))
             || self.map_dirty(&t.metadata, st)
             || self.status_dirty(&t.status)
@@ -518,6 +544,13 @@ impl super::otlp::Watch for ValueScan<'_> {
     fn stopped(&self) -> bool {
         self.dirty
     }
+}
+
+/// What [`Privacy::needs_work`] walks a trace's values with: one stack for them all, and the
+/// thread's cache of key answers when it was free.
+struct Walk<'t, 'c> {
+    stack: Vec<(&'t Value, usize)>,
+    keys: Option<&'c mut KeyCache>,
 }
 
 /// The string scan of [`Privacy::needs_work`]: known secrets and credential-shaped tokens
@@ -730,6 +763,12 @@ fn key_words(k: &[u8]) -> (u64, u64) {
     };
     if k.len() >= 8 {
         (word(k), word(&k[k.len() - 8..]))
+    } else if k.len() >= 4 {
+        // Two overlapping four-byte loads, the second shifted down past the bytes they share.
+        let n = k.len();
+        let half = |at: usize| u64::from(u32::from_le_bytes([k[at], k[at + 1], k[at + 2], k[at + 3]]));
+        let w = half(0) | (half(n - 4) >> (8 * (8 - n))) << 32;
+        (w, w)
     } else {
         let w = k.iter().enumerate().fold(0u64, |w, (i, &c)| w | u64::from(c) << (8 * i));
         (w, w)
