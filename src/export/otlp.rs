@@ -365,6 +365,7 @@ fn short16_needs_escape(b: &[u8]) -> bool {
 /// A JSON string, escaped as serde_json escapes it: checked eight bytes at a time (most text
 /// needs no escape) and copied in runs between the words that need one, byte by byte only
 /// around those.
+#[inline(always)]
 pub(super) fn write_str(buf: &mut Vec<u8>, s: &str) {
     let b = s.as_bytes();
     let n = b.len();
@@ -390,6 +391,14 @@ pub(super) fn write_str(buf: &mut Vec<u8>, s: &str) {
         buf.truncate(at + n + 2);
         return;
     }
+    write_long_str(buf, b);
+}
+
+/// [`write_str`] for a string longer than sixteen bytes or one that needs an escape: out of
+/// line, so the short path inlined at every call is small.
+#[inline(never)]
+fn write_long_str(buf: &mut Vec<u8>, b: &[u8]) {
+    let n = b.len();
     buf.reserve(n + 2);
     buf.push(b'"');
     if n < 8 {
@@ -557,7 +566,9 @@ impl<'t> Texts<'t> {
         };
         if sig != 0 && self.seen.len() < MAX_TEXTS && !w.stopped() {
             if self.seen.capacity() == 0 {
-                self.seen.reserve_exact(MAX_TEXTS);
+                // Half the most it keeps: small enough for the allocator's per-thread cache
+                // (a trace of a few nodes remembers fewer), doubled if a trace needs more.
+                self.seen.reserve_exact(MAX_TEXTS / 2);
             }
             self.seen.push(Seen { sig, value: v, text: start..buf.len(), reach });
         }
