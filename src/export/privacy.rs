@@ -519,10 +519,13 @@ impl ValueScan<'_> {
     }
 }
 
+// Inlined into the writer's walk: called for every string, key and container written.
 impl super::otlp::Watch for ValueScan<'_> {
+    #[inline]
     fn string(&mut self, s: &str) {
         self.dirty = self.dirty || self.privacy.str_dirty(s);
     }
+    #[inline]
     fn key(&mut self, k: &str, v: &Value) {
         if self.dirty || self.privacy.redact.is_empty() {
             return;
@@ -534,13 +537,16 @@ impl super::otlp::Watch for ValueScan<'_> {
         };
         self.dirty = secret && !is_redacted(v);
     }
+    #[inline]
     fn container(&mut self, depth: usize, nonempty: bool) -> bool {
         self.dirty = self.dirty || (nonempty && depth > self.privacy.max_depth);
         !self.dirty
     }
+    #[inline]
     fn value(&mut self, len: usize) {
         self.dirty = self.dirty || len > self.privacy.max_value_bytes;
     }
+    #[inline]
     fn stopped(&self) -> bool {
         self.dirty
     }
