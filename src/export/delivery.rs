@@ -983,6 +983,27 @@ impl Memory {
     }
 }
 
+/// How many of a round's traces, of `spans` spans each and in order, an exporter with a log
+/// takes into memory (the rest go to the log alone, as [`Worker::admit`] decides trace by
+/// trace): as many as memory has room for; none while the backend is down (`down`) or with
+/// no room at all (`cap` 0: a spill, stopping).
+fn fitting(mem: &Memory, cap: usize, down: bool, spans: &[u64]) -> usize {
+    if down {
+        return 0;
+    }
+    let mut room = Memory { traces: mem.traces, spans: mem.spans, seqs: Default::default() };
+    let mut fit = 0;
+    for n in spans {
+        if !room.has_room(cap) {
+            break;
+        }
+        room.traces += 1;
+        room.spans += n;
+        fit += 1;
+    }
+    fit
+}
+
 impl Worker {
     async fn run(self, mut rx: mpsc::Receiver<Arc<TraceRecord>>, mut ctl: mpsc::UnboundedReceiver<Control>) {
         let mut batch = Batch::new();
@@ -999,8 +1020,12 @@ impl Worker {
         let max_in_flight = self.opts.max_in_flight.max(1);
         loop {
             // Whatever the log holds beyond memory (an earlier process's traces at start-up,
-            // overflow, failures) is read back while there is room and the backend takes it.
-            if !self.down.get() && ready.is_empty() && mem.has_room(cap) {
+            // overflow, failures) is read back while there is room and the backend takes it,
+            // and nothing waits in the queue. Queued traces go first: one walk checks and
+            // encodes a new trace, where one read back is decoded and encoded again, and
+            // every moment the queue is over its bound a caller (the tracer, or a run that
+            // bypasses it) writes another trace to the log on its own thread.
+            if !self.down.get() && ready.is_empty() && mem.has_room(cap) && rx.is_empty() {
                 self.refill(&mut batch, &mut ready, &mut mem, cap);
             }
             // Once a caller's traces are all taken, the batch goes without waiting for its age
@@ -1198,10 +1223,18 @@ impl Worker {
         for n in &spans {
             self.stats.queued.fetch_sub(*n, Ordering::Relaxed);
         }
-        // With a log and no room at all (a spill, stopping) the traces go to the log alone:
-        // their wire units would not be used.
-        let mode = (cap > 0 || self.log.is_none()).then(|| self.mode());
-        let prepared = self.pool.prepare(traces, Job { mode, fresh: true });
+        // With a log, the traces past the room memory has (all of them when there is no room
+        // at all: a spill, stopping) go to the log alone: their wire units would not be used.
+        let fit = if self.log.is_some() { fitting(mem, cap, self.down.get(), &spans) } else { traces.len() };
+        let mut prepared = Vec::with_capacity(traces.len());
+        let mut traces = traces;
+        let rest = traces.split_off(fit);
+        if !traces.is_empty() {
+            prepared.extend(self.pool.prepare(traces, Job { mode: Some(self.mode()), fresh: true }));
+        }
+        if !rest.is_empty() {
+            prepared.extend(self.pool.prepare(rest, Job { mode: None, fresh: true }));
+        }
         for (p, n) in prepared.into_iter().zip(spans) {
             match p {
                 Some(p) => self.admit(batch, ready, mem, p, n, cap),
@@ -1250,7 +1283,7 @@ impl Worker {
         mem.traces += 1;
         mem.spans += n;
         if units.is_empty() {
-            // Prepared for the log alone (cannot happen with room, kept for safety).
+            // Prepared for the log alone ([`fitting`] counts as this does: kept for safety).
             units = encode_units(&t, self.mode(), self.target.environment.as_deref());
         }
         batch.push(t, units, Meta { seq, from_log: false, epoch: self.epoch.get() });
@@ -1734,6 +1767,22 @@ mod tests {
             Sent::Auth(_) => "auth".into(),
             Sent::Rejected(_) => "rejected".into(),
         }
+    }
+
+    #[test]
+    fn a_round_is_encoded_for_the_wire_only_as_far_as_memory_has_room() {
+        let mem = |traces, spans| Memory { traces, spans, seqs: Default::default() };
+        // Room for two more traces by count.
+        assert_eq!(fitting(&mem(8, 0), 10, false, &[5, 5, 5]), 2);
+        // By spans: the trace that crosses the bound still fits (as admit takes it), the
+        // next does not.
+        assert_eq!(fitting(&mem(0, MAX_MEMORY_SPANS - 10), 100, false, &[20, 1, 1]), 1);
+        assert_eq!(fitting(&mem(0, 0), 100, false, &[1, 2, 3]), 3);
+        // No room at all (a spill, stopping), a backend down, memory full: the log alone.
+        assert_eq!(fitting(&mem(0, 0), 0, false, &[1]), 0);
+        assert_eq!(fitting(&mem(0, 0), 100, true, &[1]), 0);
+        assert_eq!(fitting(&mem(0, MAX_MEMORY_SPANS), 100, false, &[1]), 0);
+        assert_eq!(fitting(&mem(0, 0), 100, false, &[]), 0);
     }
 
     #[test]
