@@ -327,13 +327,62 @@ type Entry = (Key, Arc<dyn StoreValue>);
 /// length and a byte comparison each), which costs less than hashing the key and probing a
 /// table did (a fifth of a chain node's cost went to the two look-ups of its read and its
 /// write); a store that grows past that moves to a hash map, for good.
+// The few entries are inline on purpose: boxed, they are the allocation `Few` saves, and a
+// store is one per run, in the store's own `Arc`.
+#[allow(clippy::large_enum_variant)]
 enum Map {
-    Few(Vec<Entry>),
+    Few(Few),
     Many(HashMap<Key, Arc<dyn StoreValue>, KeyHash>),
 }
 
 /// The most keys a store finds by scanning.
 const SCAN_MAX: usize = 8;
+
+/// Up to [`SCAN_MAX`] entries, in the store's own allocation: a `Vec` of them was a second
+/// allocation (and its release) for every store, about 200 instructions of a short run that
+/// makes its store.
+struct Few {
+    len: usize,
+    /// `Some` in `..len`, `None` after.
+    slots: [Option<Entry>; SCAN_MAX],
+}
+
+impl Few {
+    fn new() -> Self {
+        Few { len: 0, slots: Default::default() }
+    }
+
+    #[inline(always)]
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.slots[..self.len].iter().flatten()
+    }
+
+    #[inline(always)]
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.slots[..self.len].iter_mut().flatten()
+    }
+
+    /// Adds `entry`; the caller has checked there is room.
+    fn push(&mut self, entry: Entry) -> &mut Entry {
+        let i = self.len;
+        self.len += 1;
+        self.slots[i].insert(entry)
+    }
+
+    /// Removes the entry at `i`, the last one taking its place.
+    fn swap_remove(&mut self, i: usize) -> Option<Entry> {
+        let last = self.len.checked_sub(1)?;
+        self.slots.swap(i, last);
+        self.len = last;
+        self.slots[last].take()
+    }
+
+    /// Takes every entry out, leaving none.
+    fn drain(&mut self) -> impl Iterator<Item = Entry> + '_ {
+        let len = std::mem::take(&mut self.len);
+        self.slots[..len].iter_mut().filter_map(Option::take)
+    }
+}
 
 /// Whether key `k` is `key` (a store key, or an edge's action). Such keys are a handful of
 /// bytes, and comparing them here costs a few instructions where `==` on strings calls
@@ -354,7 +403,7 @@ pub(crate) fn same_key(k: &str, key: &str) -> bool {
 
 impl Default for Map {
     fn default() -> Self {
-        Map::Few(Vec::new())
+        Map::Few(Few::new())
     }
 }
 
@@ -387,18 +436,14 @@ impl Map {
     /// Sets `key` (known to be absent) to `value`.
     fn insert_new(&mut self, key: Key, value: Arc<dyn StoreValue>) -> &mut Arc<dyn StoreValue> {
         if let Map::Few(v) = self {
-            if v.len() >= SCAN_MAX {
+            if v.len >= SCAN_MAX {
                 let mut m = HashMap::with_capacity_and_hasher(2 * SCAN_MAX, KeyHash::default());
-                m.extend(v.drain(..));
+                m.extend(v.drain());
                 *self = Map::Many(m);
             }
         }
         match self {
-            Map::Few(v) => {
-                v.push((key, value));
-                let last = v.len() - 1;
-                &mut v[last].1
-            }
+            Map::Few(v) => &mut v.push((key, value)).1,
             Map::Many(m) => m.entry(key).insert_entry(value).into_mut(),
         }
     }
@@ -431,7 +476,7 @@ impl Map {
         match self {
             Map::Few(v) => {
                 let i = v.iter().position(|(k, _)| same_key(k, key))?;
-                Some(v.swap_remove(i).1)
+                v.swap_remove(i).map(|(_, v)| v)
             }
             Map::Many(m) => m.remove(key),
         }
@@ -439,7 +484,7 @@ impl Map {
 
     fn len(&self) -> usize {
         match self {
-            Map::Few(v) => v.len(),
+            Map::Few(v) => v.len,
             Map::Many(m) => m.len(),
         }
     }
