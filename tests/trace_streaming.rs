@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flowtrace::export::{Ingestion, JsonlFileExporter, LangfuseExporter, PART_SPANS};
+use flowtrace::export::{ExportReport, Exporter, Ingestion, JsonlFileExporter, LangfuseExporter, PART_SPANS};
 use flowtrace::prelude::*;
 use flowtrace::trace::TraceRecord;
 use langfuse_server::{attr_str, fast_delivery, LangfuseServer, PK, SK};
@@ -57,10 +57,25 @@ fn looping(steps: u64, gate: Arc<Gate>) -> Flow {
     Flow::new(&step)
 }
 
+/// An exporter that does not take parts: it keeps whole traces in a [`MemoryExporter`].
+struct WholeOnly(MemoryExporter);
+
+impl Exporter for WholeOnly {
+    fn name(&self) -> &str {
+        "whole-only"
+    }
+    fn export(&self, trace: Arc<TraceRecord>) {
+        self.0.export(trace)
+    }
+    fn flush(&self, timeout: Duration) -> futures::future::BoxFuture<'_, ExportReport> {
+        self.0.flush(timeout)
+    }
+}
+
 /// The spans of a whole run of `steps` steps, as an exporter without parts gets it.
 async fn whole(steps: u64) -> Arc<TraceRecord> {
     let memory = MemoryExporter::new();
-    let tracer = Tracer::builder().exporter(memory.clone()).build().unwrap();
+    let tracer = Tracer::builder().exporter(WholeOnly(memory.clone())).build().unwrap();
     looping(steps, open_gate()).traced("Whole").tracer(&tracer).run(&SharedStore::new()).await.unwrap();
     tracer.flush(Duration::from_secs(30)).await;
     memory.traces().pop().expect("the trace")
@@ -246,6 +261,42 @@ async fn an_exporter_without_parts_gets_the_whole_trace() {
     let t = whole(1_000).await;
     assert!(t.spans.len() > 2 * PART_SPANS);
     assert_eq!((t.parts, t.part), (0, None));
+    assert_eq!(t.spans.iter().filter(|s| s.parent_id.is_none()).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_exporter_puts_a_streamed_run_back_together() {
+    let memory = MemoryExporter::new();
+    let tracer = Tracer::builder().exporter(memory.clone()).build().unwrap();
+    // 2,000 steps make over 8,000 spans; the gate holds the run at step 1,000 (4,000 spans).
+    let g = gate(1_000);
+    let run = tokio::spawn({
+        let (g, tracer) = (Arc::clone(&g), tracer.clone());
+        async move { looping(2_000, g).traced("Streamed").tracer(&tracer).run(&SharedStore::new()).await }
+    });
+    assert!(eventually(Duration::from_secs(30), || g.reached.load(Ordering::Relaxed)).await);
+    // Mid-run, a part has come in (counted as delivered), but the run is not a trace yet.
+    let mut delivered = 0;
+    for _ in 0..300 {
+        delivered = tracer.flush(Duration::from_secs(30)).await.delivered;
+        if delivered >= PART_SPANS as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(delivered >= PART_SPANS as u64, "a part of the run reached the exporter ({delivered} spans)");
+    assert!(memory.traces().is_empty(), "a run in progress is not a finished trace");
+    g.open.store(true, Ordering::Relaxed);
+    run.await.unwrap().unwrap();
+    tracer.flush(Duration::from_secs(30)).await;
+    let traces = memory.traces();
+    assert_eq!(traces.len(), 1);
+    let t = &traces[0];
+    assert!(t.parts > 0, "the run was streamed");
+    assert_eq!(t.part, None);
+    let ids: BTreeSet<_> = t.spans.iter().map(|s| s.span_id.0).collect();
+    assert_eq!(ids.len(), t.spans.len(), "no span twice");
+    assert_eq!(t.spans.len(), whole(2_000).await.spans.len(), "every span, once, in one record");
     assert_eq!(t.spans.iter().filter(|s| s.parent_id.is_none()).count(), 1);
 }
 

@@ -1,5 +1,6 @@
 //! An exporter that keeps traces in memory: for tests, and for applications that inspect runs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 
 use super::{ExportReport, Exporter};
-use crate::trace::TraceRecord;
+use crate::trace::{TraceId, TraceRecord};
 
 /// Keeps every finished trace in memory; clones share the same list.
 ///
@@ -25,9 +26,20 @@ use crate::trace::TraceRecord;
 /// assert!(traces[0].span("Hello.post").is_some());
 /// # }
 /// ```
+/// Streamed runs are put back together: the exporter takes parts (so a tracer that is behind
+/// hands spans over instead of shedding them, and a long run streams as it goes), and a run
+/// appears in [`traces`](Self::traces) once, whole, when it ends.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryExporter {
-    traces: Arc<Mutex<Vec<Arc<TraceRecord>>>>,
+    inner: Arc<Mutex<Received>>,
+}
+
+#[derive(Debug, Default)]
+struct Received {
+    /// Finished runs, whole, in the order they ended.
+    traces: Vec<Arc<TraceRecord>>,
+    /// Parts of runs still in progress, by run, in the order they came.
+    open: HashMap<TraceId, Vec<Arc<TraceRecord>>>,
 }
 
 impl MemoryExporter {
@@ -36,14 +48,18 @@ impl MemoryExporter {
         Self::default()
     }
 
-    /// The traces received so far, in the order they finished.
+    /// The traces received so far, in the order they finished; a run streamed in parts is
+    /// one record with all its spans (see [`TraceRecord::merge_parts`]), and a run still in
+    /// progress is not here yet.
     pub fn traces(&self) -> Vec<Arc<TraceRecord>> {
-        self.traces.lock().clone()
+        self.inner.lock().traces.clone()
     }
 
-    /// Forgets the traces received so far.
+    /// Forgets the traces received so far (and the parts of runs still in progress).
     pub fn clear(&self) {
-        self.traces.lock().clear();
+        let mut r = self.inner.lock();
+        r.traces.clear();
+        r.open.clear();
     }
 }
 
@@ -53,11 +69,34 @@ impl Exporter for MemoryExporter {
     }
 
     fn export(&self, trace: Arc<TraceRecord>) {
-        self.traces.lock().push(trace);
+        let mut r = self.inner.lock();
+        let whole = match r.open.remove(&trace.trace_id) {
+            // A run's parts all come before the record that ends it (the tracer, or a run
+            // that bypasses it, hands them over first).
+            Some(parts) => {
+                let records = parts.iter().chain(std::iter::once(&trace)).map(|t| TraceRecord::clone(t));
+                match TraceRecord::merge_parts(records).pop() {
+                    Some(merged) => Arc::new(merged),
+                    None => trace,
+                }
+            }
+            None => trace,
+        };
+        r.traces.push(whole);
+    }
+
+    fn takes_parts(&self) -> bool {
+        true
+    }
+
+    fn export_part(&self, part: Arc<TraceRecord>) {
+        self.inner.lock().open.entry(part.trace_id).or_default().push(part);
     }
 
     fn flush(&self, _timeout: Duration) -> BoxFuture<'_, ExportReport> {
-        let delivered = self.traces.lock().iter().map(|t| t.weight()).sum();
+        let r = self.inner.lock();
+        let delivered = r.traces.iter().chain(r.open.values().flatten()).map(|t| t.weight()).sum();
+        drop(r);
         Box::pin(async move { ExportReport { delivered, ..Default::default() } })
     }
 }
