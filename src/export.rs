@@ -9,9 +9,10 @@
 //! ([`Exporter::export_part`], a record with [`part`](TraceRecord::part) set), and the
 //! run's end record carries only its last spans (with [`parts`](TraceRecord::parts) saying
 //! how many came before). A run shorter than that is exported whole, exactly as before. The
-//! built-in Langfuse, OTLP and file exporters and the debug output take parts; the memory
-//! exporter, and any exporter that keeps the default, get every trace whole (the tracer then
-//! holds a run's spans until it ends).
+//! built-in Langfuse, OTLP, file and memory exporters and the debug output take parts (the
+//! memory exporter puts each run back together, so its traces are whole); an exporter that
+//! keeps the default gets every trace whole (the tracer then holds a run's spans until it
+//! ends).
 
 mod debug;
 mod delivery;
