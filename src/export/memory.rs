@@ -73,12 +73,11 @@ impl Exporter for MemoryExporter {
         let whole = match r.open.remove(&trace.trace_id) {
             // A run's parts all come before the record that ends it (the tracer, or a run
             // that bypasses it, hands them over first).
+            // A record no one else holds is moved, not copied, into the merge.
             Some(parts) => {
-                let records = parts.iter().chain(std::iter::once(&trace)).map(|t| TraceRecord::clone(t));
-                match TraceRecord::merge_parts(records).pop() {
-                    Some(merged) => Arc::new(merged),
-                    None => trace,
-                }
+                let records = parts.into_iter().chain(std::iter::once(trace)).map(Arc::unwrap_or_clone);
+                let merged = TraceRecord::merge_parts(records).pop();
+                Arc::new(merged.expect("merge_parts returns a record for the run it is given"))
             }
             None => trace,
         };
