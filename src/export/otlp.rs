@@ -464,6 +464,9 @@ struct Seen<'t> {
     /// How far below it (0: the value itself) its deepest non-empty array or object is, if
     /// it holds one: the depth check it was shown, moved to where it comes back.
     reach: Option<usize>,
+    /// Its [`end_of`], once a value was compared with more than one of its signature (0
+    /// until then).
+    end: std::cell::Cell<u64>,
 }
 
 /// A value's kind, length and (for an object) its first key's length and first byte, or 0
@@ -481,6 +484,70 @@ fn signature(v: &Value, depth: usize) -> u64 {
         Value::String(s) if s.len() >= 16 && depth == 1 => 3 | ((s.len() as u64) << 8),
         _ => 0,
     }
+}
+
+/// What a value holds at its end (see [`end_bits`]), never 0 (0 stands for "not yet
+/// computed" in [`Seen::end`]).
+fn end_of(v: &Value) -> u64 {
+    mix(end_bits(v, true)) | 1
+}
+
+/// A 64-bit mixer (splitmix64's finaliser).
+#[inline(always)]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Bits of `v`'s first (or `last`) leaf and of the keys on the way down to it: a few loads,
+/// whatever the value's size.
+fn end_bits(mut v: &Value, last: bool) -> u64 {
+    let mut acc = 0u64;
+    loop {
+        acc = acc.rotate_left(7);
+        v = match v {
+            Value::Object(m) => {
+                let end = if last { m.iter().next_back() } else { m.iter().next() };
+                match end {
+                    Some((k, x)) => {
+                        acc ^= str_bits(k);
+                        x
+                    }
+                    None => return acc ^ 0x11,
+                }
+            }
+            Value::Array(a) => match if last { a.last() } else { a.first() } {
+                Some(x) => x,
+                None => return acc ^ 0x12,
+            },
+            Value::Number(n) => {
+                let bits = match (n.as_u64(), n.as_i64()) {
+                    (Some(u), _) => u,
+                    (None, Some(i)) => i as u64,
+                    _ => n.as_f64().map_or(0, f64::to_bits) ^ 0x13,
+                };
+                return acc ^ mix(bits);
+            }
+            Value::String(s) => return acc ^ str_bits(s) ^ 0x14,
+            Value::Bool(b) => return acc ^ (0x15 + u64::from(*b)),
+            Value::Null => return acc ^ 0x17,
+        };
+    }
+}
+
+/// A string's length and its first and last (up to) 8 bytes.
+#[inline(always)]
+fn str_bits(s: &str) -> u64 {
+    let b = s.as_bytes();
+    let n = b.len();
+    let word = |x: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..x.len()].copy_from_slice(x);
+        u64::from_le_bytes(w)
+    };
+    let (head, tail) = if n >= 8 { (word(&b[..8]), word(&b[n - 8..])) } else { (word(b), 0) };
+    mix(head ^ (n as u64).rotate_left(56)) ^ tail
 }
 
 impl<'t> Texts<'t> {
@@ -511,7 +578,26 @@ impl<'t> Texts<'t> {
         if sig == 0 {
             return None;
         }
-        self.seen.iter().find(|s| s.sig == sig && observation::same_json(s.value, v))
+        // Newest first: a value mostly comes back soon (a prep's output as its exec's input).
+        let mut rest = self.seen.iter().rev();
+        let first = rest.find(|s| s.sig == sig)?;
+        if observation::same_json(first.value, v) {
+            return Some(first);
+        }
+        // Values of one shape mostly differ at an end (a counter, an id, a message): past the
+        // first candidate, one is compared only when their ends agree, so a value is compared
+        // with about one written before it, not with each of its shape (a chain's `{"x": n}`
+        // with every other node's).
+        let end = end_of(v);
+        rest.find(|s| {
+            if s.sig != sig {
+                return false;
+            }
+            if s.end.get() == 0 {
+                s.end.set(end_of(s.value));
+            }
+            s.end.get() == end && observation::same_json(s.value, v)
+        })
     }
 
     /// `v` (at `depth`, its signature `sig`) written to `buf` as [`write_value_with`] writes
@@ -570,7 +656,7 @@ impl<'t> Texts<'t> {
                 // (a trace of a few nodes remembers fewer), doubled if a trace needs more.
                 self.seen.reserve_exact(MAX_TEXTS / 2);
             }
-            self.seen.push(Seen { sig, value: v, text: start..buf.len(), reach });
+            self.seen.push(Seen { sig, value: v, text: start..buf.len(), reach, end: Default::default() });
         }
         reach
     }
@@ -1282,6 +1368,35 @@ pub(super) mod tests {
             assert_eq!(std::str::from_utf8(&buf[r]).unwrap(), serde_json::to_string(v).unwrap());
         }
         assert!(texts.seen.len() < values.len(), "equal values are remembered once");
+    }
+
+    #[test]
+    fn values_of_one_shape_are_told_apart_by_their_ends_and_found_again() {
+        use serde_json::json;
+        // A chain's store: the same key, a counter's value; a post's output nests it. Values
+        // that differ only in the middle share their ends, and must still not be taken for
+        // one another.
+        let mut values: Vec<Value> = Vec::new();
+        for n in 0..12 {
+            values.push(json!({ "x": n }));
+            values.push(json!({"action": "default", "changed": {"x": n}}));
+            values.push(json!([n, "same", 0]));
+            values.push(json!([0, n, 0]));
+        }
+        let again: Vec<Value> = values.iter().rev().cloned().collect();
+        let mut buf = Vec::new();
+        let mut texts = Texts::new();
+        for v in values.iter().chain(&again) {
+            let r = texts.of(&mut buf, v, &mut NoWatch);
+            assert_eq!(std::str::from_utf8(&buf[r]).unwrap(), serde_json::to_string(v).unwrap());
+        }
+        // Every value of the second pass was found, not written again.
+        assert_eq!(texts.seen.len(), MAX_TEXTS.min(values.len()));
+        let written = buf.len();
+        for v in &values[..8] {
+            texts.of(&mut buf, v, &mut NoWatch);
+        }
+        assert_eq!(buf.len(), written, "values seen before are not written again");
     }
 
     #[test]
