@@ -489,7 +489,7 @@ fn signature(v: &Value, depth: usize) -> u64 {
 /// What a value holds at its end (see [`end_bits`]), never 0 (0 stands for "not yet
 /// computed" in [`Seen::end`]).
 fn end_of(v: &Value) -> u64 {
-    mix(end_bits(v, true)) | 1
+    mix(end_bits(v)) | 1
 }
 
 /// A 64-bit mixer (splitmix64's finaliser).
@@ -500,24 +500,21 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Bits of `v`'s first (or `last`) leaf and of the keys on the way down to it: a few loads,
-/// whatever the value's size.
-fn end_bits(mut v: &Value, last: bool) -> u64 {
+/// Bits of `v`'s last leaf and of the keys on the way down to it: a few loads, whatever the
+/// value's size.
+fn end_bits(mut v: &Value) -> u64 {
     let mut acc = 0u64;
     loop {
         acc = acc.rotate_left(7);
         v = match v {
-            Value::Object(m) => {
-                let end = if last { m.iter().next_back() } else { m.iter().next() };
-                match end {
-                    Some((k, x)) => {
-                        acc ^= str_bits(k);
-                        x
-                    }
-                    None => return acc ^ 0x11,
+            Value::Object(m) => match m.iter().next_back() {
+                Some((k, x)) => {
+                    acc ^= str_bits(k);
+                    x
                 }
-            }
-            Value::Array(a) => match if last { a.last() } else { a.first() } {
+                None => return acc ^ 0x11,
+            },
+            Value::Array(a) => match a.last() {
                 Some(x) => x,
                 None => return acc ^ 0x12,
             },
@@ -1390,7 +1387,7 @@ pub(super) mod tests {
             let r = texts.of(&mut buf, v, &mut NoWatch);
             assert_eq!(std::str::from_utf8(&buf[r]).unwrap(), serde_json::to_string(v).unwrap());
         }
-        // Every value of the second pass was found, not written again.
+        // The trace remembers as many values as it may; those it remembers are found again.
         assert_eq!(texts.seen.len(), MAX_TEXTS.min(values.len()));
         let written = buf.len();
         for v in &values[..8] {
